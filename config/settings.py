@@ -1,0 +1,92 @@
+"""Process configuration, read once from environment variables.
+
+Every address and credential comes from here. When KAFKA_BOOTSTRAP or
+REDIS_URL is set, the embedded broker/Redis are not started: the values name
+the production services.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+def _env(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "")
+    return value if value != "" else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = ""
+    redis_url: str = ""
+    # librdkafka/aiokafka security options, passed through unchanged.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
+    topic_prefix: str = ""
+    partitions: int = 4
+    replication_factor: int = 1
+    consumer_group: str = "clearance-worker"
+    # An incomplete match is decided as a timeout after this many seconds.
+    match_timeout_s: float = 1800.0
+    # Decided orders stay in Redis this long so late duplicates are recognised.
+    decided_ttl_s: int = 7 * 24 * 3600
+    # Keyed hash for personal data (buyer/payer ID, names, phones, addresses).
+    pii_key: str = "clearance-dev-key-change-me"
+    batch_max: int = 2000
+    batch_within_s: float = 0.005
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    session_timeout_s: float = 6.0
+    state_dir: str = field(default_factory=lambda: os.path.join(os.getcwd(), ".clearance"))
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap == ""
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url == ""
+
+    def librdkafka_config(self) -> dict[str, str]:
+        """Connection options in librdkafka (confluent-kafka) spelling."""
+        conf = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username
+            conf["sasl.password"] = self.kafka_sasl_password
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = self.kafka_ssl_cafile
+        return conf
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    e = os.environ if env is None else env
+    return Settings(
+        kafka_bootstrap=_env(e, "KAFKA_BOOTSTRAP", ""),
+        redis_url=_env(e, "REDIS_URL", ""),
+        kafka_security_protocol=_env(e, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+        kafka_sasl_mechanism=_env(e, "KAFKA_SASL_MECHANISM", ""),
+        kafka_sasl_username=_env(e, "KAFKA_SASL_USERNAME", ""),
+        kafka_sasl_password=_env(e, "KAFKA_SASL_PASSWORD", ""),
+        kafka_ssl_cafile=_env(e, "KAFKA_SSL_CAFILE", ""),
+        topic_prefix=_env(e, "CLEARANCE_TOPIC_PREFIX", ""),
+        partitions=int(_env(e, "CLEARANCE_PARTITIONS", "4")),
+        replication_factor=int(_env(e, "CLEARANCE_REPLICATION_FACTOR", "1")),
+        consumer_group=_env(e, "CLEARANCE_GROUP", "clearance-worker"),
+        match_timeout_s=float(_env(e, "CLEARANCE_MATCH_TIMEOUT_S", "1800")),
+        decided_ttl_s=int(_env(e, "CLEARANCE_DECIDED_TTL_S", str(7 * 24 * 3600))),
+        pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
+        batch_max=int(_env(e, "CLEARANCE_BATCH_MAX", "2000")),
+        batch_within_s=float(_env(e, "CLEARANCE_BATCH_WITHIN_S", "0.005")),
+        web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),
+        web_port=int(_env(e, "CLEARANCE_WEB_PORT", "6066")),
+        session_timeout_s=float(_env(e, "CLEARANCE_SESSION_TIMEOUT_S", "6")),
+        state_dir=_env(e, "CLEARANCE_STATE_DIR", os.path.join(os.getcwd(), ".clearance")),
+    )

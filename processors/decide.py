@@ -1,0 +1,190 @@
+"""Decide: rule hits + quota result -> one decision, its release event and receipts.
+
+The spine's rule set is the comparison (compare.py) plus the two purchase
+limits. The annual limit needs the cross-order ledger, so deciding is two
+steps: `SpineRules.evaluate` gives the hits that need no shared state and
+`quota_request` says what to reserve; the adapter reserves it atomically and
+`build_decision` folds the answer in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from processors import compare
+from processors.documents import DOC_NAMES, DOC_TYPES
+from processors.rules import (LANES, OUTCOMES, REJECT, RELEASE, Case, Hit, RuleSet,
+                              worst_status)
+
+SINGLE_LIMIT = Decimal("5000")
+ANNUAL_LIMIT = Decimal("26000")
+CST = timezone(timedelta(hours=8))
+
+
+def dutiable_price(inventory: dict[str, Any]) -> Decimal:
+    """Goods + freight + insurance, the base of both limits (DOMAIN.md §3.2)."""
+    goods = sum((compare.dec(line, "totalPrice") for line in inventory["lines"]), Decimal(0))
+    h = inventory["head"]
+    return goods + compare.dec(h, "freight") + compare.dec(h, "insuredFee")
+
+
+def single_indivisible_item(inventory: dict[str, Any]) -> bool:
+    lines = inventory["lines"]
+    return len(lines) == 1 and compare.dec(lines[0], "qty") == 1
+
+
+def single_limit(case: Case) -> list[Hit]:
+    """¥5,000 per purchase (−621005), except one indivisible item, taxed in full."""
+    inventory = case.docs["621"]
+    price = dutiable_price(inventory)
+    if price <= SINGLE_LIMIT or single_indivisible_item(inventory):
+        return []
+    return [Hit("policy.single_limit", "SINGLE_LIMIT_EXCEEDED", REJECT,
+                f"清单的购买金额超过单笔限额: dutiable price {price} > {SINGLE_LIMIT}", "-621005",
+                {"dutiablePrice": str(price), "limit": str(SINGLE_LIMIT)})]
+
+
+class SpineRules:
+    """Comparison rules and the single-purchase limit."""
+
+    version = "spine-1"
+
+    def evaluate(self, case: Case) -> list[Hit]:
+        return compare.compare(case) + single_limit(case)
+
+
+@dataclass(frozen=True)
+class QuotaRequest:
+    buyer: str  # keyed hash of the buyer ID number
+    year: str
+    order: str  # the order's ledger entry: reserved once per order
+    amount_cents: int
+    limit_cents: int
+
+
+def quota_request(case: Case, order_key: str) -> QuotaRequest:
+    inv = case.docs["621"]["head"]
+    year = (inv.get("declTime") or inv.get("appTime") or "")[:4]
+    cents = int((dutiable_price(case.docs["621"]) * 100).to_integral_value())
+    return QuotaRequest(str(inv.get("buyerIdNumber", "")), year, order_key, cents, int(ANNUAL_LIMIT * 100))
+
+
+def annual_limit_hit(req: QuotaRequest, used_before_cents: int) -> Hit:
+    used = Decimal(used_before_cents) / 100
+    return Hit("policy.annual_limit", "ANNUAL_LIMIT_EXCEEDED", REJECT,
+               f"已用购买额度为{used}，本次购买将超过年度限额{ANNUAL_LIMIT}", "-621018",
+               {"usedBefore": str(used), "amount": str(Decimal(req.amount_cents) / 100),
+                "limit": str(ANNUAL_LIMIT), "year": req.year})
+
+
+def needs_quota(hits: list[Hit]) -> bool:
+    """Quota is reserved for every outcome that can still end in release."""
+    return worst_status(hits) != REJECT
+
+
+def cst_stamp(ms: int, digits: int = 17) -> str:
+    """YYYYMMDDhhmmssSSS in China Standard Time, as CEB receipts spell time."""
+    t = datetime.fromtimestamp(ms / 1000, CST)
+    return (t.strftime("%Y%m%d%H%M%S") + f"{ms % 1000:03d}")[:digits]
+
+
+def assign_numbers(inventory: dict[str, Any], serial: int, now_ms: int) -> tuple[str, str]:
+    """invtNo (district + year + I + 9-digit serial) and preNo ("B" + date + serial)."""
+    h = inventory["head"]
+    day = cst_stamp(now_ms, 8)
+    invt_no = h.get("invtNo") or f"{h.get('customsCode', '0000')}{day[:4]}I{serial % 10**9:09d}"
+    pre_no = h.get("preNo") or f"B{day}{serial % 10**9:09d}"
+    return invt_no, pre_no
+
+
+_RELEASE_FIELDS = ("logisticsNo", "logisticsCode", "ebpCode", "ebcCode", "agentCode", "assureCode",
+                   "customsCode", "portCode", "areaCode", "emsNo", "tradeMode", "billNo", "copNo",
+                   "grossWeight", "netWeight", "packNo")
+
+
+def build_decision(case: Case, order_key: str, hits: list[Hit], rules_version: str,
+                   invt_no: str, pre_no: str, now_ms: int, quota: dict[str, Any] | None = None) -> dict[str, Any]:
+    status = worst_status(hits)
+    inv = case.docs["621"]["head"]
+    order = case.docs["311"]["head"]
+    decision: dict[str, Any] = {
+        "decisionId": f"{order.get('ebpCode', '')}:{order.get('orderNo', '')}",
+        "orderKey": order_key,
+        "orderNo": order.get("orderNo", ""),
+        "ebpCode": order.get("ebpCode", ""),
+        "status": status,
+        "outcome": OUTCOMES[status],
+        "lane": LANES[status],
+        "reasons": [h.as_dict() for h in hits],
+        "rules": sorted({h.rule for h in hits}),
+        "ruleSetVersion": rules_version,
+        "invtNo": invt_no,
+        "preNo": pre_no,
+        "dutiablePrice": str(dutiable_price(case.docs["621"])),
+        "buyer": inv.get("buyerIdNumber", ""),
+        "timestamps": {
+            "firstDocument": case.first_ms,
+            "completingDocument": case.complete_ms,
+            "completingRecord": case.complete_record_ms,
+            "decided": now_ms,
+        },
+    }
+    for f in _RELEASE_FIELDS:
+        if f in inv:
+            decision[f] = inv[f]
+    if quota is not None:
+        decision["quota"] = quota
+    return decision
+
+
+def timeout_decision(order_key: str, docs: dict[str, dict[str, Any]], first_ms: int,
+                     now_ms: int, timeout_s: float) -> dict[str, Any]:
+    missing = [t for t in DOC_TYPES if t not in docs]
+    names = ", ".join(f"CEB{t} {DOC_NAMES[t]}" for t in missing)
+    ebp = ""
+    order_no = order_key
+    for t in ("311", "621", "411", "511"):
+        if t in docs:
+            ebp = ebp or str(docs[t]["head"].get("ebpCode", ""))
+            order_no = str(docs[t]["head"].get("orderNo", order_no))
+    hit = Hit("match.timeout", "MATCH_TIMEOUT", REJECT,
+              f"no complete match after {timeout_s:g}s: missing {names}", "",
+              {"missing": ",".join(missing)})
+    decision: dict[str, Any] = {
+        "decisionId": f"{ebp}:{order_no}",
+        "orderKey": order_key,
+        "orderNo": order_no,
+        "ebpCode": ebp,
+        "status": REJECT,
+        "outcome": OUTCOMES[REJECT],
+        "lane": LANES[REJECT],
+        "reasons": [hit.as_dict()],
+        "rules": [hit.rule],
+        "ruleSetVersion": "match",
+        "missing": missing,
+        "timestamps": {"firstDocument": first_ms, "decided": now_ms},
+    }
+    if "621" in docs:
+        inv = docs["621"]["head"]
+        for f in _RELEASE_FIELDS:
+            if f in inv:
+                decision[f] = inv[f]
+    return decision
+
+
+def release_event(decision: dict[str, Any]) -> dict[str, Any] | None:
+    """What a gate needs to let a parcel out, and nothing personal."""
+    if decision["status"] != RELEASE:
+        return None
+    event = {f: decision[f] for f in _RELEASE_FIELDS if f in decision}
+    event.update({
+        "orderNo": decision["orderNo"],
+        "invtNo": decision["invtNo"],
+        "status": RELEASE,
+        "decisionId": decision["decisionId"],
+        "ruleSetVersion": decision["ruleSetVersion"],
+        "releasedAt": decision["timestamps"]["decided"],
+    })
+    return event

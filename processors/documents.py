@@ -1,0 +1,67 @@
+"""Normalised documents: what the matcher stores and the rules read.
+
+A normalised document is a plain dict {"type", "head", "lines"} with the CEB
+field names. Personal data (buyer/payer identity, names, phones, consignee
+address) is replaced by a keyed hash at ingest: every comparison the spine
+makes on it is an equality, which a hash preserves, and nothing downstream
+(Redis, topics, logs) ever holds the clear value.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+DOC_TYPES = ("311", "411", "511", "621")
+DOC_NAMES = {"311": "order", "411": "payment", "511": "waybill", "621": "inventory"}
+
+PII_FIELDS = frozenset({
+    "buyerIdNumber", "buyerName", "buyerTelephone", "payerIdNumber", "payerName",
+    "telephone", "consignee", "consigneeTelephone", "consigneeAddress", "buyerRegNo",
+})
+ID_FIELDS = ("buyerIdNumber", "payerIdNumber")
+
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+
+Document = dict[str, Any]
+
+
+def pii_hash(value: str, key: bytes) -> str:
+    """Keyed hash of a personal value; stable across workers sharing the key."""
+    digest = hmac.new(key, value.strip().encode("utf-8"), hashlib.sha256).hexdigest()
+    return "h:" + digest[:24]
+
+
+def resident_id_valid(number: str) -> bool:
+    """GB 11643-1999 check digit of an 18-character resident ID number."""
+    if len(number) != 18 or not number[:17].isdigit():
+        return False
+    total = sum(int(c) * w for c, w in zip(number[:17], _ID_WEIGHTS))
+    return _ID_CHECK[total % 11] == number[17].upper()
+
+
+def normalise(doc_type: str, head: dict[str, str], lines: list[dict[str, str]], key: bytes) -> Document:
+    out_head: dict[str, Any] = {}
+    for name, value in head.items():
+        if value == "":
+            continue
+        if name in PII_FIELDS:
+            if name in ID_FIELDS:
+                out_head[name + "Valid"] = resident_id_valid(value)
+            out_head[name] = pii_hash(value, key)
+        else:
+            out_head[name] = value
+    out_lines = [{k: v for k, v in line.items() if v != ""} for line in lines]
+    return {"type": doc_type, "head": out_head, "lines": out_lines}
+
+
+def order_no(doc: Document) -> str:
+    return str(doc["head"].get("orderNo", ""))
+
+
+def ebp_code(docs: dict[str, Document]) -> str:
+    for t in ("311", "621", "411"):
+        if t in docs:
+            return str(docs[t]["head"].get("ebpCode", ""))
+    return ""

@@ -1,0 +1,114 @@
+"""Receipts to senders: CEB312/412/512/622 and the CEB900 format-check receipt.
+
+A receipt here is a plain dict {"type", "to", "fmt", "entity", "body"}; the
+codec in topics/ceb.py groups them into CEB messages (≤100 returns each) in
+the form the sender used (XML or JSON). The receipt's guid is the guid of the
+document it answers, so a sender can link them.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from processors.decide import cst_stamp
+from processors.rules import OUTCOMES, REJECT
+
+Receipt = dict[str, Any]
+
+ENTITY = {"311": ("312", "OrderReturn"), "411": ("412", "PaymentReturn"),
+          "511": ("512", "LogisticsReturn"), "621": ("622", "InventoryReturn")}
+KEY_FIELDS = {"311": ("ebpCode", "ebcCode", "orderNo"), "411": ("payCode", "payTransactionId"),
+              "511": ("logisticsCode", "logisticsNo"), "621": ()}
+SENDER_FIELD = {"311": "ebpCode", "411": "payCode", "511": "logisticsCode", "621": "agentCode"}
+
+ACCEPTED = "2"
+MATCHED = "120"
+# Official "duplicate" codes per document type (SPEC table 7-2).
+DUPLICATE_CODE = {"311": "-301010", "411": "-401007", "511": "-504015", "621": "-621004"}
+STATUS_TEXT = {800: "放行", 300: "人工审核", 500: "查验", 100: "海关退单"}
+
+
+def sender(doc: dict[str, Any], meta: dict[str, Any]) -> str:
+    return str(meta.get("snd") or doc["head"].get(SENDER_FIELD[doc["type"]], "") or "unknown")
+
+
+def document_receipt(doc: dict[str, Any], meta: dict[str, Any], status: str, info: str, now_ms: int,
+                     invt_no: str = "", pre_no: str = "") -> Receipt:
+    t = doc["type"]
+    rtype, entity = ENTITY[t]
+    h = doc["head"]
+    body: dict[str, str] = {"guid": str(h.get("guid", ""))}
+    if t == "621":
+        for f in ("customsCode", "ebpCode", "ebcCode", "agentCode"):
+            if h.get(f):
+                body[f] = str(h[f])
+        body["copNo"] = str(h.get("copNo") or h.get("orderNo", ""))[:20]
+        body["preNo"] = pre_no or str(h.get("preNo", ""))
+        if invt_no:
+            body["invtNo"] = invt_no
+    else:
+        for f in KEY_FIELDS[t]:
+            body[f] = str(h.get(f, ""))
+    body["returnStatus"] = status
+    body["returnTime"] = cst_stamp(now_ms)
+    body["returnInfo"] = info[:1000] or "-"
+    return {"type": rtype, "to": sender(doc, meta), "fmt": meta.get("fmt", "json"), "entity": entity, "body": body}
+
+
+def arrival_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:
+    return document_receipt(doc, meta, ACCEPTED, f"新增申报成功[{doc['head'].get('guid', '')}]", now_ms,
+                            pre_no=_pre_no_placeholder(doc, now_ms))
+
+
+def conflict_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:
+    code = DUPLICATE_CODE[doc["type"]]
+    return document_receipt(doc, meta, "100",
+                            f"{code} 重复申报: a different document with the same key was declared first; "
+                            "the first stays authoritative", now_ms, pre_no=_pre_no_placeholder(doc, now_ms))
+
+
+def _pre_no_placeholder(doc: dict[str, Any], now_ms: int) -> str:
+    # Before a decision there is no assigned preNo; the 622 schema still needs 18 chars.
+    return str(doc["head"].get("preNo") or f"B{cst_stamp(now_ms, 8)}000000000")
+
+
+def decision_info(decision: dict[str, Any]) -> str:
+    status = decision["status"]
+    text = STATUS_TEXT.get(status, OUTCOMES.get(status, ""))
+    reasons = "; ".join(
+        (f"{r['code']} " if r.get("code") else "") + f"{r['reason']}: {r['info']}" for r in decision["reasons"])
+    return f"{text}" + (f" ({reasons})" if reasons else "")
+
+
+def decision_receipts(decision: dict[str, Any], docs: dict[str, dict[str, Any]],
+                      metas: dict[str, dict[str, Any]], now_ms: int) -> list[Receipt]:
+    """Order/payment/waybill get 120 (matched) unless the list is rejected (100);
+    the inventory list gets the decision status."""
+    status = decision["status"]
+    info = decision_info(decision)
+    out = []
+    for t, doc in docs.items():
+        meta = metas.get(t, {})
+        if t == "621":
+            out.append(document_receipt(doc, meta, str(status), info, now_ms,
+                                        decision.get("invtNo", ""), decision.get("preNo", "")
+                                        or _pre_no_placeholder(doc, now_ms)))
+        elif status == REJECT:
+            out.append(document_receipt(doc, meta, "100", info, now_ms))
+        else:
+            out.append(document_receipt(doc, meta, MATCHED, "海关入库 (three-document match passed)", now_ms))
+    return out
+
+
+def error_receipt(to: str, fmt: str, status: str, info: str, message_type: str, ori_msg_id: str,
+                  now_ms: int) -> Receipt:
+    body = {
+        "guid": str(uuid.uuid4()).upper(),
+        "returnStatus": status,
+        "returnInfo": info[:5000],
+        "returnTime": cst_stamp(now_ms),
+        "oriCopMsgId": ori_msg_id[:255],
+        "oriMessageType": message_type[:15],
+        "oriBizMessage": "",
+    }
+    return {"type": "900", "to": to or "unknown", "fmt": fmt, "entity": "MessageReturn", "body": body}

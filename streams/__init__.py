@@ -1,0 +1,1 @@
+"""Adapters and entry points: the faust app, Redis state, Kafka output, CLI."""

@@ -1,0 +1,166 @@
+"""`clearance` command line: worker, services, topics, publish, gate, demo."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from config.settings import Settings, load_settings
+
+
+def _need_services(settings: Settings) -> None:
+    if settings.embedded_kafka or settings.embedded_redis:
+        sys.exit("KAFKA_BOOTSTRAP and REDIS_URL must name the broker and Redis; "
+                 "`clearance services` starts embedded ones and prints them, `clearance demo` runs everything.")
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    _need_services(settings)
+    if args.web_port:
+        settings = dataclasses.replace(settings, web_port=args.web_port)
+    from topics.registry import ensure_topics
+
+    ensure_topics(settings)
+    try:
+        import uvloop  # noqa: F401  (faust picks it up when installed)
+    except ImportError:
+        pass
+    from streams.app import create_app
+
+    app = create_app(settings)
+    sys.argv = [sys.argv[0], "worker", "-l", args.loglevel, "--web-port", str(settings.web_port)]
+    app.main()
+
+
+def cmd_services(args: argparse.Namespace) -> None:
+    from streams import embedded
+    from topics.registry import ensure_topics
+
+    settings = load_settings()
+    services = embedded.start(settings.kafka_bootstrap, settings.redis_url)
+    settings = dataclasses.replace(settings, kafka_bootstrap=services.kafka_bootstrap,
+                                   redis_url=services.redis_url)
+    ensure_topics(settings)
+    for k, v in services.env().items():
+        print(f"export {k}={v}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        services.stop()
+
+
+def cmd_topics(args: argparse.Namespace) -> None:
+    from topics.registry import ALL, ensure_topics, topic_name
+
+    settings = load_settings()
+    _need_services(settings)
+    ensure_topics(settings)
+    for t in ALL:
+        print(f"{topic_name(t, settings):28} key={t.key:32} {t.description}")
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from streams.simulator import Publisher, generate
+
+    settings = load_settings()
+    _need_services(settings)
+    pub = Publisher(settings, args.format, args.batch, duplicate_rate=args.duplicates)
+    if args.file:
+        data = open(args.file, "rb").read()
+        pub.send_raw(args.type, os.path.basename(args.file), data)
+        pub.flush()
+        print(f"published {args.file} to the CEB{args.type} topic")
+        return
+    orders = list(generate(args.orders, seed=args.seed, start=args.start))
+    pub.send(orders)
+    pub.flush()
+    print(f"published {len(orders)} orders: {pub.sent}")
+
+
+def cmd_gate(args: argparse.Namespace) -> None:
+    from streams.gate import run_gate
+
+    settings = load_settings()
+    _need_services(settings)
+    logging.basicConfig(level=logging.INFO)
+    n = run_gate(settings, group=args.group, max_seconds=args.duration)
+    print(f"gate: {n} parcels recorded releasable")
+
+
+def cmd_scan(args: argparse.Namespace) -> None:
+    import redis
+
+    from streams.gate import scan
+
+    settings = load_settings()
+    _need_services(settings)
+    print(scan(redis.Redis.from_url(settings.redis_url), args.logistics_no))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from streams.demo import run_demo
+
+    sys.exit(run_demo(args))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="clearance", description="Real-time CBEC customs clearance processor")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    w = sub.add_parser("worker", help="run a clearance worker (KAFKA_BOOTSTRAP, REDIS_URL)")
+    w.add_argument("--web-port", type=int, default=0, help="port of /metrics (default CLEARANCE_WEB_PORT)")
+    w.add_argument("--loglevel", default="info")
+    w.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("services", help="start the embedded broker and Redis and print their addresses")
+    s.set_defaults(func=cmd_services)
+
+    t = sub.add_parser("topics", help="create the registered topics and list them")
+    t.set_defaults(func=cmd_topics)
+
+    pb = sub.add_parser("publish", help="publish simulated CEB traffic or one file")
+    pb.add_argument("--orders", type=int, default=100)
+    pb.add_argument("--start", type=int, default=0, help="first order sequence number")
+    pb.add_argument("--seed", type=int, default=1)
+    pb.add_argument("--format", choices=["json", "xml"], default="json")
+    pb.add_argument("--batch", type=int, default=1, help="documents per record (1..100)")
+    pb.add_argument("--duplicates", type=float, default=0.0, help="share of documents sent twice")
+    pb.add_argument("--file", help="publish this CEB file as one record instead")
+    pb.add_argument("--type", choices=["311", "411", "511", "621"], default="311")
+    pb.set_defaults(func=cmd_publish)
+
+    g = sub.add_parser("gate", help="reference warehouse-gate consumer of release events")
+    g.add_argument("--group", default="clearance-gate")
+    g.add_argument("--duration", type=float, default=None)
+    g.set_defaults(func=cmd_gate)
+
+    sc = sub.add_parser("scan", help="may this parcel leave? release / hold / unknown")
+    sc.add_argument("logistics_no")
+    sc.set_defaults(func=cmd_scan)
+
+    d = sub.add_parser("demo", help="run everything embedded with live output")
+    d.add_argument("--duration", type=float, default=60.0, help="seconds (Ctrl-C stops earlier)")
+    d.add_argument("--rate", type=float, default=200.0, help="orders per second")
+    d.add_argument("--format", choices=["json", "xml", "mixed"], default="mixed")
+    d.add_argument("--batch", type=int, default=20, help="documents per CEB message")
+    d.add_argument("--workers", type=int, default=1)
+    d.add_argument("--match-timeout", type=float, default=10.0)
+    d.set_defaults(func=cmd_demo)
+
+    args = p.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

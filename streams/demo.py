@@ -1,0 +1,198 @@
+"""`clearance demo`: the embedded broker and Redis, worker(s), a gate, a
+platform simulator and a live view, all started and stopped by one command.
+
+Live output once a second: documents published by type, decisions by outcome,
+end-to-end decision latency (completing document sent → decision read back
+from the decisions topic) and gate releases. Ctrl-C or --duration stops
+everything; no process is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from config.settings import load_settings
+from streams import embedded
+from streams.simulator import Publisher, generate
+from topics import registry
+
+
+class DecisionWatcher(threading.Thread):
+    """Reads the decisions topic (assign, no group) and records latency."""
+
+    def __init__(self, settings: Any):
+        super().__init__(daemon=True)
+        from confluent_kafka import Consumer, TopicPartition
+        from hdrh.histogram import HdrHistogram
+
+        conf = settings.librdkafka_config()
+        conf.update({"group.id": "clearance-demo-watch", "enable.auto.commit": "false"})
+        self.consumer = Consumer(conf)
+        topic = registry.topic_name(registry.DECISIONS, settings)
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
+        self.hist = HdrHistogram(1, 60_000_000, 3)  # microseconds
+        self.outcomes: Counter[str] = Counter()
+        self.decisions: dict[str, dict[str, Any]] = {}
+        self.duplicates = 0
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            for msg in self.consumer.consume(1000, 0.2):
+                if msg.error():
+                    continue
+                d = orjson.loads(msg.value())
+                now = time.time() * 1000
+                if d["decisionId"] in self.decisions:
+                    self.duplicates += 1
+                    continue
+                self.decisions[d["decisionId"]] = d
+                self.outcomes[d["outcome"]] += 1
+                rts = d["timestamps"].get("completingRecord")
+                if rts:
+                    self.hist.record_value(max(1, int((now - rts) * 1000)))
+        self.consumer.close()
+
+
+def _spawn(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], env=env,
+                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop_procs(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    base = load_settings()
+    services = embedded.start(base.kafka_bootstrap, base.redis_url)
+    settings = dataclasses.replace(base, kafka_bootstrap=services.kafka_bootstrap, redis_url=services.redis_url,
+                                   match_timeout_s=args.match_timeout)
+    procs: list[subprocess.Popen[bytes]] = []
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logdir = services.workdir
+    print(f"embedded broker {services.kafka_bootstrap or base.kafka_bootstrap}, "
+          f"redis {services.redis_url or base.redis_url}; logs in {logdir}", flush=True)
+    try:
+        registry.ensure_topics(settings)
+        env = dict(os.environ, **services.env(), CLEARANCE_MATCH_TIMEOUT_S=str(args.match_timeout),
+                   CLEARANCE_SESSION_TIMEOUT_S="6")
+        for i in range(args.workers):
+            procs.append(_spawn(["worker", "--web-port", str(embedded.free_port()), "--loglevel", "warning"],
+                                env, os.path.join(logdir, f"worker{i}.log")))
+        procs.append(_spawn(["gate"], env, os.path.join(logdir, "gate.log")))
+        watcher = DecisionWatcher(settings)
+        watcher.start()
+        formats = ["json", "xml"] if args.format == "mixed" else [args.format]
+        pubs = [Publisher(settings, f, args.batch, duplicate_rate=0.02) for f in formats]
+        print("waiting for the worker to join its group ...", flush=True)
+        _wait_ready(settings, stop)
+        started = time.monotonic()
+        seq = 0
+        expected: dict[str, Any] = {}
+        orders_iter = generate(10**9, seed=int(time.time()))
+        next_report = started + 1
+        rng = random.Random(1)
+        while not stop.is_set() and time.monotonic() - started < args.duration:
+            due = int((time.monotonic() - started) * args.rate) - seq
+            if due > 0:
+                batch = [next(orders_iter) for _ in range(due)]
+                for o in batch:
+                    expected[f"4601XXXXAA:{o.order_no}"] = o
+                pubs[rng.randrange(len(pubs))].send(batch)
+                seq += due
+            if time.monotonic() >= next_report:
+                _report(time.monotonic() - started, pubs, watcher, services.redis_url)
+                next_report += 1
+            time.sleep(0.01)
+        for p in pubs:
+            p.flush()
+        print("stopping: letting the worker drain ...", flush=True)
+        drain_until = time.monotonic() + max(3.0, args.match_timeout + 3)
+        while time.monotonic() < drain_until and len(watcher.decisions) < len(expected) and not _second_stop(stop):
+            time.sleep(0.5)
+        _report(time.monotonic() - started, pubs, watcher, services.redis_url)
+        watcher.stop_flag.set()
+        watcher.join(5)
+        return _summary(expected, watcher)
+    finally:
+        _stop_procs(procs)
+        services.stop()
+        print("all demo processes stopped", flush=True)
+
+
+def _second_stop(stop: threading.Event) -> bool:
+    return False
+
+
+def _wait_ready(settings: Any, stop: threading.Event, timeout: float = 60.0) -> None:
+    """Wait until a worker serves /metrics and has partitions (group joined)."""
+    import redis
+
+    r = redis.Redis.from_url(settings.redis_url)
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            r.ping()
+            break
+        except Exception:
+            time.sleep(0.2)
+    time.sleep(min(8.0, timeout))
+
+
+def _report(elapsed: float, pubs: list[Publisher], watcher: DecisionWatcher, redis_url: str) -> None:
+    sent: Counter[str] = Counter()
+    for p in pubs:
+        sent.update(p.sent)
+    h = watcher.hist
+    lat = (f"p50 {h.get_value_at_percentile(50) / 1000:.1f} ms  p99 {h.get_value_at_percentile(99) / 1000:.1f} ms  "
+           f"max {h.get_max_value() / 1000:.1f} ms") if h.get_total_count() else "no decisions yet"
+    released = _gate_count(redis_url)
+    outcomes = "  ".join(f"{k} {v}" for k, v in sorted(watcher.outcomes.items()))
+    print(f"[{elapsed:5.0f}s] docs in: 311 {sent['311']} 411 {sent['411']} 511 {sent['511']} 621 {sent['621']} | "
+          f"decisions: {outcomes or '-'} | latency {lat} | gate releasable {released}", flush=True)
+
+
+def _gate_count(redis_url: str) -> int:
+    import redis
+
+    from streams.gate import RELEASED_COUNT
+
+    try:
+        return int(redis.Redis.from_url(redis_url, socket_timeout=0.5).get(RELEASED_COUNT) or 0)
+    except Exception:
+        return -1
+
+
+def _summary(expected: dict[str, Any], watcher: DecisionWatcher) -> int:
+    decided = watcher.decisions
+    wrong = [k for k, d in decided.items() if k in expected and d["status"] != expected[k].expected_status]
+    undecided = [k for k in expected if k not in decided]
+    print(f"\nsummary: {len(expected)} orders published, {len(decided)} decided "
+          f"({len(undecided)} still pending), {len(wrong)} with an unexpected status, "
+          f"{watcher.duplicates} duplicate decision events", flush=True)
+    for k in wrong[:5]:
+        d = decided[k]
+        print(f"  unexpected: {k} {expected[k].scenario} -> {d['status']} {d['rules']}")
+    return 1 if wrong else 0

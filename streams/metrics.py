@@ -1,0 +1,33 @@
+"""Prometheus metrics: conventional names, base units, no personal labels.
+
+Label values are bounded sets (document types, statuses, reason codes,
+topic/partition), never order numbers or buyer data.
+"""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+RECORDS = Counter("clearance_records_consumed_total", "Inbound Kafka records consumed", ["topic"])
+DOCUMENTS = Counter("clearance_documents_consumed_total", "CEB documents consumed", ["type", "format"])
+DUPLICATES = Counter("clearance_duplicate_documents_total",
+                     "Documents seen before: identical, conflicting, or after the decision", ["kind"])
+DECISIONS = Counter("clearance_decisions_total", "Clearance decisions emitted", ["status", "outcome"])
+RULE_HITS = Counter("clearance_rule_hits_total", "Rules that fired in emitted decisions", ["rule"])
+TIMEOUTS = Counter("clearance_match_timeouts_total", "Matches decided as timeouts, by missing document type",
+                   ["missing"])
+PENDING = Gauge("clearance_pending_matches", "Orders waiting for their remaining documents")
+OLDEST_PENDING = Gauge("clearance_pending_oldest_age_seconds", "Age of the oldest incomplete match")
+LATENCY = Histogram("clearance_decision_latency_seconds",
+                    "Completing document's record timestamp to decision emitted", buckets=LATENCY_BUCKETS)
+BATCH_SECONDS = Histogram("clearance_batch_processing_seconds", "Time to process one consumed batch",
+                          buckets=LATENCY_BUCKETS)
+ERRORS = Counter("clearance_errors_total", "Rejected input and processing errors, by reason", ["reason"])
+DEADLETTERS = Counter("clearance_deadletter_records_total", "Records written to the dead-letter topic",
+                      ["reason"])
+RECEIPTS = Counter("clearance_receipts_total", "Receipts sent to senders", ["type", "status"])
+LAG = Gauge("clearance_consumer_lag_records", "Log-end offset minus committed offset",
+            ["topic", "partition"])
+RETRIES = Counter("clearance_batch_retries_total", "Batches retried after a Redis or broker failure",
+                  ["cause"])

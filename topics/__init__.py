@@ -1,0 +1,1 @@
+"""The one registry of topics, and the codecs for what travels on them."""
