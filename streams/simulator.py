@@ -72,12 +72,13 @@ def make_order(seq: int, rng: random.Random, scenario: str = "ok", prefix: str =
                buyer_id: str | None = None, day: str = "20261126") -> GeneratedOrder:
     order_no = f"{prefix}{day}{seq:010d}"
     guid = lambda: str(uuid.UUID(int=rng.getrandbits(128))).upper()  # noqa: E731
-    n_lines = rng.randint(1, 3)
-    lines = []
-    for g in range(1, n_lines + 1):
-        name, hs, model, country, price = rng.choice(GOODS)
-        qty = rng.randint(1, 3)
-        lines.append((g, name, hs, model, country, price, qty))
+    lines: list[tuple[int, str, str, str, str, Decimal, int]] = []
+    # Ordinary baskets stay well under the ¥5,000 single-purchase limit.
+    while not lines or sum(p * q for (*_, p, q) in lines) > 4000:
+        lines = []
+        for g in range(1, rng.randint(1, 3) + 1):
+            name, hs, model, country, price = rng.choice(GOODS)
+            lines.append((g, name, hs, model, country, price, rng.randint(1, 3)))
     if scenario == "over_single_limit":
         lines = [(1, "手表", "9102110000", "钢带|品牌E", "331", Decimal("2600.00"), 2)]
     goods_value = sum((p * q for (_, _, _, _, _, p, q) in lines), Decimal(0))

@@ -1,0 +1,214 @@
+"""The matcher and decision path on a real Redis (outputs captured instead of produced)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import time
+
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+from lxml import etree
+
+from streams import state
+from streams.pipeline import Pipeline
+from tests.helpers import CaptureSink, doc_records, order, record, run_pipeline, settings_for
+from topics import ceb, registry
+
+
+def receipts_of(sink: CaptureSink) -> list[dict]:
+    out = []
+    for _, v in sink.on(registry.RECEIPTS):
+        if v.startswith(b"<"):
+            root = etree.fromstring(v, etree.XMLParser(resolve_entities=False, no_network=True))
+            for el in root:
+                out.append({c.tag.split("}")[1]: c.text for c in el} | {"entity": el.tag.split("}")[1]})
+            continue
+        for item in orjson.loads(v):
+            ((entity, body),) = item.items()
+            out.append(dict(body, entity=entity))
+    return out
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(["311", "411", "511", "621"])))
+def test_every_arrival_order_gives_one_release(redis_url, perm):
+    o = order(1)
+    recs = doc_records(o, list(perm))
+    sink = run_pipeline(redis_url, [[r] for r in recs])
+    decisions = sink.decisions()
+    assert len(decisions) == 1
+    d = decisions[0]
+    assert (d["status"], d["outcome"], d["orderNo"]) == (800, "release", o.order_no)
+    assert d["decisionId"] == f"4601XXXXAA:{o.order_no}"
+    releases = sink.on(registry.RELEASE)
+    assert [k for k, _ in releases] == [o.logistics_no]
+    statuses = sorted((r["entity"], r["returnStatus"]) for r in receipts_of(sink))
+    assert statuses == sorted([("OrderReturn", "2"), ("PaymentReturn", "2"), ("LogisticsReturn", "2"),
+                               ("InventoryReturn", "2"), ("OrderReturn", "120"), ("PaymentReturn", "120"),
+                               ("LogisticsReturn", "120"), ("InventoryReturn", "800")])
+
+
+def test_all_four_in_one_batch_and_xml(redis_url):
+    o = order(2)
+    sink = run_pipeline(redis_url, [doc_records(o, fmt="xml")])
+    (d,) = sink.decisions()
+    assert d["status"] == 800
+    xml_receipts = [v for _, v in sink.on(registry.RECEIPTS) if v.startswith(b"<?xml")]
+    # Receipts are grouped per sender and type: arrival (2) and outcome (120/800) travel together.
+    assert len(xml_receipts) == 4
+    statuses = []
+    for v in xml_receipts:
+        root = etree.fromstring(v, etree.XMLParser(resolve_entities=False, no_network=True))
+        assert ceb.import_schema().validate(root), ceb.import_schema().error_log.last_error
+        statuses += [e.text for e in root.iter("{%s}returnStatus" % ceb.NS)]
+    assert sorted(statuses) == sorted(["2", "2", "2", "2", "120", "120", "120", "800"])
+
+
+def test_replayed_documents_change_nothing(redis_url):
+    o = order(3)
+    recs = doc_records(o)
+    first = run_pipeline(redis_url, [recs])
+    again = run_pipeline(redis_url, [recs, list(reversed(recs))])
+    assert len(first.decisions()) == 1
+    assert again.decisions() == [] and again.on(registry.RELEASE) == []
+    # A resent document is answered with its final status, not a second decision.
+    assert {r["returnStatus"] for r in receipts_of(again)} == {"120", "800"}
+
+
+def test_duplicate_before_decision_is_idempotent(redis_url):
+    o = order(4)
+    recs = doc_records(o)
+    sink = run_pipeline(redis_url, [[recs[0]], [recs[0]], [recs[1]], [recs[1]], recs[2:]])
+    assert len(sink.decisions()) == 1
+
+
+def test_conflicting_duplicate_keeps_the_first(redis_url):
+    o = order(5)
+    changed = order(5)
+    changed.docs["411"][0]["amountPaid"] = "1.00"
+    pay_first = doc_records(o, ["411"])
+    pay_changed = doc_records(changed, ["411"])
+    rest = doc_records(o, ["311", "511", "621"])
+    sink = run_pipeline(redis_url, [pay_first, pay_changed, rest])
+    (d,) = sink.decisions()
+    assert d["status"] == 800  # the first (consistent) payment stayed authoritative
+    conflict = [r for r in receipts_of(sink) if r["returnStatus"] == "100"]
+    assert len(conflict) == 1 and "-401007" in conflict[0]["returnInfo"]
+
+
+def test_same_document_as_xml_then_json_is_a_duplicate_not_a_conflict(redis_url):
+    o = order(6)
+    sink = run_pipeline(redis_url, [doc_records(o, ["311"], fmt="xml"), doc_records(o, ["311"], fmt="json")])
+    assert not [r for r in receipts_of(sink) if r["returnStatus"] == "100"]
+
+
+@pytest.mark.parametrize("scenario,reason", [
+    ("amount_mismatch", "PAYMENT_AMOUNT_MISMATCH"), ("consignee_mismatch", "CONSIGNEE_MISMATCH"),
+    ("buyer_not_payer", "BUYER_NOT_PAYER"), ("line_mismatch", "LINE_VALUE_MISMATCH"),
+    ("over_single_limit", "SINGLE_LIMIT_EXCEEDED"),
+])
+def test_rejections_reach_every_sender(redis_url, scenario, reason):
+    o = order(7, scenario)
+    sink = run_pipeline(redis_url, [doc_records(o)])
+    (d,) = sink.decisions()
+    assert d["status"] == 100 and reason in {r["reason"] for r in d["reasons"]}
+    assert sink.on(registry.RELEASE) == []
+    final = [r for r in receipts_of(sink) if r["returnStatus"] == "100"]
+    assert len(final) == 4 and all(reason in r["returnInfo"] for r in final)
+
+
+def test_incomplete_match_times_out_naming_the_missing_document(redis_url):
+    o = order(8, "missing_payment")
+    sink = run_pipeline(redis_url, [doc_records(o)], match_timeout_s=0.0)
+    assert sink.decisions() == []
+    time.sleep(0.01)
+    swept = run_pipeline(redis_url, [], sweep=True, match_timeout_s=0.0)
+    (d,) = swept.decisions()
+    assert d["status"] == 100 and d["missing"] == ["411"] and d["rules"] == ["match.timeout"]
+    # A late payment after the timeout is answered, not matched.
+    late = run_pipeline(redis_url, [doc_records(order(8), ["411"])])
+    assert late.decisions() == []
+    assert [r["returnStatus"] for r in receipts_of(late)] == ["100"]
+    assert redis.Redis.from_url(redis_url).zcard(state.pending_key(o.order_no)) == 0
+
+
+def test_nothing_times_out_before_its_time(redis_url):
+    o = order(9, "missing_waybill")
+    run_pipeline(redis_url, [doc_records(o)], match_timeout_s=3600)
+    assert run_pipeline(redis_url, [], sweep=True, match_timeout_s=3600).decisions() == []
+
+
+def test_annual_quota_is_counted_once_per_order(redis_url):
+    buyer = "460100199001010011"
+    orders = [order(20 + i, buyer_id=buyer) for i in range(80)]
+    batches = [doc_records(o) for o in orders]
+    sink = run_pipeline(redis_url, batches + batches)  # every order replayed
+    decisions = {d["orderNo"]: d for d in sink.decisions()}
+    assert len(decisions) == len(orders) == len(sink.decisions())
+    released = [d for d in decisions.values() if d["status"] == 800]
+    rejected = [d for d in decisions.values() if "ANNUAL_LIMIT_EXCEEDED" in {r["reason"] for r in d["reasons"]}]
+    assert rejected, "80 baskets of this size exceed ¥26,000"
+    total = sum(round(float(d["dutiablePrice"]) * 100) for d in released)
+    assert total <= 2_600_000
+    ledger = redis.Redis.from_url(redis_url)
+    key = state.ledger_key(released[0]["buyer"], "2026")
+    assert int(ledger.hget(key, "total")) == total
+    assert rejected[0]["reasons"][-1]["code"] == "-621018"
+
+
+def test_state_survives_a_worker_restart(redis_url):
+    o = order(10)
+    recs = doc_records(o)
+    first = run_pipeline(redis_url, [recs[:2]])  # one "process"
+    second = run_pipeline(redis_url, [recs[2:]])  # a fresh one
+    assert first.decisions() == [] and len(second.decisions()) == 1
+
+
+class FailingOnceSink(CaptureSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = True
+
+    async def flush(self) -> None:
+        if self.fail:
+            self.fail = False
+            self.records.clear()  # nothing reached the broker
+            raise ConnectionError("broker gone")
+
+
+def test_decision_is_reemitted_when_a_batch_fails_after_storing_it(redis_url):
+    o = order(11)
+    sink = FailingOnceSink()
+
+    async def go() -> None:
+        client = aioredis.from_url(redis_url)
+        p = Pipeline(settings_for(redis_url), client, sink)
+        recs = doc_records(o)
+        with pytest.raises(ConnectionError):
+            await p.process(recs)
+        await p.process(recs, retry=True)
+        await client.aclose()
+
+    asyncio.run(go())
+    decisions = sink.decisions()
+    assert len(decisions) == 1 and decisions[0]["status"] == 800
+    assert len(sink.on(registry.RELEASE)) == 1
+
+
+def test_bad_records_are_dead_lettered_and_the_batch_goes_on(redis_url):
+    o = order(12)
+    bad = [record("311", b"{not json", key=b"4601XXXXAA"),
+           record("311", b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>'),
+           record("411", doc_records(o, ["311"])[0].value),  # an order on the payment topic
+           record("621", b"", key=None)]
+    sink = run_pipeline(redis_url, [bad[:2] + doc_records(o) + bad[2:]])
+    assert len(sink.decisions()) == 1
+    dead = [orjson.loads(v) for _, v in sink.on(registry.DEADLETTER)]
+    assert [d["reason"] for d in dead] == ["malformed_json", "dtd_forbidden", "wrong_topic", "malformed_json"]
+    assert base64.b64decode(dead[0]["value"]) == b"{not json"
+    errors = [r for r in receipts_of(sink) if r["entity"] == "MessageReturn"]
+    assert len(errors) == 4 and all(int(r["returnStatus"]) < 0 for r in errors)
+    assert "not well-formed" in errors[0]["returnInfo"]
+    assert "root" not in repr(dead)  # /etc/passwd was never read

@@ -1,0 +1,177 @@
+"""CEB codec: official samples, XML ≡ JSON, size limits, hostile XML, JSON typing, receipts."""
+from __future__ import annotations
+
+import orjson
+import pytest
+from lxml import etree
+
+from processors import receipts
+from streams.simulator import make_order, to_json, to_xml
+from tests.conftest import FIXTURES
+from tests.helpers import order
+from topics import ceb
+
+SAMPLES = FIXTURES / "ceb"
+
+
+@pytest.mark.parametrize("code,count", [("311", 6), ("411", 10), ("511", 6), ("621", 10)])
+def test_official_samples_parse_and_validate(code, count):
+    msg = ceb.decode((SAMPLES / f"CEB{code}Message.xml").read_bytes())
+    assert msg.kind == code and msg.fmt == "xml"
+    assert len(msg.documents) == count
+    assert msg.sender == "1101180326"
+    assert msg.documents[0].head["orderNo"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SAMPLES.glob("*.xml")))
+def test_every_official_import_sample_is_schema_valid(name):
+    doc = etree.parse(str(SAMPLES / name), etree.XMLParser(resolve_entities=False, no_network=True))
+    assert ceb.import_schema().validate(doc), ceb.import_schema().error_log.last_error
+
+
+def test_order_sample_fields_are_exact():
+    head = ceb.decode((SAMPLES / "CEB311Message.xml").read_bytes()).documents[0].head
+    # 14000 + 5000 + 50 − 0 = 19050 in the official sample
+    assert (head["goodsValue"], head["freight"], head["taxTotal"], head["acturalPaid"]) == \
+        ("14000", "5000", "50", "19050")
+
+
+@pytest.mark.parametrize("doc_type", ["311", "411", "511", "621"])
+def test_xml_and_json_decode_to_the_same_documents(doc_type):
+    docs = [order(i).docs[doc_type] for i in range(1, 6)]
+    x, j = ceb.decode(to_xml(doc_type, docs)), ceb.decode(to_json(doc_type, docs))
+    assert (x.fmt, j.fmt) == ("xml", "json")
+    assert [(d.head, d.lines) for d in x.documents] == [(d.head, d.lines) for d in j.documents]
+
+
+def test_decimals_are_canonical_across_forms():
+    head, lines = order(1).docs["411"]
+    as_number = dict(head, amountPaid=float(head["amountPaid"]))
+    a = ceb.decode(orjson.dumps({"PaymentHead": as_number})).documents[0].head["amountPaid"]
+    b = ceb.decode(to_xml("411", [(dict(head, amountPaid=head["amountPaid"] + "000"), [])])).documents[0]
+    assert a == b.head["amountPaid"]
+
+
+def _error(data: bytes) -> ceb.CebError:
+    with pytest.raises(ceb.CebError) as exc:
+        ceb.decode(data)
+    return exc.value
+
+
+def test_malformed_xml():
+    e = _error(b"<ceb:CEB311Message xmlns:ceb='http://www.chinaport.gov.cn/ceb'><ceb:Order>")
+    assert (e.status, e.reason) == (ceb.ERR_MALFORMED, "malformed_xml")
+
+
+def test_xxe_is_refused_without_reading_the_file(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    data = (f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file://{secret}">]>'
+            '<ceb:CEB311Message xmlns:ceb="http://www.chinaport.gov.cn/ceb">&x;</ceb:CEB311Message>').encode()
+    e = _error(data)
+    assert (e.status, e.reason) == (ceb.ERR_HOSTILE, "dtd_forbidden")
+    assert "TOP-SECRET" not in e.info
+
+
+def test_billion_laughs_is_refused():
+    ents = "".join(f'<!ENTITY l{i} "{"&l%d;" % (i - 1) * 10}">' for i in range(1, 10))
+    data = f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY l0 "ha">{ents}]><r>&l9;</r>'.encode()
+    assert _error(data).reason == "dtd_forbidden"
+
+
+def test_external_dtd_with_odd_spacing_is_refused():
+    data = b'<?xml version="1.0"?>\n<!doctype r SYSTEM "http://127.0.0.1:1/evil.dtd"><r/>'
+    assert _error(data).status == ceb.ERR_HOSTILE
+
+
+def test_wrong_namespace_and_unknown_type():
+    assert _error(b'<CEB311Message xmlns="urn:other"/>').reason == "wrong_namespace"
+    e = _error(b'<ceb:CEB999Message xmlns:ceb="http://www.chinaport.gov.cn/ceb"/>')
+    assert (e.status, e.reason) == (ceb.ERR_UNKNOWN_TYPE, "unknown_message_type")
+
+
+def test_schema_invalid_xml_names_the_problem():
+    head, lines = order(1).docs["311"]
+    data = to_xml("311", [(dict(head, orderNo="X" * 61), lines)])
+    e = _error(data)
+    assert e.status == ceb.ERR_SCHEMA and "orderNo" in e.info
+
+
+def test_more_than_100_documents_is_oversize():
+    docs = [order(i).docs["411"] for i in range(101)]
+    for data in (to_xml("411", docs), to_json("411", docs)):
+        e = _error(data)
+        assert (e.status, e.reason) == (ceb.ERR_OVERSIZE, "too_many_documents")
+
+
+def test_more_than_99_lines_is_oversize():
+    head, lines = order(1).docs["311"]
+    many = [dict(lines[0], gnum=str(i)) for i in range(1, 101)]
+    for data in (to_xml("311", [(head, many)]), to_json("311", [(head, many)])):
+        assert _error(data).reason == "too_many_lines"
+
+
+def test_malformed_json():
+    assert _error(b'{"OrderHead": ').reason == "malformed_json"
+    assert _error(b"[" * 5000 + b"]" * 5000).status in (ceb.ERR_MALFORMED, ceb.ERR_SCHEMA)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"orderNo": 12345}, "expected a string"),
+    ({"goodsValue": "12,5"}, "decimal"),
+    ({"goodsValue": True}, "expected a number"),
+    ({"goodsValue": "1" * 20}, "digits"),
+    ({"goodsValue": "1.123456"}, "fraction"),
+    ({"ebpCode": "E" * 19}, "length"),
+    ({"appTime": "2025"}, "length"),
+    ({"surprise": "x"}, "unknown field"),
+])
+def test_json_types_and_lengths_follow_the_xsd(change, needle):
+    head, lines = order(1).docs["311"]
+    data = orjson.dumps({"OrderHead": dict(head, **change), "OrderList": lines})
+    e = _error(data)
+    assert e.status == ceb.ERR_SCHEMA and needle in e.info
+
+
+def test_json_missing_required_field():
+    head, lines = order(1).docs["311"]
+    head = {k: v for k, v in head.items() if k != "buyerIdNumber"}
+    e = _error(orjson.dumps({"OrderHead": head, "OrderList": lines}))
+    assert "buyerIdNumber" in e.info and "missing" in e.info
+
+
+def test_json_line_int_type():
+    head, lines = order(1).docs["311"]
+    e = _error(orjson.dumps({"OrderHead": head, "OrderList": [dict(lines[0], gnum=1.5)]}))
+    assert "integer" in e.info
+
+
+def _validates(data: bytes) -> None:
+    root = etree.fromstring(data, etree.XMLParser(resolve_entities=False, no_network=True))
+    assert ceb.import_schema().validate(root), ceb.import_schema().error_log.last_error
+
+
+def test_xml_receipts_validate_against_the_xsd():
+    o = make_order(3, __import__("random").Random(3))
+    from processors.documents import normalise
+
+    out = []
+    for t, (head, lines) in o.docs.items():
+        doc = normalise(t, head, lines, b"k")
+        meta = {"fmt": "xml", "snd": "4601XXXXAA"}
+        out.append(receipts.arrival_receipt(doc, meta, 1_780_000_000_000))
+        out.append(receipts.document_receipt(doc, meta, "800", "放行", 1_780_000_000_000,
+                                             "640120260000000001", "B20260101000000001"))
+    out.append(receipts.error_receipt("x", "xml", "-2", "schema <invalid> & more", "CEB311Message", "t:0:1",
+                                      1_780_000_000_000))
+    encoded = ceb.encode_receipts(out)
+    assert {k for k, _ in encoded} == {"4601XXXXAA", "x"}
+    for _, data in encoded:
+        _validates(data)
+
+
+def test_receipts_are_chunked_at_100():
+    doc = {"type": "411", "head": {"guid": "G" * 36, "payCode": "P", "payTransactionId": "T"}, "lines": []}
+    rs = [receipts.document_receipt(doc, {"fmt": "json", "snd": "s"}, "2", "ok", 0) for _ in range(250)]
+    chunks = ceb.encode_receipts(rs)
+    assert [len(orjson.loads(v)) for _, v in chunks] == [100, 100, 50]
