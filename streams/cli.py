@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
     w = sub.add_parser("worker", help="run a clearance worker (KAFKA_BOOTSTRAP, REDIS_URL)")
     w.add_argument("--web-port", type=int, default=0, help="port of /metrics (default CLEARANCE_WEB_PORT)")
-    w.add_argument("--loglevel", default="info")
+    w.add_argument("--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"])
     w.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("services", help="start the embedded broker and Redis and print their addresses")

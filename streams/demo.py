@@ -37,7 +37,9 @@ class DecisionWatcher(threading.Thread):
         from hdrh.histogram import HdrHistogram
 
         conf = settings.librdkafka_config()
-        conf.update({"group.id": "clearance-demo-watch", "enable.auto.commit": "false"})
+        # Short fetch wait: the watcher measures latency and must not add its own.
+        conf.update({"group.id": "clearance-demo-watch", "enable.auto.commit": "false",
+                     "fetch.wait.max.ms": "5"})
         self.consumer = Consumer(conf)
         topic = registry.topic_name(registry.DECISIONS, settings)
         self.consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
@@ -49,7 +51,7 @@ class DecisionWatcher(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
-            for msg in self.consumer.consume(1000, 0.2):
+            for msg in self.consumer.consume(1000, 0.01):
                 if msg.error():
                     continue
                 d = orjson.loads(msg.value())
@@ -99,7 +101,7 @@ def run_demo(args: argparse.Namespace) -> int:
         env = dict(os.environ, **services.env(), CLEARANCE_MATCH_TIMEOUT_S=str(args.match_timeout),
                    CLEARANCE_SESSION_TIMEOUT_S="6")
         for i in range(args.workers):
-            procs.append(_spawn(["worker", "--web-port", str(embedded.free_port()), "--loglevel", "warning"],
+            procs.append(_spawn(["worker", "--web-port", str(embedded.free_port()), "--loglevel", "warn"],
                                 env, os.path.join(logdir, f"worker{i}.log")))
         procs.append(_spawn(["gate"], env, os.path.join(logdir, "gate.log")))
         watcher = DecisionWatcher(settings)

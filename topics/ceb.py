@@ -163,7 +163,14 @@ def _local(tag: Any) -> str:
     return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
 
 
-def decode_xml(data: bytes) -> DecodedMessage:
+def _check_topic(kind: MessageKind, accepts: tuple[str, ...] | None) -> None:
+    if accepts is not None and kind.code not in accepts:
+        raise CebError(ERR_WRONG_TOPIC, "wrong_topic",
+                       f"CEB{kind.code} is not accepted on this topic (expects CEB{'/'.join(accepts)})",
+                       kind.root)
+
+
+def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
     if _DOCTYPE.search(data[:65536]) or b"<!ENTITY" in data or b"<!DOCTYPE" in data:
         raise CebError(ERR_HOSTILE, "dtd_forbidden",
                        "DOCTYPE/ENTITY declarations are not allowed in CEB messages")
@@ -178,6 +185,7 @@ def decode_xml(data: bytes) -> DecodedMessage:
     if kind is None:
         raise CebError(ERR_UNKNOWN_TYPE, "unknown_message_type",
                        f"unsupported message type {_local(root.tag)!r}")
+    _check_topic(kind, accepts)
     wrappers = root.findall(f"{{{NS}}}{kind.wrapper}")
     _check_size(kind, len(wrappers),
                 [len(w.findall(f"{{{NS}}}{kind.lines}")) for w in wrappers] if kind.lines else [])
@@ -215,7 +223,7 @@ _DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 _INT = re.compile(r"^[+-]?\d+$")
 
 
-def decode_json(data: bytes) -> DecodedMessage:
+def decode_json(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -234,6 +242,7 @@ def decode_json(data: bytes) -> DecodedMessage:
     if len(kinds) != 1:
         raise CebError(ERR_SCHEMA, "schema_invalid", "one record carries one document type only")
     kind = KIND_BY_HEAD[kinds.pop()]
+    _check_topic(kind, accepts)
     _check_size(kind, len(items),
                 [len(i.get(kind.lines) or []) if isinstance(i.get(kind.lines), list) else 0
                  for i in items] if kind.lines else [])
@@ -332,15 +341,18 @@ def _canonical(fields: dict[str, str], decimals: frozenset[str]) -> dict[str, st
     return fields
 
 
-def decode(data: bytes) -> DecodedMessage:
-    """Decode one record: XML if it starts with '<' (after whitespace/BOM), else JSON."""
+def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
+    """Decode one record: XML if it starts with '<' (after whitespace/BOM), else JSON.
+
+    `accepts` lists the message types the record's topic takes; another type is
+    refused before its fields are looked at."""
     if len(data) > MAX_RECORD_BYTES:
         raise CebError(ERR_OVERSIZE, "record_too_large",
                        f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
     head = data[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"<"):
-        return decode_xml(data)
-    return decode_json(data)
+        return decode_xml(data, accepts)
+    return decode_json(data, accepts)
 
 
 # --------------------------------------------------------------------------- receipts

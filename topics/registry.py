@@ -37,7 +37,7 @@ RELEASE = TopicSpec("clearance.release", "logisticsNo", "json",
                     "released parcels for warehouse gates; no personal data")
 RECEIPTS = TopicSpec("ceb.receipts", "sender code", "ceb-xml|json",
                      "CEB312/412/512/622 and CEB900 receipts back to senders")
-DEADLETTER = TopicSpec("clearance.deadletter", "source topic:partition:offset", "json",
+DEADLETTER = TopicSpec("clearance.deadletter", "source topic:partition", "json",
                        "rejected input: original bytes (base64) and the reason",
                        retention_ms=30 * 24 * 3600 * 1000)
 

