@@ -36,6 +36,8 @@ class Settings:
     decided_ttl_s: int = 7 * 24 * 3600
     # Keyed hash for personal data (buyer/payer ID, names, phones, addresses).
     pii_key: str = "clearance-dev-key-change-me"
+    # Slot buckets of the Redis keys (see streams/state.py); same on every worker.
+    redis_buckets: int = 16
     batch_max: int = 2000
     batch_within_s: float = 0.005
     web_host: str = "127.0.0.1"
@@ -83,6 +85,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         match_timeout_s=float(_env(e, "CLEARANCE_MATCH_TIMEOUT_S", "1800")),
         decided_ttl_s=int(_env(e, "CLEARANCE_DECIDED_TTL_S", str(7 * 24 * 3600))),
         pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
+        redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),
         batch_max=int(_env(e, "CLEARANCE_BATCH_MAX", "2000")),
         batch_within_s=float(_env(e, "CLEARANCE_BATCH_WITHIN_S", "0.005")),
         web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),

@@ -9,6 +9,7 @@ steps: `SpineRules.evaluate` gives the hits that need no shared state and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -84,6 +85,7 @@ def needs_quota(hits: list[Hit]) -> bool:
     return worst_status(hits) != REJECT
 
 
+@lru_cache(maxsize=4096)
 def cst_stamp(ms: int, digits: int = 17) -> str:
     """YYYYMMDDhhmmssSSS in China Standard Time, as CEB receipts spell time."""
     t = datetime.fromtimestamp(ms / 1000, CST)

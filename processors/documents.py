@@ -9,7 +9,6 @@ makes on it is an equality, which a hash preserves, and nothing downstream
 from __future__ import annotations
 
 import hashlib
-import hmac
 from typing import Any
 
 DOC_TYPES = ("311", "411", "511", "621")
@@ -28,9 +27,10 @@ Document = dict[str, Any]
 
 
 def pii_hash(value: str, key: bytes) -> str:
-    """Keyed hash of a personal value; stable across workers sharing the key."""
-    digest = hmac.new(key, value.strip().encode("utf-8"), hashlib.sha256).hexdigest()
-    return "h:" + digest[:24]
+    """Keyed hash of a personal value; stable across workers sharing the key.
+    BLAKE2b in keyed mode is a MAC by construction and several times cheaper
+    than HMAC-SHA256 per call."""
+    return "h:" + hashlib.blake2b(value.strip().encode("utf-8"), key=key[:64], digest_size=12).hexdigest()
 
 
 def resident_id_valid(number: str) -> bool:
@@ -41,18 +41,15 @@ def resident_id_valid(number: str) -> bool:
     return _ID_CHECK[total % 11] == number[17].upper()
 
 
-def normalise(doc_type: str, head: dict[str, str], lines: list[dict[str, str]], key: bytes) -> Document:
-    out_head: dict[str, Any] = {}
-    for name, value in head.items():
-        if value == "":
-            continue
-        if name in PII_FIELDS:
-            if name in ID_FIELDS:
-                out_head[name + "Valid"] = resident_id_valid(value)
-            out_head[name] = pii_hash(value, key)
-        else:
-            out_head[name] = value
-    out_lines = [{k: v for k, v in line.items() if v != ""} for line in lines]
+def normalise(doc_type: str, head: dict[str, Any], lines: list[dict[str, Any]], key: bytes) -> Document:
+    """Drop empty fields and replace personal data by keyed hashes."""
+    out_head = {k: v for k, v in head.items() if v}
+    for name in PII_FIELDS & out_head.keys():
+        value = out_head[name]
+        if name in ID_FIELDS:
+            out_head[name + "Valid"] = resident_id_valid(value)
+        out_head[name] = pii_hash(value, key)
+    out_lines = [{k: v for k, v in line.items() if v} for line in lines]
     return {"type": doc_type, "head": out_head, "lines": out_lines}
 
 

@@ -1,8 +1,9 @@
 """One consumed batch in, every effect out: the worker's hot path.
 
-decode → normalise → match (one Redis pipeline) → rules → quota and serials
-(one pipeline) → store decisions (one pipeline) → produce and flush →
-confirm (one pipeline). Redis round trips are per batch, never per document.
+decode → normalise → match → rules → quota and serial numbers → store
+decisions → produce and flush → confirm. Each Redis step is one pipeline of
+one script call per slot bucket (streams/state.py): round trips are per
+batch, never per document.
 
 Delivery is at-least-once and every effect is idempotent: the match script
 ignores replays, the first stored decision wins, quota is reserved once per
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,7 +24,7 @@ import orjson
 from config.settings import Settings
 from processors import decide, receipts
 from processors.documents import DOC_TYPES, normalise
-from processors.rules import REJECT, Case, Hit, RuleSet
+from processors.rules import REJECT, REVIEW, Case, Hit, RuleSet
 from streams import metrics as m
 from streams import state
 from topics import ceb, registry
@@ -52,7 +54,6 @@ class Sink(Protocol):
 @dataclass
 class _Doc:
     order_key: str
-    order_no: str
     doc: dict[str, Any]
     meta: dict[str, Any]
     payload: bytes
@@ -63,7 +64,6 @@ class _Pending:
     """An order whose decision this batch computes."""
 
     order_key: str
-    order_no: str
     docs: dict[str, dict[str, Any]]
     metas: dict[str, dict[str, Any]]
     first_ms: int
@@ -71,6 +71,18 @@ class _Pending:
     hits: list[Hit] = field(default_factory=list)
     quota: decide.QuotaRequest | None = None
     decision: dict[str, Any] | None = None
+
+
+@dataclass
+class _Emit:
+    order_key: str
+    decision: dict[str, Any]
+    docs: dict[str, dict[str, Any]]
+    metas: dict[str, dict[str, Any]]
+
+
+def _loads_all(raw: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    return {t: orjson.loads(v) for t, v in raw.items()}
 
 
 class Pipeline:
@@ -81,6 +93,7 @@ class Pipeline:
         self.sink = sink
         self.rules: RuleSet = rules or decide.SpineRules()
         self.pii_key = settings.pii_key.encode()
+        self.buckets = settings.redis_buckets
         self.inbound = registry.inbound_by_name(settings)
         t = registry.topic_name
         self.t_decisions = t(registry.DECISIONS, settings)
@@ -94,46 +107,51 @@ class Pipeline:
     async def process(self, records: list[InRecord], retry: bool = False) -> None:
         """Process one batch. On a retry of a failed batch, decisions that an
         earlier attempt stored but did not confirm are re-emitted at once."""
-        stale = 0 if retry else STALE_MS
         started = time.perf_counter()
         now = int(time.time() * 1000)
-        docs: list[_Doc] = []
         out_receipts: list[dict[str, Any]] = []
+        docs: list[_Doc] = []
+        counts: Counter[tuple[str, str]] = Counter()
         for rec in records:
             m.RECORDS.labels(rec.topic).inc()
-            docs.extend(self._decode(rec, now, out_receipts))
+            docs.extend(self._decode(rec, now, out_receipts, counts))
+        for (t, fmt), n in counts.items():
+            m.DOCUMENTS.labels(t, fmt).inc(n)
 
         pending: dict[str, _Pending] = {}
-        reemit: dict[str, tuple[bytes, list[Any]]] = {}
-        zadds: list[_Doc] = []
+        reemit: dict[str, _Emit] = {}
         if docs:
+            groups = state.group_by_slot(docs, lambda d: d.order_key)
             pipe = self.redis.pipeline(transaction=False)
-            for d in docs:
-                await self.scripts.match(keys=[d.order_key], args=[d.doc["type"], d.payload, orjson.dumps(d.meta),
-                                                             now, stale], client=pipe)
-            replies = await pipe.execute()
-            for d, reply in zip(docs, replies):
-                self._on_match(d, reply, now, out_receipts, pending, reemit, zadds)
+            for tag, group in groups.items():
+                args: list[Any] = [now, 0 if retry else STALE_MS]
+                for d in group:
+                    args += (d.doc["type"], d.payload, orjson.dumps(d.meta))
+                await self.scripts.match(keys=["clr:p:" + tag] + [d.order_key for d in group], args=args,
+                                         client=pipe)
+            for group, replies in zip(groups.values(), await pipe.execute()):
+                for d, reply in zip(group, replies):
+                    self._on_match(d, reply, now, out_receipts, pending, reemit)
 
-        await self._decide(pending, now, zadds)
+        await self._decide(pending, now)
         await self._emit(pending, reemit, out_receipts, now)
         m.BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    def _decode(self, rec: InRecord, now: int, out_receipts: list[dict[str, Any]]) -> list[_Doc]:
+    def _decode(self, rec: InRecord, now: int, out_receipts: list[dict[str, Any]],
+                counts: Counter[tuple[str, str]]) -> list[_Doc]:
         spec = self.inbound.get(rec.topic)
         value = rec.value or b""
         fmt = "xml" if value[:64].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<") else "json"
         try:
             msg = ceb.decode(value, spec.accepts if spec is not None else None)
             out = []
+            src = f"{rec.topic}:{rec.partition}:{rec.offset}"
             for raw in msg.documents:
                 doc = normalise(raw.kind, raw.head, raw.lines, self.pii_key)
-                order_no = str(doc["head"].get("orderNo", ""))
-                meta = {"fmt": msg.fmt, "snd": msg.sender, "at": now, "rts": rec.timestamp_ms,
-                        "src": f"{rec.topic}:{rec.partition}:{rec.offset}"}
-                out.append(_Doc(state.order_key(order_no), order_no, doc, meta,
+                meta = {"fmt": msg.fmt, "snd": msg.sender, "at": now, "rts": rec.timestamp_ms, "src": src}
+                out.append(_Doc(state.order_key(str(doc["head"].get("orderNo", "")), self.buckets), doc, meta,
                                 orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)))
-                m.DOCUMENTS.labels(raw.kind, msg.fmt).inc()
+            counts[(msg.kind, msg.fmt)] += len(msg.documents)
             return out
         except ceb.CebError as exc:
             self._reject(rec, exc.status, exc.reason, exc.info, exc.message_type, fmt, now, out_receipts)
@@ -162,78 +180,72 @@ class Pipeline:
         self.sink.produce(self.t_deadletter, f"{rec.topic}:{rec.partition}", orjson.dumps(record))
 
     def _on_match(self, d: _Doc, reply: list[Any], now: int, out_receipts: list[dict[str, Any]],
-                  pending: dict[str, _Pending], reemit: dict[str, tuple[bytes, list[Any]]],
-                  zadds: list[_Doc]) -> None:
+                  pending: dict[str, _Pending], reemit: dict[str, _Emit]) -> None:
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "C":
             m.DUPLICATES.labels("conflict").inc()
             out_receipts.append(receipts.conflict_receipt(d.doc, d.meta, now))
-            return
-        if status == "D":
+        elif status == "D":
             m.DUPLICATES.labels("after_decision").inc()
             decision = orjson.loads(reply[1])
             out_receipts.extend(receipts.decision_receipts(decision, {d.doc["type"]: d.doc},
                                                            {d.doc["type"]: d.meta}, now))
-            return
-        if status == "R":
-            reemit[d.order_key] = (reply[1], reply[2:])
-            return
-        if status == "S":
-            m.DUPLICATES.labels("identical").inc()
-        out_receipts.append(receipts.arrival_receipt(d.doc, d.meta, now))
-        if status == "M":
-            first, raw_docs, raw_metas = state.split_docs(reply[1:])
-            pending[d.order_key] = _Pending(
-                d.order_key, d.order_no, {t: orjson.loads(v) for t, v in raw_docs.items()},
-                {t: orjson.loads(v) for t, v in raw_metas.items()}, first, complete=True)
+        elif status == "R":
+            _, raw_docs, raw_metas = state.split_docs(reply[2:])
+            reemit[d.order_key] = _Emit(d.order_key, orjson.loads(reply[1]), _loads_all(raw_docs),
+                                        _loads_all(raw_metas))
         else:
-            zadds.append(d)
+            if status == "S":
+                m.DUPLICATES.labels("identical").inc()
+            out_receipts.append(receipts.arrival_receipt(d.doc, d.meta, now))
+            if status == "M":
+                first, raw_docs, raw_metas = state.split_docs(reply[1:])
+                pending[d.order_key] = _Pending(d.order_key, _loads_all(raw_docs), _loads_all(raw_metas), first,
+                                                complete=True)
 
     # ------------------------------------------------------------------ decide
 
-    async def _decide(self, pending: dict[str, _Pending], now: int, zadds: list[_Doc] | None = None) -> None:
-        """Rules, then one pipeline for pending-set entries, quota and serial numbers."""
-        for p in pending.values():
-            if not p.complete:
-                continue
+    async def _decide(self, pending: dict[str, _Pending], now: int) -> None:
+        """Rules, then one pipeline for quota reservations and serial numbers."""
+        complete = [p for p in pending.values() if p.complete]
+        for p in complete:
             case = self._case(p)
             try:
                 p.hits = self.rules.evaluate(case)
             except Exception:  # fail closed: a broken rule sends the order to an officer
                 log.exception("rule evaluation failed for an order")
                 m.ERRORS.labels("rule_error").inc()
-                p.hits = [Hit("engine.error", "RULE_EVALUATION_FAILED", 300,
+                p.hits = [Hit("engine.error", "RULE_EVALUATION_FAILED", REVIEW,
                               "a rule could not be evaluated; manual review")]
             if decide.needs_quota(p.hits):
                 p.quota = decide.quota_request(case, p.order_key)
 
-        pipe = self.redis.pipeline(transaction=False)
-        for d in zadds or ():
-            pipe.zadd(state.pending_key(d.order_no), {d.order_key: now}, nx=True)
-        quota_orders = [p for p in pending.values() if p.quota is not None]
-        for p in quota_orders:
-            q = p.quota
-            assert q is not None
-            await self.scripts.reserve(keys=[state.ledger_key(q.buyer, q.year)],
-                                 args=[q.order, q.amount_cents, q.limit_cents, state.LEDGER_TTL_S], client=pipe)
+        quota_orders = [p for p in complete if p.quota is not None]
+        quota_groups = state.group_by_slot(quota_orders, lambda p: self._ledger(p.quota))
         serial_groups: dict[str, list[_Pending]] = {}
-        for p in pending.values():
-            if p.complete:
-                inv = p.docs["621"]["head"]
-                skey = state.serial_key(str(inv.get("customsCode", "0000")), decide.cst_stamp(now, 4))
-                serial_groups.setdefault(skey, []).append(p)
-        for skey, group in serial_groups.items():
-            pipe.incrby(skey, len(group))
-        replies = await pipe.execute() if len(pipe) else []
-        replies = replies[len(zadds or ()):]
-        quota_results = {}
-        for p, reply in zip(quota_orders, replies):
-            quota_results[p.order_key] = (int(reply[0]), int(reply[1]))
-        serial_replies = replies[len(quota_orders):]
+        for p in complete:
+            inv = p.docs["621"]["head"]
+            skey = state.serial_key(str(inv.get("customsCode", "0000")), decide.cst_stamp(now, 4))
+            serial_groups.setdefault(skey, []).append(p)
+        quota_results: dict[str, tuple[int, int]] = {}
         serials: dict[str, int] = {}
-        for (skey, group), last in zip(serial_groups.items(), serial_replies):
-            for i, p in enumerate(group):
-                serials[p.order_key] = int(last) - len(group) + 1 + i
+        if quota_groups or serial_groups:
+            pipe = self.redis.pipeline(transaction=False)
+            for group in quota_groups.values():
+                args: list[Any] = [state.LEDGER_TTL_S]
+                for p in group:
+                    assert p.quota is not None
+                    args += (p.quota.order, p.quota.amount_cents, p.quota.limit_cents)
+                await self.scripts.reserve(keys=[self._ledger(p.quota) for p in group], args=args, client=pipe)
+            for skey, sgroup in serial_groups.items():
+                pipe.incrby(skey, len(sgroup))
+            replies = await pipe.execute()
+            for group, reply in zip(quota_groups.values(), replies):
+                for p, (ok, used) in zip(group, reply):
+                    quota_results[p.order_key] = (int(ok), int(used))
+            for sgroup, last in zip(serial_groups.values(), replies[len(quota_groups):]):
+                for i, p in enumerate(sgroup):
+                    serials[p.order_key] = int(last) - len(sgroup) + 1 + i
 
         for p in pending.values():
             if not p.complete:
@@ -251,6 +263,10 @@ class Pipeline:
             p.decision = decide.build_decision(self._case(p), p.order_key, p.hits, self.rules.version,
                                                invt_no, pre_no, now, quota_info)
 
+    def _ledger(self, q: decide.QuotaRequest | None) -> str:
+        assert q is not None
+        return state.ledger_key(q.buyer, q.year, self.buckets)
+
     @staticmethod
     def _case(p: _Pending) -> Case:
         completing = max(p.metas.values(), key=lambda mt: mt.get("at", 0), default={})
@@ -259,61 +275,64 @@ class Pipeline:
 
     # ------------------------------------------------------------------ emit
 
-    async def _emit(self, pending: dict[str, _Pending], reemit: dict[str, tuple[bytes, list[Any]]],
+    async def _emit(self, pending: dict[str, _Pending], reemit: dict[str, _Emit],
                     out_receipts: list[dict[str, Any]], now: int) -> None:
-        to_emit: list[tuple[str, str, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+        to_emit: list[_Emit] = []
         unreserve: list[decide.QuotaRequest] = []
         decided = [p for p in pending.values() if p.decision is not None]
         if decided:
+            groups = state.group_by_slot(decided, lambda p: p.order_key)
             pipe = self.redis.pipeline(transaction=False)
-            for p in decided:
-                await self.scripts.store(keys=[p.order_key], args=[orjson.dumps(p.decision), now], client=pipe)
-            for p, reply in zip(decided, await pipe.execute()):
-                assert p.decision is not None
-                if int(reply[0]) == 1:
-                    to_emit.append((p.order_key, p.order_no, p.decision, p.docs, p.metas))
-                else:
-                    # Another worker decided first; its decision stands. Give back
-                    # quota this batch reserved if the standing decision is a reject.
-                    standing = orjson.loads(reply[1])
-                    if p.quota is not None and standing["status"] == REJECT:
+            for group in groups.values():
+                await self.scripts.store(keys=[p.order_key for p in group],
+                                         args=[now] + [orjson.dumps(p.decision) for p in group], client=pipe)
+            for group, replies in zip(groups.values(), await pipe.execute()):
+                for p, reply in zip(group, replies):
+                    assert p.decision is not None
+                    if int(reply[0]) == 1:
+                        to_emit.append(_Emit(p.order_key, p.decision, p.docs, p.metas))
+                    elif p.quota is not None and orjson.loads(reply[1])["status"] == REJECT:
+                        # Another worker decided first and its reject stands: give
+                        # back the quota this batch reserved.
                         unreserve.append(p.quota)
-        for order_key, (dec_raw, tail) in reemit.items():
-            decision = orjson.loads(dec_raw)
-            _, raw_docs, raw_metas = state.split_docs(tail)
-            to_emit.append((order_key, decision["orderNo"], decision,
-                            {t: orjson.loads(v) for t, v in raw_docs.items()},
-                            {t: orjson.loads(v) for t, v in raw_metas.items()}))
+        to_emit.extend(reemit.values())
 
-        for order_key, order_no, decision, docs, metas in to_emit:
-            self.sink.produce(self.t_decisions, decision["decisionId"], orjson.dumps(decision))
-            event = decide.release_event(decision)
+        for e in to_emit:
+            self.sink.produce(self.t_decisions, e.decision["decisionId"], orjson.dumps(e.decision))
+            event = decide.release_event(e.decision)
             if event is not None:
-                self.sink.produce(self.t_release, event.get("logisticsNo", order_no), orjson.dumps(event))
-            out_receipts.extend(receipts.decision_receipts(decision, docs, metas, now))
-        for r in out_receipts:
-            m.RECEIPTS.labels(r["type"], r["body"]["returnStatus"]).inc()
+                self.sink.produce(self.t_release, event.get("logisticsNo") or e.decision["orderNo"],
+                                  orjson.dumps(event))
+            out_receipts.extend(receipts.decision_receipts(e.decision, e.docs, e.metas, now))
+        receipt_counts = Counter((r["type"], r["body"]["returnStatus"]) for r in out_receipts)
         for key, value in ceb.encode_receipts(out_receipts):
             self.sink.produce(self.t_receipts, key, value)
         await self.sink.flush()
 
         if to_emit or unreserve:
             pipe = self.redis.pipeline(transaction=False)
-            for order_key, order_no, _d, _docs, _metas in to_emit:
-                await self.scripts.confirm(keys=[order_key], args=[self.settings.decided_ttl_s], client=pipe)
-                pipe.zrem(state.pending_key(order_no), order_key)
-            for q in unreserve:
-                await self.scripts.unreserve(keys=[state.ledger_key(q.buyer, q.year)], args=[q.order], client=pipe)
+            for tag, group in state.group_by_slot(to_emit, lambda e: e.order_key).items():
+                await self.scripts.confirm(keys=["clr:p:" + tag] + [e.order_key for e in group],
+                                           args=[self.settings.decided_ttl_s], client=pipe)
+            for group in state.group_by_slot(unreserve, self._ledger).values():
+                await self.scripts.unreserve(keys=[self._ledger(q) for q in group], args=[q.order for q in group],
+                                             client=pipe)
             await pipe.execute()
+        self._observe(to_emit, receipt_counts)
+
+    @staticmethod
+    def _observe(emitted: list[_Emit], receipt_counts: Counter[tuple[str, str]]) -> None:
+        for (rtype, status), n in receipt_counts.items():
+            m.RECEIPTS.labels(rtype, status).inc(n)
         done = int(time.time() * 1000)
-        for _k, _o, decision, _docs, _metas in to_emit:
-            status = decision["status"]
-            m.DECISIONS.labels(str(status), decision["outcome"]).inc()
-            for rule in decision["rules"]:
+        for e in emitted:
+            d = e.decision
+            m.DECISIONS.labels(str(d["status"]), d["outcome"]).inc()
+            for rule in d["rules"]:
                 m.RULE_HITS.labels(rule).inc()
-            for t in decision.get("missing", ()):
+            for t in d.get("missing", ()):
                 m.TIMEOUTS.labels(t).inc()
-            rts = decision["timestamps"].get("completingRecord")
+            rts = d["timestamps"].get("completingRecord")
             if rts:
                 m.LATENCY.observe(max(0, done - rts) / 1000)
 
@@ -322,56 +341,43 @@ class Pipeline:
     async def sweep_timeouts(self, limit: int = 500) -> int:
         """Decide incomplete matches older than the timeout; re-emit unconfirmed ones."""
         now = int(time.time() * 1000)
+        keys = state.pending_keys(self.buckets)
         pipe = self.redis.pipeline(transaction=False)
-        for key in state.pending_keys():
+        for key in keys:
             pipe.zrangebyscore(key, 0, now - self.timeout_ms, start=0, num=limit)
             pipe.zcard(key)
             pipe.zrange(key, 0, 0, withscores=True)
         replies = await pipe.execute()
-        candidates: list[tuple[str, str]] = []
-        total = 0
-        oldest = now
-        for i, key in enumerate(state.pending_keys()):
-            due, card, first = replies[3 * i], replies[3 * i + 1], replies[3 * i + 2]
+        due: dict[str, list[str]] = {}
+        total, oldest = 0, now
+        for i, key in enumerate(keys):
+            found, card, first = replies[3 * i], replies[3 * i + 1], replies[3 * i + 2]
             total += int(card)
             if first:
                 oldest = min(oldest, int(first[0][1]))
-            candidates.extend((key, k.decode()) for k in due)
+            if found:
+                due[key] = [k.decode() for k in found]
         m.PENDING.set(total)
         m.OLDEST_PENDING.set((now - oldest) / 1000)
-        if not candidates:
+        if not due:
             return 0
         pipe = self.redis.pipeline(transaction=False)
-        for _pkey, okey in candidates:
-            await self.scripts.timeout(keys=[okey], args=[now, self.timeout_ms, STALE_MS], client=pipe)
-        replies = await pipe.execute()
+        for pkey, okeys in due.items():
+            await self.scripts.timeout(keys=[pkey] + okeys, args=[now, self.timeout_ms, STALE_MS], client=pipe)
         pending: dict[str, _Pending] = {}
-        reemit: dict[str, tuple[bytes, list[Any]]] = {}
-        drop = []
-        for (pkey, okey), reply in zip(candidates, replies):
-            status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-            if status == "X":
-                drop.append((pkey, okey))
-            elif status == "R":
-                reemit[okey] = (reply[1], reply[2:])
-            elif status == "T":
-                first, raw_docs, raw_metas = state.split_docs(reply[1:])
-                order_no = okey[len("clr:o:{"):-1]
-                # All four present but undecided means a worker died between match
-                # and decision: decide it as a complete match, not a timeout.
-                pending[okey] = _Pending(okey, order_no, {t: orjson.loads(v) for t, v in raw_docs.items()},
-                                         {t: orjson.loads(v) for t, v in raw_metas.items()}, first,
-                                         complete=len(raw_docs) == len(DOC_TYPES))
-        if drop:
-            pipe = self.redis.pipeline(transaction=False)
-            for pkey, okey in drop:
-                pipe.zrem(pkey, okey)
-            await pipe.execute()
+        reemit: dict[str, _Emit] = {}
+        for okeys, replies in zip(due.values(), await pipe.execute()):
+            for okey, reply in zip(okeys, replies):
+                status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+                if status == "R":
+                    _, raw_docs, raw_metas = state.split_docs(reply[2:])
+                    reemit[okey] = _Emit(okey, orjson.loads(reply[1]), _loads_all(raw_docs), _loads_all(raw_metas))
+                elif status == "T":
+                    first, raw_docs, raw_metas = state.split_docs(reply[1:])
+                    # All four present but undecided means a worker died between
+                    # match and decision: decide it as a complete match.
+                    pending[okey] = _Pending(okey, _loads_all(raw_docs), _loads_all(raw_metas), first,
+                                             complete=len(raw_docs) == len(DOC_TYPES))
         await self._decide(pending, now)
         await self._emit(pending, reemit, [], now)
         return len(pending) + len(reemit)
-
-
-
-
-__all__ = ["InRecord", "Pipeline", "Sink", "DOC_TYPES"]

@@ -1,154 +1,234 @@
 """Match state and cross-order state in Redis, behind atomic Lua scripts.
 
-Every key carries a hash tag ({orderNo}, {buyer}, {bucket}) and every script
-touches one key, so the same code runs on Redis Cluster. A batch of documents
-is one pipeline of script calls: one network round trip.
+Keys are spread over a fixed number of slot buckets by a hash tag ({o07},
+{q03}): every script call touches keys of one bucket only, so the code runs
+unchanged on Redis Cluster (a bucket is a hash slot), and a consumed batch
+costs one script call per bucket instead of one per document. Buckets
+(CLEARANCE_REDIS_BUCKETS, default 16) bound how many cluster shards share the
+load; raise it before growing past that many shards.
 
-Order key  clr:o:{orderNo}   hash  d<type> canonical document, m<type> arrival meta,
-                                   first (ms), dec (decision JSON), dect, emit
-Ledger     clr:q:{buyer}:<year> hash  o:<orderKey> -> cents reserved, total
-Pending    clr:p:{<bucket>}   zset orderKey -> first arrival ms (for timeouts)
+Order key  clr:o:{oNN}:<orderNo>   hash  d<type> canonical document, h<type> its sha1,
+                                         m<type> arrival meta, first (ms), dec, dect, emit
+Pending    clr:p:{oNN}             zset  order key -> first arrival ms (timeouts)
+Ledger     clr:q:{qNN}:<buyer>:<year> hash  o:<order key> -> cents reserved, total
 Serial     clr:seq:{<customsCode>}:<year>  counter for invtNo/preNo
 """
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, Callable, Iterable, TypeVar
 
-PENDING_BUCKETS = 16
 LEDGER_TTL_S = 400 * 24 * 3600
+DOC_FIELDS = "'first', 'd311', 'm311', 'd411', 'm411', 'd511', 'm511', 'd621', 'm621'"
 
-_ALL = "redis.call('HMGET', k, 'first', 'd311', 'm311', 'd411', 'm411', 'd511', 'm511', 'd621', 'm621')"
-
-# Returns {'A'} new, {'S'} identical duplicate, {'C'} conflicting duplicate,
-# {'D', dec} already decided, {'M', first, docs...} complete (also when an
-# identical duplicate finds all four present and no decision yet, which is
-# how a crash between match and decision recovers), {'R', dec, first, docs...}
+# Per document: {'A'} new, {'S'} identical duplicate, {'C'} conflicting
+# duplicate, {'D', dec} already decided, {'M', first, docs...} complete (also
+# when an identical duplicate finds all four present and no decision yet: how
+# a crash between match and decision recovers), {'R', dec, first, docs...}
 # decided but never confirmed emitted (re-emit after `stale` ms).
 MATCH = f"""
-local k = KEYS[1]
-local t, payload, meta = ARGV[1], ARGV[2], ARGV[3]
-local now, stale = tonumber(ARGV[4]), tonumber(ARGV[5])
-local dec = redis.call('HGET', k, 'dec')
-if dec then
-  if redis.call('HEXISTS', k, 'emit') == 0 and now - tonumber(redis.call('HGET', k, 'dect') or '0') > stale then
-    redis.call('HSET', k, 'dect', now)
-    local r = {_ALL}
-    table.insert(r, 1, dec)
-    table.insert(r, 1, 'R')
-    return r
+local pending = KEYS[1]
+local now, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {{}}
+for i = 2, #KEYS do
+  local k = KEYS[i]
+  local t, payload, meta = ARGV[3 * i - 3], ARGV[3 * i - 2], ARGV[3 * i - 1]
+  local res
+  local dec = redis.call('HGET', k, 'dec')
+  if dec then
+    if redis.call('HEXISTS', k, 'emit') == 0 and now - tonumber(redis.call('HGET', k, 'dect') or '0') > stale then
+      redis.call('HSET', k, 'dect', now)
+      res = redis.call('HMGET', k, {DOC_FIELDS})
+      table.insert(res, 1, dec)
+      table.insert(res, 1, 'R')
+    else
+      res = {{'D', dec}}
+    end
+  else
+    local digest = redis.sha1hex(payload)
+    local cur = redis.call('HGET', k, 'h' .. t)
+    local status = 'A'
+    if cur and cur ~= digest then
+      res = {{'C'}}
+    else
+      if cur then
+        status = 'S'
+      else
+        redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest)
+        redis.call('HSETNX', k, 'first', now)
+      end
+      if redis.call('HEXISTS', k, 'd311') == 1 and redis.call('HEXISTS', k, 'd411') == 1
+         and redis.call('HEXISTS', k, 'd511') == 1 and redis.call('HEXISTS', k, 'd621') == 1 then
+        res = redis.call('HMGET', k, {DOC_FIELDS})
+        table.insert(res, 1, 'M')
+      else
+        redis.call('ZADD', pending, 'NX', redis.call('HGET', k, 'first'), k)
+        res = {{status}}
+      end
+    end
   end
-  return {{'D', dec}}
+  out[i - 1] = res
 end
-local cur = redis.call('HGET', k, 'h' .. t)
-local digest = redis.sha1hex(payload)
-local status = 'A'
-if cur then
-  if cur ~= digest then return {{'C'}} end
-  status = 'S'
-else
-  redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest)
-  redis.call('HSETNX', k, 'first', now)
-end
-if redis.call('HEXISTS', k, 'd311') == 1 and redis.call('HEXISTS', k, 'd411') == 1
-   and redis.call('HEXISTS', k, 'd511') == 1 and redis.call('HEXISTS', k, 'd621') == 1 then
-  local r = {_ALL}
-  table.insert(r, 1, 'M')
-  return r
-end
-return {{status}}
+return out
 """
 
-# {'W'} not yet due, {'X'} nothing to do (drop from pending), {'T', first, docs...}
-# due, {'R', dec, first, docs...} decided but unconfirmed: re-emit.
+# Per order key: {'W'} not yet due, {'X'} nothing to do (dropped from pending),
+# {'T', first, docs...} due, {'R', dec, first, docs...} decided but
+# unconfirmed: re-emit.
 TIMEOUT = f"""
-local k = KEYS[1]
+local pending = KEYS[1]
 local now, timeout, stale = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local dec = redis.call('HGET', k, 'dec')
-if dec then
-  if redis.call('HEXISTS', k, 'emit') == 0 and now - tonumber(redis.call('HGET', k, 'dect') or '0') > stale then
-    redis.call('HSET', k, 'dect', now)
-    local r = {_ALL}
-    table.insert(r, 1, dec)
-    table.insert(r, 1, 'R')
-    return r
+local out = {{}}
+for i = 2, #KEYS do
+  local k = KEYS[i]
+  local res
+  local dec = redis.call('HGET', k, 'dec')
+  local first = redis.call('HGET', k, 'first')
+  if dec then
+    if redis.call('HEXISTS', k, 'emit') == 1 then
+      redis.call('ZREM', pending, k)
+      res = {{'X'}}
+    elseif now - tonumber(redis.call('HGET', k, 'dect') or '0') > stale then
+      redis.call('HSET', k, 'dect', now)
+      res = redis.call('HMGET', k, {DOC_FIELDS})
+      table.insert(res, 1, dec)
+      table.insert(res, 1, 'R')
+    else
+      res = {{'W'}}
+    end
+  elseif not first then
+    redis.call('ZREM', pending, k)
+    res = {{'X'}}
+  elseif now - tonumber(first) < timeout then
+    res = {{'W'}}
+  else
+    res = redis.call('HMGET', k, {DOC_FIELDS})
+    table.insert(res, 1, 'T')
   end
-  if redis.call('HEXISTS', k, 'emit') == 1 then return {{'X'}} end
-  return {{'W'}}
+  out[i - 1] = res
 end
-local first = redis.call('HGET', k, 'first')
-if not first then return {{'X'}} end
-if now - tonumber(first) < timeout then return {{'W'}} end
-local r = {_ALL}
-table.insert(r, 1, 'T')
-return r
+return out
 """
 
-# First decision stored wins: {1} stored now, {0, existing} someone else decided.
+# First decision stored wins: per key {1} stored now, {0, existing} decided before.
 STORE = """
-local k = KEYS[1]
-local existing = redis.call('HGET', k, 'dec')
-if existing then return {0, existing} end
-redis.call('HSET', k, 'dec', ARGV[1], 'dect', ARGV[2])
-return {1}
+local now = ARGV[1]
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local existing = redis.call('HGET', k, 'dec')
+  if existing then
+    out[i] = {0, existing}
+  else
+    redis.call('HSET', k, 'dec', ARGV[i + 1], 'dect', now)
+    out[i] = {1}
+  end
+end
+return out
 """
 
-# Emission confirmed: keep the arrival metadata and digests (duplicates and
-# trace), drop the document bodies, let the key expire.
+# Emission confirmed: keep arrival metadata and digests (duplicates, trace),
+# drop the document bodies, leave the pending set, let the key expire.
 CONFIRM = """
-local k = KEYS[1]
-redis.call('HSET', k, 'emit', 1)
-redis.call('HDEL', k, 'd311', 'd411', 'd511', 'd621')
-redis.call('EXPIRE', k, tonumber(ARGV[1]))
-return 1
+local pending, ttl = KEYS[1], tonumber(ARGV[1])
+for i = 2, #KEYS do
+  local k = KEYS[i]
+  redis.call('HSET', k, 'emit', 1)
+  redis.call('HDEL', k, 'd311', 'd411', 'd511', 'd621')
+  redis.call('EXPIRE', k, ttl)
+  redis.call('ZREM', pending, k)
+end
+return #KEYS - 1
 """
 
-# Reserve an order's dutiable price against a buyer's annual limit, once per
-# order: {1, used_before} reserved (or already reserved), {0, used} over limit.
+# Reserve each order's dutiable price against its buyer's annual limit, once
+# per order: {1, used_before} reserved (or already was), {0, used} over limit.
 RESERVE = """
-local k = KEYS[1]
-local field = 'o:' .. ARGV[1]
-local amount, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
-local total = tonumber(redis.call('HGET', k, 'total') or '0')
-local cur = redis.call('HGET', k, field)
-if cur then return {1, total - tonumber(cur)} end
-if total + amount > limit then return {0, total} end
-redis.call('HSET', k, field, amount)
-redis.call('HINCRBY', k, 'total', amount)
-redis.call('EXPIRE', k, tonumber(ARGV[4]))
-return {1, total}
+local ttl = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local field = 'o:' .. ARGV[3 * i - 1]
+  local amount, limit = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local total = tonumber(redis.call('HGET', k, 'total') or '0')
+  local cur = redis.call('HGET', k, field)
+  if cur then
+    out[i] = {1, total - tonumber(cur)}
+  elseif total + amount > limit then
+    out[i] = {0, total}
+  else
+    redis.call('HSET', k, field, amount)
+    redis.call('HINCRBY', k, 'total', amount)
+    redis.call('EXPIRE', k, ttl)
+    out[i] = {1, total}
+  end
+end
+return out
 """
 
-# Give an order's reservation back (cancel, return, or a lost decision race).
+# Give reservations back (cancel, return, or a lost decision race).
 UNRESERVE = """
-local k = KEYS[1]
-local field = 'o:' .. ARGV[1]
-local cur = redis.call('HGET', k, field)
-if not cur then return 0 end
-redis.call('HDEL', k, field)
-redis.call('HINCRBY', k, 'total', -tonumber(cur))
-return 1
+local n = 0
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local field = 'o:' .. ARGV[i]
+  local cur = redis.call('HGET', k, field)
+  if cur then
+    redis.call('HDEL', k, field)
+    redis.call('HINCRBY', k, 'total', -tonumber(cur))
+    n = n + 1
+  end
+end
+return n
 """
 
-
-def order_key(order_no: str) -> str:
-    return "clr:o:{" + order_no + "}"
-
-
-def pending_key(order_no: str) -> str:
-    return "clr:p:{b%02d}" % (zlib.crc32(order_no.encode()) % PENDING_BUCKETS)
+BUCKETS = 16
+T = TypeVar("T")
 
 
-def pending_keys() -> list[str]:
-    return ["clr:p:{b%02d}" % b for b in range(PENDING_BUCKETS)]
+def bucket_of(value: str, buckets: int = BUCKETS) -> int:
+    return zlib.crc32(value.encode()) % buckets
 
 
-def ledger_key(buyer: str, year: str) -> str:
-    return "clr:q:{" + buyer + "}:" + year
+def order_key(order_no: str, buckets: int = BUCKETS) -> str:
+    return "clr:o:{o%02d}:%s" % (bucket_of(order_no, buckets), order_no)
+
+
+def order_no_of(key: str) -> str:
+    return key.split(":", 3)[3]
+
+
+def pending_key_for(order_key_: str) -> str:
+    """The pending set in the same slot bucket as an order key."""
+    return "clr:p:" + order_key_.split(":", 3)[2]
+
+
+def pending_key(order_no: str, buckets: int = BUCKETS) -> str:
+    return pending_key_for(order_key(order_no, buckets))
+
+
+def pending_keys(buckets: int = BUCKETS) -> list[str]:
+    return ["clr:p:{o%02d}" % b for b in range(buckets)]
+
+
+def ledger_key(buyer: str, year: str, buckets: int = BUCKETS) -> str:
+    return "clr:q:{q%02d}:%s:%s" % (bucket_of(buyer, buckets), buyer, year)
 
 
 def serial_key(customs_code: str, year: str) -> str:
     return "clr:seq:{" + customs_code + "}:" + year
+
+
+def slot_tag(key: str) -> str:
+    return key[key.index("{"):key.index("}") + 1]
+
+
+def group_by_slot(items: Iterable[T], key: Callable[[T], str]) -> dict[str, list[T]]:
+    """Items grouped by the hash tag of their key: one script call per group."""
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(slot_tag(key(item)), []).append(item)
+    return groups
 
 
 class Scripts:

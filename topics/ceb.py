@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional, Union
 
+import msgspec
 import orjson
 from lxml import etree
 
@@ -194,13 +195,14 @@ def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMe
         err = schema.error_log.last_error
         raise CebError(ERR_SCHEMA, "schema_invalid",
                        f"schema validation failed at line {err.line}: {err.message}", kind.root)
-    decimals = decimal_fields()
+    # After validation the shape is known: the head first, then the lines.
+    cut = len(NS) + 2
+    head_dec, line_dec = decimal_names(kind.head), decimal_names(kind.lines)
     docs = []
     for w in wrappers:
-        head_el = w.find(f"{{{NS}}}{kind.head}")
-        head = _canonical({_local(c.tag): (c.text or "") for c in head_el}, decimals[kind.head])
-        lines = [_canonical({_local(c.tag): (c.text or "") for c in line}, decimals[kind.lines])
-                 for line in w.findall(f"{{{NS}}}{kind.lines}")] if kind.lines else []
+        children = list(w)
+        head = _canonical({c.tag[cut:]: c.text or "" for c in children[0]}, head_dec)
+        lines = [_canonical({c.tag[cut:]: c.text or "" for c in line}, line_dec) for line in children[1:]]
         docs.append(RawDocument(kind.code, head, lines))
     cop = root.find(f"{{{NS}}}BaseTransfer/{{{NS}}}copCode")
     return DecodedMessage(kind.code, "xml", root.get("guid", ""), (cop.text or "") if cop is not None else "", docs)
@@ -218,126 +220,162 @@ def _check_size(kind: MessageKind, n_docs: int, line_counts: list[int]) -> None:
 
 
 # --------------------------------------------------------------------------- JSON
+#
+# JSON documents are validated by msgspec against types generated from the XSD
+# (required fields, string lengths, decimal and integer forms, list sizes,
+# no unknown fields), in C; only decimals given as JSON numbers take a Python
+# path. A record is one document object or a list of up to 100.
 
-_DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
-_INT = re.compile(r"^[+-]?\d+$")
+_DECIMAL_TEXT = r"^[+-]?(\d+\.?\d*|\.\d+)$"
+_INT_TEXT = r"^[+-]?\d{1,10}$"
+
+
+def _json_type(spec: FieldSpec) -> Any:
+    if spec.kind == "str":
+        t: Any = Annotated[str, msgspec.Meta(min_length=spec.min_len, max_length=spec.max_len)]
+    elif spec.kind == "int":
+        t = Union[Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)],
+                  Annotated[str, msgspec.Meta(pattern=_INT_TEXT)]]
+    else:
+        t = Union[int, float, Annotated[str, msgspec.Meta(pattern=_DECIMAL_TEXT, max_length=64)]]
+    return t if spec.required else Optional[t]
+
+
+def _entity_struct(entity: str) -> Any:
+    fields = [(f.name, _json_type(f)) if f.required else (f.name, _json_type(f), None)
+              for f in field_specs()[entity]]
+    # msgspec wants required fields first; order does not matter in JSON.
+    fields.sort(key=len)
+    return msgspec.defstruct(entity, fields, forbid_unknown_fields=True)
+
+
+@lru_cache(maxsize=None)
+def _json_decoder(code: str) -> Any:
+    kind = KINDS[code]
+    fields: list[Any] = [(kind.head, _entity_struct(kind.head))]
+    if kind.lines:
+        fields.append((kind.lines, Annotated[list[_entity_struct(kind.lines)],  # type: ignore[misc]
+                                             msgspec.Meta(min_length=1, max_length=MAX_LINES)]))
+    doc = msgspec.defstruct(kind.code + "Document", fields, forbid_unknown_fields=True)
+    record = Union[doc, Annotated[list[doc], msgspec.Meta(min_length=1, max_length=MAX_DOCUMENTS)]]
+    return msgspec.json.Decoder(record)
+
+
+def _sniff_json_kind(data: bytes) -> MessageKind:
+    found = [k for k in KINDS.values() if b'"' + k.head.encode() + b'"' in data]
+    if len(found) != 1:
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise CebError(ERR_MALFORMED, "malformed_json", f"JSON is not well-formed: {exc}") from None
+        if not found:
+            raise CebError(ERR_UNKNOWN_TYPE, "unknown_message_type",
+                           "each document needs exactly one of " + ", ".join(sorted(KIND_BY_HEAD)))
+        raise CebError(ERR_SCHEMA, "schema_invalid", "one record carries one document type only")
+    return found[0]
 
 
 def decode_json(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
+    kind = _sniff_json_kind(data)
+    _check_topic(kind, accepts)
     try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
+        obj = _json_decoder(kind.code).decode(data)
+    except msgspec.ValidationError as exc:
+        text = str(exc).replace(f"`str` matching regex {_DECIMAL_TEXT!r}", "a decimal number as text") \
+            .replace(f"`str` matching regex {_INT_TEXT!r}", "an integer as text")
+        if f"length <= {MAX_DOCUMENTS}" in text and "OrderList" not in text and "InventoryList" not in text:
+            raise CebError(ERR_OVERSIZE, "too_many_documents",
+                           f"more than {MAX_DOCUMENTS} documents in one record ({text})", kind.root) from None
+        if f"length <= {MAX_LINES}" in text and text.rstrip("`").endswith(kind.lines):
+            raise CebError(ERR_OVERSIZE, "too_many_lines",
+                           f"more than {MAX_LINES} {kind.lines} lines in one document ({text})", kind.root) from None
+        raise CebError(ERR_SCHEMA, "schema_invalid", f"JSON does not match CEB{kind.code}: {text}",
+                       kind.root) from None
+    except msgspec.DecodeError as exc:
         raise CebError(ERR_MALFORMED, "malformed_json", f"JSON is not well-formed: {exc}") from None
     items = obj if isinstance(obj, list) else [obj]
-    if not items or not all(isinstance(i, dict) for i in items):
-        raise CebError(ERR_SCHEMA, "schema_invalid",
-                       "a JSON record is one document object or a non-empty list of them")
-    kinds = set()
-    for item in items:
-        heads = [k for k in item if k in KIND_BY_HEAD]
-        if len(heads) != 1:
-            raise CebError(ERR_UNKNOWN_TYPE, "unknown_message_type",
-                           "each document needs exactly one of " + ", ".join(sorted(KIND_BY_HEAD)))
-        kinds.add(heads[0])
-    if len(kinds) != 1:
-        raise CebError(ERR_SCHEMA, "schema_invalid", "one record carries one document type only")
-    kind = KIND_BY_HEAD[kinds.pop()]
-    _check_topic(kind, accepts)
-    _check_size(kind, len(items),
-                [len(i.get(kind.lines) or []) if isinstance(i.get(kind.lines), list) else 0
-                 for i in items] if kind.lines else [])
-    specs = field_specs()
+    numeric = _numeric_specs()
     docs = []
-    for n, item in enumerate(items, 1):
-        where = f"document {n}"
-        extra = set(item) - {kind.head, kind.lines}
-        if extra:
-            raise CebError(ERR_SCHEMA, "schema_invalid",
-                           f"{where}: unexpected element(s) {sorted(extra)}", kind.root)
-        head = _validate_entity(item[kind.head], specs[kind.head], f"{where} {kind.head}", kind)
-        lines: list[dict[str, str]] = []
-        if kind.lines:
-            raw_lines = item.get(kind.lines)
-            if not isinstance(raw_lines, list) or not raw_lines:
-                raise CebError(ERR_SCHEMA, "schema_invalid",
-                               f"{where}: {kind.lines} must be a list of 1..{MAX_LINES} lines", kind.root)
-            lines = [_validate_entity(line, specs[kind.lines], f"{where} {kind.lines}[{i}]", kind)
-                     for i, line in enumerate(raw_lines, 1)]
+    for item in items:
+        head = _entity_dict(getattr(item, kind.head), numeric[kind.head], kind)
+        lines = [_entity_dict(line, numeric[kind.lines], kind) for line in getattr(item, kind.lines)] \
+            if kind.lines else []
         docs.append(RawDocument(kind.code, head, lines))
     return DecodedMessage(kind.code, "json", "", "", docs)
 
 
-def _validate_entity(obj: Any, specs: tuple[FieldSpec, ...], where: str, kind: MessageKind) -> dict[str, str]:
-    if not isinstance(obj, dict):
-        raise CebError(ERR_SCHEMA, "schema_invalid", f"{where} must be an object", kind.root)
-    known = {s.name for s in specs}
-    unknown = [k for k in obj if k not in known]
-    if unknown:
-        raise CebError(ERR_SCHEMA, "schema_invalid", f"{where}: unknown field(s) {unknown}", kind.root)
-    out: dict[str, str] = {}
-    for spec in specs:
-        value = obj.get(spec.name)
+def _entity_dict(struct: Any, numeric: tuple[FieldSpec, ...], kind: MessageKind) -> dict[str, str]:
+    out = msgspec.structs.asdict(struct)
+    # Only numbers need a second look: their text form must be canonical.
+    for spec in numeric:
+        value = out[spec.name]
         if value is None:
-            if spec.required:
-                raise CebError(ERR_SCHEMA, "schema_invalid",
-                               f"{where}: required field {spec.name!r} is missing", kind.root)
             continue
-        out[spec.name] = _check_value(value, spec, where, kind)
-    return out
-
-
-def _check_value(value: Any, spec: FieldSpec, where: str, kind: MessageKind) -> str:
-    def bad(why: str) -> CebError:
-        return CebError(ERR_SCHEMA, "schema_invalid", f"{where}.{spec.name}: {why}", kind.root)
-
-    if spec.kind == "str":
-        if not isinstance(value, str):
-            raise bad(f"expected a string, got {type(value).__name__}")
-        text = value
-        if not spec.min_len <= len(text) <= spec.max_len:
-            raise bad(f"length {len(text)} outside {spec.min_len}..{spec.max_len}")
-        return text
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise bad(f"expected a number, got {type(value).__name__}")
-    if spec.kind == "int":
-        if isinstance(value, float) or (isinstance(value, str) and not _INT.match(value)):
-            raise bad(f"expected an integer, got {value!r}")
-        iv = int(value)
-        if not -(2**31) <= iv < 2**31:
-            raise bad("integer out of range")
-        return str(iv)
-    text = value if isinstance(value, str) else repr(value)
-    if not _DECIMAL.match(text) or len(text) > 64:
-        raise bad(f"expected a decimal number, got {text[:40]!r}")
-    digits = text.lstrip("+-")
-    int_part, _, frac = digits.partition(".")
-    if spec.fraction_digits and len(frac.rstrip("0")) > spec.fraction_digits:
-        raise bad(f"more than {spec.fraction_digits} fraction digits")
-    if spec.total_digits and len(int_part.lstrip("0")) + len(frac.rstrip("0")) > spec.total_digits:
-        raise bad(f"more than {spec.total_digits} digits")
-    return canonical_decimal(text)
-
-
-def canonical_decimal(text: str) -> str:
-    """One spelling per amount ("300.00", "300" and 300.0 all become "300"), so that
-    the same document sent as XML or as JSON compares equal."""
-    try:
-        d = Decimal(text)
-    except InvalidOperation:
-        return text
-    return format(d.normalize(), "f")
+        out[spec.name] = str(int(value)) if spec.kind == "int" else _decimal_text(value, spec, kind)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 @lru_cache(maxsize=1)
-def decimal_fields() -> dict[str, frozenset[str]]:
-    return {entity: frozenset(f.name for f in fields if f.kind == "dec")
-            for entity, fields in field_specs().items()} | {"": frozenset()}
+def _numeric_specs() -> dict[str, tuple[FieldSpec, ...]]:
+    return {entity: tuple(s for s in specs if s.kind != "str") for entity, specs in field_specs().items()}
 
 
-def _canonical(fields: dict[str, str], decimals: frozenset[str]) -> dict[str, str]:
-    for name in decimals & fields.keys():
-        if fields[name]:
-            fields[name] = canonical_decimal(fields[name])
+def _decimal_text(value: Any, spec: FieldSpec, kind: MessageKind) -> str:
+    if type(value) is str:
+        # Fast path for the common spellings ("189.00", "300", "0"): trailing
+        # zeros off, then accept when plainly within the XSD's digit limits.
+        text = value.rstrip("0").rstrip(".") if "." in value else value
+        if text == "0" or text == "":
+            return "0"
+        if text[0] not in "+-0." and len(text) <= 20:
+            dot = text.find(".")
+            if (dot < 0 and len(text) <= spec.total_digits) or \
+                    (dot > 0 and len(text) - dot - 1 <= spec.fraction_digits):
+                return text
+    if isinstance(value, bool):
+        raise CebError(ERR_SCHEMA, "schema_invalid", f"{spec.name}: expected a number, got a boolean", kind.root)
+    text = canonical_decimal(value if isinstance(value, str) else repr(value))
+    int_part, _, frac = text.lstrip("-").partition(".")
+    if not _DECIMAL_RE.match(text) or len(frac) > spec.fraction_digits or \
+            len(int_part.lstrip("0")) + len(frac) > spec.total_digits:
+        raise CebError(ERR_SCHEMA, "schema_invalid",
+                       f"{spec.name}: {str(value)[:40]!r} is not a decimal with at most {spec.total_digits} "
+                       f"digits, {spec.fraction_digits} after the point", kind.root)
+    return text
+
+
+_DECIMAL_RE = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def canonical_decimal(text: str) -> str:
+    """One spelling per amount ("300.00", "+300", 300.0 all become "300"), so
+    that the same document sent as XML or as JSON compares equal."""
+    if "e" in text or "E" in text:  # a JSON number in exponent form
+        try:
+            text = format(Decimal(text), "f")
+        except InvalidOperation:
+            return text
+    neg = text.startswith("-")
+    body = text.lstrip("+-")
+    if "." in body:
+        body = body.rstrip("0").rstrip(".")
+    int_part, dot, frac = body.partition(".")
+    body = (int_part.lstrip("0") or "0") + (dot + frac if frac else "")
+    return "-" + body if neg and body != "0" else body
+
+
+@lru_cache(maxsize=None)
+def decimal_names(entity: str) -> tuple[str, ...]:
+    return tuple(f.name for f in field_specs().get(entity, ()) if f.kind == "dec")
+
+
+def _canonical(fields: dict[str, str], decimals: tuple[str, ...]) -> dict[str, str]:
+    for name in decimals:
+        text = fields.get(name)
+        if text:
+            if "." in text:
+                text = text.rstrip("0").rstrip(".")
+            fields[name] = text if text and text[0] not in "+-0." else canonical_decimal(text or "0")
     return fields
 
 

@@ -1,0 +1,115 @@
+"""Where the worker's CPU goes, per document, without a broker.
+
+Decodes 100-document CEB messages, normalises them, and runs the whole batch
+pipeline on a real Redis (embedded, or REDIS_URL) with outputs captured in
+memory, timing each stage in process CPU µs per document.
+
+Usage: python -m benchmarks.stages [--orders 4000] [--format json|xml]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from config.settings import Settings, load_settings
+from processors.documents import normalise
+from streams import embedded
+from streams.pipeline import InRecord, Pipeline
+from streams.simulator import generate, to_json, to_xml
+from topics import ceb, registry
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def produce(self, topic: str, key: str, value: bytes) -> None:
+        self.count += 1
+
+    async def flush(self) -> None:
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--orders", type=int, default=4000)
+    ap.add_argument("--format", choices=["json", "xml"], default="json")
+    args = ap.parse_args()
+    enc = to_xml if args.format == "xml" else to_json
+    base = load_settings()
+    services = embedded.start("unused:1", base.redis_url)
+    settings = Settings(kafka_bootstrap="unused:1", redis_url=services.redis_url)
+    orders = list(generate(args.orders, seed=1, mix={"ok": 1.0}))
+    offset = 0
+    batches: list[list[InRecord]] = []
+    for i in range(0, len(orders), 100):
+        chunk = orders[i:i + 100]
+        batch = []
+        for t in ("311", "411", "511", "621"):
+            offset += 1
+            batch.append(InRecord(registry.sender_topic(t).name, 0, offset, b"k",
+                                  enc(t, [o.docs[t] for o in chunk]), int(time.time() * 1000)))
+        batches.append(batch)
+    n = 4 * len(orders)
+    try:
+        c = time.process_time()
+        msgs = [ceb.decode(r.value or b"") for b in batches for r in b]
+        decode_us = 1e6 * (time.process_time() - c) / n
+        c = time.process_time()
+        for msg in msgs:
+            for d in msg.documents:
+                normalise(d.kind, d.head, d.lines, b"k")
+        normalise_us = 1e6 * (time.process_time() - c) / n
+        print(f"{args.format}: decode+validate {decode_us:.1f} µs/doc, normalise {normalise_us:.1f} µs/doc")
+        asyncio.run(_pipeline(settings, batches, n))
+    finally:
+        services.stop()
+
+
+async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int) -> None:
+    acc: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        if asyncio.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def aw(*a: Any, **k: Any) -> Any:
+                c = time.process_time()
+                try:
+                    return await fn(*a, **k)
+                finally:
+                    acc[name] = acc.get(name, 0.0) + time.process_time() - c
+            return aw
+
+        @functools.wraps(fn)
+        def w(*a: Any, **k: Any) -> Any:
+            c = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[name] = acc.get(name, 0.0) + time.process_time() - c
+        return w
+
+    client = aioredis.from_url(settings.redis_url)
+    p = Pipeline(settings, client, MemorySink())
+    p._decode = timed("decode + normalise", p._decode)  # type: ignore[method-assign]
+    p._on_match = timed("match replies + arrival receipts", p._on_match)  # type: ignore[method-assign]
+    p._decide = timed("rules + quota/serial round trip", p._decide)  # type: ignore[method-assign]
+    p._emit = timed("store, produce, receipts, confirm", p._emit)  # type: ignore[method-assign]
+    c, w = time.process_time(), time.perf_counter()
+    for b in batches:
+        await p.process(b)
+    total = time.process_time() - c
+    wall = time.perf_counter() - w
+    for k, v in acc.items():
+        print(f"  {k:36} {1e6 * v / n:7.1f} µs/doc")
+    print(f"  {'whole batch pipeline':36} {1e6 * total / n:7.1f} µs/doc CPU, {n / wall:,.0f} documents/s")
+    await client.aclose()
+
+
+if __name__ == "__main__":
+    main()
