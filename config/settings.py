@@ -38,6 +38,9 @@ class Settings:
     pii_key: str = "clearance-dev-key-change-me"
     # Slot buckets of the Redis keys (see streams/state.py); same on every worker.
     redis_buckets: int = 16
+    # Rule set at start: a YAML/JSON file, or "spine" (comparison rules and the
+    # two limits only: the match-only configuration). The rules topic overrides it.
+    rules: str = ""
     batch_max: int = 2000
     batch_within_s: float = 0.005
     web_host: str = "127.0.0.1"
@@ -86,6 +89,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         decided_ttl_s=int(_env(e, "CLEARANCE_DECIDED_TTL_S", str(7 * 24 * 3600))),
         pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
         redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),
+        rules=_env(e, "CLEARANCE_RULES", ""),
         batch_max=int(_env(e, "CLEARANCE_BATCH_MAX", "2000")),
         batch_within_s=float(_env(e, "CLEARANCE_BATCH_WITHIN_S", "0.005")),
         web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),

@@ -16,7 +16,7 @@ from typing import Any
 
 from processors import compare
 from processors.documents import DOC_NAMES, DOC_TYPES
-from processors.rules import (LANES, OUTCOMES, REJECT, RELEASE, Case, Hit, RuleSet,
+from processors.rules import (LANE_STATUS, LANES, OUTCOMES, REJECT, RELEASE, Case, Hit, worst_lane,
                               worst_status)
 
 SINGLE_LIMIT = Decimal("5000")
@@ -58,11 +58,21 @@ class SpineRules:
 
 @dataclass(frozen=True)
 class QuotaRequest:
+    """One reservation against a buyer's annual ledger, counted once per order."""
+
     buyer: str  # keyed hash of the buyer ID number
     year: str
-    order: str  # the order's ledger entry: reserved once per order
-    amount_cents: int
-    limit_cents: int
+    order: str  # the order's ledger entry
+    amount: int  # cents for the amount ledger, grams for a quantity ledger
+    limit: int
+    ledger: str = ""  # "" = the ¥26,000 amount ledger; "qty:<hs8>" = a positive-list quantity cap
+    rule: str = "policy.annual_limit"
+    reason: str = "ANNUAL_LIMIT_EXCEEDED"
+    code: str = "-621018"
+
+    @property
+    def amount_cents(self) -> int:
+        return self.amount
 
 
 def quota_request(case: Case, order_key: str) -> QuotaRequest:
@@ -72,12 +82,23 @@ def quota_request(case: Case, order_key: str) -> QuotaRequest:
     return QuotaRequest(str(inv.get("buyerIdNumber", "")), year, order_key, cents, int(ANNUAL_LIMIT * 100))
 
 
+def quota_hit(req: QuotaRequest, used_before: int) -> Hit:
+    """The reject a failed reservation gives (−621018 for the amount ledger)."""
+    if not req.ledger:
+        used = Decimal(used_before) / 100
+        limit = Decimal(req.limit) / 100
+        return Hit(req.rule, req.reason, REJECT, f"已用购买额度为{used}，本次购买将超过年度限额{limit}", req.code,
+                   {"usedBefore": str(used), "amount": str(Decimal(req.amount) / 100), "limit": str(limit),
+                    "year": req.year})
+    hs8 = req.ledger.split(":", 1)[1]
+    return Hit(req.rule, req.reason, REJECT,
+               f"annual quantity cap for {hs8} exceeded: {used_before / 1000:g} kg used, "
+               f"{req.amount / 1000:g} kg more, cap {req.limit / 1000:g} kg", req.code,
+               {"hs8": hs8, "usedKg": used_before / 1000, "amountKg": req.amount / 1000, "capKg": req.limit / 1000})
+
+
 def annual_limit_hit(req: QuotaRequest, used_before_cents: int) -> Hit:
-    used = Decimal(used_before_cents) / 100
-    return Hit("policy.annual_limit", "ANNUAL_LIMIT_EXCEEDED", REJECT,
-               f"已用购买额度为{used}，本次购买将超过年度限额{ANNUAL_LIMIT}", "-621018",
-               {"usedBefore": str(used), "amount": str(Decimal(req.amount_cents) / 100),
-                "limit": str(ANNUAL_LIMIT), "year": req.year})
+    return quota_hit(req, used_before_cents)
 
 
 def needs_quota(hits: list[Hit]) -> bool:
@@ -108,7 +129,8 @@ _RELEASE_FIELDS = ("logisticsNo", "logisticsCode", "ebpCode", "ebcCode", "agentC
 
 def build_decision(case: Case, order_key: str, hits: list[Hit], rules_version: str,
                    invt_no: str, pre_no: str, now_ms: int, quota: dict[str, Any] | None = None) -> dict[str, Any]:
-    status = worst_status(hits)
+    lane = worst_lane(hits)
+    status = LANE_STATUS[lane]
     inv = case.docs["621"]["head"]
     order = case.docs["311"]["head"]
     decision: dict[str, Any] = {
@@ -118,7 +140,10 @@ def build_decision(case: Case, order_key: str, hits: list[Hit], rules_version: s
         "ebpCode": order.get("ebpCode", ""),
         "status": status,
         "outcome": OUTCOMES[status],
-        "lane": LANES[status],
+        "lane": lane,
+        "postAudit": lane == "blue",
+        # 300/500 wait for an officer's result; 800/100 are final.
+        "final": status in (RELEASE, REJECT),
         "reasons": [h.as_dict() for h in hits],
         "rules": sorted({h.rule for h in hits}),
         "ruleSetVersion": rules_version,
@@ -162,6 +187,7 @@ def timeout_decision(order_key: str, docs: dict[str, dict[str, Any]], first_ms: 
         "status": REJECT,
         "outcome": OUTCOMES[REJECT],
         "lane": LANES[REJECT],
+        "final": True,
         "reasons": [hit.as_dict()],
         "rules": [hit.rule],
         "ruleSetVersion": "match",
@@ -187,6 +213,25 @@ def release_event(decision: dict[str, Any]) -> dict[str, Any] | None:
         "status": RELEASE,
         "decisionId": decision["decisionId"],
         "ruleSetVersion": decision["ruleSetVersion"],
-        "releasedAt": decision["timestamps"]["decided"],
+        "postAudit": decision.get("postAudit", False),
+        "releasedAt": decision["timestamps"].get("reviewed") or decision["timestamps"]["decided"],
     })
     return event
+
+
+def review_decision(decision: dict[str, Any], result: str, officer: str, note: str, now_ms: int) -> dict[str, Any]:
+    """The final decision after an officer's manual review or inspection."""
+    status = RELEASE if result == "release" else REJECT
+    final = dict(decision)
+    final.update({
+        "status": status, "outcome": OUTCOMES[status], "final": True,
+        "lane": decision["lane"] if status == RELEASE else "reject",
+        "provisional": {"status": decision["status"], "lane": decision["lane"]},
+        "review": {"result": result, "officer": officer, "note": note, "at": now_ms},
+        "timestamps": dict(decision["timestamps"], reviewed=now_ms),
+    })
+    final["reasons"] = list(decision["reasons"]) + [{
+        "rule": "officer.review", "reason": "OFFICER_RELEASE" if status == RELEASE else "OFFICER_REJECT",
+        "status": status, "lane": final["lane"], "info": note or f"officer {officer}: {result}"}]
+    final["rules"] = sorted(set(decision["rules"]) | {"officer.review"})
+    return final

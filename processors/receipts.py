@@ -112,3 +112,24 @@ def error_receipt(to: str, fmt: str, status: str, info: str, message_type: str, 
         "oriBizMessage": "",
     }
     return {"type": "900", "to": to or "unknown", "fmt": fmt, "entity": "MessageReturn", "body": body}
+
+
+def receipt_address(doc: dict[str, Any], meta: dict[str, Any]) -> dict[str, str]:
+    """What a later 622 for this inventory list needs (kept on the decision, so an
+    officer's result can be answered after the documents are gone)."""
+    h = doc["head"]
+    out = {"to": sender(doc, meta), "fmt": str(meta.get("fmt", "json"))}
+    for f in ("guid", "customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "orderNo"):
+        if h.get(f):
+            out[f] = str(h[f])
+    return out
+
+
+def final_inventory_receipt(decision: dict[str, Any], now_ms: int) -> Receipt:
+    """The 622 with the final status of a reviewed list."""
+    addr = decision.get("receipt", {})
+    head = {k: v for k, v in addr.items() if k not in ("to", "fmt")}
+    doc = {"type": "621", "head": head, "lines": []}
+    return document_receipt(doc, {"snd": addr.get("to", ""), "fmt": addr.get("fmt", "json")},
+                            str(decision["status"]), decision_info(decision), now_ms,
+                            decision.get("invtNo", ""), decision.get("preNo", ""))

@@ -1,8 +1,14 @@
-"""The shape every rule result takes, and the outcome ordering.
+"""The shape every rule result takes, lanes, and the outcome ordering.
 
-A rule set is anything with `evaluate(case) -> list[Hit]`; the spine ships the
-comparison rules and the two purchase limits, and the policy/risk engine plugs
-in through the same interface without changing the spine.
+A rule set is anything with `evaluate(case) -> list[Hit]` and a `version`;
+the spine ships the comparison rules and the two purchase limits
+(processors/decide.SpineRules), the policy and risk engine
+(processors/ruleset.RuleEngine) adds the data-driven rules through the same
+interface.
+
+Lanes follow ASYCUDA selectivity (DOMAIN.md §4.1): green → 800 release,
+blue → 800 with a post-clearance audit flag, yellow → 300 manual review,
+red → 500 inspect; validation and policy failures → 100 reject.
 """
 from __future__ import annotations
 
@@ -15,9 +21,11 @@ INSPECT = 500
 REJECT = 100
 
 OUTCOMES = {RELEASE: "release", REVIEW: "manual_review", INSPECT: "inspect", REJECT: "reject"}
-LANES = {RELEASE: "green", REVIEW: "yellow", INSPECT: "red", REJECT: "reject"}
-# Most severe first: one reject beats any inspect, which beats any review.
-SEVERITY = {REJECT: 3, INSPECT: 2, REVIEW: 1, RELEASE: 0}
+LANE_STATUS = {"green": RELEASE, "blue": RELEASE, "yellow": REVIEW, "red": INSPECT, "reject": REJECT}
+STATUS_LANE = {RELEASE: "green", REVIEW: "yellow", INSPECT: "red", REJECT: "reject"}
+# Most severe first: one reject beats any red, which beats any yellow, ...
+LANE_SEVERITY = {"reject": 4, "red": 3, "yellow": 2, "blue": 1, "green": 0}
+LANES = STATUS_LANE  # status -> default lane
 
 
 @dataclass(frozen=True)
@@ -28,9 +36,15 @@ class Hit:
     info: str  # readable explanation for the receipt and the audit trail
     code: str = ""  # official GACC error code where one exists (e.g. "-621005")
     evidence: dict[str, Any] = field(default_factory=dict)
+    lane: str = ""  # "" means the status's default lane
+
+    @property
+    def effective_lane(self) -> str:
+        return self.lane or STATUS_LANE[self.status]
 
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"rule": self.rule, "reason": self.reason, "status": self.status, "info": self.info}
+        d: dict[str, Any] = {"rule": self.rule, "reason": self.reason, "status": self.status,
+                             "lane": self.effective_lane, "info": self.info}
         if self.code:
             d["code"] = self.code
         if self.evidence:
@@ -40,12 +54,14 @@ class Hit:
 
 @dataclass
 class Case:
-    """One complete match: the four documents of an order and its timings."""
+    """One complete match: the four documents of an order, its timings, and
+    the cross-order features the adapter looked up for it."""
 
     docs: dict[str, dict[str, Any]]
     first_ms: int
     complete_ms: int
     complete_record_ms: int
+    features: dict[str, Any] = field(default_factory=dict)
 
 
 class RuleSet(Protocol):
@@ -54,9 +70,13 @@ class RuleSet(Protocol):
     def evaluate(self, case: Case) -> list[Hit]: ...
 
 
-def worst_status(hits: list[Hit]) -> int:
-    status = RELEASE
+def worst_lane(hits: list[Hit]) -> str:
+    lane = "green"
     for h in hits:
-        if SEVERITY[h.status] > SEVERITY[status]:
-            status = h.status
-    return status
+        if LANE_SEVERITY[h.effective_lane] > LANE_SEVERITY[lane]:
+            lane = h.effective_lane
+    return lane
+
+
+def worst_status(hits: list[Hit]) -> int:
+    return LANE_STATUS[worst_lane(hits)]

@@ -23,6 +23,7 @@ from config.settings import Settings
 from streams import metrics as m
 from streams.output import KafkaSink
 from streams.pipeline import InRecord, Pipeline
+from streams.rules_feed import RulesFeed, initial_rules
 from topics import registry
 
 log = logging.getLogger("clearance.worker")
@@ -80,12 +81,46 @@ def create_app(settings: Settings) -> faust.App:
     )
     inbound = app.topic(*[registry.topic_name(t, settings) for t in registry.INBOUND],
                         value_serializer="raw", key_serializer="raw")
-    holder: dict[str, Pipeline] = {}
+    reviews = app.topic(registry.topic_name(registry.REVIEWS, settings), value_serializer="raw",
+                        key_serializer="raw")
+    holder: dict[str, Any] = {}
+
+    def set_rules(rules: Any) -> None:
+        """Swap the rule set; the next batch uses it (a batch in flight keeps its own)."""
+        old = holder.get("rules")
+        holder["rules"] = rules
+        if "p" in holder:
+            holder["p"].rules = rules
+        if old is not None and old.version != rules.version:
+            m.RULESET_INFO.remove(old.version)
+            log.warning("rule set %s in force (was %s)", rules.version, old.version)
+        m.RULESET_INFO.labels(rules.version).set(1)
+
+    set_rules(initial_rules(settings))
+
+    @app.task
+    async def start_rules_feed() -> None:
+        loop = asyncio.get_running_loop()
+        feed = RulesFeed(settings, lambda rules: loop.call_soon_threadsafe(set_rules, rules))
+        feed.start()
+        holder["feed"] = feed
+
+    creating = asyncio.Lock()
 
     async def pipeline() -> Pipeline:
+        async with creating:
+            return await _pipeline()
+
+    async def _pipeline() -> Pipeline:
         if "p" not in holder:
+            # Start deciding only with the rule set the topic holds (bounded wait).
+            feed = holder.get("feed")
+            deadline = loop_time() + 15
+            while feed is not None and not feed.caught_up.is_set() and loop_time() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0)  # let a pending set_rules from the feed run first
             client = aioredis.from_url(settings.redis_url, decode_responses=False)
-            holder["p"] = Pipeline(settings, client, KafkaSink(settings))
+            holder["p"] = Pipeline(settings, client, KafkaSink(settings), holder["rules"])
         return holder["p"]
 
     @app.agent(inbound, name="clearance.ingest")
@@ -94,6 +129,14 @@ def create_app(settings: Settings) -> faust.App:
             records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
                                 e.message.value, int((e.message.timestamp or 0) * 1000)) for e in events]
             await process_until_done(await pipeline(), records)
+
+    @app.agent(reviews, name="clearance.reviews")
+    async def review_results(stream: Any) -> None:
+        async for events in stream.take_events(500, within=0.05):
+            records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                                e.message.value, int((e.message.timestamp or 0) * 1000)) for e in events]
+            p = await pipeline()
+            await process_until_done(p, records, p.review)
 
     @app.timer(interval=1.0, name="clearance.timeouts")
     async def timeouts() -> None:
@@ -130,14 +173,21 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-async def process_until_done(pipeline: Pipeline, records: list[InRecord]) -> None:
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def process_until_done(pipeline: Pipeline, records: list[InRecord], step: Any = None) -> None:
     """Fail closed: while Redis or the broker fails, retry the same batch with
     backoff; nothing is acknowledged, decided or released on a guess."""
     backoff = 0.1
     retry = False
     while True:
         try:
-            await pipeline.process(records, retry=retry)
+            if step is None:
+                await pipeline.process(records, retry=retry)
+            else:
+                await step(records)
             return
         except Exception as exc:
             m.RETRIES.labels(type(exc).__name__).inc()

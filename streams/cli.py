@@ -108,6 +108,104 @@ def cmd_scan(args: argparse.Namespace) -> None:
     print(scan(redis.Redis.from_url(settings.redis_url), args.logistics_no))
 
 
+def cmd_rules(args: argparse.Namespace) -> None:
+    import json
+
+    from processors import ruleset
+
+    if args.action == "schema":
+        print(json.dumps(ruleset.schema(), indent=1, ensure_ascii=False))
+        return
+    try:
+        document = ruleset.load_file(args.file or ruleset.DEFAULT_RULESET)
+        engine = ruleset.compile_ruleset(document)
+    except ruleset.RuleSetError as exc:
+        sys.exit(f"rule set refused: {exc}")
+    print(f"rule set {engine.version}: {len(engine.rules)} rules, {len(engine.ledgers)} ledgers, "
+          f"{len(engine.reference.positive)} positive-list lines — valid")
+    if args.action == "push":
+        from confluent_kafka import Producer
+
+        from streams.rules_feed import encode
+        from topics.registry import RULES, ensure_topics, topic_name
+
+        settings = load_settings()
+        _need_services(settings)
+        ensure_topics(settings)
+        producer = Producer(settings.librdkafka_config())
+        producer.produce(topic_name(RULES, settings), encode(document, os.environ.get("USER", "")), b"ruleset")
+        if producer.flush(15):
+            sys.exit("rule set not delivered to the broker")
+        print(f"published rule set {engine.version}; workers switch at their next batch")
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    import orjson
+    import redis
+
+    from streams import state
+
+    settings = load_settings()
+    _need_services(settings)
+    r = redis.Redis.from_url(settings.redis_url)
+    key = state.order_key(args.order_no, settings.redis_buckets)
+    raw = r.hmget(key, "dec", "final", "first", "m311", "m411", "m511", "m621")
+    if raw[0] is None:
+        present = [t for t, v in zip(("311", "411", "511", "621"), raw[3:]) if v is not None]
+        sys.exit(f"{args.order_no}: no decision yet" + (f" (documents received: {', '.join(present)})"
+                                                        if present else " and no documents"))
+    d = orjson.loads(raw[1] or raw[0])
+    if args.json:
+        print(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())
+        return
+    print(explain_text(d, orjson.loads(raw[0]) if raw[1] else None))
+
+
+def explain_text(d: dict[str, Any], provisional: dict[str, Any] | None = None) -> str:
+    lines = [f"order {d['orderNo']} (platform {d['ebpCode']}): {d['status']} {d['outcome']}, lane {d['lane']}"
+             + (" — post-clearance audit" if d.get("postAudit") else ""),
+             f"rule set {d['ruleSetVersion']}; list {d.get('invtNo', '-')}; dutiable price {d.get('dutiablePrice', '-')}"]
+    if provisional:
+        lines.append(f"provisional decision {provisional['status']} ({provisional['lane']}), "
+                     f"officer result: {d['review']['result']} by {d['review']['officer'] or '-'}")
+    if d.get("missing"):
+        lines.append("missing documents: " + ", ".join(d["missing"]))
+    if not d["reasons"]:
+        lines.append("no rule fired")
+    for r in d["reasons"]:
+        code = f" [{r['code']}]" if r.get("code") else ""
+        lines.append(f"  - {r['rule']}: {r['reason']}{code} → {r.get('lane', '')} — {r['info']}")
+        for k, v in (r.get("evidence") or {}).items():
+            lines.append(f"      {k} = {v}")
+    if d.get("tax"):
+        t = d["tax"]
+        lines.append(f"tax: total {t['taxTotal']} (customs {t['customsTax']}, VAT {t['valueAddedTax']}, "
+                     f"consumption {t['consumptionTax']}){' — full rates' if t.get('full') else ''}")
+    if d.get("quota"):
+        q = d["quota"]
+        lines.append(f"annual quota {q['year']}: {q['usedBefore'] / 100:.2f} used before, "
+                     f"{q['amount'] / 100:.2f} this order, reserved: {q['reserved']}")
+    return "\n".join(lines)
+
+
+def cmd_review(args: argparse.Namespace) -> None:
+    import orjson
+    from confluent_kafka import Producer
+
+    from topics.registry import REVIEWS, topic_name
+
+    settings = load_settings()
+    _need_services(settings)
+    result = "release" if args.release else "reject"
+    record = {"orderNo": args.order_no, "result": result, "officer": args.officer, "note": args.note,
+              "at": int(time.time() * 1000)}
+    producer = Producer(settings.librdkafka_config())
+    producer.produce(topic_name(REVIEWS, settings), orjson.dumps(record), args.order_no.encode())
+    if producer.flush(15):
+        sys.exit("review result not delivered to the broker")
+    print(f"review result for {args.order_no}: {result}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from streams.demo import run_demo
 
@@ -157,6 +255,25 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--workers", type=int, default=1)
     d.add_argument("--match-timeout", type=float, default=10.0)
     d.set_defaults(func=cmd_demo)
+
+    ru = sub.add_parser("rules", help="validate, publish or describe rule sets")
+    ru.add_argument("action", choices=["validate", "push", "schema"])
+    ru.add_argument("file", nargs="?", default=None, help="default: config/rules/default.yaml")
+    ru.set_defaults(func=cmd_rules)
+
+    ex = sub.add_parser("explain", help="why an order got its decision")
+    ex.add_argument("order_no")
+    ex.add_argument("--json", action="store_true", help="the stored decision record")
+    ex.set_defaults(func=cmd_explain)
+
+    rv = sub.add_parser("review", help="an officer's result for an order in manual review or inspection")
+    rv.add_argument("order_no")
+    which = rv.add_mutually_exclusive_group(required=True)
+    which.add_argument("--release", action="store_true")
+    which.add_argument("--reject", action="store_true")
+    rv.add_argument("--officer", default=os.environ.get("USER", ""))
+    rv.add_argument("--note", default="")
+    rv.set_defaults(func=cmd_review)
 
     args = p.parse_args(argv)
     args.func(args)

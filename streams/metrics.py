@@ -31,3 +31,6 @@ LAG = Gauge("clearance_consumer_lag_records", "Log-end offset minus committed of
             ["topic", "partition"])
 RETRIES = Counter("clearance_batch_retries_total", "Batches retried after a Redis or broker failure",
                   ["cause"])
+RULESET_INFO = Gauge("clearance_ruleset_info", "Rule set in force (value 1)", ["version"])
+RULESET_LOADS = Counter("clearance_ruleset_loads_total", "Rule sets received, by result", ["result"])
+REVIEWS = Counter("clearance_reviews_total", "Officer review results processed", ["result"])

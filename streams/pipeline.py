@@ -69,7 +69,10 @@ class _Pending:
     first_ms: int
     complete: bool
     hits: list[Hit] = field(default_factory=list)
-    quota: decide.QuotaRequest | None = None
+    case: Case | None = None  # type: ignore[assignment]
+    quotas: list[decide.QuotaRequest] = field(default_factory=list)
+    reserved: list[decide.QuotaRequest] = field(default_factory=list)
+    quota_info: dict[str, Any] | None = None
     decision: dict[str, Any] | None = None
 
 
@@ -206,43 +209,53 @@ class Pipeline:
     # ------------------------------------------------------------------ decide
 
     async def _decide(self, pending: dict[str, _Pending], now: int) -> None:
-        """Rules, then one pipeline for quota reservations and serial numbers."""
+        """Cross-order features (one pipeline, when the rule set asks for them),
+        rules, then one pipeline for ledger reservations and serial numbers."""
+        rules = self.rules  # one rule set for the whole batch, even if a new one arrives meanwhile
         complete = [p for p in pending.values() if p.complete]
         for p in complete:
-            case = self._case(p)
+            p.case = self._case(p)
+        if complete and hasattr(rules, "observations"):
+            await self._observe_features(rules, complete, now)
+        for p in complete:
             try:
-                p.hits = self.rules.evaluate(case)
+                p.hits = rules.evaluate(p.case)
             except Exception:  # fail closed: a broken rule sends the order to an officer
                 log.exception("rule evaluation failed for an order")
                 m.ERRORS.labels("rule_error").inc()
                 p.hits = [Hit("engine.error", "RULE_EVALUATION_FAILED", REVIEW,
                               "a rule could not be evaluated; manual review")]
             if decide.needs_quota(p.hits):
-                p.quota = decide.quota_request(case, p.order_key)
+                p.quotas = (rules.quota_requests(p.case, p.order_key) if hasattr(rules, "quota_requests")
+                            else [decide.quota_request(p.case, p.order_key)])
 
-        quota_orders = [p for p in complete if p.quota is not None]
-        quota_groups = state.group_by_slot(quota_orders, lambda p: self._ledger(p.quota))
+        requests = [(p, q) for p in complete for q in p.quotas]
+        quota_groups = state.group_by_slot(requests, lambda pq: self._ledger(pq[1]))
         serial_groups: dict[str, list[_Pending]] = {}
         for p in complete:
             inv = p.docs["621"]["head"]
             skey = state.serial_key(str(inv.get("customsCode", "0000")), decide.cst_stamp(now, 4))
             serial_groups.setdefault(skey, []).append(p)
-        quota_results: dict[str, tuple[int, int]] = {}
         serials: dict[str, int] = {}
         if quota_groups or serial_groups:
             pipe = self.redis.pipeline(transaction=False)
             for group in quota_groups.values():
                 args: list[Any] = [state.LEDGER_TTL_S]
-                for p in group:
-                    assert p.quota is not None
-                    args += (p.quota.order, p.quota.amount_cents, p.quota.limit_cents)
-                await self.scripts.reserve(keys=[self._ledger(p.quota) for p in group], args=args, client=pipe)
+                for _p, q in group:
+                    args += (q.order, q.amount, q.limit)
+                await self.scripts.reserve(keys=[self._ledger(q) for _p, q in group], args=args, client=pipe)
             for skey, sgroup in serial_groups.items():
                 pipe.incrby(skey, len(sgroup))
             replies = await pipe.execute()
             for group, reply in zip(quota_groups.values(), replies):
-                for p, (ok, used) in zip(group, reply):
-                    quota_results[p.order_key] = (int(ok), int(used))
+                for (p, q), (ok, used) in zip(group, reply):
+                    if int(ok):
+                        p.reserved.append(q)
+                    else:
+                        p.hits.append(decide.quota_hit(q, int(used)))
+                    if not q.ledger:
+                        p.quota_info = {"year": q.year, "reserved": bool(int(ok)), "usedBefore": int(used),
+                                        "amount": q.amount}
             for sgroup, last in zip(serial_groups.values(), replies[len(quota_groups):]):
                 for i, p in enumerate(sgroup):
                     serials[p.order_key] = int(last) - len(sgroup) + 1 + i
@@ -252,20 +265,33 @@ class Pipeline:
                 p.decision = decide.timeout_decision(p.order_key, p.docs, p.first_ms, now,
                                                      self.settings.match_timeout_s)
                 continue
-            quota_info = None
-            if p.quota is not None:
-                ok, used_before = quota_results[p.order_key]
-                quota_info = {"year": p.quota.year, "reserved": bool(ok),
-                              "usedBefore": used_before, "amount": p.quota.amount_cents}
-                if not ok:
-                    p.hits.append(decide.annual_limit_hit(p.quota, used_before))
             invt_no, pre_no = decide.assign_numbers(p.docs["621"], serials[p.order_key], now)
-            p.decision = decide.build_decision(self._case(p), p.order_key, p.hits, self.rules.version,
-                                               invt_no, pre_no, now, quota_info)
+            if p.quota_info is not None:
+                p.quota_info["ledgers"] = [q.ledger for q in p.reserved]
+            p.decision = decide.build_decision(p.case, p.order_key, p.hits, rules.version,
+                                               invt_no, pre_no, now, p.quota_info)
+            p.decision["receipt"] = receipts.receipt_address(p.docs["621"], p.metas.get("621", {}))
+            if hasattr(rules, "decision_extras"):
+                p.decision.update(rules.decision_extras(p.case))
+
+    async def _observe_features(self, rules: Any, orders: list[_Pending], now: int) -> None:
+        """Update and read the windowed cross-order counters the rules use."""
+        obs = [(p, o) for p in orders for o in rules.observations(p.case, p.order_key)]
+        groups = state.group_by_slot(obs, lambda po: state.feature_key(po[1].family, po[1].entity, self.buckets))
+        pipe = self.redis.pipeline(transaction=False)
+        for group in groups.values():
+            args: list[Any] = [now]
+            for _p, o in group:
+                args += (o.family, o.member)
+            await self.scripts.observe(keys=[state.feature_key(o.family, o.entity, self.buckets) for _p, o in group],
+                                       args=args, client=pipe)
+        for group, replies in zip(groups.values(), await pipe.execute()):
+            for (p, o), reply in zip(group, replies):
+                p.case.features.update(state.feature_values(o.family, reply))
 
     def _ledger(self, q: decide.QuotaRequest | None) -> str:
         assert q is not None
-        return state.ledger_key(q.buyer, q.year, self.buckets)
+        return state.ledger_key(q.buyer, q.year, self.buckets, q.ledger)
 
     @staticmethod
     def _case(p: _Pending) -> Case:
@@ -291,10 +317,12 @@ class Pipeline:
                     assert p.decision is not None
                     if int(reply[0]) == 1:
                         to_emit.append(_Emit(p.order_key, p.decision, p.docs, p.metas))
-                    elif p.quota is not None and orjson.loads(reply[1])["status"] == REJECT:
+                        if p.decision["status"] == REJECT:
+                            unreserve.extend(p.reserved)  # a rejected list holds no quota
+                    elif orjson.loads(reply[1])["status"] == REJECT:
                         # Another worker decided first and its reject stands: give
                         # back the quota this batch reserved.
-                        unreserve.append(p.quota)
+                        unreserve.extend(p.reserved)
         to_emit.extend(reemit.values())
 
         for e in to_emit:
@@ -335,6 +363,79 @@ class Pipeline:
             rts = d["timestamps"].get("completingRecord")
             if rts:
                 m.LATENCY.observe(max(0, done - rts) / 1000)
+
+    # ------------------------------------------------------------------ reviews
+
+    async def review(self, records: list[InRecord]) -> None:
+        """Officers' results for orders in manual review (300) or inspection (500):
+        the final decision, its release event and 622 receipt, once per order."""
+        now = int(time.time() * 1000)
+        results = []
+        for rec in records:
+            try:
+                r = orjson.loads(rec.value or b"")
+                if not isinstance(r, dict) or r.get("result") not in ("release", "reject") or \
+                        not isinstance(r.get("orderNo"), str):
+                    raise ValueError("expected {orderNo, result: release|reject, officer, note}")
+                results.append((state.order_key(r["orderNo"], self.buckets), r))
+            except ValueError as exc:
+                self._reject(rec, "-2", "review_invalid", f"review result not understood: {exc}", "Review",
+                             "json", now, [])
+        if not results:
+            await self.sink.flush()
+            return
+        groups = state.group_by_slot(results, lambda kr: kr[0])
+        pipe = self.redis.pipeline(transaction=False)
+        for group in groups.values():
+            await self.scripts.review(keys=[k for k, _ in group], client=pipe)
+        finals: list[tuple[str, dict[str, Any]]] = []
+        for group, replies in zip(groups.values(), await pipe.execute()):
+            for (key, r), reply in zip(group, replies):
+                status = reply[0].decode()
+                if status != "P":
+                    m.REVIEWS.labels("unknown_order" if status == "N" else "already_final").inc()
+                    continue
+                decision = orjson.loads(reply[1])
+                if decision["status"] not in (REVIEW, 500):
+                    m.REVIEWS.labels("not_pending").inc()
+                    continue
+                finals.append((key, decide.review_decision(decision, r["result"], str(r.get("officer", "")),
+                                                           str(r.get("note", "")), now)))
+        if not finals:
+            await self.sink.flush()
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        fgroups = state.group_by_slot(finals, lambda kf: kf[0])
+        for group in fgroups.values():
+            await self.scripts.finalize(keys=[k for k, _ in group], args=[orjson.dumps(f) for _, f in group],
+                                        client=pipe)
+        out_receipts = []
+        unreserve: list[decide.QuotaRequest] = []
+        for group, replies in zip(fgroups.values(), await pipe.execute()):
+            for (key, final), reply in zip(group, replies):
+                if int(reply[0]) != 1:
+                    continue
+                m.REVIEWS.labels(final["review"]["result"]).inc()
+                self.sink.produce(self.t_decisions, final["decisionId"], orjson.dumps(final))
+                event = decide.release_event(final)
+                if event is not None:
+                    self.sink.produce(self.t_release, event.get("logisticsNo") or final["orderNo"],
+                                      orjson.dumps(event))
+                elif final.get("quota"):
+                    q = final["quota"]
+                    unreserve += [decide.QuotaRequest(final["buyer"], q["year"], key, 0, 0, ledger=led)
+                                  for led in q.get("ledgers", [""])]
+                out_receipts.append(receipts.final_inventory_receipt(final, now))
+                m.DECISIONS.labels(str(final["status"]), final["outcome"]).inc()
+        for key, value in ceb.encode_receipts(out_receipts):
+            self.sink.produce(self.t_receipts, key, value)
+        await self.sink.flush()
+        if unreserve:
+            pipe = self.redis.pipeline(transaction=False)
+            for group in state.group_by_slot(unreserve, self._ledger).values():
+                await self.scripts.unreserve(keys=[self._ledger(q) for q in group], args=[q.order for q in group],
+                                             client=pipe)
+            await pipe.execute()
 
     # ------------------------------------------------------------------ timeouts
 

@@ -38,12 +38,13 @@ EXPECTED = {
     "missing_payment": (100, "MATCH_TIMEOUT"), "missing_waybill": (100, "MATCH_TIMEOUT"),
     "annual_limit": (100, "ANNUAL_LIMIT_EXCEEDED"),
 }
-GOODS = [("面霜", "3304990000", "50ml/瓶|品牌A", "116", Decimal("189.00")),
-         ("维生素片", "2106909090", "60粒/瓶|品牌B", "502", Decimal("99.50")),
-         ("婴儿奶粉", "1901101000", "800g/罐|品牌C", "609", Decimal("268.00")),
-         ("洗发水", "3305100000", "400ml/瓶|品牌D", "116", Decimal("79.90")),
-         ("手表", "9102110000", "钢带|品牌E", "331", Decimal("1299.00")),
-         ("口红", "3304100000", "3.5g/支|品牌F", "305", Decimal("230.00"))]
+# name, goods code, model, origin, unit price, unit weight kg (as in config/reference/goods.csv)
+GOODS = [("面霜", "3304990000", "50ml/瓶|品牌A", "116", Decimal("189.00"), Decimal("0.15")),
+         ("维生素片", "2106909090", "60粒/瓶|品牌B", "502", Decimal("99.50"), Decimal("0.12")),
+         ("婴儿奶粉", "1901101000", "800g/罐|品牌C", "609", Decimal("268.00"), Decimal("0.95")),
+         ("洗发水", "3305100000", "400ml/瓶|品牌D", "116", Decimal("79.90"), Decimal("0.45")),
+         ("手表", "9102110000", "钢带|品牌E", "331", Decimal("1299.00"), Decimal("0.20")),
+         ("口红", "3304100000", "3.5g/支|品牌F", "305", Decimal("230.00"), Decimal("0.05"))]
 _W = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
 
@@ -73,14 +74,18 @@ def make_order(seq: int, rng: random.Random, scenario: str = "ok", prefix: str =
     order_no = f"{prefix}{day}{seq:010d}"
     guid = lambda: str(uuid.UUID(int=rng.getrandbits(128))).upper()  # noqa: E731
     lines: list[tuple[int, str, str, str, str, Decimal, int]] = []
+    weights: list[Decimal] = []
     # Ordinary baskets stay well under the ¥5,000 single-purchase limit.
     while not lines or sum(p * q for (*_, p, q) in lines) > 4000:
-        lines = []
+        lines, weights = [], []
         for g in range(1, rng.randint(1, 3) + 1):
-            name, hs, model, country, price = rng.choice(GOODS)
-            lines.append((g, name, hs, model, country, price, rng.randint(1, 3)))
+            name, hs, model, country, price, unit_weight = rng.choice(GOODS)
+            qty = rng.randint(1, 3)
+            lines.append((g, name, hs, model, country, price, qty))
+            weights.append(unit_weight * qty)
     if scenario == "over_single_limit":
         lines = [(1, "手表", "9102110000", "钢带|品牌E", "331", Decimal("2600.00"), 2)]
+        weights = [Decimal("0.40")]
     goods_value = sum((p * q for (_, _, _, _, _, p, q) in lines), Decimal(0))
     freight = Decimal(rng.choice(["0", "8", "10", "15"]))
     discount = Decimal(rng.choice(["0", "0", "5", "10"]))
@@ -113,7 +118,7 @@ def make_order(seq: int, rng: random.Random, scenario: str = "ok", prefix: str =
         "ebpName": "示例跨境平台有限公司", "payerIdType": "1", "payerIdNumber": buyer, "payerName": name,
         "amountPaid": _money(paid), "currency": "142", "payTime": app_time,
     }
-    weight = Decimal("0.3") * sum(q for *_, q in lines) + Decimal("0.15")
+    weight = sum(weights, Decimal("0.10"))  # goods plus packaging
     waybill_head = {
         "guid": guid(), "appType": "1", "appTime": app_time, "appStatus": "2", "logisticsCode": logi,
         "logisticsName": "示例物流公司", "logisticsNo": logistics_no, "orderNo": order_no,

@@ -12,6 +12,7 @@ Order key  clr:o:{oNN}:<orderNo>   hash  d<type> canonical document, h<type> its
 Pending    clr:p:{oNN}             zset  order key -> first arrival ms (timeouts)
 Ledger     clr:q:{qNN}:<buyer>:<year> hash  o:<order key> -> cents reserved, total
 Serial     clr:seq:{<customsCode>}:<year>  counter for invtNo/preNo
+Features   clr:f:{fNN}:<family>:<entity>    zset  windowed counters for the risk rules
 """
 from __future__ import annotations
 
@@ -182,6 +183,73 @@ end
 return n
 """
 
+# Windowed cross-order counters for the risk rules. "buyer" keeps the buyer's
+# orders (member "orderKey|cents|nearLimit", first time kept, so a replay
+# counts once) for 7 days and returns 24 h and 7 d counts and sums; the other
+# families keep distinct members (latest time) for 30 days and return their
+# number.
+OBSERVE = """
+local now = tonumber(ARGV[1])
+local day = 86400000
+local out = {}
+for i = 1, #KEYS do
+  local k, family, member = KEYS[i], ARGV[2 * i], ARGV[2 * i + 1]
+  if family == 'buyer' then
+    redis.call('ZADD', k, 'NX', now, member)
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', now - 7 * day)
+    redis.call('PEXPIRE', k, 8 * day)
+    local c1, s1, n1, c7, s7 = 0, 0, 0, 0, 0
+    local rows = redis.call('ZRANGEBYSCORE', k, now - 7 * day, '+inf', 'WITHSCORES')
+    for j = 1, #rows, 2 do
+      local _, cents, near = string.match(rows[j], '^(.*)|(%d+)|(%d)$')
+      cents = tonumber(cents) or 0
+      c7, s7 = c7 + 1, s7 + cents
+      if tonumber(rows[j + 1]) > now - day then
+        c1, s1 = c1 + 1, s1 + cents
+        if near == '1' then n1 = n1 + 1 end
+      end
+    end
+    out[i] = {c1, s1, n1, c7, s7}
+  else
+    redis.call('ZADD', k, now, member)
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', now - 30 * day)
+    redis.call('PEXPIRE', k, 31 * day)
+    out[i] = {redis.call('ZCARD', k)}
+  end
+end
+return out
+"""
+
+# An officer's result for a decided order: per key {'N'} unknown, {'F', final}
+# already finalised (idempotent), or {'P', dec} the provisional decision.
+REVIEW = """
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local dec = redis.call('HGET', k, 'dec')
+  local final = redis.call('HGET', k, 'final')
+  if not dec then out[i] = {'N'}
+  elseif final then out[i] = {'F', final}
+  else out[i] = {'P', dec} end
+end
+return out
+"""
+
+# Store final decisions once: per key {1} stored, {0, existing} finalised before.
+FINALIZE = """
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local existing = redis.call('HGET', k, 'final')
+  if existing then out[i] = {0, existing}
+  else
+    redis.call('HSET', k, 'final', ARGV[i])
+    out[i] = {1}
+  end
+end
+return out
+"""
+
 BUCKETS = 16
 T = TypeVar("T")
 
@@ -211,8 +279,25 @@ def pending_keys(buckets: int = BUCKETS) -> list[str]:
     return ["clr:p:{o%02d}" % b for b in range(buckets)]
 
 
-def ledger_key(buyer: str, year: str, buckets: int = BUCKETS) -> str:
-    return "clr:q:{q%02d}:%s:%s" % (bucket_of(buyer, buckets), buyer, year)
+def ledger_key(buyer: str, year: str, buckets: int = BUCKETS, ledger: str = "") -> str:
+    key = "clr:q:{q%02d}:%s:%s" % (bucket_of(buyer, buckets), buyer, year)
+    return key + ":" + ledger if ledger else key
+
+
+def feature_key(family: str, entity: str, buckets: int = BUCKETS) -> str:
+    return "clr:f:{f%02d}:%s:%s" % (bucket_of(entity, buckets), family, entity)
+
+
+_DISTINCT_FEATURE = {"address": "address_distinct_buyers_30d", "phone": "phone_distinct_buyers_30d",
+                     "buyer_addresses": "buyer_distinct_addresses_30d"}
+
+
+def feature_values(family: str, reply: list[Any]) -> dict[str, float]:
+    if family == "buyer":
+        c1, s1, n1, c7, s7 = (int(x) for x in reply)
+        return {"buyer_orders_24h": c1, "buyer_amount_24h": s1 / 100, "buyer_near_limit_24h": n1,
+                "buyer_orders_7d": c7, "buyer_amount_7d": s7 / 100}
+    return {_DISTINCT_FEATURE[family]: int(reply[0])}
 
 
 def serial_key(customs_code: str, year: str) -> str:
@@ -241,6 +326,9 @@ class Scripts:
         self.confirm = redis.register_script(CONFIRM)
         self.reserve = redis.register_script(RESERVE)
         self.unreserve = redis.register_script(UNRESERVE)
+        self.observe = redis.register_script(OBSERVE)
+        self.review = redis.register_script(REVIEW)
+        self.finalize = redis.register_script(FINALIZE)
 
 
 def split_docs(values: list[Any]) -> tuple[int, dict[str, bytes], dict[str, bytes]]:

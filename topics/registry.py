@@ -21,6 +21,7 @@ class TopicSpec:
     accepts: tuple[str, ...] = ()
     retention_ms: int = 7 * 24 * 3600 * 1000
     compacted: bool = False
+    partitions: int | None = None  # None: the deployment's CLEARANCE_PARTITIONS
 
 
 ORDER = TopicSpec("ceb.import.order", "orderNo or message guid", "ceb-xml|json",
@@ -41,9 +42,16 @@ DEADLETTER = TopicSpec("clearance.deadletter", "source topic:partition", "json",
                        "rejected input: original bytes (base64) and the reason",
                        retention_ms=30 * 24 * 3600 * 1000)
 
+RULES = TopicSpec("clearance.rules", "ruleset", "json",
+                  "the rule set in force (latest record wins); every worker reads all of it",
+                  retention_ms=-1, compacted=True, partitions=1)
+REVIEWS = TopicSpec("clearance.review-results", "orderNo", "json",
+                    "officers' results for orders in manual review (300) or inspection (500)")
+
 INBOUND: tuple[TopicSpec, ...] = (ORDER, PAYMENT, LOGISTICS, INVENTORY)
 OUTBOUND: tuple[TopicSpec, ...] = (DECISIONS, RELEASE, RECEIPTS, DEADLETTER)
-ALL: tuple[TopicSpec, ...] = INBOUND + OUTBOUND
+CONTROL: tuple[TopicSpec, ...] = (RULES, REVIEWS)
+ALL: tuple[TopicSpec, ...] = INBOUND + OUTBOUND + CONTROL
 
 
 def topic_name(spec: TopicSpec, settings: Settings) -> str:
@@ -80,7 +88,7 @@ def ensure_topics(settings: Settings) -> None:
         config = {"retention.ms": str(spec.retention_ms), "retention.bytes": "-1"}
         if spec.compacted:
             config["cleanup.policy"] = "compact"
-        wanted.append(NewTopic(name, num_partitions=settings.partitions,
+        wanted.append(NewTopic(name, num_partitions=spec.partitions or settings.partitions,
                                replication_factor=settings.replication_factor, config=config))
     if not wanted:
         return

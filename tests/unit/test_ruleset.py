@@ -1,0 +1,261 @@
+"""Rules as data: the loader refuses bad rule sets precisely; each default rule
+fires at its boundary and not below; a corpus of orders gets its expected outcome."""
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+
+import pytest
+
+from processors import ruleset, tax
+from processors.documents import normalise
+from processors.features import FACTS
+from processors.rules import Case, worst_lane
+from tests.helpers import order
+
+KEY = b"test-key"
+DOC = ruleset.load_file(ruleset.DEFAULT_RULESET)
+ENGINE = ruleset.compile_ruleset(DOC)
+
+
+def variant(mutate) -> dict:
+    doc = copy.deepcopy(DOC)
+    mutate(doc)
+    return doc
+
+
+def refused(mutate) -> str:
+    with pytest.raises(ruleset.RuleSetError) as exc:
+        ruleset.compile_ruleset(variant(mutate))
+    return str(exc.value)
+
+
+def test_default_rule_set_is_valid():
+    assert ENGINE.version == "2026.11-1"
+    assert {r.id for r in ENGINE.rules} >= {"policy.single_limit", "policy.positive_list", "risk.random_inspection"}
+    assert [led.id for led in ENGINE.ledgers] == ["policy.annual_limit", "policy.annual_quantity_cap"]
+
+
+def _rule(doc, rid):
+    return next(r for r in doc["rules"] if r["id"] == rid)
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: _rule(d, "risk.undervaluation")["when"].update(fact="price_ratio"),
+     "rule 'risk.undervaluation'.when.fact: unknown fact 'price_ratio'"),
+    (lambda d: _rule(d, "risk.undervaluation")["when"].update(op="below"),
+     "rule 'risk.undervaluation'.when.op: unknown operator 'below'"),
+    (lambda d: _rule(d, "risk.undervaluation")["outcome"].update(lane="orange"),
+     "rule 'risk.undervaluation'.outcome.lane: must be one of"),
+    (lambda d: _rule(d, "risk.undervaluation")["when"].update(value={"param": "nope"}),
+     "rule 'risk.undervaluation'.when.value: unknown parameter 'nope'"),
+    (lambda d: _rule(d, "risk.undervaluation")["when"].update(value="low"),
+     "rule 'risk.undervaluation'.when.value: operator 'lt' compares numbers"),
+    (lambda d: _rule(d, "policy.positive_list")["when"].update(op="gt", value=1),
+     "rule 'policy.positive_list'.when.op: operator 'gt' needs a number fact"),
+    (lambda d: _rule(d, "policy.single_limit")["outcome"].update(code="621005"),
+     "rule 'policy.single_limit'.outcome.code"),
+    (lambda d: d["rules"].append(copy.deepcopy(d["rules"][0])), "duplicate rule id"),
+    (lambda d: _rule(d, "risk.shared_phone").pop("description"), "rule 'risk.shared_phone'.description"),
+    (lambda d: _rule(d, "risk.shared_phone").update(when={"all": []}), "all takes a non-empty list"),
+    (lambda d: _rule(d, "risk.shared_phone").update(colour="x"), "unknown key(s) ['colour']"),
+    (lambda d: d.pop("version"), "version: a non-empty version string is required"),
+    (lambda d: d["reference"]["positive_list"]["rows"][0].update(hs8="3304"),
+     "reference.positive_list.rows[0]: hs8 must be 8 digits"),
+    (lambda d: d["reference"]["enterprises"]["rows"][0].update(credit="AAA"),
+     "reference.enterprises.rows[0].credit"),
+    (lambda d: d["ledgers"][0].update(kind="monthly"), "ledger 'policy.annual_limit'.kind"),
+])
+def test_invalid_rule_sets_are_refused_naming_rule_and_field(mutate, needle):
+    assert needle in refused(mutate)
+
+
+def test_schema_lists_facts_operators_and_lanes():
+    s = ruleset.schema()
+    assert set(s["x-facts"]) == set(FACTS)
+    leaf = s["$defs"]["condition"]["oneOf"][3]["properties"]
+    assert "lt" in leaf["op"]["enum"] and "min_price_ratio" in leaf["fact"]["enum"]
+    assert set(s["$defs"]["outcome"]["properties"]["lane"]["enum"]) == {"green", "blue", "yellow", "red", "reject"}
+
+
+# --------------------------------------------------------------------------- each rule at its boundary
+
+def base_facts() -> dict:
+    o = order(3)
+    docs = {t: normalise(t, h, lines, KEY) for t, (h, lines) in o.docs.items()}
+    f = ENGINE.facts(Case(docs, 1, 2, 3))
+    assert not [r.id for r in ENGINE.rules if r.when(f)], "a clean order fires nothing"
+    return f
+
+
+BOUNDARIES = [
+    ("policy.single_limit", {"dutiable_price": 5000.01}, {"dutiable_price": 5000.0}),
+    ("policy.single_limit", {"dutiable_price": 5200.0}, {"dutiable_price": 5200.0, "single_indivisible_item": True}),
+    ("policy.positive_list", {"not_listed": ["99999999"]}, {"not_listed": []}),
+    ("policy.excluded_goods", {"excluded_lines": ["12119039"]}, {"excluded_lines": []}),
+    ("policy.bonded_only", {"trade_mode": "9610", "bonded_only_lines": ["03061790"]},
+     {"trade_mode": "1210", "bonded_only_lines": ["03061790"]}),
+    ("policy.buyer_id_check_digit", {"buyer_id_valid": False}, {"buyer_id_valid": True}),
+    ("risk.prohibited_goods", {"prohibited_lines": ["93020000"]}, {"prohibited_lines": []}),
+    ("risk.dishonest_enterprise", {"any_dishonest": True}, {"any_dishonest": False}),
+    ("risk.negative_list", {"negative_listed": ["4601NEGLST"]}, {"negative_listed": []}),
+    ("risk.quarantine", {"quarantine_lines": ["02011000"]}, {"quarantine_lines": []}),
+    ("risk.high_risk_origin", {"high_risk_origins": ["701"]}, {"high_risk_origins": []}),
+    ("risk.random_inspection", {"random_draw": 0.0199}, {"random_draw": 0.02}),
+    ("risk.random_inspection_aeo", {"random_draw": 0.0049, "all_advanced": True},
+     {"random_draw": 0.005, "all_advanced": True}),
+    ("policy.tax_declared", {"tax_diff": 1.01}, {"tax_diff": 1.0}),
+    ("risk.buyer_velocity_day", {"buyer_orders_24h": 11}, {"buyer_orders_24h": 10}),
+    ("risk.buyer_velocity_day", {"buyer_amount_24h": 10000.01}, {"buyer_amount_24h": 10000.0}),
+    ("risk.buyer_velocity_week", {"buyer_orders_7d": 31}, {"buyer_orders_7d": 30}),
+    ("risk.shared_address", {"address_distinct_buyers_30d": 6}, {"address_distinct_buyers_30d": 5}),
+    ("risk.shared_phone", {"phone_distinct_buyers_30d": 4}, {"phone_distinct_buyers_30d": 3}),
+    ("risk.many_addresses", {"buyer_distinct_addresses_30d": 6}, {"buyer_distinct_addresses_30d": 5}),
+    ("risk.order_splitting", {"buyer_near_limit_24h": 3}, {"buyer_near_limit_24h": 2}),
+    ("risk.undervaluation", {"min_price_ratio": 0.29}, {"min_price_ratio": 0.3}),
+    ("risk.weight_mismatch", {"weight_ratio": 0.49}, {"weight_ratio": 0.5}),
+    ("risk.weight_mismatch", {"weight_ratio": 2.5, "weight_excess": 0.51}, {"weight_ratio": 2.5, "weight_excess": 0.5}),
+    ("risk.net_over_gross", {"net_over_gross": True}, {"net_over_gross": False}),
+    ("risk.post_audit_sample", {"random_draw": 0.02}, {"random_draw": 0.03}),
+]
+
+
+def test_every_default_rule_has_a_boundary_case():
+    assert {r.id for r in ENGINE.rules} == {b[0] for b in BOUNDARIES}
+
+
+@pytest.mark.parametrize("rid,fires,quiet", BOUNDARIES, ids=[f"{b[0]}-{i}" for i, b in enumerate(BOUNDARIES)])
+def test_rule_fires_at_boundary_and_not_below(rid, fires, quiet):
+    rule = next(r for r in ENGINE.rules if r.id == rid)
+    f = base_facts()
+    assert rule.when({**f, "random_draw": 0.5, **fires})
+    assert not rule.when({**f, "random_draw": 0.5, **quiet})
+
+
+# --------------------------------------------------------------------------- facts from documents
+
+def facts_of(mutate=None, seq=4) -> dict:
+    o = order(seq)
+    if mutate:
+        mutate(o.docs)
+    docs = {t: normalise(t, h, lines, KEY) for t, (h, lines) in o.docs.items()}
+    return ENGINE.facts(Case(docs, 1, 2, 3))
+
+
+def test_positive_list_and_remarks_from_goods_codes():
+    def goods(docs):
+        docs["621"][1][0]["gcode"] = "0306179000"  # bonded-only frozen shrimp
+    assert facts_of(goods)["bonded_only_lines"] == ["03061790"]
+
+    def unlisted(docs):
+        docs["621"][1][0]["gcode"] = "8703231900"
+    assert facts_of(unlisted)["not_listed"] == ["87032319"]
+
+
+def test_enterprise_credit_facts():
+    def dishonest(docs):
+        docs["621"][0]["ebcCode"] = "4601DISHON"
+    f = facts_of(dishonest)
+    assert f["ebc_credit"] == "dishonest" and f["any_dishonest"] and not f["all_advanced"]
+
+    def negative(docs):
+        docs["511"][0]["logisticsCode"] = "4601NEGLST"
+    assert facts_of(negative)["negative_listed"] == ["4601NEGLST"]
+
+
+def test_invalid_check_digit_is_seen_before_hashing():
+    def bad_id(docs):
+        for t, f in (("311", "buyerIdNumber"), ("621", "buyerIdNumber"), ("411", "payerIdNumber")):
+            docs[t][0][f] = docs[t][0][f][:-1] + ("0" if docs[t][0][f][-1] != "0" else "1")
+    assert facts_of()["buyer_id_valid"] is True
+    assert facts_of(bad_id)["buyer_id_valid"] is False
+
+
+def test_random_draw_is_reproducible_per_order():
+    assert facts_of(seq=7)["random_draw"] == facts_of(seq=7)["random_draw"] != facts_of(seq=8)["random_draw"]
+
+
+# --------------------------------------------------------------------------- tax
+
+def test_comprehensive_tax_within_limits_is_70_percent():
+    t = tax.comprehensive_tax([{"gnum": "1", "gcode": "3304990000", "value": Decimal("300"), "vat": Decimal("0.13"),
+                                "consumption": Decimal("0"), "mfn": Decimal("0.01")}], Decimal("10"), Decimal("0"),
+                               full=False)
+    assert t["taxTotal"] == "28.21" and t["customsTax"] == "0.00"  # 9.1 % of 310, DOMAIN.md §1.5
+
+
+def test_consumption_tax_goods_rate():
+    t = tax.comprehensive_tax([{"gnum": "1", "gcode": "3303000000", "value": Decimal("1000"), "vat": Decimal("0.13"),
+                                "consumption": Decimal("0.15"), "mfn": Decimal("0.03")}], Decimal(0), Decimal(0), False)
+    assert t["taxTotal"] == "230.59"  # (0.15 + 0.13) / 0.85 × 0.7 = 23.06 %
+
+
+def test_full_tax_for_an_indivisible_item_over_the_limit():
+    t = tax.comprehensive_tax([{"gnum": "1", "gcode": "9102110000", "value": Decimal("6000"), "vat": Decimal("0.13"),
+                                "consumption": Decimal("0"), "mfn": Decimal("0.08")}], Decimal(0), Decimal(0), True)
+    assert t["customsTax"] == "480.00" and t["valueAddedTax"] == "842.40"  # (6000 + 480) × 13 %
+
+
+def test_declared_tax_is_checked_against_the_computed_one():
+    f = facts_of()
+    assert f["tax_diff"] <= 1.0 and f["tax_computed"] > 0
+
+    def wrong(docs):
+        docs["311"][0]["taxTotal"] = "0"
+    assert facts_of(wrong)["tax_diff"] > 1.0
+
+
+# --------------------------------------------------------------------------- corpus
+
+def _set(t, field, value, line=None):
+    def f(docs):
+        (docs[t][0] if line is None else docs[t][1][line])[field] = value
+    return f
+
+
+def reprice(price: str):
+    """Set every line's unit price and keep all four documents consistent."""
+    def f(docs):
+        goods = Decimal(0)
+        for t in ("311", "621"):
+            for line in docs[t][1]:
+                line["price"] = price
+                line["totalPrice"] = str(Decimal(price) * Decimal(line["qty"]))
+        goods = sum(Decimal(line["totalPrice"]) for line in docs["621"][1])
+        o = docs["311"][0]
+        freight = Decimal(o["freight"])
+        tax_total = ((goods + freight) * Decimal("0.091")).quantize(Decimal("0.01"))
+        paid = goods + freight + tax_total - Decimal(o["discount"])
+        o.update(goodsValue=str(goods), taxTotal=str(tax_total), acturalPaid=str(paid))
+        docs["411"][0]["amountPaid"] = str(paid)
+    return f
+
+
+CORPUS = [
+    ("clean order", None, "green", set()),
+    ("payment differs", _set("411", "amountPaid", "1.00"), "reject", {"PAYMENT_AMOUNT_MISMATCH"}),
+    # An unlisted line has no positive-list tax rate, so the declared tax no longer matches either.
+    ("unlisted goods", _set("621", "gcode", "8703231900", 0), "reject", {"NOT_ON_POSITIVE_LIST", "TAX_MISMATCH"}),
+    ("dishonest seller", lambda d: (d["311"][0].update(ebcCode="4601DISHON"), d["621"][0].update(ebcCode="4601DISHON")),
+     "red", {"DISHONEST_ENTERPRISE"}),
+    ("quarantine meat", _set("621", "gcode", "0201100000", 0), "reject",
+     {"NOT_ON_POSITIVE_LIST", "QUARANTINE_GOODS", "TAX_MISMATCH"}),
+    ("under-valued, consistent", reprice("50.00"), "yellow", {"UNDERVALUATION"}),
+    ("priced at reference", reprice("268.00"), "green", set()),
+    ("heavier goods declared as face cream", _set("621", "gcode", "3304990000", 0), "yellow", {"WEIGHT_MISMATCH"}),
+    ("wrong declared tax", _set("311", "taxTotal", "0"), "reject", {"TAX_MISMATCH", "ACTURAL_PAID_FORMULA"}),
+    ("net over gross", _set("621", "netWeight", "99"), "yellow", {"NET_OVER_GROSS"}),
+    ("high-risk origin", _set("621", "country", "701", 0), "red", {"HIGH_RISK_ORIGIN"}),
+]
+
+
+@pytest.mark.parametrize("name,mutate,lane,reasons", CORPUS, ids=[c[0] for c in CORPUS])
+def test_corpus_of_orders_gets_the_expected_outcome(name, mutate, lane, reasons):
+    o = order(4)
+    if mutate:
+        mutate(o.docs)
+    docs = {t: normalise(t, h, lines, KEY) for t, (h, lines) in o.docs.items()}
+    case = Case(docs, 1, 2, 3)
+    hits = ENGINE.evaluate(case)
+    got = {h.reason for h in hits} - {"POST_AUDIT_SAMPLE", "RANDOM_SELECTION"}
+    assert worst_lane([h for h in hits if h.reason in got]) == lane and got == reasons
