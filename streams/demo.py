@@ -189,7 +189,10 @@ def _gate_count(redis_url: str) -> int:
 
 def _summary(expected: dict[str, Any], watcher: DecisionWatcher) -> int:
     decided = watcher.decisions
-    wrong = [k for k, d in decided.items() if k in expected and d["status"] != expected[k].expected_status]
+    # Risk selection (random inspection, velocity, post-audit) may route a
+    # consistent order to review or inspection; only a reject/release flip is wrong.
+    wrong = [k for k, d in decided.items()
+             if k in expected and (d["status"] == 100) != (expected[k].expected_status == 100)]
     undecided = [k for k in expected if k not in decided]
     print(f"\nsummary: {len(expected)} orders published, {len(decided)} decided "
           f"({len(undecided)} still pending), {len(wrong)} with an unexpected status, "

@@ -51,8 +51,8 @@ def doc_records(order: GeneratedOrder, types: list[str] | None = None, fmt: str 
     return [record(t, enc(t, [order.docs[t]])) for t in (types or list(order.docs))]
 
 
-def run_pipeline(redis_url: str, batches: list[list[InRecord]], sweep: bool = False,
-                 **settings_kw: Any) -> CaptureSink:
+def run_pipeline(redis_url: str, batches: list[list[InRecord]], sweep: bool = False, rules: Any = None,
+                 reviews: list[list[InRecord]] | None = None, **settings_kw: Any) -> CaptureSink:
     """Process batches in order through a fresh Pipeline on a real Redis."""
     import redis.asyncio as aioredis
 
@@ -60,9 +60,11 @@ def run_pipeline(redis_url: str, batches: list[list[InRecord]], sweep: bool = Fa
 
     async def go() -> None:
         client = aioredis.from_url(redis_url)
-        p = Pipeline(settings_for(redis_url, **settings_kw), client, sink)
+        p = Pipeline(settings_for(redis_url, **settings_kw), client, sink, rules)
         for b in batches:
             await p.process(b)
+        for b in reviews or ():
+            await p.review(b)
         if sweep:
             await p.sweep_timeouts()
         await client.aclose()

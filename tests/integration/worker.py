@@ -18,11 +18,30 @@ from tests.conftest import ROOT
 from topics import registry
 
 
+def rules_file(version: str = "test-1", **params: Any) -> str:
+    """The default rule set without random selection (so outcomes are exact),
+    with parameters overridden, written as a self-contained JSON file."""
+    import copy
+    import tempfile
+
+    from processors import ruleset
+
+    doc = copy.deepcopy(ruleset.load_file(ruleset.DEFAULT_RULESET))
+    doc["version"] = version
+    doc["parameters"].update({"random_inspection_rate": 0, "random_inspection_rate_aeo": 0, "post_audit_rate": 0},
+                             **params)
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.write(fd, orjson.dumps(doc))
+    os.close(fd)
+    return path
+
+
 class Env:
     """An isolated namespace on the shared broker: its own topic prefix and group."""
 
     def __init__(self, services: Any, **extra: str):
         tag = uuid.uuid4().hex[:8]
+        extra.setdefault("CLEARANCE_RULES", rules_file())
         self.env = dict(os.environ, **services.env(), CLEARANCE_TOPIC_PREFIX=f"t{tag}.",
                         CLEARANCE_GROUP=f"g{tag}", CLEARANCE_SESSION_TIMEOUT_S="6", **extra)
         self.settings = load_settings(self.env)
@@ -69,6 +88,10 @@ class Env:
     def stop(self) -> None:
         for i in range(len(self.workers)):
             self.kill(i, signal.SIGTERM)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
 
     def topic(self, spec: registry.TopicSpec) -> str:
         return registry.topic_name(spec, self.settings)

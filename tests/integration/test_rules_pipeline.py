@@ -1,0 +1,139 @@
+"""The policy and risk engine inside the pipeline, on a real Redis."""
+from __future__ import annotations
+
+import copy
+import random
+
+import orjson
+import redis
+
+from processors import ruleset
+from streams import state
+from streams.pipeline import InRecord
+from streams.simulator import resident_id
+from tests.helpers import doc_records, order, run_pipeline
+from topics import registry
+
+DOC = ruleset.load_file(ruleset.DEFAULT_RULESET)
+BUYER = resident_id(random.Random(42))  # one buyer with a valid check digit
+
+
+def engine(**params) -> ruleset.RuleEngine:
+    doc = copy.deepcopy(DOC)
+    doc["parameters"].update({"random_inspection_rate": 0, "random_inspection_rate_aeo": 0, "post_audit_rate": 0},
+                             **params)
+    return ruleset.compile_ruleset(doc)
+
+
+def decisions(sink):
+    return {d["orderNo"]: d for d in sink.decisions()}
+
+
+def test_decisions_record_rule_set_version_tax_and_lane(redis_url):
+    o = order(1)
+    (d,) = run_pipeline(redis_url, [doc_records(o)], rules=engine()).decisions()
+    assert (d["status"], d["lane"], d["ruleSetVersion"], d["final"]) == (800, "green", "2026.11-1", True)
+    assert float(d["tax"]["taxTotal"]) > 0 and d["tax"]["lines"][0]["gcode"]
+    assert d["receipt"]["to"] == "4601XXXXCC"
+
+
+def test_buyer_velocity_is_counted_across_orders(redis_url):
+    buyer = BUYER
+    orders = [order(100 + i, buyer_id=buyer) for i in range(4)]
+    sink = run_pipeline(redis_url, [doc_records(o) for o in orders], rules=engine(velocity_orders_24h=2))
+    got = [decisions(sink)[o.order_no] for o in orders]
+    assert [d["lane"] for d in got] == ["green", "green", "yellow", "yellow"]
+    hit = next(r for r in got[2]["reasons"] if r["reason"] == "BUYER_VELOCITY")
+    assert hit["evidence"]["buyer_orders_24h"] == 3
+
+
+def test_one_address_shared_by_many_buyers(redis_url):
+    orders = [order(200 + i) for i in range(4)]
+    for o in orders:  # same consignee address on order, waybill and list
+        for t in ("311", "511", "621"):
+            o.docs[t][0]["consigneeAddress"] = "海南省海口市美兰区同一地址1号"
+    sink = run_pipeline(redis_url, [doc_records(o) for o in orders], rules=engine(shared_address_buyers=2))
+    lanes = [decisions(sink)[o.order_no]["lane"] for o in orders]
+    assert lanes == ["green", "green", "yellow", "yellow"]
+
+
+def _sugar(o, kg: str):
+    for t in ("311", "621"):
+        line = o.docs[t][1][0]
+        if t == "621":
+            line.update(gcode="1701991000", qty1=kg, unit1="035")
+    return o
+
+
+def test_annual_quantity_cap_and_replay_counts_once(redis_url):
+    buyer = BUYER
+    first, second = _sugar(order(300, buyer_id=buyer), "1.5"), _sugar(order(301, buyer_id=buyer), "1.0")
+    rules = engine(tax_tolerance=1000)  # sugar has a 9 % VAT rate; the simulator declared 13 %
+    sink = run_pipeline(redis_url, [doc_records(first), doc_records(first), doc_records(second)], rules=rules)
+    d = decisions(sink)
+    assert d[first.order_no]["status"] == 800
+    assert d[second.order_no]["status"] == 100
+    assert "ANNUAL_QUANTITY_CAP_EXCEEDED" in {r["reason"] for r in d[second.order_no]["reasons"]}
+    r = redis.Redis.from_url(redis_url)
+    ledger = state.ledger_key(d[first.order_no]["buyer"], "2026", ledger="qty:17019910")
+    assert int(r.hget(ledger, "total")) == 1500
+    # The rejected order holds no amount quota either.
+    amount = state.ledger_key(d[first.order_no]["buyer"], "2026")
+    assert int(r.hget(amount, "total")) == round(float(d[first.order_no]["dutiablePrice"]) * 100)
+
+
+def test_replayed_traffic_decides_identically_and_counts_quota_once(redis_url):
+    buyer = BUYER
+    orders = [order(400 + i, buyer_id=buyer) for i in range(60)]
+    batches = [doc_records(o) for o in orders]
+    rules = engine()
+    first = run_pipeline(redis_url, batches, rules=rules)
+    r = redis.Redis.from_url(redis_url)
+    stored = {o.order_no: r.hget(state.order_key(o.order_no), "dec") for o in orders}
+    replay = run_pipeline(redis_url, batches, rules=rules)
+    assert replay.decisions() == []  # nothing decided twice
+    assert {o.order_no: r.hget(state.order_key(o.order_no), "dec") for o in orders} == stored
+    # Quota is held by every order that may still be released (800, and 300/500 awaiting an officer).
+    holding = [d for d in first.decisions() if d["status"] != 100]
+    assert {d["status"] for d in holding} == {800, 300}  # the velocity rule sends the later ones to review
+    key = state.ledger_key(holding[0]["buyer"], "2026")
+    assert int(r.hget(key, "total")) == sum(round(float(d["dutiablePrice"]) * 100) for d in holding)
+
+
+def _review(order_no: str, result: str) -> InRecord:
+    return InRecord(registry.REVIEWS.name, 0, 1, order_no.encode(),
+                    orjson.dumps({"orderNo": order_no, "result": result, "officer": "officer-7", "note": "checked"}), 0)
+
+
+def _dishonest(o):
+    for t in ("311", "621"):
+        o.docs[t][0]["ebcCode"] = "4601DISHON"
+    return o
+
+
+def test_inspection_then_officer_release(redis_url):
+    o = _dishonest(order(500))
+    sink = run_pipeline(redis_url, [doc_records(o)], rules=engine(),
+                        reviews=[[_review(o.order_no, "release")], [_review(o.order_no, "release")]])
+    first, final = sink.decisions()
+    assert (first["status"], first["lane"], first["final"]) == (500, "red", False)
+    assert (final["status"], final["final"], final["review"]["officer"]) == (800, True, "officer-7")
+    assert final["provisional"] == {"status": 500, "lane": "red"}
+    assert [k for k, _ in sink.on(registry.RELEASE)] == [o.logistics_no]  # released once, after review
+    receipts = b"".join(v for _, v in sink.on(registry.RECEIPTS))
+    assert b'"returnStatus":"500"' in receipts and b'"returnStatus":"800"' in receipts
+
+
+def test_officer_reject_returns_the_quota(redis_url):
+    o = _dishonest(order(501))
+    sink = run_pipeline(redis_url, [doc_records(o)], rules=engine(), reviews=[[_review(o.order_no, "reject")]])
+    first, final = sink.decisions()
+    assert final["status"] == 100 and sink.on(registry.RELEASE) == []
+    r = redis.Redis.from_url(redis_url)
+    assert int(r.hget(state.ledger_key(first["buyer"], "2026"), "total")) == 0
+
+
+def test_review_of_a_released_order_changes_nothing(redis_url):
+    o = order(502)
+    sink = run_pipeline(redis_url, [doc_records(o)], rules=engine(), reviews=[[_review(o.order_no, "reject")]])
+    assert [d["status"] for d in sink.decisions()] == [800]
