@@ -4,7 +4,7 @@ Decodes 100-document CEB messages, normalises them, and runs the whole batch
 pipeline on a real Redis (embedded, or REDIS_URL) with outputs captured in
 memory, timing each stage in process CPU µs per document.
 
-Usage: python -m benchmarks.stages [--orders 4000] [--format json|xml]
+Usage: python -m benchmarks.stages [--orders 4000] [--format json|xml] [--rules spine|FILE]
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from config.settings import Settings, load_settings
+from processors import decide, ruleset
 from processors.documents import normalise
 from streams import embedded
 from streams.pipeline import InRecord, Pipeline
@@ -39,6 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--orders", type=int, default=4000)
     ap.add_argument("--format", choices=["json", "xml"], default="json")
+    ap.add_argument("--rules", default="spine",
+                    help='"spine" (comparison + limits) or a rule-set file (e.g. config/rules/default.yaml)')
     args = ap.parse_args()
     enc = to_xml if args.format == "xml" else to_json
     base = load_settings()
@@ -66,12 +69,14 @@ def main() -> None:
                 normalise(d.kind, d.head, d.lines, b"k")
         normalise_us = 1e6 * (time.process_time() - c) / n
         print(f"{args.format}: decode+validate {decode_us:.1f} µs/doc, normalise {normalise_us:.1f} µs/doc")
-        asyncio.run(_pipeline(settings, batches, n))
+        rules = decide.SpineRules() if args.rules == "spine" else ruleset.load(args.rules)
+        print(f"rules: {rules.version}")
+        asyncio.run(_pipeline(settings, batches, n, rules))
     finally:
         services.stop()
 
 
-async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int) -> None:
+async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int, rules: Any) -> None:
     acc: dict[str, float] = {}
 
     def timed(name: str, fn: Any) -> Any:
@@ -95,7 +100,7 @@ async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int) -
         return w
 
     client = aioredis.from_url(settings.redis_url)
-    p = Pipeline(settings, client, MemorySink())
+    p = Pipeline(settings, client, MemorySink(), rules)
     p._decode = timed("decode + normalise", p._decode)  # type: ignore[method-assign]
     p._on_match = timed("match replies + arrival receipts", p._on_match)  # type: ignore[method-assign]
     p._decide = timed("rules + quota/serial round trip", p._decide)  # type: ignore[method-assign]

@@ -105,17 +105,24 @@ def _credit(ref: Reference, code: Any) -> str:
     return str(e["credit"]) if e else "unknown"
 
 
+# Facts the adapter supplies from the cross-order counters (0 when absent).
+COUNTER_FACTS = ("buyer_orders_24h", "buyer_amount_24h", "buyer_orders_7d", "buyer_amount_7d",
+                 "buyer_near_limit_24h", "address_distinct_buyers_30d", "phone_distinct_buyers_30d",
+                 "buyer_distinct_addresses_30d")
+ZERO = Decimal(0)
+
+
 def facts(case: Case, ref: Reference) -> dict[str, Any]:
     order, payment, waybill, inventory = (case.docs[t] for t in ("311", "411", "511", "621"))
     inv = inventory["head"]
-    price = decide.dutiable_price(inventory)
-    single = decide.single_indivisible_item(inventory)
     not_listed, excluded, bonded_only, quarantine, prohibited, origins = [], [], [], [], [], []
-    ratios, expected_weight = [], Decimal(0)
+    ratios, expected_weight, goods_value = [], ZERO, ZERO
     tax_lines = []
     for line in inventory["lines"]:
         gcode = str(line.get("gcode", ""))
         hs8 = gcode[:8]
+        value = Decimal(line.get("totalPrice") or 0)
+        goods_value += value
         entry = ref.positive.get(hs8)
         if entry is None:
             not_listed.append(hs8)
@@ -124,34 +131,36 @@ def facts(case: Case, ref: Reference) -> dict[str, Any]:
                 excluded.append(hs8)
             if entry["bonded_only"]:
                 bonded_only.append(hs8)
-            tax_lines.append({"gnum": line.get("gnum"), "gcode": gcode, "value": dec(line, "totalPrice"),
+            tax_lines.append({"gnum": line.get("gnum"), "gcode": gcode, "value": value,
                               "vat": entry["vat"], "consumption": entry["consumption"], "mfn": entry["mfn"]})
-        if gcode.startswith(ref.quarantine_prefixes):
+        if ref.quarantine_prefixes and gcode.startswith(ref.quarantine_prefixes):
             quarantine.append(hs8)
-        if gcode.startswith(ref.prohibited_prefixes):
+        if ref.prohibited_prefixes and gcode.startswith(ref.prohibited_prefixes):
             prohibited.append(hs8)
-        country = str(line.get("country", ""))
-        if country in ref.high_risk_countries:
-            origins.append(country)
+        if line.get("country") in ref.high_risk_countries:
+            origins.append(str(line["country"]))
         goods = ref.goods.get(gcode)
         if goods:
             if goods["reference_price"] > 0:
-                ratios.append(float(dec(line, "price") / goods["reference_price"]))
-            expected_weight += dec(line, "qty") * goods["unit_weight"]
-    computed = tax.comprehensive_tax(tax_lines, dec(inv, "freight"), dec(inv, "insuredFee"),
-                                     full=single and price > decide.SINGLE_LIMIT)
+                ratios.append(float(Decimal(line.get("price") or 0) / goods["reference_price"]))
+            expected_weight += Decimal(line.get("qty") or 0) * goods["unit_weight"]
+    freight, insured = dec(inv, "freight"), dec(inv, "insuredFee")
+    price = goods_value + freight + insured
+    single = len(inventory["lines"]) == 1 and dec(inventory["lines"][0], "qty") == 1
+    computed = tax.comprehensive_tax(tax_lines, freight, insured, full=single and price > decide.SINGLE_LIMIT)
     declared = dec(order["head"], "taxTotal")
+    tax_total = Decimal(computed["taxTotal"])
     gross, net = dec(inv, "grossWeight"), dec(inv, "netWeight")
-    credits = {k: _credit(ref, c) for k, c in (("ebp", inv.get("ebpCode")), ("ebc", inv.get("ebcCode")),
-                                                ("pay", payment["head"].get("payCode")),
-                                                ("logistics", waybill["head"].get("logisticsCode")))}
-    codes = {inv.get("ebpCode"), inv.get("ebcCode"), payment["head"].get("payCode"),
-             waybill["head"].get("logisticsCode"), inv.get("agentCode")}
+    pay_code, logistics_code = payment["head"].get("payCode"), waybill["head"].get("logisticsCode")
+    enterprises = ref.enterprises
+    credits = [enterprises.get(str(c or ""), {}).get("credit", "unknown")
+               for c in (inv.get("ebpCode"), inv.get("ebcCode"), pay_code, logistics_code)]
+    codes = {inv.get("ebpCode"), inv.get("ebcCode"), pay_code, logistics_code, inv.get("agentCode")}
     draw = int.from_bytes(hashlib.sha256(f"{ref.random_seed}:{order['head'].get('orderNo', '')}".encode())
                           .digest()[:8], "big") / 2**64
     out: dict[str, Any] = {
         "dutiable_price": float(price),
-        "goods_value": float(sum((dec(line, "totalPrice") for line in inventory["lines"]), Decimal(0))),
+        "goods_value": float(goods_value),
         "line_count": len(inventory["lines"]),
         "single_indivisible_item": single,
         "trade_mode": str(inv.get("tradeMode", "")),
@@ -164,20 +173,20 @@ def facts(case: Case, ref: Reference) -> dict[str, Any]:
         "weight_ratio": float(gross / expected_weight) if expected_weight else 1.0,
         "weight_excess": float(gross - expected_weight) if expected_weight else 0.0,
         "net_over_gross": net > gross,
-        "tax_computed": float(Decimal(computed["taxTotal"])),
+        "tax_computed": float(tax_total),
         "tax_declared": float(declared),
-        "tax_diff": abs(float(declared - Decimal(computed["taxTotal"]))),
+        "tax_diff": abs(float(declared - tax_total)),
         "buyer_id_valid": bool(order["head"].get("buyerIdNumberValid", False)),
         "payer_id_valid": bool(payment["head"].get("payerIdNumberValid", False)),
-        "ebp_credit": credits["ebp"], "ebc_credit": credits["ebc"], "pay_credit": credits["pay"],
-        "logistics_credit": credits["logistics"],
-        "any_dishonest": "dishonest" in credits.values(),
-        "all_advanced": all(v == "advanced" for v in credits.values()),
-        "negative_listed": sorted(str(c) for c in codes
-                                  if c and ref.enterprises.get(str(c), {}).get("negative")),
+        "ebp_credit": credits[0], "ebc_credit": credits[1], "pay_credit": credits[2],
+        "logistics_credit": credits[3],
+        "any_dishonest": "dishonest" in credits,
+        "all_advanced": all(c == "advanced" for c in credits),
+        "negative_listed": sorted(str(c) for c in codes if c and enterprises.get(str(c), {}).get("negative")),
         "random_draw": draw,
         "_tax": computed,
     }
-    for name in FACTS:
-        out.setdefault(name, case.features.get(name, 0))
+    features = case.features
+    for name in COUNTER_FACTS:
+        out[name] = features.get(name, 0)
     return out
