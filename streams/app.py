@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import ssl
 from typing import Any
 
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
+from streams import __version__
 from streams import metrics as m
 from streams.output import KafkaSink
 from streams.pipeline import InRecord, Pipeline
@@ -144,6 +146,7 @@ def create_app(settings: Settings) -> faust.App:
             await (await pipeline()).sweep_timeouts()
         except Exception as exc:  # Redis down: the next tick tries again
             m.RETRIES.labels(type(exc).__name__).inc()
+            m.DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
             log.warning("timeout sweep failed: %s", exc)
 
     @app.timer(interval=2.0, name="clearance.lag")
@@ -156,7 +159,17 @@ def create_app(settings: Settings) -> faust.App:
             except Exception:
                 continue
             if high is not None:
-                m.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - (committed or 0)))
+                lag_records = max(0, high - (committed or 0))
+                m.LAG.labels(tp.topic, str(tp.partition)).set(lag_records)
+                newest = holder["p"].last_record_ms.get((tp.topic, tp.partition), 0) if "p" in holder else 0
+                age = (time.time() * 1000 - newest) / 1000 if lag_records and newest else 0.0
+                m.LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(max(0.0, age))
+
+    @app.on_partitions_assigned.connect
+    async def on_rebalance(app: Any, *args: Any, **kwargs: Any) -> None:
+        m.REBALANCES.inc()  # every completed rebalance assigns (possibly no) partitions
+
+    m.WORKER_INFO.labels(__version__, settings.consumer_group).set(1)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -171,6 +184,18 @@ def create_app(settings: Settings) -> faust.App:
         return web.json({"status": "ok", "assigned": len(held)})
 
     return app
+
+
+def dependency_of(exc: BaseException) -> str:
+    """Which dependency a failed batch points at, for the SRE's first question."""
+    import redis.exceptions
+    from confluent_kafka import KafkaException
+
+    if isinstance(exc, (redis.exceptions.RedisError, ConnectionRefusedError)):
+        return "redis"
+    if isinstance(exc, KafkaException) or "kafka" in type(exc).__module__:
+        return "broker"
+    return "other"
 
 
 def loop_time() -> float:
@@ -191,6 +216,7 @@ async def process_until_done(pipeline: Pipeline, records: list[InRecord], step: 
             return
         except Exception as exc:
             m.RETRIES.labels(type(exc).__name__).inc()
+            m.DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
             log.warning("batch of %d records failed (%s: %s); retrying in %.1fs",
                         len(records), type(exc).__name__, exc, backoff)
             await asyncio.sleep(backoff)

@@ -13,7 +13,7 @@ RECORDS = Counter("clearance_records_consumed_total", "Inbound Kafka records con
 DOCUMENTS = Counter("clearance_documents_consumed_total", "CEB documents consumed", ["type", "format"])
 DUPLICATES = Counter("clearance_duplicate_documents_total",
                      "Documents seen before: identical, conflicting, or after the decision", ["kind"])
-DECISIONS = Counter("clearance_decisions_total", "Clearance decisions emitted", ["status", "outcome"])
+DECISIONS = Counter("clearance_decisions_total", "Clearance decisions emitted", ["status", "outcome", "lane"])
 RULE_HITS = Counter("clearance_rule_hits_total", "Rules that fired in emitted decisions", ["rule"])
 TIMEOUTS = Counter("clearance_match_timeouts_total", "Matches decided as timeouts, by missing document type",
                    ["missing"])
@@ -23,12 +23,24 @@ LATENCY = Histogram("clearance_decision_latency_seconds",
                     "Completing document's record timestamp to decision emitted", buckets=LATENCY_BUCKETS)
 BATCH_SECONDS = Histogram("clearance_batch_processing_seconds", "Time to process one consumed batch",
                           buckets=LATENCY_BUCKETS)
+STAGE_SECONDS = Histogram("clearance_stage_duration_seconds",
+                          "Time per batch in each pipeline stage (decode, match, decide, emit)", ["stage"],
+                          buckets=LATENCY_BUCKETS)
+BATCH_RECORDS = Histogram("clearance_batch_records", "Records per consumed batch",
+                          buckets=(1, 5, 10, 50, 100, 500, 1000, 2000, 5000))
 ERRORS = Counter("clearance_errors_total", "Rejected input and processing errors, by reason", ["reason"])
 DEADLETTERS = Counter("clearance_deadletter_records_total", "Records written to the dead-letter topic",
                       ["reason"])
 RECEIPTS = Counter("clearance_receipts_total", "Receipts sent to senders", ["type", "status"])
 LAG = Gauge("clearance_consumer_lag_records", "Log-end offset minus committed offset",
             ["topic", "partition"])
+LAG_SECONDS = Gauge("clearance_consumer_lag_seconds",
+                    "Age of the newest processed record while the partition lags (0 when caught up)",
+                    ["topic", "partition"])
+REBALANCES = Counter("clearance_rebalances_total", "Consumer-group rebalances this worker took part in")
+DEPENDENCY_ERRORS = Counter("clearance_dependency_errors_total",
+                            "Failed batches by the dependency that failed (redis, broker, other)", ["dependency"])
+WORKER_INFO = Gauge("clearance_worker_info", "Worker identity (value 1)", ["version", "group"])
 RETRIES = Counter("clearance_batch_retries_total", "Batches retried after a Redis or broker failure",
                   ["cause"])
 RULESET_INFO = Gauge("clearance_ruleset_info", "Rule set in force (value 1)", ["version"])

@@ -104,6 +104,8 @@ class Pipeline:
         self.t_receipts = t(registry.RECEIPTS, settings)
         self.t_deadletter = t(registry.DEADLETTER, settings)
         self.timeout_ms = int(settings.match_timeout_s * 1000)
+        # Newest record timestamp processed per (topic, partition), for lag in seconds.
+        self.last_record_ms: dict[tuple[str, int], int] = {}
 
     # ------------------------------------------------------------------ batch
 
@@ -118,6 +120,11 @@ class Pipeline:
         for rec in records:
             m.RECORDS.labels(rec.topic).inc()
             docs.extend(self._decode(rec, now, out_receipts, counts))
+            tp = (rec.topic, rec.partition)
+            self.last_record_ms[tp] = max(self.last_record_ms.get(tp, 0), rec.timestamp_ms)
+        m.BATCH_RECORDS.observe(len(records))
+        t_decoded = time.perf_counter()
+        m.STAGE_SECONDS.labels("decode").observe(t_decoded - started)
         for (t, fmt), n in counts.items():
             m.DOCUMENTS.labels(t, fmt).inc(n)
 
@@ -135,10 +142,15 @@ class Pipeline:
             for group, replies in zip(groups.values(), await pipe.execute()):
                 for d, reply in zip(group, replies):
                     self._on_match(d, reply, now, out_receipts, pending, reemit)
-
+        t_matched = time.perf_counter()
+        m.STAGE_SECONDS.labels("match").observe(t_matched - t_decoded)
         await self._decide(pending, now)
+        t_decided = time.perf_counter()
+        m.STAGE_SECONDS.labels("decide").observe(t_decided - t_matched)
         await self._emit(pending, reemit, out_receipts, now)
-        m.BATCH_SECONDS.observe(time.perf_counter() - started)
+        done = time.perf_counter()
+        m.STAGE_SECONDS.labels("emit").observe(done - t_decided)
+        m.BATCH_SECONDS.observe(done - started)
 
     def _decode(self, rec: InRecord, now: int, out_receipts: list[dict[str, Any]],
                 counts: Counter[tuple[str, str]]) -> list[_Doc]:
@@ -355,7 +367,7 @@ class Pipeline:
         done = int(time.time() * 1000)
         for e in emitted:
             d = e.decision
-            m.DECISIONS.labels(str(d["status"]), d["outcome"]).inc()
+            m.DECISIONS.labels(str(d["status"]), d["outcome"], d["lane"]).inc()
             for rule in d["rules"]:
                 m.RULE_HITS.labels(rule).inc()
             for t in d.get("missing", ()):
@@ -426,7 +438,7 @@ class Pipeline:
                     unreserve += [decide.QuotaRequest(final["buyer"], q["year"], key, 0, 0, ledger=led)
                                   for led in q.get("ledgers", [""])]
                 out_receipts.append(receipts.final_inventory_receipt(final, now))
-                m.DECISIONS.labels(str(final["status"]), final["outcome"]).inc()
+                m.DECISIONS.labels(str(final["status"]), final["outcome"], final["lane"]).inc()
         for key, value in ceb.encode_receipts(out_receipts):
             self.sink.produce(self.t_receipts, key, value)
         await self.sink.flush()
