@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DURATION ?= 60
 RATE ?= 200
 
-.PHONY: install demo test test-unit bench lint clean
+.PHONY: install tools demo test test-unit bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# promtool and the Prometheus server for the alert-rule and scrape tests (Debian's package).
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "install Prometheus (promtool, prometheus) for the tests"; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
 # The embedded broker (Tansu) and Redis, a worker, a gate, a platform simulator, live output.
 demo: install
 	$(VENV)/bin/clearance demo --duration $(DURATION) --rate $(RATE)
 
 # Unit tests, then integration tests on the real embedded broker and Redis (started by the tests).
-test: install
+test: install tools
 	$(PY) -m pytest -q
 
 test-unit: install

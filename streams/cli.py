@@ -206,6 +206,13 @@ def cmd_review(args: argparse.Namespace) -> None:
     print(f"review result for {args.order_no}: {result}")
 
 
+def cmd_top(args: argparse.Namespace) -> None:
+    from streams.top import run_top
+
+    urls = args.urls or [f"http://127.0.0.1:{load_settings().web_port}"]
+    run_top(urls, args.interval, args.once)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from streams.demo import run_demo
 
@@ -274,6 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     rv.add_argument("--officer", default=os.environ.get("USER", ""))
     rv.add_argument("--note", default="")
     rv.set_defaults(func=cmd_review)
+
+    tp = sub.add_parser("top", help="live view of workers: documents/s, decisions/s, latency, lag, pending")
+    tp.add_argument("urls", nargs="*", help="worker base URLs (default http://127.0.0.1:CLEARANCE_WEB_PORT)")
+    tp.add_argument("--interval", type=float, default=1.0)
+    tp.add_argument("--once", action="store_true", help="print one frame and exit")
+    tp.set_defaults(func=cmd_top)
 
     args = p.parse_args(argv)
     args.func(args)

@@ -100,9 +100,14 @@ def run_demo(args: argparse.Namespace) -> int:
         registry.ensure_topics(settings)
         env = dict(os.environ, **services.env(), CLEARANCE_MATCH_TIMEOUT_S=str(args.match_timeout),
                    CLEARANCE_SESSION_TIMEOUT_S="6")
+        urls = []
         for i in range(args.workers):
-            procs.append(_spawn(["worker", "--web-port", str(embedded.free_port()), "--loglevel", "warn"],
+            port = embedded.free_port()
+            urls.append(f"http://127.0.0.1:{port}")
+            procs.append(_spawn(["worker", "--web-port", str(port), "--loglevel", "warn"],
                                 env, os.path.join(logdir, f"worker{i}.log")))
+        print(f"worker metrics: {' '.join(u + '/metrics' for u in urls)}  "
+              f"(live view in another terminal: clearance top {' '.join(urls)})", flush=True)
         procs.append(_spawn(["gate"], env, os.path.join(logdir, "gate.log")))
         watcher = DecisionWatcher(settings)
         watcher.start()

@@ -1,0 +1,146 @@
+"""`clearance top`: a live terminal view of one or more workers' /metrics.
+
+Rates are differences between two scrapes; latency percentiles come from the
+difference of the histogram buckets over the same interval (merged across
+workers, never averaged), so the view shows what happened in the last second.
+"""
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@dataclass
+class Scrape:
+    url: str
+    at: float
+    ok: bool
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+
+    def total(self, name: str, **match: str) -> float:
+        return sum(v for (n, labels), v in self.samples.items()
+                   if n == name and all(dict(labels).get(k) == want for k, want in match.items()))
+
+    def by(self, name: str, label: str) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for (n, labels), v in self.samples.items():
+            if n == name:
+                out[dict(labels).get(label, "")] += v
+        return out
+
+
+def scrape(url: str, timeout: float = 2.0) -> Scrape:
+    base = url.rstrip("/")
+    target = base if base.endswith("/metrics") else base + "/metrics"
+    try:
+        text = urllib.request.urlopen(target, timeout=timeout).read().decode()
+    except Exception:
+        return Scrape(url, time.time(), False)
+    s = Scrape(url, time.time(), True)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            s.samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return s
+
+
+def quantile(buckets: dict[float, float], q: float) -> float | None:
+    """q-quantile from cumulative bucket counts (upper bound → count), linear within a bucket."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank, prev_bound, prev_count = q * total, 0.0, 0.0
+    for b in bounds:
+        if buckets[b] >= rank:
+            if b == float("inf"):
+                return prev_bound
+            span = buckets[b] - prev_count
+            return prev_bound + (b - prev_bound) * ((rank - prev_count) / span if span else 1.0)
+        prev_bound, prev_count = b, buckets[b]
+    return bounds[-1]
+
+
+def _bucket_delta(before: Scrape, after: Scrape, name: str) -> dict[float, float]:
+    out: dict[float, float] = defaultdict(float)
+    for (n, labels), v in after.samples.items():
+        if n == name:
+            le = float(dict(labels)["le"])
+            out[le] += v - before.samples.get((n, labels), 0.0)
+    return out
+
+
+def summarise(before: list[Scrape], after: list[Scrape]) -> dict[str, Any]:
+    """One row per worker plus a total; rates per second over the interval."""
+    rows = []
+    merged: dict[float, float] = defaultdict(float)
+    for b, a in zip(before, after):
+        dt = max(a.at - b.at, 1e-3)
+        if not (a.ok and b.ok):
+            rows.append({"worker": a.url, "up": False})
+            continue
+        docs = {t: (v - b.by("clearance_documents_consumed_total", "type").get(t, 0.0)) / dt
+                for t, v in a.by("clearance_documents_consumed_total", "type").items()}
+        decisions = {s: (v - b.by("clearance_decisions_total", "status").get(s, 0.0)) / dt
+                     for s, v in a.by("clearance_decisions_total", "status").items()}
+        buckets = _bucket_delta(b, a, "clearance_decision_latency_seconds_bucket")
+        for le, v in buckets.items():
+            merged[le] += v
+        rows.append({
+            "worker": a.url, "up": True, "docs": docs, "decisions": decisions,
+            "p50": quantile(buckets, 0.5), "p99": quantile(buckets, 0.99),
+            "lag": a.total("clearance_consumer_lag_records"),
+            "pending": a.total("clearance_pending_matches"),
+            "errors": (a.total("clearance_errors_total") - b.total("clearance_errors_total")) / dt,
+            "ruleset": ",".join(sorted(a.by("clearance_ruleset_info", "version"))),
+        })
+    return {"rows": rows, "p50": quantile(merged, 0.5), "p99": quantile(merged, 0.99)}
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.1f} ms"
+
+
+def render(summary: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="clearance workers", caption=f"all workers: p50 {_ms(summary['p50'])}  "
+                                                     f"p99 {_ms(summary['p99'])}")
+    for col in ("worker", "docs/s 311/411/511/621", "decisions/s 800/300/500/100", "p50", "p99", "lag",
+                "pending", "errors/s", "rule set"):
+        table.add_column(col, justify="left" if col in ("worker", "rule set") else "right")
+    for r in summary["rows"]:
+        if not r["up"]:
+            table.add_row(r["worker"], "[red]down[/red]", *[""] * 7)
+            continue
+        docs = "/".join(f"{r['docs'].get(t, 0):.0f}" for t in ("311", "411", "511", "621"))
+        dec = "/".join(f"{r['decisions'].get(s, 0):.0f}" for s in ("800", "300", "500", "100"))
+        table.add_row(r["worker"], docs, dec, _ms(r["p50"]), _ms(r["p99"]), f"{r['lag']:.0f}",
+                      f"{r['pending']:.0f}", f"{r['errors']:.1f}", r["ruleset"])
+    return table
+
+
+def run_top(urls: list[str], interval: float = 1.0, once: bool = False) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    before = [scrape(u) for u in urls]
+    if once:
+        time.sleep(interval)
+        Console(width=160).print(render(summarise(before, [scrape(u) for u in urls])))
+        return
+    with Live(render(summarise(before, before)), refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                after = [scrape(u) for u in urls]
+                live.update(render(summarise(before, after)))
+                before = after
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,77 @@
+"""Alert rules and dashboard: promtool checks and unit tests, dashboard in sync, top's arithmetic."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from streams.top import Scrape, quantile, summarise
+from tests.conftest import ROOT
+
+PROM = ROOT / "ops" / "prometheus"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail("promtool not found: `make test` installs Debian's prometheus package")
+    return subprocess.run([exe, *args], cwd=PROM, capture_output=True, text=True, timeout=60)
+
+
+def test_alert_rules_are_valid():
+    r = promtool("check", "rules", "alerts.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "10 rules found" in r.stdout + r.stderr
+
+
+def test_alert_rule_unit_tests_pass():
+    r = promtool("test", "rules", "alerts_test.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_example_prometheus_config_is_valid():
+    r = promtool("check", "config", "prometheus.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_alert_has_a_runbook_section():
+    import yaml
+
+    alerts = yaml.safe_load((PROM / "alerts.yml").read_text())["groups"][0]["rules"]
+    runbook = (ROOT / "docs" / "operations.md").read_text()
+    for rule in alerts:
+        anchor = rule["annotations"]["runbook_url"].split("#")[1]
+        assert f"### {rule['alert']}" in runbook and anchor == rule["alert"].lower()
+
+
+def test_dashboard_json_is_what_the_builder_writes():
+    sys.path.insert(0, str(ROOT / "ops" / "grafana"))
+    import build_dashboard
+
+    committed = json.loads((ROOT / "ops" / "grafana" / "clearance.json").read_text())
+    assert committed == json.loads(json.dumps(build_dashboard.build()))
+
+
+def test_quantile_from_cumulative_buckets():
+    buckets = {0.01: 50.0, 0.1: 90.0, 1.0: 100.0, float("inf"): 100.0}
+    assert quantile(buckets, 0.5) == pytest.approx(0.01)
+    assert quantile(buckets, 0.95) == pytest.approx(0.55)
+    assert quantile({float("inf"): 0.0}, 0.5) is None
+
+
+def test_summary_rates_and_merged_latency():
+    def s(at, docs, dec, b1, b2):
+        sc = Scrape("w", at, True)
+        sc.samples[("clearance_documents_consumed_total", (("format", "json"), ("type", "311")))] = docs
+        sc.samples[("clearance_decisions_total", (("lane", "green"), ("outcome", "release"), ("status", "800")))] = dec
+        sc.samples[("clearance_decision_latency_seconds_bucket", (("le", "0.01"),))] = b1
+        sc.samples[("clearance_decision_latency_seconds_bucket", (("le", "+Inf"),))] = b2
+        return sc
+
+    out = summarise([s(0, 100, 10, 5, 10)], [s(2, 300, 50, 25, 50)])
+    row = out["rows"][0]
+    assert row["docs"]["311"] == 100 and row["decisions"]["800"] == 20
+    assert out["p50"] is not None and out["p50"] <= 0.01
