@@ -16,10 +16,13 @@ from processors.rules import OUTCOMES, REJECT
 Receipt = dict[str, Any]
 
 ENTITY = {"311": ("312", "OrderReturn"), "411": ("412", "PaymentReturn"),
-          "511": ("512", "LogisticsReturn"), "621": ("622", "InventoryReturn")}
+          "511": ("512", "LogisticsReturn"), "621": ("622", "InventoryReturn"),
+          "623": ("624", "InvtCancelReturn"), "625": ("626", "InvtRefundReturn")}
 KEY_FIELDS = {"311": ("ebpCode", "ebcCode", "orderNo"), "411": ("payCode", "payTransactionId"),
-              "511": ("logisticsCode", "logisticsNo"), "621": ()}
-SENDER_FIELD = {"311": "ebpCode", "411": "payCode", "511": "logisticsCode", "621": "agentCode"}
+              "511": ("logisticsCode", "logisticsNo"), "621": (), "623": (), "625": ()}
+SENDER_FIELD = {"311": "ebpCode", "411": "payCode", "511": "logisticsCode", "621": "agentCode",
+                "623": "agentCode", "625": "agentCode"}
+LIST_DOCS = ("621", "623", "625")  # receipts keyed by copNo/preNo/invtNo
 
 ACCEPTED = "2"
 MATCHED = "120"
@@ -38,13 +41,14 @@ def document_receipt(doc: dict[str, Any], meta: dict[str, Any], status: str, inf
     rtype, entity = ENTITY[t]
     h = doc["head"]
     body: dict[str, str] = {"guid": str(h.get("guid", ""))}
-    if t == "621":
+    if t in LIST_DOCS:
         for f in ("customsCode", "ebpCode", "ebcCode", "agentCode"):
             if h.get(f):
                 body[f] = str(h[f])
         body["copNo"] = str(h.get("copNo") or h.get("orderNo", ""))[:20]
         body["preNo"] = pre_no or str(h.get("preNo", ""))
-        if invt_no:
+        invt_no = invt_no or (str(h.get("invtNo", "")) if t != "621" else "")
+        if len(invt_no) == 18:
             body["invtNo"] = invt_no
     else:
         for f in KEY_FIELDS[t]:

@@ -85,6 +85,8 @@ def create_app(settings: Settings) -> faust.App:
                         value_serializer="raw", key_serializer="raw")
     reviews = app.topic(registry.topic_name(registry.REVIEWS, settings), value_serializer="raw",
                         key_serializer="raw")
+    guarantees = app.topic(registry.topic_name(registry.GUARANTEES, settings), value_serializer="raw",
+                           key_serializer="raw")
     holder: dict[str, Any] = {}
 
     def set_rules(rules: Any) -> None:
@@ -139,6 +141,32 @@ def create_app(settings: Settings) -> faust.App:
                                 e.message.value, int((e.message.timestamp or 0) * 1000)) for e in events]
             p = await pipeline()
             await process_until_done(p, records, p.review)
+
+    @app.agent(guarantees, name="clearance.guarantees")
+    async def guarantee_events(stream: Any) -> None:
+        async for events in stream.take_events(100, within=0.05):
+            records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                                e.message.value, 0) for e in events]
+            p = await pipeline()
+            await process_until_done(p, records, p.after.topup)
+
+    @app.page("/trace/{ident}")
+    async def trace_page(web: Any, request: Any, ident: str) -> Any:
+        # Lineage shows who declared what: it needs the operator token, and is off without one.
+        token = os.environ.get("CLEARANCE_HTTP_TOKEN", "")
+        if not token:
+            return web.json({"error": "trace is disabled: set CLEARANCE_HTTP_TOKEN"}, status=403)
+        if request.headers.get("Authorization", "") != f"Bearer {token}":
+            return web.json({"error": "missing or wrong bearer token"}, status=401)
+        import redis as sync_redis
+
+        from streams import trace
+
+        r = sync_redis.Redis.from_url(settings.redis_url)
+        t = await asyncio.to_thread(trace.lineage, r, ident, settings.redis_buckets)
+        if t is None:
+            return web.json({"error": f"{ident}: not found"}, status=404)
+        return web.json(t)
 
     @app.timer(interval=1.0, name="clearance.timeouts")
     async def timeouts() -> None:

@@ -94,18 +94,104 @@ def cmd_gate(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
     logging.basicConfig(level=logging.INFO)
-    n = run_gate(settings, group=args.group, max_seconds=args.duration)
+    n = run_gate(settings, group=args.group, max_seconds=args.duration, http_port=args.http_port)
     print(f"gate: {n} parcels recorded releasable")
 
 
-def cmd_scan(args: argparse.Namespace) -> None:
-    import redis
-
-    from streams.gate import scan
+def _gate() -> Any:
+    from streams.gate import Gate
 
     settings = load_settings()
     _need_services(settings)
-    print(scan(redis.Redis.from_url(settings.redis_url), args.logistics_no))
+    return Gate(settings)
+
+
+def cmd_scan(args: argparse.Namespace) -> None:
+    info = _gate().scan(args.logistics_no)
+    print(info["answer"] if not args.json else __import__("json").dumps(info, ensure_ascii=False))
+
+
+def cmd_exit(args: argparse.Namespace) -> None:
+    import json
+
+    print(json.dumps(_gate().exit(args.logistics_no, args.gate), ensure_ascii=False))
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    import json
+
+    gate = _gate()
+    if args.exit:
+        print(json.dumps(gate.batch_exit(args.area, args.gate, args.bill), ensure_ascii=False))
+    else:
+        for ln in gate.batch(args.area, args.bill):
+            print(ln)
+
+
+def cmd_guarantee(args: argparse.Namespace) -> None:
+    import orjson
+    import redis
+    from confluent_kafka import Producer
+
+    from processors.aftercare import cents
+    from streams import state
+    from topics.registry import GUARANTEES, topic_name
+
+    settings = load_settings()
+    _need_services(settings)
+    r = redis.Redis.from_url(settings.redis_url)
+    g, held = state.guarantee_keys(args.assure_code, settings.redis_buckets)
+    if args.action == "set":
+        r.hset(g, mapping={"balance": cents(args.amount), "used": r.hget(g, "used") or 0})
+    elif args.action == "topup":
+        r.hincrby(g, "balance", cents(args.amount))
+        r.hsetnx(g, "used", 0)
+    if args.action in ("set", "topup"):
+        producer = Producer(settings.librdkafka_config())
+        producer.produce(topic_name(GUARANTEES, settings), orjson.dumps({"assureCode": args.assure_code,
+                                                                          "action": args.action}),
+                         args.assure_code.encode())
+        producer.flush(10)
+    balance, used = (int(x or 0) for x in r.hmget(g, "balance", "used"))
+    print(f"guarantor {args.assure_code}: balance {balance / 100:.2f}, used {used / 100:.2f}, "
+          f"remaining {(balance - used) / 100:.2f}, held lists {r.zcard(held)}")
+
+
+def cmd_tax(args: argparse.Namespace) -> None:
+    import redis
+
+    from processors.aftercare import tax_period
+    from streams import state
+
+    settings = load_settings()
+    _need_services(settings)
+    period = args.period or tax_period(int(time.time() * 1000))
+    raw = {k.decode(): int(v) for k, v in redis.Redis.from_url(settings.redis_url)
+           .hgetall(state.tax_period_key(period)).items() if not k.startswith(b"rec:")}
+    rows: dict[str, dict[str, int]] = {}
+    for k, v in raw.items():
+        assure, field = k.rsplit(":", 1)
+        rows.setdefault(assure, {})[field] = v
+    print(f"tax period {period}")
+    print(f"{'guarantor':20} {'lists':>6} {'customs':>12} {'VAT':>12} {'consumption':>12} {'total':>12}")
+    for assure, f in sorted(rows.items()):
+        print(f"{assure:20} {f.get('lists', 0):>6} " + " ".join(
+            f"{f.get(x, 0) / 100:>12.2f}" for x in ("customsTax", "valueAddedTax", "consumptionTax", "taxTotal")))
+
+
+def cmd_trace(args: argparse.Namespace) -> None:
+    import json
+
+    import redis
+
+    from streams import trace
+
+    settings = load_settings()
+    _need_services(settings)
+    t = trace.lineage(redis.Redis.from_url(settings.redis_url), args.ident, settings.redis_buckets)
+    if t is None:
+        sys.exit(f"{args.ident}: no order, waybill or list with this number")
+    print(json.dumps(t, ensure_ascii=False, indent=1) if args.json else trace.text(t))
 
 
 def cmd_rules(args: argparse.Namespace) -> None:
@@ -245,14 +331,44 @@ def main(argv: list[str] | None = None) -> None:
     pb.add_argument("--type", choices=["311", "411", "511", "621"], default="311")
     pb.set_defaults(func=cmd_publish)
 
-    g = sub.add_parser("gate", help="reference warehouse-gate consumer of release events")
+    g = sub.add_parser("gate", help="reference warehouse gate: consumes release events, serves scans and exits")
     g.add_argument("--group", default="clearance-gate")
     g.add_argument("--duration", type=float, default=None)
+    g.add_argument("--http-port", type=int, default=0, help="serve /scan, /exit, /batch on this port")
     g.set_defaults(func=cmd_gate)
 
     sc = sub.add_parser("scan", help="may this parcel leave? release / hold / unknown")
     sc.add_argument("logistics_no")
+    sc.add_argument("--json", action="store_true")
     sc.set_defaults(func=cmd_scan)
+
+    xt = sub.add_parser("exit", help="record that a parcel left through a gate (once)")
+    xt.add_argument("logistics_no")
+    xt.add_argument("--gate", required=True)
+    xt.set_defaults(func=cmd_exit)
+
+    bt = sub.add_parser("batch", help="releasable parcels of an area not yet exited; --exit to let them out")
+    bt.add_argument("--area", required=True)
+    bt.add_argument("--bill", default="")
+    bt.add_argument("--exit", action="store_true")
+    bt.add_argument("--gate", default="")
+    bt.set_defaults(func=cmd_batch)
+
+    gu = sub.add_parser("guarantee", help="a guarantor's tax guarantee: show, set, topup")
+    gu.add_argument("action", choices=["show", "set", "topup"])
+    gu.add_argument("assure_code")
+    gu.add_argument("amount", nargs="?", default="0")
+    gu.set_defaults(func=cmd_guarantee)
+
+    tx = sub.add_parser("tax", help="tax aggregated per guarantor for a half-month period")
+    tx.add_argument("action", choices=["report"])
+    tx.add_argument("--period", default="", help="YYYY-MM-1 or YYYY-MM-2 (default: the current one)")
+    tx.set_defaults(func=cmd_tax)
+
+    tr = sub.add_parser("trace", help="lineage of an order, waybill or list: documents, rules, decision, gate")
+    tr.add_argument("ident", help="orderNo, logisticsNo or invtNo")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=cmd_trace)
 
     d = sub.add_parser("demo", help="run everything embedded with live output")
     d.add_argument("--duration", type=float, default=60.0, help="seconds (Ctrl-C stops earlier)")

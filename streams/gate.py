@@ -1,58 +1,188 @@
-"""Reference warehouse-gate consumer: reads release events, keeps the set of
-releasable parcels in Redis (so several gate processes agree), and answers
-"may parcel L… leave?".
+"""Reference warehouse-gate service.
 
-A release event seen twice changes nothing: the parcel record is written once.
+* consumes `clearance.release` (confluent-kafka, its own group) and keeps each
+  parcel's state in Redis by waybill number — releasable, exited, cancelled,
+  returned — so several gate processes agree; a replayed or duplicated release
+  event changes nothing, and a revocation (cancel before exit) holds it;
+* answers a scan (release / hold / unknown) and records an exit once, with an
+  exit event on `clearance.exit`;
+* lists the releasable parcels of an area (and bill) not yet exited, and exits
+  such a batch in one call (分批出区).
+
+HTTP (`--http-port`): GET /scan/<logisticsNo>, POST /exit/<logisticsNo>?gate=G,
+GET /batch?area=A[&bill=B], POST /batch/exit?area=A&gate=G[&bill=B].
 """
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import threading
 import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 import redis
 
 from config.settings import Settings
+from streams import state
 from topics import registry
 
 log = logging.getLogger("clearance.gate")
 
-# Record a released parcel once: 1 if new, 0 if already known.
-RECORD_RELEASE = """
-local k = KEYS[1]
-if redis.call('HSETNX', k, 'state', 'releasable') == 0 then return 0 end
-redis.call('HSET', k, 'invtNo', ARGV[1], 'orderNo', ARGV[2], 'releasedAt', ARGV[3], 'areaCode', ARGV[4],
-           'seenAt', ARGV[5])
-redis.call('INCR', KEYS[2])
-return 1
-"""
-
 RELEASED_COUNT = "clr:gate:{released}"
 
 
-def parcel_key(logistics_no: str) -> str:
-    return "clr:parcel:{" + logistics_no + "}"
+class Gate:
+    """Gate operations on Redis, shared by the consumer, the HTTP API and the CLI."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.r = redis.Redis.from_url(settings.redis_url)
+        self.s = state.AfterScripts(self.r)
+        self._producer: Any = None
+
+    @property
+    def producer(self) -> Any:
+        if self._producer is None:
+            from confluent_kafka import Producer
+
+            self._producer = Producer(self.settings.librdkafka_config())
+        return self._producer
+
+    def key(self, logistics_no: str) -> str:
+        return state.parcel_key(logistics_no, self.settings.redis_buckets)
+
+    def scan(self, logistics_no: str) -> dict[str, Any]:
+        fields = {k.decode(): v.decode() for k, v in self.r.hgetall(self.key(logistics_no)).items()}
+        st = fields.get("state")
+        answer = "unknown" if st is None else ("release" if st == "releasable" else "hold")
+        return {"logisticsNo": logistics_no, "answer": answer, "state": st or "unknown",
+                **{k: v for k, v in fields.items() if k != "state"}}
+
+    def record(self, events: list[dict[str, Any]]) -> int:
+        """Apply release and revocation events; returns how many parcels became releasable."""
+        pipe = self.r.pipeline(transaction=False)
+        now = int(time.time() * 1000)
+        releases = []
+        for ev in events:
+            ln = ev.get("logisticsNo")
+            if not ln:
+                continue
+            if ev.get("status") == "revoked":
+                self.s.cancel(keys=[self.key(ln)], args=[ev.get("revokedAt", now), ev.get("orderNo", "")], client=pipe)
+                pipe.srem(state.area_key(ev.get("areaCode") or "-"), ln)
+                continue
+            self.s.release(keys=[self.key(ln)], args=[ev.get("orderNo", ""), ev.get("invtNo", ""),
+                                                       ev.get("areaCode", ""), ev.get("billNo", ""),
+                                                       ev.get("releasedAt", 0), now], client=pipe)
+            releases.append(ev)
+        results = iter(pipe.execute())
+        outcome = []  # the release script's answer for each release, in order
+        for ev in events:
+            if not ev.get("logisticsNo"):
+                continue
+            if ev.get("status") == "revoked":
+                next(results), next(results)  # cancel script, srem
+            else:
+                outcome.append(next(results))
+        new = 0
+        pipe = self.r.pipeline(transaction=False)
+        for ev, res in zip(releases, outcome):
+            if res == 1:
+                new += 1
+                pipe.sadd(state.area_key(ev.get("areaCode") or "-"), ev["logisticsNo"])
+        if new:
+            pipe.incrby(RELEASED_COUNT, new)
+        pipe.execute()
+        return new
+
+    def exit(self, logistics_no: str, gate: str) -> dict[str, Any]:
+        now = int(time.time() * 1000)
+        reply = self.s.exit(keys=[self.key(logistics_no)], args=[gate, now])
+        code, st = int(reply[0]), reply[1].decode()
+        if code == 1:
+            info = self.scan(logistics_no)
+            self.r.srem(state.area_key(info.get("areaCode") or "-"), logistics_no)
+            event = {"logisticsNo": logistics_no, "gate": gate, "exitedAt": now, "orderNo": info.get("orderNo"),
+                     "invtNo": info.get("invtNo"), "areaCode": info.get("areaCode")}
+            self.producer.produce(registry.topic_name(registry.EXITS, self.settings), orjson.dumps(event),
+                                  logistics_no.encode())
+            self.producer.flush(10)
+            return {"logisticsNo": logistics_no, "result": "exited", "gate": gate, "exitedAt": now}
+        if code == 0:
+            return {"logisticsNo": logistics_no, "result": "already_exited", "gate": reply[2].decode(),
+                    "exitedAt": int(reply[3])}
+        return {"logisticsNo": logistics_no, "result": "refused", "state": st}
+
+    def batch(self, area: str, bill: str = "") -> list[str]:
+        """Releasable parcels of an area (and bill) that have not exited."""
+        members = sorted(m.decode() for m in self.r.smembers(state.area_key(area or "-")))
+        out = []
+        for ln in members:
+            info = self.scan(ln)
+            if info["answer"] == "release" and (not bill or info.get("billNo") == bill):
+                out.append(ln)
+        return out
+
+    def batch_exit(self, area: str, gate: str, bill: str = "") -> dict[str, Any]:
+        results = [self.exit(ln, gate) for ln in self.batch(area, bill)]
+        return {"area": area, "bill": bill, "gate": gate,
+                "exited": [r["logisticsNo"] for r in results if r["result"] == "exited"],
+                "skipped": [r for r in results if r["result"] != "exited"]}
 
 
-def scan(r: Any, logistics_no: str) -> str:
-    """release / hold / unknown for one waybill number."""
-    state = r.hget(parcel_key(logistics_no), "state")
-    if state is None:
-        return "unknown"
-    return "release" if state == b"releasable" else "hold"
+def serve_http(gate: Gate, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, body: Any) -> None:
+            data = json.dumps(body, ensure_ascii=False).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:  # no per-request log lines
+            return None
+
+        def do_GET(self) -> None:  # noqa: N802
+            url = urllib.parse.urlparse(self.path)
+            q = dict(urllib.parse.parse_qsl(url.query))
+            if url.path.startswith("/scan/"):
+                self._send(200, gate.scan(urllib.parse.unquote(url.path[6:])))
+            elif url.path == "/batch":
+                self._send(200, {"area": q.get("area", ""), "parcels": gate.batch(q.get("area", ""), q.get("bill", ""))})
+            else:
+                self._send(404, {"error": "GET /scan/<logisticsNo> or /batch?area=A"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            url = urllib.parse.urlparse(self.path)
+            q = dict(urllib.parse.parse_qsl(url.query))
+            if not q.get("gate"):
+                self._send(400, {"error": "gate=<gate id> is required"})
+            elif url.path.startswith("/exit/"):
+                self._send(200, gate.exit(urllib.parse.unquote(url.path[6:]), q["gate"]))
+            elif url.path == "/batch/exit":
+                self._send(200, gate.batch_exit(q.get("area", ""), q["gate"], q.get("bill", "")))
+            else:
+                self._send(404, {"error": "POST /exit/<logisticsNo>?gate=G or /batch/exit?area=A&gate=G"})
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="gate-http").start()
+    return server
 
 
 def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: float | None = None,
-             quiet: bool = False) -> int:
+             quiet: bool = False, http_port: int = 0) -> int:
     from confluent_kafka import Consumer
 
-    r = redis.Redis.from_url(settings.redis_url)
-    record = r.register_script(RECORD_RELEASE)
+    gate = Gate(settings)
+    server = serve_http(gate, http_port) if http_port else None
     conf = settings.librdkafka_config()
     conf.update({"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": "false",
-                 "session.timeout.ms": str(int(settings.session_timeout_s * 1000))})
+                 "session.timeout.ms": str(int(settings.session_timeout_s * 1000)), "fetch.wait.max.ms": "50"})
     consumer = Consumer(conf)
     consumer.subscribe([registry.topic_name(registry.RELEASE, settings)])
     stop = {"flag": False}
@@ -66,26 +196,22 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
     new_total = 0
     try:
         while not stop["flag"] and (max_seconds is None or time.monotonic() - started < max_seconds):
-            msgs = consumer.consume(500, 0.5)
+            msgs = [m for m in consumer.consume(500, 0.2) if not m.error()]
             if not msgs:
                 continue
-            pipe = r.pipeline(transaction=False)
-            now = int(time.time() * 1000)
+            events = []
             for msg in msgs:
-                if msg.error():
-                    continue
                 try:
-                    ev = orjson.loads(msg.value())
-                    record(keys=[parcel_key(ev["logisticsNo"]), RELEASED_COUNT],
-                           args=[ev.get("invtNo", ""), ev.get("orderNo", ""), ev.get("releasedAt", 0),
-                                 ev.get("areaCode", ""), now], client=pipe)
-                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    events.append(orjson.loads(msg.value()))
+                except orjson.JSONDecodeError:
                     log.warning("ignoring malformed release event at offset %s", msg.offset())
-            new = sum(int(x) for x in pipe.execute())
+            new = gate.record(events)
             new_total += new
             consumer.commit(asynchronous=False)
             if not quiet and new:
-                print(f"gate: {new} parcels releasable (+{len(msgs) - new} duplicates ignored)", flush=True)
+                print(f"gate: {new} parcels releasable (+{len(events) - new} duplicates or revocations)", flush=True)
     finally:
         consumer.close()
+        if server is not None:
+            server.shutdown()
     return new_total

@@ -33,6 +33,8 @@ log = logging.getLogger("clearance.pipeline")
 
 # A decision stored but not confirmed emitted for this long is re-emitted.
 STALE_MS = 3_000
+# Cancels and returns act on decided lists; they do not enter the match.
+AFTER_TYPES = ("623", "625")
 
 
 @dataclass
@@ -106,6 +108,9 @@ class Pipeline:
         self.timeout_ms = int(settings.match_timeout_s * 1000)
         # Newest record timestamp processed per (topic, partition), for lag in seconds.
         self.last_record_ms: dict[tuple[str, int], int] = {}
+        from streams.aftercare import Aftercare
+
+        self.after = Aftercare(self)
 
     # ------------------------------------------------------------------ batch
 
@@ -123,6 +128,10 @@ class Pipeline:
             tp = (rec.topic, rec.partition)
             self.last_record_ms[tp] = max(self.last_record_ms.get(tp, 0), rec.timestamp_ms)
         m.BATCH_RECORDS.observe(len(records))
+        after_docs = [d for d in docs if d.doc["type"] in AFTER_TYPES]
+        if after_docs:
+            docs = [d for d in docs if d.doc["type"] not in AFTER_TYPES]
+            await self.after.handle(after_docs, now, out_receipts)
         t_decoded = time.perf_counter()
         m.STAGE_SECONDS.labels("decode").observe(t_decoded - started)
         for (t, fmt), n in counts.items():
@@ -285,6 +294,7 @@ class Pipeline:
             p.decision["receipt"] = receipts.receipt_address(p.docs["621"], p.metas.get("621", {}))
             if hasattr(rules, "decision_extras"):
                 p.decision.update(rules.decision_extras(p.case))
+        await self.after.charge([p.decision for p in complete if p.decision is not None], now)
 
     async def _observe_features(self, rules: Any, orders: list[_Pending], now: int) -> None:
         """Update and read the windowed cross-order counters the rules use."""
@@ -337,7 +347,10 @@ class Pipeline:
                         unreserve.extend(p.reserved)
         to_emit.extend(reemit.values())
 
+        after_pipe = self.redis.pipeline(transaction=False)
         for e in to_emit:
+            for call in self.after.on_emitted(e.decision, after_pipe, now):
+                await call
             self.sink.produce(self.t_decisions, e.decision["decisionId"], orjson.dumps(e.decision))
             event = decide.release_event(e.decision)
             if event is not None:
@@ -348,6 +361,8 @@ class Pipeline:
         for key, value in ceb.encode_receipts(out_receipts):
             self.sink.produce(self.t_receipts, key, value)
         await self.sink.flush()
+        if len(after_pipe):
+            await after_pipe.execute()
 
         if to_emit or unreserve:
             pipe = self.redis.pipeline(transaction=False)
@@ -416,6 +431,7 @@ class Pipeline:
         if not finals:
             await self.sink.flush()
             return
+        await self.after.charge([f for _, f in finals], now)
         pipe = self.redis.pipeline(transaction=False)
         fgroups = state.group_by_slot(finals, lambda kf: kf[0])
         for group in fgroups.values():
@@ -423,11 +439,14 @@ class Pipeline:
                                         client=pipe)
         out_receipts = []
         unreserve: list[decide.QuotaRequest] = []
+        after_pipe = self.redis.pipeline(transaction=False)
         for group, replies in zip(fgroups.values(), await pipe.execute()):
             for (key, final), reply in zip(group, replies):
                 if int(reply[0]) != 1:
                     continue
                 m.REVIEWS.labels(final["review"]["result"]).inc()
+                for call in self.after.on_emitted(final, after_pipe, now):
+                    await call
                 self.sink.produce(self.t_decisions, final["decisionId"], orjson.dumps(final))
                 event = decide.release_event(final)
                 if event is not None:
@@ -442,6 +461,8 @@ class Pipeline:
         for key, value in ceb.encode_receipts(out_receipts):
             self.sink.produce(self.t_receipts, key, value)
         await self.sink.flush()
+        if len(after_pipe):
+            await after_pipe.execute()
         if unreserve:
             pipe = self.redis.pipeline(transaction=False)
             for group in state.group_by_slot(unreserve, self._ledger).values():

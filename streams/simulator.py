@@ -183,7 +183,8 @@ _SIGNATURE = (
     '<ds:DigestMethod Algorithm="http://www.chinaport.gov.cn/2022/04/xmldsig#sm3"/>'
     '<ds:DigestValue>AAAA</ds:DigestValue></ds:Reference></ds:SignedInfo>'
     '<ds:SignatureValue>AAAA</ds:SignatureValue></ds:Signature>')
-_SENDER = {"311": "4601XXXXAA", "411": "4403XXXXPP", "511": "4601XXXXLL", "621": "4601XXXXCC"}
+_SENDER = {"311": "4601XXXXAA", "411": "4403XXXXPP", "511": "4601XXXXLL", "621": "4601XXXXCC",
+           "623": "4601XXXXCC", "625": "4601XXXXCC"}
 
 
 def _esc(s: str) -> str:
@@ -199,17 +200,20 @@ def to_xml(doc_type: str, docs: list[tuple[dict[str, str], list[dict[str, str]]]
     parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<ceb:{kind.root} guid="{str(uuid.uuid4()).upper()}" '
              f'version="1.0" xmlns:ceb="{NS}">']
     for head, lines in docs:
-        parts.append(f"<ceb:{kind.wrapper}><ceb:{kind.head}>")
+        if kind.wrapper:
+            parts.append(f"<ceb:{kind.wrapper}>")
+        parts.append(f"<ceb:{kind.head}>")
         parts.extend(f"<ceb:{k}>{_esc(head[k])}</ceb:{k}>" for k in head_order if k in head)
         parts.append(f"</ceb:{kind.head}>")
         for line in lines:
             parts.append(f"<ceb:{kind.lines}>")
             parts.extend(f"<ceb:{k}>{_esc(line[k])}</ceb:{k}>" for k in line_order if k in line)
             parts.append(f"</ceb:{kind.lines}>")
-        parts.append(f"</ceb:{kind.wrapper}>")
+        if kind.wrapper:
+            parts.append(f"</ceb:{kind.wrapper}>")
     parts.append(f"<ceb:BaseTransfer><ceb:copCode>{_SENDER[doc_type]}</ceb:copCode><ceb:copName>示例企业</ceb:copName>"
                  "<ceb:dxpMode>DXP</ceb:dxpMode><ceb:dxpId>DXPENT0000000001</ceb:dxpId></ceb:BaseTransfer>")
-    if doc_type == "621":
+    if doc_type in ("621", "623", "625"):  # the XSD requires a signature on these
         parts.append(_SIGNATURE)
     parts.append(f"</ceb:{kind.root}>")
     return "".join(parts).encode("utf-8")
@@ -290,3 +294,28 @@ class Publisher:
 
     def flush(self) -> None:
         self.producer.flush(30)
+
+
+def cancel_document(order: GeneratedOrder, invt_no: str, reason: str = "buyer cancelled") -> tuple[dict[str, str], list]:
+    """A CEB623 InvtCancel for a generated order's list."""
+    inv = order.docs["621"][0]
+    head = {k: inv[k] for k in ("guid", "appType", "appTime", "appStatus", "customsCode", "orderNo", "ebpCode",
+                                "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode", "logisticsName",
+                                "copNo")}
+    head.update({"guid": str(uuid.uuid5(uuid.NAMESPACE_OID, "623" + order.order_no)).upper(), "invtNo": invt_no,
+                 "buyerIdType": "1", "buyerIdNumber": inv["buyerIdNumber"], "buyerName": inv["buyerName"],
+                 "buyerTelephone": inv["buyerTelephone"], "agentCode": inv["agentCode"],
+                 "agentName": inv["agentName"], "reason": reason})
+    return head, []
+
+
+def refund_document(order: GeneratedOrder, invt_no: str, qty: dict[int, str] | None = None,
+                    reason: str = "buyer returned the goods") -> tuple[dict[str, str], list[dict[str, str]]]:
+    """A CEB625 return of a generated order's list (all lines, or `qty` per gnum)."""
+    head, _ = cancel_document(order, invt_no, reason)
+    head["guid"] = str(uuid.uuid5(uuid.NAMESPACE_OID, "625" + order.order_no + str(sorted((qty or {}).items()))))\
+        .upper()
+    lines = [{"gnum": line["gnum"], "gcode": line["gcode"], "gname": line["gname"],
+              "qty": (qty or {}).get(int(line["gnum"]), line["qty"]), "unit": line["unit"]}
+             for line in order.docs["621"][1] if qty is None or int(line["gnum"]) in qty]
+    return head, lines

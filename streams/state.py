@@ -128,14 +128,15 @@ end
 return out
 """
 
-# Emission confirmed: keep arrival metadata and digests (duplicates, trace),
+# Emission confirmed: keep arrival metadata, digests and the inventory list
+# (duplicates, returns, trace),
 # drop the document bodies, leave the pending set, let the key expire.
 CONFIRM = """
 local pending, ttl = KEYS[1], tonumber(ARGV[1])
 for i = 2, #KEYS do
   local k = KEYS[i]
   redis.call('HSET', k, 'emit', 1)
-  redis.call('HDEL', k, 'd311', 'd411', 'd511', 'd621')
+  redis.call('HDEL', k, 'd311', 'd411', 'd511')
   redis.call('EXPIRE', k, ttl)
   redis.call('ZREM', pending, k)
 end
@@ -343,3 +344,151 @@ def split_docs(values: list[Any]) -> tuple[int, dict[str, bytes], dict[str, byte
         if m is not None:
             metas[t] = m
     return first, docs, metas
+
+
+# --------------------------------------------------------------------------- after release
+
+# Parcel state at the gates: releasable → exited → returned, or cancelled.
+# The key is by waybill number, so a gate's scan is one lookup.
+PARCEL_RELEASE = """
+local k = KEYS[1]
+if redis.call('HSETNX', k, 'state', 'releasable') == 0 then return 0 end
+redis.call('HSET', k, 'orderNo', ARGV[1], 'invtNo', ARGV[2], 'areaCode', ARGV[3], 'billNo', ARGV[4],
+           'releasedAt', ARGV[5], 'seenAt', ARGV[6])
+return 1
+"""
+
+PARCEL_EXIT = """
+local k = KEYS[1]
+local state = redis.call('HGET', k, 'state')
+if state == 'releasable' then
+  redis.call('HSET', k, 'state', 'exited', 'gate', ARGV[1], 'exitedAt', ARGV[2])
+  return {1, 'exited'}
+end
+if state == 'exited' then return {0, 'exited', redis.call('HGET', k, 'gate'), redis.call('HGET', k, 'exitedAt')} end
+return {-1, state or 'unknown'}
+"""
+
+# A cancel wins over a release the gate has not recorded yet: the parcel is
+# created as cancelled and the late release event cannot make it releasable.
+PARCEL_CANCEL = """
+local k = KEYS[1]
+local state = redis.call('HGET', k, 'state')
+if state == 'exited' or state == 'returned' then return {-1, state} end
+if state == 'cancelled' then return {0, state} end
+redis.call('HSET', k, 'state', 'cancelled', 'cancelledAt', ARGV[1], 'orderNo', ARGV[2])
+return {1, 'cancelled'}
+"""
+
+PARCEL_RETURN = """
+local k = KEYS[1]
+local state = redis.call('HGET', k, 'state')
+if state == 'exited' then
+  redis.call('HSET', k, 'state', 'returned', 'returnedAt', ARGV[1])
+  return {1, 'returned', redis.call('HGET', k, 'exitedAt')}
+end
+if state == 'returned' then return {0, 'returned'} end
+return {-1, state or 'unknown'}
+"""
+
+# Give part of an order's reservation back for a return, once per return id.
+REFUND = """
+local k = KEYS[1]
+local id = 'r:' .. ARGV[3]
+if redis.call('HEXISTS', k, id) == 1 then return 0 end
+local amount = tonumber(ARGV[2])
+redis.call('HSET', k, id, amount)
+if redis.call('HEXISTS', k, 'o:' .. ARGV[1]) == 1 then
+  redis.call('HINCRBY', k, 'o:' .. ARGV[1], -amount)
+  redis.call('HINCRBY', k, 'total', -amount)
+end
+return 1
+"""
+
+# Tax aggregation per period: per guarantor sums, once per (record id).
+TAX_AGGREGATE = """
+local k = KEYS[1]
+if redis.call('HSETNX', k, 'rec:' .. ARGV[1], 1) == 0 then return 0 end
+local a = ARGV[2]
+redis.call('HINCRBY', k, a .. ':customsTax', ARGV[3])
+redis.call('HINCRBY', k, a .. ':valueAddedTax', ARGV[4])
+redis.call('HINCRBY', k, a .. ':consumptionTax', ARGV[5])
+redis.call('HINCRBY', k, a .. ':taxTotal', ARGV[6])
+redis.call('HINCRBY', k, a .. ':lists', ARGV[7])
+return 1
+"""
+
+# A guarantor's guarantee: charge a list's tax once; {1, remaining} charged
+# (remaining -1 when the guarantor has no guarantee account: not checked),
+# {0, remaining} not enough: the list is held until a top-up.
+GUARANTEE_USE = """
+local g, held = KEYS[1], KEYS[2]
+local invt, amount, order, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+if redis.call('EXISTS', g) == 0 then return {1, -1} end
+local balance = tonumber(redis.call('HGET', g, 'balance') or '0')
+local used = tonumber(redis.call('HGET', g, 'used') or '0')
+if redis.call('HEXISTS', g, 'i:' .. invt) == 1 then return {1, balance - used} end
+if balance - used >= amount then
+  redis.call('HINCRBY', g, 'used', amount)
+  redis.call('HSET', g, 'i:' .. invt, amount)
+  redis.call('ZREM', held, order)
+  return {1, balance - used - amount}
+end
+redis.call('ZADD', held, 'NX', now, order)
+return {0, balance - used}
+"""
+
+GUARANTEE_RESTORE = """
+local g = KEYS[1]
+local amount = redis.call('HGET', g, 'i:' .. ARGV[1])
+if not amount then return 0 end
+redis.call('HDEL', g, 'i:' .. ARGV[1])
+redis.call('HINCRBY', g, 'used', -tonumber(amount))
+return 1
+"""
+
+
+# A top-up releases a held list: overwrite its final decision only if that is
+# the held one (599), so a cancel or an earlier release is never undone.
+RELEASE_HELD = """
+local k = KEYS[1]
+local final = redis.call('HGET', k, 'final')
+if final and not string.find(final, '"status":599', 1, true) then return 0 end
+redis.call('HSET', k, 'final', ARGV[1])
+return 1
+"""
+
+
+def parcel_key(logistics_no: str, buckets: int = BUCKETS) -> str:
+    return "clr:parcel:{p%02d}:%s" % (bucket_of(logistics_no, buckets), logistics_no)
+
+
+def area_key(area: str) -> str:
+    return "clr:area:{" + area + "}"
+
+
+def index_key(kind: str, value: str, buckets: int = BUCKETS) -> str:
+    """logisticsNo / invtNo → orderNo, for trace."""
+    return "clr:idx:{i%02d}:%s:%s" % (bucket_of(value, buckets), kind, value)
+
+
+def tax_period_key(period: str) -> str:
+    return "clr:tax:{" + period + "}"
+
+
+def guarantee_keys(assure: str, buckets: int = BUCKETS) -> tuple[str, str]:
+    tag = "{g%02d}" % bucket_of(assure, buckets)
+    return f"clr:g:{tag}:{assure}", f"clr:g:{tag}:{assure}:held"
+
+
+class AfterScripts:
+    def __init__(self, redis: Any):
+        self.release = redis.register_script(PARCEL_RELEASE)
+        self.exit = redis.register_script(PARCEL_EXIT)
+        self.cancel = redis.register_script(PARCEL_CANCEL)
+        self.ret = redis.register_script(PARCEL_RETURN)
+        self.refund = redis.register_script(REFUND)
+        self.tax = redis.register_script(TAX_AGGREGATE)
+        self.guarantee_use = redis.register_script(GUARANTEE_USE)
+        self.guarantee_restore = redis.register_script(GUARANTEE_RESTORE)
+        self.release_held = redis.register_script(RELEASE_HELD)

@@ -46,6 +46,8 @@ KINDS: dict[str, MessageKind] = {
     "411": MessageKind("411", "CEB411Message", "Payment", "PaymentHead", ""),
     "511": MessageKind("511", "CEB511Message", "Logistics", "LogisticsHead", ""),
     "621": MessageKind("621", "CEB621Message", "Inventory", "InventoryHead", "InventoryList"),
+    "623": MessageKind("623", "CEB623Message", "", "InvtCancel", ""),
+    "625": MessageKind("625", "CEB625Message", "InvtRefund", "InvtRefundHead", "InvtRefundList"),
 }
 KIND_BY_ROOT = {k.root: k for k in KINDS.values()}
 KIND_BY_HEAD = {k.head: k for k in KINDS.values()}
@@ -187,7 +189,7 @@ def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMe
         raise CebError(ERR_UNKNOWN_TYPE, "unknown_message_type",
                        f"unsupported message type {_local(root.tag)!r}")
     _check_topic(kind, accepts)
-    wrappers = root.findall(f"{{{NS}}}{kind.wrapper}")
+    wrappers = root.findall(f"{{{NS}}}{kind.wrapper or kind.head}")
     _check_size(kind, len(wrappers),
                 [len(w.findall(f"{{{NS}}}{kind.lines}")) for w in wrappers] if kind.lines else [])
     schema = import_schema()
@@ -200,7 +202,8 @@ def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMe
     head_dec, line_dec = decimal_names(kind.head), decimal_names(kind.lines)
     docs = []
     for w in wrappers:
-        children = list(w)
+        # A cancel (623) repeats its InvtCancel directly under the root.
+        children = list(w) if kind.wrapper else [w]
         head = _canonical({c.tag[cut:]: c.text or "" for c in children[0]}, head_dec)
         lines = [_canonical({c.tag[cut:]: c.text or "" for c in line}, line_dec) for line in children[1:]]
         docs.append(RawDocument(kind.code, head, lines))

@@ -32,6 +32,10 @@ LOGISTICS = TopicSpec("ceb.import.logistics", "orderNo or message guid", "ceb-xm
                       "CEB511 waybills from logistics companies", ("511",))
 INVENTORY = TopicSpec("ceb.import.inventory", "orderNo or message guid", "ceb-xml|json",
                       "CEB621 inventory lists from declaring agents", ("621",))
+CANCEL = TopicSpec("ceb.import.cancel", "orderNo or message guid", "ceb-xml|json",
+                   "CEB623 cancellations of released lists, from declaring agents", ("623",))
+REFUND = TopicSpec("ceb.import.refund", "orderNo or message guid", "ceb-xml|json",
+                   "CEB625 returns, from declaring agents", ("625",))
 DECISIONS = TopicSpec("clearance.decisions", "ebpCode:orderNo", "json",
                       "every clearance outcome, the audit trail")
 RELEASE = TopicSpec("clearance.release", "logisticsNo", "json",
@@ -45,12 +49,17 @@ DEADLETTER = TopicSpec("clearance.deadletter", "source topic:partition", "json",
 RULES = TopicSpec("clearance.rules", "ruleset", "json",
                   "the rule set in force (latest record wins); every worker reads all of it",
                   retention_ms=-1, compacted=True, partitions=1)
+TAX = TopicSpec("clearance.tax", "invtNo", "json",
+                "a tax record (CEB816 content) per released list; reversals for returns and cancels")
+EXITS = TopicSpec("clearance.exit", "logisticsNo", "json", "parcels that left the zone through a gate")
+GUARANTEES = TopicSpec("clearance.guarantee-events", "assureCode", "json",
+                       "guarantee top-ups: held lists of that guarantor are released when they fit")
 REVIEWS = TopicSpec("clearance.review-results", "orderNo", "json",
                     "officers' results for orders in manual review (300) or inspection (500)")
 
-INBOUND: tuple[TopicSpec, ...] = (ORDER, PAYMENT, LOGISTICS, INVENTORY)
-OUTBOUND: tuple[TopicSpec, ...] = (DECISIONS, RELEASE, RECEIPTS, DEADLETTER)
-CONTROL: tuple[TopicSpec, ...] = (RULES, REVIEWS)
+INBOUND: tuple[TopicSpec, ...] = (ORDER, PAYMENT, LOGISTICS, INVENTORY, CANCEL, REFUND)
+OUTBOUND: tuple[TopicSpec, ...] = (DECISIONS, RELEASE, RECEIPTS, DEADLETTER, TAX, EXITS)
+CONTROL: tuple[TopicSpec, ...] = (RULES, REVIEWS, GUARANTEES)
 ALL: tuple[TopicSpec, ...] = INBOUND + OUTBOUND + CONTROL
 
 

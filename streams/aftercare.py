@@ -1,0 +1,219 @@
+"""After the decision, in the worker: the guarantee check before release, tax
+records, cancels (CEB623) and returns (CEB625), and guarantee top-ups.
+
+Each effect is idempotent: a parcel's state changes once (Lua on its key), a
+quota refund and a guarantee restore are recorded per return id, a tax record
+is aggregated once per record id.
+"""
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from processors import aftercare, decide, receipts
+from processors.rules import RELEASE
+from streams import metrics as m
+from streams import state
+
+if TYPE_CHECKING:
+    from streams.pipeline import Pipeline
+
+GUARANTEE_REFUND = """
+local k = KEYS[1]
+if redis.call('EXISTS', k) == 0 then return 0 end
+if redis.call('HSETNX', k, 'r:' .. ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', k, 'used', -tonumber(ARGV[2]))
+return 1
+"""
+
+
+class Aftercare:
+    def __init__(self, pipeline: "Pipeline"):
+        self.p = pipeline
+        self.redis = pipeline.redis
+        self.s = state.AfterScripts(pipeline.redis)
+        self.guarantee_refund = pipeline.redis.register_script(GUARANTEE_REFUND)
+        from topics import registry
+
+        self.t_tax = registry.topic_name(registry.TAX, pipeline.settings)
+
+    # ------------------------------------------------------------ guarantee and tax on release
+
+    async def charge(self, decisions: list[dict[str, Any]], now: int) -> None:
+        """Charge each releasing list's tax to its guarantor; hold (599) what does not fit."""
+        releasing = [d for d in decisions if d["status"] == RELEASE and d.get("tax") and d.get("assureCode")]
+        if not releasing:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for d in releasing:
+            g, held = state.guarantee_keys(d["assureCode"], self.p.buckets)
+            await self.s.guarantee_use(keys=[g, held], args=[d["invtNo"], aftercare.cents(d["tax"]["taxTotal"]),
+                                                             d["orderKey"], now], client=pipe)
+        for d, (ok, remaining) in zip(releasing, await pipe.execute()):
+            if int(ok):
+                continue
+            d.update({"status": aftercare.HELD, "outcome": "held", "final": False})
+            d["reasons"] = list(d["reasons"]) + [{
+                "rule": "guarantee.balance", "reason": "GUARANTEE_INSUFFICIENT", "status": aftercare.HELD,
+                "lane": d["lane"], "info": f"guarantor {d['assureCode']}: tax {d['tax']['taxTotal']} exceeds the "
+                                           f"remaining guarantee {Decimal(int(remaining)) / 100}; held until a top-up",
+                "evidence": {"remaining": str(Decimal(int(remaining)) / 100), "tax": d["tax"]["taxTotal"]}}]
+            d["rules"] = sorted(set(d["rules"]) | {"guarantee.balance"})
+            m.ERRORS.labels("guarantee_insufficient").inc()
+
+    def on_emitted(self, decision: dict[str, Any], pipe: Any, now: int) -> list[Any]:
+        """Produce the tax record of a released list; return the Redis calls to queue."""
+        calls: list[Any] = []
+        for kind, value in (("ln", decision.get("logisticsNo")), ("inv", decision.get("invtNo"))):
+            if value:
+                pipe.set(state.index_key(kind, value, self.p.buckets), decision["orderNo"],
+                         ex=self.p.settings.decided_ttl_s * 5)
+        if decision["status"] == RELEASE and decision.get("tax"):
+            record = aftercare.tax_record(decision, now)
+            self.p.sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))
+            calls.append(self._aggregate(record, pipe))
+        return calls
+
+    def _aggregate(self, record: dict[str, Any], pipe: Any) -> Any:
+        c = record["cents"]
+        return self.s.tax(keys=[state.tax_period_key(record["period"])],
+                          args=[record["recordId"], record["assureCode"] or "-", c["customsTax"],
+                                c["valueAddedTax"], c["consumptionTax"], c["taxTotal"],
+                                -1 if record["kind"] == "reversal" else 1], client=pipe)
+
+    # ------------------------------------------------------------ cancels and returns
+
+    async def handle(self, docs: list[Any], now: int, out_receipts: list[dict[str, Any]]) -> None:
+        if not docs:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for d in docs:
+            pipe.hmget(d.order_key, "dec", "final", "d621")
+        looked = await pipe.execute()
+        for d, (dec, final, inv) in zip(docs, looked):
+            decision = orjson.loads(final or dec) if (final or dec) else None
+            if d.doc["type"] == "623":
+                await self._cancel(d, decision, now, out_receipts)
+            else:
+                await self._return(d, decision, orjson.loads(inv) if inv else None, now, out_receipts)
+
+    async def _cancel(self, d: Any, decision: dict[str, Any] | None, now: int,
+                      out_receipts: list[dict[str, Any]]) -> None:
+        ok, why = aftercare.cancel_check(decision)
+        if not ok or decision is None:
+            m.REVIEWS.labels("cancel_refused").inc()
+            out_receipts.append(receipts.document_receipt(d.doc, d.meta, "100", why, now))
+            return
+        reply = await self.s.cancel(keys=[state.parcel_key(decision["logisticsNo"], self.p.buckets)],
+                                    args=[now, decision["orderNo"]])
+        status = int(reply[0])
+        if status < 0:
+            out_receipts.append(receipts.document_receipt(
+                d.doc, d.meta, "100", f"-623005 清单状态不允许撤销: the parcel has {reply[1].decode()} the zone"
+                if reply[1] == b"exited" else f"-623005 清单状态不允许撤销 ({reply[1].decode()})", now))
+            return
+        if status == 1:
+            cancelled = aftercare.cancel_decision(decision, str(d.doc["head"].get("reason", "")), now)
+            sink = self.p.sink
+            sink.produce(self.p.t_decisions, cancelled["decisionId"], orjson.dumps(cancelled))
+            if decision["status"] == RELEASE:
+                sink.produce(self.p.t_release, decision["logisticsNo"],
+                             orjson.dumps(aftercare.revocation_event(decision, now)))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(d.order_key, "final", orjson.dumps(cancelled))
+            pipe.srem(state.area_key(decision.get("areaCode", "-")), decision["logisticsNo"])
+            for led in (decision.get("quota") or {}).get("ledgers", []):
+                await self.p.scripts.unreserve(keys=[state.ledger_key(decision["buyer"], decision["quota"]["year"],
+                                                                      self.p.buckets, led)],
+                                               args=[decision["orderKey"]], client=pipe)
+            if decision["status"] == RELEASE and decision.get("tax"):
+                record = aftercare.tax_record(decision, now, "reversal", Decimal(1), "cancel")
+                sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))
+                await self._aggregate(record, pipe)
+                g, _held = state.guarantee_keys(decision.get("assureCode", "-"), self.p.buckets)
+                await self.s.guarantee_restore(keys=[g], args=[decision["invtNo"]], client=pipe)
+            await pipe.execute()
+            m.DECISIONS.labels("100", "cancelled", "reject").inc()
+        out_receipts.append(receipts.document_receipt(d.doc, d.meta, "399", "撤销成功 (list cancelled; "
+                                                      "release revoked, quota restored)", now))
+
+    async def _return(self, d: Any, decision: dict[str, Any] | None, inventory: dict[str, Any] | None, now: int,
+                      out_receipts: list[dict[str, Any]]) -> None:
+        ok, why, value, fraction = aftercare.refund_check(decision, inventory, d.doc["lines"], now)
+        if not ok or decision is None:
+            out_receipts.append(receipts.document_receipt(d.doc, d.meta, "100", why, now))
+            return
+        reply = await self.s.ret(keys=[state.parcel_key(decision["logisticsNo"], self.p.buckets)], args=[now])
+        status = int(reply[0])
+        if status < 0:
+            out_receipts.append(receipts.document_receipt(
+                d.doc, d.meta, "100", f"-625005 退货需在出区后 (parcel state: {reply[1].decode()})", now))
+            return
+        if status == 1:
+            guid = str(d.doc["head"].get("guid", ""))
+            pipe = self.redis.pipeline(transaction=False)
+            quota = decision.get("quota") or {}
+            if quota:
+                await self.s.refund(keys=[state.ledger_key(decision["buyer"], quota["year"], self.p.buckets)],
+                                    args=[decision["orderKey"], aftercare.cents(value), guid], client=pipe)
+            if decision.get("tax"):
+                record = aftercare.tax_record(decision, now, "reversal", fraction, guid)
+                self.p.sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))
+                await self._aggregate(record, pipe)
+                g, _held = state.guarantee_keys(decision.get("assureCode", "-"), self.p.buckets)
+                await self.guarantee_refund(keys=[g], args=[guid, -record["cents"]["taxTotal"]], client=pipe)
+            pipe.hset(d.order_key, "return:" + guid, orjson.dumps({"at": now, "value": str(value),
+                                                                     "lines": d.doc["lines"]}))
+            await pipe.execute()
+        out_receipts.append(receipts.document_receipt(d.doc, d.meta, "399",
+                                                      f"退货成功 (returned value {value}; quota and tax restored)", now))
+
+    # ------------------------------------------------------------ guarantee top-ups
+
+    async def topup(self, records: list[Any]) -> None:
+        """Release the held lists of guarantors whose guarantee was topped up."""
+        now = int(time.time() * 1000)
+        assures = set()
+        for rec in records:
+            try:
+                assures.add(str(orjson.loads(rec.value or b"")["assureCode"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+        out_receipts: list[dict[str, Any]] = []
+        for assure in assures:
+            g, held = state.guarantee_keys(assure, self.p.buckets)
+            for okey in [k.decode() for k in await self.redis.zrange(held, 0, -1)]:
+                raw = await self.redis.hmget(okey, "dec", "final")
+                current = raw[1] or raw[0]
+                decision = orjson.loads(current) if current else None
+                if decision is None or decision["status"] != aftercare.HELD:
+                    await self.redis.zrem(held, okey)
+                    continue
+                ok, _remaining = await self.s.guarantee_use(
+                    keys=[g, held], args=[decision["invtNo"], aftercare.cents(decision["tax"]["taxTotal"]), okey, now])
+                if not int(ok):
+                    break  # in order: the oldest held list first
+                final = dict(decision, status=RELEASE, outcome="release", final=True,
+                             timestamps=dict(decision["timestamps"], guaranteed=now))
+                final["reasons"] = [r for r in decision["reasons"] if r.get("rule") != "guarantee.balance"]
+                final["rules"] = sorted({r["rule"] for r in final["reasons"]})
+                if not int(await self.s.release_held(keys=[okey], args=[orjson.dumps(final)])):
+                    continue
+                self.p.sink.produce(self.p.t_decisions, final["decisionId"], orjson.dumps(final))
+                event = decide.release_event(final)
+                if event is not None:
+                    self.p.sink.produce(self.p.t_release, event["logisticsNo"], orjson.dumps(event))
+                pipe = self.redis.pipeline(transaction=False)
+                for call in self.on_emitted(final, pipe, now):
+                    await call
+                await pipe.execute()
+                out_receipts.append(receipts.final_inventory_receipt(final, now))
+                m.DECISIONS.labels("800", "release", final["lane"]).inc()
+        from topics import ceb
+
+        for key, value in ceb.encode_receipts(out_receipts):
+            self.p.sink.produce(self.p.t_receipts, key, value)
+        await self.p.sink.flush()

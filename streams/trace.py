@@ -1,0 +1,99 @@
+"""Parcel traceability (源头可溯、去向可查) from stored state, not by re-reading topics.
+
+Given an orderNo, logisticsNo or invtNo: the documents with their arrival times
+and sources, the decision (rules, evidence, tax), an officer's review, the
+guarantee hold, the parcel's gate history (release, exit, cancel, return) and
+its returns. Personal data is never stored in clear, so none can be shown;
+hashes are masked too.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from processors.aftercare import stamp
+from streams import state
+
+DOC_NAMES = {"311": "order", "411": "payment", "511": "waybill", "621": "inventory list"}
+
+
+def resolve(r: Any, ident: str, buckets: int) -> str | None:
+    """The orderNo for an orderNo, logisticsNo or invtNo."""
+    if r.exists(state.order_key(ident, buckets)):
+        return ident
+    for kind in ("ln", "inv"):
+        found = r.get(state.index_key(kind, ident, buckets))
+        if found:
+            return found.decode()
+    return None
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("h:"):
+        return "h:…"
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
+def lineage(r: Any, ident: str, buckets: int) -> dict[str, Any] | None:
+    order_no = resolve(r, ident, buckets)
+    if order_no is None:
+        return None
+    key = state.order_key(order_no, buckets)
+    raw = {k.decode(): v for k, v in r.hgetall(key).items()}
+    documents = []
+    for t in ("311", "411", "511", "621"):
+        if "m" + t in raw:
+            meta = orjson.loads(raw["m" + t])
+            documents.append({"type": "CEB" + t, "name": DOC_NAMES[t], "arrivedAt": meta.get("at"),
+                              "arrived": stamp(meta.get("at", 0)), "format": meta.get("fmt"),
+                              "source": meta.get("src"), "sender": meta.get("snd") or None})
+    decision = orjson.loads(raw["dec"]) if "dec" in raw else None
+    final = orjson.loads(raw["final"]) if "final" in raw else None
+    out: dict[str, Any] = {"orderNo": order_no, "documents": documents,
+                           "firstDocumentAt": int(raw["first"]) if "first" in raw else None}
+    if decision:
+        out["decision"] = _mask({k: decision.get(k) for k in (
+            "status", "outcome", "lane", "final", "ruleSetVersion", "reasons", "rules", "invtNo", "preNo",
+            "logisticsNo", "dutiablePrice", "tax", "quota", "timestamps", "postAudit")})
+    if final:
+        out["final"] = _mask({k: final.get(k) for k in ("status", "outcome", "event", "review", "cancel",
+                                                        "timestamps")})
+    returns = [dict(orjson.loads(v), id=k.split(":", 1)[1]) for k, v in raw.items() if k.startswith("return:")]
+    if returns:
+        out["returns"] = returns
+    ln = (decision or {}).get("logisticsNo")
+    if ln:
+        parcel = {k.decode(): v.decode() for k, v in r.hgetall(state.parcel_key(ln, buckets)).items()}
+        if parcel:
+            out["parcel"] = parcel
+    return out
+
+
+def text(t: dict[str, Any]) -> str:
+    lines = [f"order {t['orderNo']}"]
+    for d in t["documents"]:
+        lines.append(f"  {d['arrived']}  {d['type']} {d['name']} ({d['format']}, {d['source']})")
+    d = t.get("decision")
+    if d:
+        lines.append(f"  {stamp(d['timestamps']['decided'])}  decision {d['status']} {d['outcome']} "
+                     f"(lane {d['lane']}, rule set {d['ruleSetVersion']}, list {d.get('invtNo')})")
+        for r in d["reasons"]:
+            lines.append(f"      {r['rule']}: {r['reason']} {r.get('evidence') or ''}")
+        if d.get("tax"):
+            lines.append(f"      tax {d['tax']['taxTotal']}")
+    f = t.get("final")
+    if f:
+        what = f.get("event") or ("review " + f["review"]["result"] if f.get("review") else f["outcome"])
+        lines.append(f"  final {f['status']} {f['outcome']} ({what})")
+    p = t.get("parcel")
+    if p:
+        lines.append(f"  parcel {p.get('state')}" + (f", exited at gate {p['gate']} {stamp(int(p['exitedAt']))}"
+                                                     if p.get("exitedAt") else ""))
+    for ret in t.get("returns", []):
+        lines.append(f"  return {ret['id']}: value {ret['value']} at {stamp(ret['at'])}")
+    return "\n".join(lines)

@@ -1,0 +1,230 @@
+"""Release to the gate, cancel and return, tax records and the guarantee, trace —
+on the real broker (gate exit events) and a real Redis."""
+from __future__ import annotations
+
+import asyncio
+import re
+import copy
+import dataclasses
+from decimal import Decimal
+
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from config.settings import Settings
+from processors import ruleset
+from streams import state, trace
+from streams.gate import Gate
+from streams.pipeline import Pipeline
+from streams.simulator import cancel_document, refund_document, to_json
+from tests.helpers import CaptureSink, doc_records, order, record
+from tests.integration.worker import Reader
+from topics import registry
+
+pytestmark = pytest.mark.integration
+
+DOC = ruleset.load_file(ruleset.DEFAULT_RULESET)
+
+
+def rules() -> ruleset.RuleEngine:
+    doc = copy.deepcopy(DOC)
+    doc["parameters"].update(random_inspection_rate=0, random_inspection_rate_aeo=0, post_audit_rate=0)
+    return ruleset.compile_ruleset(doc)
+
+
+class World:
+    """A pipeline (outputs captured) and a gate (real broker for exit events), one Redis."""
+
+    def __init__(self, services, prefix: str):
+        self.settings = dataclasses.replace(Settings(kafka_bootstrap=services.kafka_bootstrap,
+                                                     redis_url=services.redis_url), topic_prefix=prefix)
+        registry.ensure_topics(self.settings)
+        self.sink = CaptureSink()
+        self.gate = Gate(self.settings)
+        self.r = redis.Redis.from_url(services.redis_url)
+        self.engine = rules()
+
+    def run(self, *batches, topup: list | None = None):
+        async def go():
+            client = aioredis.from_url(self.settings.redis_url)
+            p = Pipeline(self.settings, client, self.sink, self.engine)
+            for b in batches:
+                await p.process(b)
+            if topup:
+                await p.after.topup(topup)
+            await client.aclose()
+        asyncio.run(go())
+
+    def decisions(self):
+        return [orjson.loads(v) for t, _k, v in self.sink.records if t.endswith("clearance.decisions")]
+
+    def on(self, name):
+        return [orjson.loads(v) if not v.startswith(b"<") else v for t, _k, v in self.sink.records
+                if t.endswith(name)]
+
+    def to_gate(self):
+        self.gate.record(self.on("clearance.release"))
+
+    def receipts(self, entity):
+        out = []
+        for t, _k, v in self.sink.records:
+            if t.endswith("ceb.receipts") and not v.startswith(b"<"):
+                out += [i[entity] for i in orjson.loads(v) if entity in i]
+        return out
+
+
+@pytest.fixture
+def world(services, redis_url, request):
+    return World(services, f"ar{abs(hash(request.node.name)) % 10**6}.")
+
+
+def after_record(doc_type, doc):
+    return record(doc_type, to_json(doc_type, [doc]))
+
+
+def test_released_parcel_exits_once_under_duplicated_events(world):
+    o = order(1)
+    world.run(doc_records(o))
+    (d,) = world.decisions()
+    assert d["status"] == 800
+    world.to_gate()
+    world.to_gate()  # the same release events again
+    assert world.gate.scan(o.logistics_no)["answer"] == "release"
+    assert world.gate.batch("4601XXXXWW") == [o.logistics_no]
+    first = world.gate.exit(o.logistics_no, "G1")
+    again = world.gate.exit(o.logistics_no, "G2")
+    assert first["result"] == "exited" and again == {"logisticsNo": o.logistics_no, "result": "already_exited",
+                                                      "gate": "G1", "exitedAt": first["exitedAt"]}
+    assert world.gate.scan(o.logistics_no)["answer"] == "hold" and world.gate.batch("4601XXXXWW") == []
+    exits = Reader(type("E", (), {"settings": world.settings, "topic": lambda s, spec: registry.topic_name(
+        spec, world.settings)})(), registry.EXITS).drain(1.0)
+    assert [k for k, _ in exits] == [o.logistics_no]
+    assert world.gate.exit("NO-SUCH-PARCEL", "G1") == {"logisticsNo": "NO-SUCH-PARCEL", "result": "refused",
+                                                       "state": "unknown"}
+
+
+def test_batch_exit_lets_out_a_whole_area_in_one_call(world):
+    orders = [order(10 + i) for i in range(3)]
+    world.run(*[doc_records(o) for o in orders])
+    world.to_gate()
+    out = world.gate.batch_exit("4601XXXXWW", "G7")
+    assert sorted(out["exited"]) == sorted(o.logistics_no for o in orders) and out["skipped"] == []
+    assert world.gate.batch("4601XXXXWW") == []
+
+
+def test_cancel_before_exit_holds_the_parcel_and_restores_quota(world):
+    o = order(20)
+    world.run(doc_records(o))
+    (d,) = world.decisions()
+    world.to_gate()
+    ledger = state.ledger_key(d["buyer"], "2026")
+    assert int(world.r.hget(ledger, "total")) > 0
+    cancel = after_record("623", cancel_document(o, d["invtNo"]))
+    world.run([cancel], [cancel])  # and a duplicate
+    world.to_gate()  # the revocation reaches the gate
+    assert world.gate.scan(o.logistics_no)["answer"] == "hold"
+    assert world.gate.scan(o.logistics_no)["state"] == "cancelled"
+    assert int(world.r.hget(ledger, "total")) == 0
+    assert [r["returnStatus"] for r in world.receipts("InvtCancelReturn")] == ["399", "399"]
+    cancelled = [x for x in world.decisions() if x.get("event") == "cancel"]
+    assert len(cancelled) == 1 and cancelled[0]["outcome"] == "cancelled"
+    reversal = [t for t in world.on("clearance.tax") if t["kind"] == "reversal"]
+    assert len(reversal) == 1 and reversal[0]["cents"]["taxTotal"] == -world.on("clearance.tax")[0]["cents"]["taxTotal"]
+    assert world.gate.exit(o.logistics_no, "G1")["result"] == "refused"
+
+
+def test_cancel_after_exit_is_refused_with_the_official_reason(world):
+    o = order(21)
+    world.run(doc_records(o))
+    (d,) = world.decisions()
+    world.to_gate()
+    world.gate.exit(o.logistics_no, "G1")
+    world.run([after_record("623", cancel_document(o, d["invtNo"]))])
+    (receipt,) = world.receipts("InvtCancelReturn")
+    assert receipt["returnStatus"] == "100" and receipt["returnInfo"].startswith("-623005")
+    assert int(world.r.hget(state.ledger_key(d["buyer"], "2026"), "total")) > 0
+
+
+def test_cancel_of_an_unknown_list(world):
+    o = order(22)
+    world.run([after_record("623", cancel_document(o, "640120260000000099"))])
+    (receipt,) = world.receipts("InvtCancelReturn")
+    assert receipt["returnStatus"] == "100" and receipt["returnInfo"].startswith("-623003")
+
+
+def test_return_restores_quota_and_tax_once(world):
+    o = order(30)
+    world.run(doc_records(o))
+    (d,) = world.decisions()
+    world.to_gate()
+    ledger = state.ledger_key(d["buyer"], "2026")
+    before = int(world.r.hget(ledger, "total"))
+    early = after_record("625", refund_document(o, d["invtNo"]))
+    world.run([early])  # not exited yet: refused
+    world.gate.exit(o.logistics_no, "G1")
+    world.run([early], [early])
+    statuses = [r["returnStatus"] for r in world.receipts("InvtRefundReturn")]
+    assert statuses == ["100", "399", "399"]
+    goods = sum(Decimal(line["totalPrice"]) for line in o.docs["621"][1])
+    assert before - int(world.r.hget(ledger, "total")) == int(goods * 100)
+    reversal = [t for t in world.on("clearance.tax") if t["kind"] == "reversal"]
+    charge = [t for t in world.on("clearance.tax") if t["kind"] == "charge"]
+    assert len(reversal) == 1 and len(charge) == 1
+    # The period report is the sum of the records: charge plus reversal.
+    period = state.tax_period_key(charge[0]["period"])
+    assert int(world.r.hget(period, "4601XXXXBB:taxTotal")) == \
+        charge[0]["cents"]["taxTotal"] + reversal[0]["cents"]["taxTotal"]
+    assert world.gate.scan(o.logistics_no)["state"] == "returned"
+
+
+def test_return_of_more_than_was_declared_is_refused(world):
+    o = order(31)
+    world.run(doc_records(o))
+    (d,) = world.decisions()
+    world.to_gate()
+    world.gate.exit(o.logistics_no, "G1")
+    too_many = refund_document(o, d["invtNo"], {1: str(int(o.docs["621"][1][0]["qty"]) + 1)})
+    world.run([after_record("625", too_many)])
+    (receipt,) = world.receipts("InvtRefundReturn")
+    assert receipt["returnStatus"] == "100" and "R12" in receipt["returnInfo"]
+
+
+def test_guarantee_shortfall_holds_a_list_and_a_topup_releases_it(world):
+    g, held = state.guarantee_keys("4601XXXXBB")
+    world.r.hset(g, mapping={"balance": 100, "used": 0})  # ¥1.00 left
+    o = order(40)
+    world.run(doc_records(o))
+    (d,) = world.decisions()
+    assert d["status"] == 599 and "GUARANTEE_INSUFFICIENT" in {r["reason"] for r in d["reasons"]}
+    assert world.on("clearance.release") == [] and world.on("clearance.tax") == []
+    assert world.r.zcard(held) == 1
+    world.r.hincrby(g, "balance", 1_000_000)
+    event = record("311", orjson.dumps({"assureCode": "4601XXXXBB"}))
+    world.run(topup=[event])
+    world.run(topup=[event])  # a second top-up event changes nothing
+    final = [x for x in world.decisions() if x["status"] == 800]
+    assert len(final) == 1 and final[0]["timestamps"]["guaranteed"]
+    assert [e["logisticsNo"] for e in world.on("clearance.release")] == [o.logistics_no]
+    (tax,) = world.on("clearance.tax")
+    assert int(world.r.hget(g, "used")) == tax["cents"]["taxTotal"] and world.r.zcard(held) == 0
+
+
+def test_trace_shows_what_happened(world):
+    o = order(50)
+    world.run(doc_records(o))
+    (d,) = world.decisions()
+    world.to_gate()
+    world.gate.exit(o.logistics_no, "G3")
+    for ident in (o.order_no, o.logistics_no, d["invtNo"]):
+        t = trace.lineage(world.r, ident, state.BUCKETS)
+        assert t is not None and t["orderNo"] == o.order_no
+    assert [x["type"] for x in t["documents"]] == ["CEB311", "CEB411", "CEB511", "CEB621"]
+    assert t["decision"]["status"] == 800 and t["parcel"]["state"] == "exited" and t["parcel"]["gate"] == "G3"
+    text = trace.text(t)
+    assert "exited at gate G3" in text and "decision 800 release" in text
+    buyer = o.docs["311"][0]["buyerIdNumber"]
+    dumped = orjson.dumps(t).decode()
+    assert buyer not in dumped, dumped[max(0, dumped.find(buyer) - 300):dumped.find(buyer) + 50]
+    assert re.search(r"h:[0-9a-f]{6}", dumped) is None  # not even the keyed hashes
