@@ -1,0 +1,102 @@
+"""The release cycle with real processes: worker, gate service (HTTP), CLI."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import orjson
+import pytest
+
+from streams.embedded import free_port
+from streams.simulator import Publisher, cancel_document, make_order, to_json
+from tests.conftest import ROOT
+from tests.integration.worker import Env, Reader
+from topics import registry
+
+pytestmark = pytest.mark.integration
+
+
+def http(method: str, url: str, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, orjson.loads(err.read())
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise TimeoutError
+
+
+def test_release_exit_cancel_guarantee_and_trace_across_processes(services):
+    env = Env(services, CLEARANCE_HTTP_TOKEN="s3cret")
+    gate_port = free_port()
+    gate = subprocess.Popen([sys.executable, "-m", "streams.cli", "gate", "--http-port", str(gate_port)],
+                            env=env.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        env.start_worker()
+        env.wait_assigned()
+        rng = random.Random(3)
+        a, b = (make_order(880000 + i, rng, prefix="GATE") for i in range(2))
+        pub = Publisher(env.settings, "json", batch=1)
+        pub.send([a, b])
+        pub.flush()
+        base = f"http://127.0.0.1:{gate_port}"
+        wait_for(lambda: http("GET", f"{base}/scan/{a.logistics_no}")[1].get("answer") == "release")
+        wait_for(lambda: http("GET", f"{base}/scan/{b.logistics_no}")[1].get("answer") == "release")
+
+        code, out = http("POST", f"{base}/exit/{a.logistics_no}?gate=YP-01")
+        assert code == 200 and out["result"] == "exited"
+        assert http("POST", f"{base}/exit/{a.logistics_no}?gate=YP-02")[1]["result"] == "already_exited"
+        assert http("GET", f"{base}/batch?area=4601XXXXWW")[1]["parcels"] == [b.logistics_no]
+
+        # Cancel b before exit: the gate must answer hold.
+        decisions = {orjson.loads(v)["orderNo"]: orjson.loads(v) for _, v in
+                     Reader(env, registry.DECISIONS).read_until(lambda r: len(r) >= 2, 30)}
+        pub.send_raw("623", b.order_no, to_json("623", [cancel_document(b, decisions[b.order_no]["invtNo"])]))
+        pub.flush()
+        wait_for(lambda: http("GET", f"{base}/scan/{b.logistics_no}")[1].get("answer") == "hold")
+        assert http("POST", f"{base}/exit/{b.logistics_no}?gate=YP-01")[1]["result"] == "refused"
+
+        # Guarantee: a guarantor with no room holds the next list; a top-up releases it.
+        assert env.cli("guarantee", "set", "4601XXXXBB", "0.01").returncode == 0
+        c = make_order(880010, rng, prefix="GATE")
+        pub.send([c])
+        pub.flush()
+        held = wait_for(lambda: [orjson.loads(v) for _, v in Reader(env, registry.DECISIONS).drain(0.5)
+                                 if c.order_no.encode() in v])
+        assert held[0]["status"] == 599
+        assert http("GET", f"{base}/scan/{c.logistics_no}")[1]["answer"] == "unknown"
+        topup = env.cli("guarantee", "topup", "4601XXXXBB", "100000")
+        assert topup.returncode == 0 and "held lists" in topup.stdout
+        wait_for(lambda: http("GET", f"{base}/scan/{c.logistics_no}")[1].get("answer") == "release")
+
+        report = env.cli("tax", "report")
+        assert report.returncode == 0 and "4601XXXXBB" in report.stdout
+        taxes = [orjson.loads(v) for _, v in Reader(env, registry.TAX).drain(1.0)]
+        total = sum(t["cents"]["taxTotal"] for t in taxes)
+        assert f"{total / 100:.2f}" in report.stdout
+
+        worker = f"http://127.0.0.1:{env.workers[0][1]}"
+        assert http("GET", f"{worker}/trace/{a.logistics_no}")[0] == 401
+        code, t = http("GET", f"{worker}/trace/{a.logistics_no}", {"Authorization": "Bearer s3cret"})
+        assert code == 200 and t["orderNo"] == a.order_no and t["parcel"]["gate"] == "YP-01"
+        cli = env.cli("trace", b.order_no)
+        assert cli.returncode == 0 and "parcel cancelled" in cli.stdout and "(cancel)" in cli.stdout
+    finally:
+        os.killpg(gate.pid, signal.SIGTERM)
+        gate.wait(10)
+        env.stop()
