@@ -40,7 +40,7 @@ def wait_for(predicate, timeout=60.0):
     raise TimeoutError
 
 
-def test_release_exit_cancel_guarantee_and_trace_across_processes(services):
+def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redis_url):  # redis_url: a clean Redis
     env = Env(services, CLEARANCE_HTTP_TOKEN="s3cret")
     gate_port = free_port()
     gate = subprocess.Popen([sys.executable, "-m", "streams.cli", "gate", "--http-port", str(gate_port)],
@@ -100,3 +100,8 @@ def test_release_exit_cancel_guarantee_and_trace_across_processes(services):
         os.killpg(gate.pid, signal.SIGTERM)
         gate.wait(10)
         env.stop()
+        import redis
+
+        from streams import state
+
+        redis.Redis.from_url(redis_url).delete(*state.guarantee_keys("4601XXXXBB"))  # no account for later tests
