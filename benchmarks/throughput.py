@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -63,6 +64,9 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+RUNS: list["Run"] = []  # stopped on exit, whatever happens
+
+
 class Run:
     def __init__(self, services: Any, tag: str):
         self.env = dict(os.environ, **services.env(), CLEARANCE_TOPIC_PREFIX=f"b{tag}.", CLEARANCE_GROUP=f"b{tag}",
@@ -73,6 +77,7 @@ class Run:
         self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--web-port", str(self.port),
                                       "--loglevel", "warn"], env=self.env, cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        RUNS.append(self)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
@@ -107,6 +112,7 @@ class Run:
         self.proc.terminate()
         self.proc.wait(20)
         self.consumer.close()
+        RUNS.remove(self)
         return usage
 
 
@@ -188,6 +194,8 @@ def main() -> None:
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     base = load_settings()
+    # SIGTERM unwinds like Ctrl-C, so the finally below stops every process we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     services = embedded.start(base.kafka_bootstrap, base.redis_url)
     results = []
     try:
@@ -205,6 +213,9 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in lat.items() if k != "histogram"}), flush=True)
                 results.append(lat)
     finally:
+        for run in list(RUNS):
+            run.proc.kill()
+            run.proc.wait(10)
         services.stop()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
