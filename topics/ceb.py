@@ -11,7 +11,9 @@ network: a DOCTYPE is refused before parsing.
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -314,7 +316,10 @@ def _entity_dict(struct: Any, numeric: tuple[FieldSpec, ...], kind: MessageKind)
         value = out[spec.name]
         if value is None:
             continue
-        out[spec.name] = str(int(value)) if spec.kind == "int" else _decimal_text(value, spec, kind)
+        text = str(int(value)) if spec.kind == "int" else _decimal_text(value, spec, kind)
+        if spec.kind == "dec" and text[0] == "-":
+            raise _negative(spec.name, text)
+        out[spec.name] = text
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -376,10 +381,72 @@ def _canonical(fields: dict[str, str], decimals: tuple[str, ...]) -> dict[str, s
     for name in decimals:
         text = fields.get(name)
         if text:
+            if text[0] == "-":
+                raise _negative(name, text)
             if "." in text:
                 text = text.rstrip("0").rstrip(".")
             fields[name] = text if text and text[0] not in "+-0." else canonical_decimal(text or "0")
     return fields
+
+
+# Control and invisible format characters (zero-width, bidi overrides, BOM inside
+# text): never legitimate in a declaration, and the stuff of look-alike keys.
+# Searched in the UTF-8 bytes: U+200B–200F, U+202A–202E, U+2060–2064, U+FEFF.
+_INVISIBLE = re.compile(rb"\xe2\x80[\x8b-\x8f\xaa-\xae]|\xe2\x81[\xa0-\xa4]|\xef\xbb\xbf")
+_CONTROL_BYTES = bytes(range(0, 9)) + b"\x0b\x0c" + bytes(range(0x0e, 0x20)) + b"\x7f"
+
+
+def _has_invisible(data: bytes) -> bool:
+    # C-speed prefilters; the regex runs only when a candidate byte sequence is there.
+    if len(data.translate(None, _CONTROL_BYTES)) != len(data):
+        return True
+    if (b"\xe2\x80" in data or b"\xe2\x81" in data or b"\xef\xbb\xbf" in data) and _INVISIBLE.search(data):
+        return True
+    return b"\\u" in data and _INVISIBLE_ESCAPED.search(data) is not None
+_INVISIBLE_ESCAPED = re.compile(rb"\\u(00[01][0-8bcefBCEF]|001[0-9a-fA-F]|007[fF]|200[b-fB-F]|202[a-eA-E]|206[0-4]|[fF][eE][fF][fF])")
+DATE_FIELDS = {"appTime": 14, "payTime": 14, "declTime": 8, "ieDate": 8}  # YYYYMMDD[hhmmss]
+FUTURE_TOLERANCE_S = 24 * 3600
+
+
+_CST = timezone(timedelta(hours=8))
+
+
+def _valid_date(text: str, length: int) -> bool:
+    if len(text) != length or not text.isdigit():
+        return False
+    month, day = int(text[4:6]), int(text[6:8])
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return False
+    if length == 14 and not (int(text[8:10]) < 24 and int(text[10:12]) < 60 and int(text[12:14]) < 60):
+        return False
+    if day > 28:  # the calendar decides the last days of a month
+        try:
+            datetime(int(text[0:4]), month, day)
+        except ValueError:
+            return False
+    return True
+
+
+def _check_dates(msg: DecodedMessage, now: float) -> None:
+    """What the schema cannot say: dates are real and not in the future."""
+    # Fixed-width digit strings compare like the dates they spell.
+    latest = datetime.fromtimestamp(now + FUTURE_TOLERANCE_S, _CST).strftime("%Y%m%d%H%M%S")
+    for i, doc in enumerate(msg.documents, 1):
+        for name, length in DATE_FIELDS.items():
+            text = doc.head.get(name)
+            if not text:
+                continue
+            if not _valid_date(text, length):
+                raise CebError(ERR_SCHEMA, "invalid_date", f"document {i}: {name} {text!r} is not a date "
+                               f"({'YYYYMMDDhhmmss' if length == 14 else 'YYYYMMDD'})", KINDS[msg.kind].root)
+            if text > latest[:length]:
+                raise CebError(ERR_SCHEMA, "future_date", f"document {i}: {name} {text} is in the future",
+                               KINDS[msg.kind].root)
+
+
+def _negative(name: str, value: str) -> CebError:
+    # Amounts, quantities and weights in CEB messages are never negative.
+    return CebError(ERR_SCHEMA, "negative_amount", f"{name} is negative ({value})")
 
 
 def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
@@ -391,9 +458,13 @@ def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessag
         raise CebError(ERR_OVERSIZE, "record_too_large",
                        f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
     head = data[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
-    if head.startswith(b"<"):
-        return decode_xml(data, accepts)
-    return decode_json(data, accepts)
+    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a leading BOM is allowed
+    if _has_invisible(body):
+        raise CebError(ERR_SCHEMA, "invisible_characters",
+                       "control or invisible Unicode characters (zero-width, bidi, NUL, ...) are not allowed")
+    msg = decode_xml(data, accepts) if head.startswith(b"<") else decode_json(data, accepts)
+    _check_dates(msg, time.time())
+    return msg
 
 
 # --------------------------------------------------------------------------- receipts
