@@ -49,6 +49,7 @@ FACTS: dict[str, tuple[str, str]] = {
     "any_dishonest": ("bool", "any of the four enterprises is dishonest (失信)"),
     "all_advanced": ("bool", "platform, seller, payment and logistics companies are all advanced-certified"),
     "negative_listed": ("list", "enterprise codes on the negative list"),
+    "unregistered": ("list", "enterprise codes of the order not in the enterprise register (reference data)"),
     "random_draw": ("number", "uniform [0,1) drawn from the order number and the rule set's seed"),
     "buyer_orders_24h": ("number", "the buyer's decided orders in the last 24 h, this one included"),
     "buyer_amount_24h": ("number", "the buyer's dutiable amount in the last 24 h (CNY)"),
@@ -183,6 +184,7 @@ def facts(case: Case, ref: Reference) -> dict[str, Any]:
         "any_dishonest": "dishonest" in credits,
         "all_advanced": all(c == "advanced" for c in credits),
         "negative_listed": sorted(str(c) for c in codes if c and enterprises.get(str(c), {}).get("negative")),
+        "unregistered": sorted(str(c) for c in codes if c and str(c) not in enterprises) if enterprises else [],
         "random_draw": draw,
         "_tax": computed,
     }

@@ -176,7 +176,7 @@ def _check_topic(kind: MessageKind, accepts: tuple[str, ...] | None) -> None:
 
 
 def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
-    if _DOCTYPE.search(data[:65536]) or b"<!ENTITY" in data or b"<!DOCTYPE" in data:
+    if b"<!" in data and _DOCTYPE.search(data):
         raise CebError(ERR_HOSTILE, "dtd_forbidden",
                        "DOCTYPE/ENTITY declarations are not allowed in CEB messages")
     try:
@@ -296,8 +296,8 @@ def decode_json(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedM
                            f"more than {MAX_LINES} {kind.lines} lines in one document ({text})", kind.root) from None
         raise CebError(ERR_SCHEMA, "schema_invalid", f"JSON does not match CEB{kind.code}: {text}",
                        kind.root) from None
-    except msgspec.DecodeError as exc:
-        raise CebError(ERR_MALFORMED, "malformed_json", f"JSON is not well-formed: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise CebError(ERR_MALFORMED, "malformed_json", f"JSON is not well-formed (UTF-8 required): {exc}") from None
     items = obj if isinstance(obj, list) else [obj]
     numeric = _numeric_specs()
     docs = []

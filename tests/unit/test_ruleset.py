@@ -96,6 +96,7 @@ BOUNDARIES = [
     ("policy.bonded_only", {"trade_mode": "9610", "bonded_only_lines": ["03061790"]},
      {"trade_mode": "1210", "bonded_only_lines": ["03061790"]}),
     ("policy.buyer_id_check_digit", {"buyer_id_valid": False}, {"buyer_id_valid": True}),
+    ("policy.enterprise_registered", {"unregistered": ["9999XXXX99"]}, {"unregistered": []}),
     ("risk.prohibited_goods", {"prohibited_lines": ["93020000"]}, {"prohibited_lines": []}),
     ("risk.dishonest_enterprise", {"any_dishonest": True}, {"any_dishonest": False}),
     ("risk.negative_list", {"negative_listed": ["4601NEGLST"]}, {"negative_listed": []}),

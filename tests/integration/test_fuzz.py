@@ -1,0 +1,69 @@
+"""Property: no generated input crashes the ingest or changes an unrelated order's outcome."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+
+import orjson
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams.pipeline import Pipeline
+from tests.helpers import CaptureSink, doc_records, order, record, settings_for
+from topics import registry
+
+HEADS = ["OrderHead", "PaymentHead", "LogisticsHead", "InventoryHead", "InvtCancel", "InvtRefundHead"]
+TYPES = ["311", "411", "511", "621", "623", "625"]
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False),
+                  st.text(max_size=80))
+json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                            st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+                           max_leaves=20)
+base = order(1)
+
+
+@st.composite
+def mutated_document(draw):
+    """A valid document with one field replaced by anything."""
+    t = draw(st.sampled_from(["311", "411", "511", "621"]))
+    head, lines = copy.deepcopy(base.docs[t])
+    field = draw(st.sampled_from(sorted(head)))
+    head[field] = draw(json_values)
+    return t, orjson.dumps(
+        {HEADS[TYPES.index(t)]: head, **({"OrderList" if t == "311" else "InventoryList": lines} if lines else {})})
+
+
+hostile = st.one_of(
+    st.binary(max_size=400).map(lambda b: ("311", b)),
+    st.tuples(st.sampled_from(TYPES), st.text(max_size=200).map(str.encode)),
+    st.tuples(st.sampled_from(TYPES), st.dictionaries(st.sampled_from(HEADS + ["x"]), json_values, max_size=3)
+              .map(orjson.dumps)),
+    mutated_document(),
+    st.tuples(st.sampled_from(TYPES), st.text(max_size=60).map(
+        lambda s: f'<ceb:CEB311Message xmlns:ceb="http://www.chinaport.gov.cn/ceb">{s}</ceb:CEB311Message>'.encode())),
+)
+seq = itertools.count(100)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(bad=hostile)
+def test_no_input_crashes_ingest_or_changes_an_unrelated_order(redis_url, bad):
+    doc_type, data = bad
+    good = order(next(seq))
+    sink = CaptureSink()
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        p = Pipeline(settings_for(redis_url), client, sink)
+        recs = doc_records(good)
+        await p.process(recs[:2] + [record(doc_type, data)] + recs[2:])
+        await client.aclose()
+
+    asyncio.run(go())
+    decisions = [d for d in sink.decisions() if d["orderNo"] == good.order_no]
+    assert len(decisions) == 1 and decisions[0]["status"] == 800
+    for _, v in sink.on(registry.DEADLETTER):
+        assert orjson.loads(v)["reason"] != "internal_error", orjson.loads(v)["info"]

@@ -1,0 +1,147 @@
+"""Hostile and broken input: each case gets its expected error (status and reason),
+and nothing else happens — no exception escapes, no file or network is touched."""
+from __future__ import annotations
+
+import copy
+
+import orjson
+import pytest
+
+from streams.simulator import to_json, to_xml
+from tests.helpers import order
+from topics import ceb
+
+NS = 'xmlns:ceb="http://www.chinaport.gov.cn/ceb"'
+O = order(1)
+
+
+def jdoc(t: str, head_change: dict | None = None, line_change: dict | None = None, drop: str = "",
+         lines: list | None = None) -> bytes:
+    head, ls = copy.deepcopy(O.docs[t])
+    head.update(head_change or {})
+    if drop:
+        head.pop(drop)
+    if line_change and ls:
+        ls[0].update(line_change)
+    return to_json(t, [(head, lines if lines is not None else ls)])
+
+
+def xdoc(t: str, head_change: dict | None = None, line_change: dict | None = None) -> bytes:
+    head, ls = copy.deepcopy(O.docs[t])
+    head.update(head_change or {})
+    if line_change and ls:
+        ls[0].update(line_change)
+    return to_xml(t, [(head, ls)])
+
+
+def raw_order(text: str) -> bytes:
+    return to_xml("311", [O.docs["311"]]).replace(b"</ceb:orderNo>", text.encode() + b"</ceb:orderNo>", 1)
+
+
+CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
+    # --- malformed
+    ("empty record", b"", ("311",), "malformed_json"),
+    ("whitespace only", b"   \n", ("311",), "malformed_json"),
+    ("truncated JSON", jdoc("311")[:200], ("311",), "malformed_json"),
+    ("JSON trailing comma", b'{"OrderHead": {"orderNo": "x",}}', ("311",), "malformed_json"),
+    ("JSON with comments", b'{"OrderHead": /* c */ {}}', ("311",), "malformed_json"),
+    ("JSON NaN literal", jdoc("411").replace(b'"amountPaid":"', b'"amountPaid":NaN,"x":"'), ("411",), "malformed_json"),
+    ("JSON Infinity literal", b'{"PaymentHead": {"amountPaid": Infinity}}', ("411",), "malformed_json"),
+    ("truncated XML", xdoc("311")[:300], ("311",), "malformed_xml"),
+    ("XML mismatched tags", f"<ceb:CEB311Message {NS}><ceb:Order></ceb:Orde></ceb:CEB311Message>".encode(),
+     ("311",), "malformed_xml"),
+    ("binary garbage", bytes(range(128, 256)) * 4, ("311",), "malformed_json"),
+    ("invalid UTF-8 in JSON", b'{"OrderHead": {"orderNo": "\xff\xfe"}}', ("311",), "malformed_json"),
+    ("deeply nested JSON", b"[" * 100000 + b"]" * 100000, ("311",), "malformed_json"),
+    ("JSON scalar", b"42", ("311",), "unknown_message_type"),
+    ("JSON array of numbers", b"[1, 2, 3]", ("311",), "unknown_message_type"),
+    # --- hostile XML
+    ("XXE file", b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>',
+     ("311",), "dtd_forbidden"),
+    ("XXE network", b'<!DOCTYPE r [<!ENTITY x SYSTEM "http://127.0.0.1:1/x">]><r>&x;</r>', ("311",), "dtd_forbidden"),
+    ("external DTD", b'<?xml version="1.0"?><!DOCTYPE r SYSTEM "http://127.0.0.1:1/r.dtd"><r/>', ("311",),
+     "dtd_forbidden"),
+    ("parameter entity", b'<!DOCTYPE r [<!ENTITY % p SYSTEM "file:///etc/hosts"> %p;]><r/>', ("311",),
+     "dtd_forbidden"),
+    ("billion laughs", b'<!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+     b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><l>&c;</l>', ("311",), "dtd_forbidden"),
+    ("lower-case doctype late in record", b"<r>" + b" " * 70000 + b"<!doctype x></r>", ("311",), "dtd_forbidden"),
+    ("XInclude", f'<ceb:CEB311Message {NS} xmlns:xi="http://www.w3.org/2001/XInclude">'
+     '<xi:include href="file:///etc/passwd"/></ceb:CEB311Message>'.encode(), ("311",), "schema_invalid"),
+    ("huge record", b" " * (ceb.MAX_RECORD_BYTES + 1), ("311",), "record_too_large"),
+    ("huge text node", raw_order("x" * 200_000), ("311",), "schema_invalid"),
+    # --- type, namespace, topic
+    ("wrong namespace", b'<CEB311Message xmlns="urn:not-ceb"/>', ("311",), "wrong_namespace"),
+    ("no namespace", b"<CEB311Message/>", ("311",), "wrong_namespace"),
+    ("unknown message type", f"<ceb:CEB999Message {NS}/>".encode(), ("311",), "unknown_message_type"),
+    ("export message on import topic", f"<ceb:CEB303Message {NS}/>".encode(), ("311",), "unknown_message_type"),
+    ("order on payment topic (XML)", xdoc("311"), ("411",), "wrong_topic"),
+    ("payment on order topic (JSON)", jdoc("411"), ("311",), "wrong_topic"),
+    ("two document types in one JSON record", orjson.dumps([orjson.loads(jdoc("411")), orjson.loads(jdoc("511"))]),
+     ("411",), "schema_invalid"),
+    # --- size
+    ("101 documents", to_json("411", [O.docs["411"]] * 101), ("411",), "too_many_documents"),
+    ("101 documents XML", to_xml("411", [O.docs["411"]] * 101), ("411",), "too_many_documents"),
+    ("100 order lines", jdoc("311", lines=[dict(O.docs["311"][1][0], gnum=str(i)) for i in range(1, 101)]),
+     ("311",), "too_many_lines"),
+    ("order without lines", jdoc("311", lines=[]), ("311",), "schema_invalid"),
+    # --- fields
+    ("missing required field", jdoc("311", drop="buyerIdNumber"), ("311",), "schema_invalid"),
+    ("missing required field XML", xdoc("411").replace(b"<ceb:payerName>", b"<ceb:x>").replace(
+        b"</ceb:payerName>", b"</ceb:x>"), ("411",), "schema_invalid"),
+    ("unknown field", jdoc("311", {"discountCode": "X"}), ("311",), "schema_invalid"),
+    ("number for a string", jdoc("311", {"orderNo": 12345}), ("311",), "schema_invalid"),
+    ("object for a string", jdoc("311", {"orderNo": {"$gt": ""}}), ("311",), "schema_invalid"),
+    ("list for a string", jdoc("311", {"ebpCode": ["a"]}), ("311",), "schema_invalid"),
+    ("too long orderNo", jdoc("311", {"orderNo": "N" * 61}), ("311",), "schema_invalid"),
+    ("too short guid", jdoc("311", {"guid": "ABC"}), ("311",), "schema_invalid"),
+    ("boolean amount", jdoc("411", {"amountPaid": True}), ("411",), "schema_invalid"),
+    ("text amount", jdoc("411", {"amountPaid": "one hundred"}), ("411",), "schema_invalid"),
+    ("comma decimal", jdoc("411", {"amountPaid": "100,50"}), ("411",), "schema_invalid"),
+    ("1e308 amount", jdoc("411", {"amountPaid": 1e308}), ("411",), "schema_invalid"),
+    ("20-digit amount", jdoc("411", {"amountPaid": "12345678901234567890"}), ("411",), "schema_invalid"),
+    ("6 fraction digits", jdoc("411", {"amountPaid": "1.123456"}), ("411",), "schema_invalid"),
+    ("negative amount JSON", jdoc("411", {"amountPaid": "-318.21"}), ("411",), "negative_amount"),
+    ("negative amount XML", xdoc("311", {"freight": "-10"}), ("311",), "negative_amount"),
+    ("negative quantity", jdoc("311", line_change={"qty": -1}), ("311",), "negative_amount"),
+    ("float line number", jdoc("311", line_change={"gnum": 1.5}), ("311",), "schema_invalid"),
+    ("malformed date", jdoc("411", {"appTime": "2026-11-26T10Z"}), ("411",), "invalid_date"),
+    ("impossible date", jdoc("411", {"appTime": "20260230101500"}), ("411",), "invalid_date"),
+    ("impossible hour", jdoc("411", {"payTime": "20261126250000"}), ("411",), "invalid_date"),
+    ("date in the future", jdoc("411", {"appTime": "20991231235959"}), ("411",), "future_date"),
+    ("declaration date in the future", xdoc("621", {"declTime": "20991231"}), ("621",), "future_date"),
+    # --- encodings and invisible characters
+    ("zero-width space in orderNo", jdoc("311", {"orderNo": O.order_no + "\u200b"}), ("311",), "invisible_characters"),
+    ("escaped zero-width space", jdoc("311").replace(O.order_no.encode(), O.order_no.encode() + b"\\u200b"),
+     ("311",), "invisible_characters"),
+    ("bidi override in name", jdoc("311", {"ebpName": "平台\u202egnp.exe"}), ("311",), "invisible_characters"),
+    ("NUL byte in XML", raw_order("\x00"), ("311",), "invisible_characters"),
+    ("escaped NUL in JSON", jdoc("311").replace(O.order_no.encode(), O.order_no.encode() + b"\\u0000"),
+     ("311",), "invisible_characters"),
+    ("BOM inside a value", jdoc("311", {"orderNo": "\ufeff" + O.order_no}), ("311",), "invisible_characters"),
+    ("GBK bytes declared as UTF-8", xdoc("311").replace("示例".encode(), "示例".encode("gbk")), ("311",),
+     "malformed_xml"),
+]
+
+
+def test_the_corpus_has_at_least_fifty_cases():
+    assert len(CASES) >= 50
+
+
+@pytest.mark.parametrize("name,data,accepts,reason", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_is_refused_with_its_reason(name, data, accepts, reason):
+    with pytest.raises(ceb.CebError) as exc:
+        ceb.decode(data, accepts)
+    assert exc.value.reason == reason, exc.value.info
+    assert int(exc.value.status) < 0 and exc.value.info
+    assert "root:" not in exc.value.info  # no file content ever leaks into a receipt
+
+
+def test_a_leading_bom_is_fine():
+    assert ceb.decode(b"\xef\xbb\xbf" + xdoc("411"), ("411",)).documents
+
+
+def test_xml_declared_in_gbk_is_read_as_gbk():
+    data = xdoc("311").replace(b'encoding="UTF-8"', b'encoding="GBK"')
+    data = data.decode("utf-8").encode("gbk")
+    assert ceb.decode(data, ("311",)).documents[0].head["ebpName"] == O.docs["311"][0]["ebpName"]
