@@ -201,6 +201,9 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
+        token = os.environ.get("CLEARANCE_METRICS_TOKEN", "")
+        if token and request.headers.get("Authorization", "") != f"Bearer {token}":
+            return web.json({"error": "missing or wrong bearer token"}, status=401)
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/health")

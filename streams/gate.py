@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -147,7 +148,16 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1") -> ThreadingHTTPS
         def log_message(self, *args: Any) -> None:  # no per-request log lines
             return None
 
+        def _authorised(self) -> bool:
+            token = os.environ.get("CLEARANCE_GATE_TOKEN", "")
+            if token and self.headers.get("Authorization", "") != f"Bearer {token}":
+                self._send(401, {"error": "missing or wrong bearer token"})
+                return False
+            return True
+
         def do_GET(self) -> None:  # noqa: N802
+            if not self._authorised():
+                return
             url = urllib.parse.urlparse(self.path)
             q = dict(urllib.parse.parse_qsl(url.query))
             if url.path.startswith("/scan/"):
@@ -158,6 +168,8 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1") -> ThreadingHTTPS
                 self._send(404, {"error": "GET /scan/<logisticsNo> or /batch?area=A"})
 
         def do_POST(self) -> None:  # noqa: N802
+            if not self._authorised():
+                return
             url = urllib.parse.urlparse(self.path)
             q = dict(urllib.parse.parse_qsl(url.query))
             if not q.get("gate"):
