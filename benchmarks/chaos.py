@@ -47,7 +47,7 @@ MIX = {"ok": 0.85, "amount_mismatch": 0.05, "buyer_not_payer": 0.05, "missing_pa
 
 
 class Cluster:
-    def __init__(self, workers: int = 2, match_timeout: float = 6.0):
+    def __init__(self, workers: int = 2, match_timeout: float = 6.0, env: dict[str, str] | None = None):
         self.dir = tempfile.mkdtemp(prefix="chaos-")
         self.kafka, self.tansu = embedded.start_kafka(self.dir)
         self.redis_port = embedded.free_port()
@@ -59,7 +59,7 @@ class Cluster:
         registry.ensure_topics(self.settings)
         self.env = dict(os.environ, KAFKA_BOOTSTRAP=self.kafka, REDIS_URL=self.settings.redis_url,
                         CLEARANCE_MATCH_TIMEOUT_S=str(match_timeout), CLEARANCE_SESSION_TIMEOUT_S="6",
-                        CLEARANCE_RULES="spine", CLEARANCE_GROUP="chaos")
+                        CLEARANCE_RULES="spine", CLEARANCE_GROUP="chaos", **(env or {}))
         self.workers: list[tuple[subprocess.Popen[bytes], int]] = []
         for _ in range(workers):
             self.start_worker()
@@ -143,13 +143,17 @@ SCENARIOS: dict[str, tuple[str, Callable[[Cluster], None], Callable[[Cluster], N
                             lambda c: setattr(c, "redis_proc", c.start_redis(fresh=True))),
     "broker_stall": ("broker frozen (SIGSTOP), then resumed: connections time out and reconnect",
                      lambda c: c.tansu.send_signal(signal.SIGSTOP), lambda c: c.tansu.send_signal(signal.SIGCONT)),
+    "producer_errors": ("broker frozen longer than the output producer's 2 s delivery timeout: deliveries fail "
+                        "and are re-sent", lambda c: c.tansu.send_signal(signal.SIGSTOP),
+                        lambda c: c.tansu.send_signal(signal.SIGCONT)),
 }
+SCENARIO_ENV = {"producer_errors": {"CLEARANCE_PRODUCE_TIMEOUT_MS": "2000"}}
 
 
 def run_scenario(name: str, rate: float = 60, duration: float = 16, fault_at: float = 5, outage: float = 5,
                  seed: int = 1) -> dict[str, Any]:
     description, inject, recover = SCENARIOS[name]
-    cluster = Cluster()
+    cluster = Cluster(env=SCENARIO_ENV.get(name))
     try:
         cluster.wait_ready()
         orders = list(generate(int(rate * duration), seed=seed, prefix=f"C{name[:3].upper()}", mix=MIX))
@@ -241,6 +245,40 @@ def _books(cluster: Cluster, orders: list[Any], events: dict[str, float], descri
     }
 
 
+def run_backlog(orders_n: int = 20000, seed: int = 7) -> dict[str, Any]:
+    """A slow consumer: a backlog is published while no worker runs; one worker then
+    catches up. Memory stays bounded (buffered events are capped) and lag is visible."""
+    from benchmarks.throughput import rss_mb
+
+    cluster = Cluster(workers=0)
+    try:
+        orders = list(generate(orders_n, seed=seed, prefix="CBACK", mix=MIX))
+        pub = Publisher(cluster.settings, "json", batch=100)
+        pub.send(orders)
+        pub.flush()
+        cluster.start_worker()
+        started = time.time()
+        events = {"injected": started, "recovered": started}
+        peak_rss, peak_lag, samples = 0.0, 0.0, []
+        proc, _port = cluster.workers[0]
+        while time.time() - started < 300:
+            peak_rss = max(peak_rss, rss_mb(proc.pid))
+            lag = cluster.metric_sum("clearance_consumer_lag_records")
+            peak_lag = max(peak_lag, lag)
+            decided = cluster.metric_sum("clearance_decisions_total")
+            samples.append((round(time.time() - started, 1), round(peak_rss), int(lag), int(decided)))
+            if decided >= len(orders):
+                break
+            time.sleep(0.5)
+        result = _books(cluster, orders, events, "backlog of %d orders published with no worker running, "
+                        "then one worker catches up" % len(orders))
+        result.update({"catch_up_s": round(time.time() - started, 1), "peak_rss_mb": round(peak_rss),
+                       "peak_lag_records_seen": int(peak_lag), "samples": samples[::max(1, len(samples) // 20)]})
+        return result
+    finally:
+        cluster.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenarios", default="all")
@@ -248,10 +286,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    names = list(SCENARIOS) if args.scenarios == "all" else args.scenarios.split(",")
+    names = list(SCENARIOS) + ["backlog"] if args.scenarios == "all" else args.scenarios.split(",")
     results = {}
     for name in names:
-        results[name] = run_scenario(name, rate=args.rate)
+        results[name] = run_backlog() if name == "backlog" else run_scenario(name, rate=args.rate)
         print(json.dumps({name: results[name]}), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,11 @@ class Settings:
     rules: str = ""
     batch_max: int = 2000
     batch_within_s: float = 0.005
+    # Bounded memory under a backlog: events buffered per stream, records per fetch.
+    stream_buffer: int = 1000
+    max_poll_records: int = 1000
+    # librdkafka delivery timeout of the output producer; failed deliveries are re-sent.
+    produce_timeout_ms: int = 30000
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     session_timeout_s: float = 6.0
@@ -92,6 +97,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rules=_env(e, "CLEARANCE_RULES", ""),
         batch_max=int(_env(e, "CLEARANCE_BATCH_MAX", "2000")),
         batch_within_s=float(_env(e, "CLEARANCE_BATCH_WITHIN_S", "0.005")),
+        stream_buffer=int(_env(e, "CLEARANCE_STREAM_BUFFER", "1000")),
+        max_poll_records=int(_env(e, "CLEARANCE_MAX_POLL_RECORDS", "1000")),
+        produce_timeout_ms=int(_env(e, "CLEARANCE_PRODUCE_TIMEOUT_MS", "30000")),
         web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),
         web_port=int(_env(e, "CLEARANCE_WEB_PORT", "6066")),
         session_timeout_s=float(_env(e, "CLEARANCE_SESSION_TIMEOUT_S", "6")),

@@ -80,6 +80,8 @@ def create_app(settings: Settings) -> faust.App:
         datadir=os.path.join(settings.state_dir, settings.consumer_group),
         table_standby_replicas=0,
         producer_acks=-1,
+        stream_buffer_maxsize=settings.stream_buffer,
+        broker_max_poll_records=settings.max_poll_records,
     )
     inbound = app.topic(*[registry.topic_name(t, settings) for t in registry.INBOUND],
                         value_serializer="raw", key_serializer="raw")

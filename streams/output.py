@@ -26,7 +26,7 @@ class KafkaSink:
             "compression.type": "lz4",
             "acks": "all",
             "enable.idempotence": "false",
-            "message.timeout.ms": "30000",
+            "message.timeout.ms": str(settings.produce_timeout_ms),
         })
         conf.update(overrides)
         self.producer = Producer(conf)

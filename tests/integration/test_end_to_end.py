@@ -107,7 +107,7 @@ def test_bad_input_gets_error_receipt_and_dead_letter_and_the_worker_goes_on(env
         lambda r: any(good.order_no.encode() in v for _, v in r), timeout=60)
     dead = [orjson.loads(v) for _, v in Reader(env, registry.DEADLETTER).drain(1.0)]
     reasons = [d["reason"] for d in dead if d["source"]["topic"].endswith("ceb.import.order")]
-    assert reasons[-4:] == ["malformed_json", "malformed_xml", "dtd_forbidden", "wrong_topic"]
+    assert reasons[-4:] == ["invisible_characters", "malformed_xml", "dtd_forbidden", "wrong_topic"]
     assert all(d["source"]["offset"] >= 0 and d["value"] for d in dead)
     errors = [v for k, v in Reader(env, registry.RECEIPTS).drain(1.0) if k == "BADSENDER"]
     returns = sum(len(orjson.loads(v)) if v.startswith(b"[") else v.count(b"<ceb:MessageReturn>") for v in errors)
