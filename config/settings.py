@@ -41,10 +41,10 @@ class Settings:
     # Rule set at start: a YAML/JSON file, or "spine" (comparison rules and the
     # two limits only: the match-only configuration). The rules topic overrides it.
     rules: str = ""
-    batch_max: int = 2000
+    batch_max: int = 500
     batch_within_s: float = 0.005
     # Bounded memory under a backlog: events buffered per stream, records per fetch.
-    stream_buffer: int = 1000
+    stream_buffer: int = 500
     max_poll_records: int = 1000
     # librdkafka delivery timeout of the output producer; failed deliveries are re-sent.
     produce_timeout_ms: int = 30000
@@ -95,9 +95,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
         redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),
         rules=_env(e, "CLEARANCE_RULES", ""),
-        batch_max=int(_env(e, "CLEARANCE_BATCH_MAX", "2000")),
+        batch_max=int(_env(e, "CLEARANCE_BATCH_MAX", "500")),
         batch_within_s=float(_env(e, "CLEARANCE_BATCH_WITHIN_S", "0.005")),
-        stream_buffer=int(_env(e, "CLEARANCE_STREAM_BUFFER", "1000")),
+        stream_buffer=int(_env(e, "CLEARANCE_STREAM_BUFFER", "500")),
         max_poll_records=int(_env(e, "CLEARANCE_MAX_POLL_RECORDS", "1000")),
         produce_timeout_ms=int(_env(e, "CLEARANCE_PRODUCE_TIMEOUT_MS", "30000")),
         web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),

@@ -33,6 +33,9 @@ log = logging.getLogger("clearance.pipeline")
 
 # A decision stored but not confirmed emitted for this long is re-emitted.
 STALE_MS = 3_000
+# The timeout sweep runs beside the batches of the same worker; under a backlog
+# a batch can hold a stored decision longer than STALE_MS before confirming it.
+SWEEP_STALE_MS = 60_000
 # Cancels and returns act on decided lists; they do not enter the match.
 AFTER_TYPES = ("623", "625")
 
@@ -497,7 +500,7 @@ class Pipeline:
             return 0
         pipe = self.redis.pipeline(transaction=False)
         for pkey, okeys in due.items():
-            await self.scripts.timeout(keys=[pkey] + okeys, args=[now, self.timeout_ms, STALE_MS], client=pipe)
+            await self.scripts.timeout(keys=[pkey] + okeys, args=[now, self.timeout_ms, SWEEP_STALE_MS], client=pipe)
         pending: dict[str, _Pending] = {}
         reemit: dict[str, _Emit] = {}
         for okeys, replies in zip(due.values(), await pipe.execute()):
