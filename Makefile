@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DURATION ?= 60
 RATE ?= 200
 
-.PHONY: install tools demo test test-unit bench chaos lint clean
+.PHONY: install tools demo test test-unit bench bench-peers chaos lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test-unit: install
 # Throughput of one worker on the embedded broker (results in benchmarks/results/).
 bench: install
 	$(PY) -m benchmarks.throughput
+
+# The same matching job in the project, Quix Streams and a bare confluent-kafka loop.
+bench-peers: install
+	$(PY) -m pip install -q -e '.[peers]'
+	$(PY) -m benchmarks.peers.run
 
 # Fault injection under load (worker kill -9, Redis stall/restart with and without data,
 # broker stall), then the books; a table in benchmarks/results/chaos-*.md.
