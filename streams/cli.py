@@ -299,6 +299,13 @@ def cmd_top(args: argparse.Namespace) -> None:
     run_top(urls, args.interval, args.once)
 
 
+def cmd_bench(args: argparse.Namespace, rest: list[str]) -> None:
+    from benchmarks import throughput
+
+    sys.argv = ["clearance bench", *rest]
+    throughput.main()
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from streams.demo import run_demo
 
@@ -404,7 +411,16 @@ def main(argv: list[str] | None = None) -> None:
     tp.add_argument("--once", action="store_true", help="print one frame and exit")
     tp.set_defaults(func=cmd_top)
 
-    args = p.parse_args(argv)
+    bn = sub.add_parser("bench", help="throughput and latency of worker(s) on the embedded broker "
+                                      "(options: python -m benchmarks.throughput --help)", add_help=False)
+    bn.set_defaults(func=cmd_bench)
+
+    args, rest = p.parse_known_args(argv)
+    if args.func is cmd_bench:
+        cmd_bench(args, rest)
+        return
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     args.func(args)
 
 
