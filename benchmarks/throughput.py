@@ -15,7 +15,6 @@ Usage: python -m benchmarks.throughput [--orders N] [--configs per-doc-json,batc
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

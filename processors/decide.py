@@ -9,15 +9,14 @@ steps: `SpineRules.evaluate` gives the hits that need no shared state and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from processors import compare
 from processors.documents import DOC_NAMES, DOC_TYPES
-from processors.rules import (LANE_STATUS, LANES, OUTCOMES, REJECT, RELEASE, Case, Hit, worst_lane,
-                              worst_status)
+from processors.rules import LANE_STATUS, LANES, OUTCOMES, REJECT, RELEASE, Case, Hit, worst_lane, worst_status
 
 SINGLE_LIMIT = Decimal("5000")
 ANNUAL_LIMIT = Decimal("26000")
@@ -70,10 +69,6 @@ class QuotaRequest:
     reason: str = "ANNUAL_LIMIT_EXCEEDED"
     code: str = "-621018"
 
-    @property
-    def amount_cents(self) -> int:
-        return self.amount
-
 
 def quota_request(case: Case, order_key: str) -> QuotaRequest:
     inv = case.docs["621"]["head"]
@@ -95,10 +90,6 @@ def quota_hit(req: QuotaRequest, used_before: int) -> Hit:
                f"annual quantity cap for {hs8} exceeded: {used_before / 1000:g} kg used, "
                f"{req.amount / 1000:g} kg more, cap {req.limit / 1000:g} kg", req.code,
                {"hs8": hs8, "usedKg": used_before / 1000, "amountKg": req.amount / 1000, "capKg": req.limit / 1000})
-
-
-def annual_limit_hit(req: QuotaRequest, used_before_cents: int) -> Hit:
-    return quota_hit(req, used_before_cents)
 
 
 def needs_quota(hits: list[Hit]) -> bool:

@@ -355,7 +355,7 @@ class RuleEngine:
         for led in self.ledgers:
             if led.kind == "annual_amount":
                 base = decide.quota_request(case, order_key)
-                out.append(decide.QuotaRequest(base.buyer, base.year, base.order, base.amount_cents,
+                out.append(decide.QuotaRequest(base.buyer, base.year, base.order, base.amount,
                                                int(led.limit * 100), rule=led.id, reason=led.reason, code=led.code))
             else:
                 out.extend(self._quantity_requests(case, order_key, led))

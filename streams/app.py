@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import ssl
+import time
 from typing import Any
 
 import faust
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 import redis.asyncio as aioredis
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
@@ -132,25 +132,19 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(inbound, name="clearance.ingest")
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                                e.message.value, int((e.message.timestamp or 0) * 1000)) for e in events]
-            await process_until_done(await pipeline(), records)
+            await process_until_done(await pipeline(), in_records(events))
 
     @app.agent(reviews, name="clearance.reviews")
     async def review_results(stream: Any) -> None:
         async for events in stream.take_events(500, within=0.05):
-            records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                                e.message.value, int((e.message.timestamp or 0) * 1000)) for e in events]
             p = await pipeline()
-            await process_until_done(p, records, p.review)
+            await process_until_done(p, in_records(events), p.review)
 
     @app.agent(guarantees, name="clearance.guarantees")
     async def guarantee_events(stream: Any) -> None:
         async for events in stream.take_events(100, within=0.05):
-            records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                                e.message.value, 0) for e in events]
             p = await pipeline()
-            await process_until_done(p, records, p.after.topup)
+            await process_until_done(p, in_records(events), p.after.topup)
 
     @app.page("/trace/{ident}")
     async def trace_page(web: Any, request: Any, ident: str) -> Any:
@@ -217,6 +211,12 @@ def create_app(settings: Settings) -> faust.App:
         return web.json({"status": "ok", "assigned": len(held)})
 
     return app
+
+
+def in_records(events: Any) -> list[InRecord]:
+    """faust events as the pipeline's plain records (faust timestamps are seconds)."""
+    return [InRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
+                     int((e.message.timestamp or 0) * 1000)) for e in events]
 
 
 def dependency_of(exc: BaseException) -> str:

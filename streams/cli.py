@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -107,8 +106,10 @@ def _gate() -> Any:
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
+    import json
+
     info = _gate().scan(args.logistics_no)
-    print(info["answer"] if not args.json else __import__("json").dumps(info, ensure_ascii=False))
+    print(json.dumps(info, ensure_ascii=False) if args.json else info["answer"])
 
 
 def cmd_exit(args: argparse.Namespace) -> None:

@@ -67,7 +67,7 @@ class Gate:
         """Apply release and revocation events; returns how many parcels became releasable."""
         pipe = self.r.pipeline(transaction=False)
         now = int(time.time() * 1000)
-        releases = []
+        releases = []  # (event, index of its release script's reply in the pipeline)
         for ev in events:
             ln = ev.get("logisticsNo")
             if not ln:
@@ -76,22 +76,15 @@ class Gate:
                 self.s.cancel(keys=[self.key(ln)], args=[ev.get("revokedAt", now), ev.get("orderNo", "")], client=pipe)
                 pipe.srem(state.area_key(ev.get("areaCode") or "-"), ln)
                 continue
+            releases.append((ev, len(pipe)))
             self.s.release(keys=[self.key(ln)], args=[ev.get("orderNo", ""), ev.get("invtNo", ""),
                                                        ev.get("areaCode", ""), ev.get("billNo", ""),
                                                        ev.get("releasedAt", 0), now], client=pipe)
-            releases.append(ev)
-        results = iter(pipe.execute())
-        outcome = []  # the release script's answer for each release, in order
-        for ev in events:
-            if not ev.get("logisticsNo"):
-                continue
-            if ev.get("status") == "revoked":
-                next(results), next(results)  # cancel script, srem
-            else:
-                outcome.append(next(results))
+        results = pipe.execute()
+        outcome = [results[i] for _ev, i in releases]
         new = 0
         pipe = self.r.pipeline(transaction=False)
-        for ev, res in zip(releases, outcome):
+        for (ev, _i), res in zip(releases, outcome):
             if res == 1:
                 new += 1
                 pipe.sadd(state.area_key(ev.get("areaCode") or "-"), ev["logisticsNo"])

@@ -21,13 +21,24 @@ from typing import Any, Callable, Iterable, TypeVar
 
 LEDGER_TTL_S = 400 * 24 * 3600
 DOC_FIELDS = "'first', 'd311', 'm311', 'd411', 'm411', 'd511', 'm511', 'd621', 'm621'"
+# Claim the re-emission of a stored but unconfirmed decision: {'R', dec, first,
+# docs...}. Shared by MATCH and TIMEOUT.
+REEMIT = f"""
+local function reemit(k, dec, now)
+  redis.call('HSET', k, 'dect', now)
+  local r = redis.call('HMGET', k, {DOC_FIELDS})
+  table.insert(r, 1, dec)
+  table.insert(r, 1, 'R')
+  return r
+end
+"""
 
 # Per document: {'A'} new, {'S'} identical duplicate, {'C'} conflicting
 # duplicate, {'D', dec} already decided, {'M', first, docs...} complete (also
 # when an identical duplicate finds all four present and no decision yet: how
 # a crash between match and decision recovers), {'R', dec, first, docs...}
 # decided but never confirmed emitted (re-emit after `stale` ms).
-MATCH = f"""
+MATCH = REEMIT + f"""
 local pending = KEYS[1]
 local now, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {{}}
@@ -38,10 +49,7 @@ for i = 2, #KEYS do
   local dec = redis.call('HGET', k, 'dec')
   if dec then
     if redis.call('HEXISTS', k, 'emit') == 0 and now - tonumber(redis.call('HGET', k, 'dect') or '0') > stale then
-      redis.call('HSET', k, 'dect', now)
-      res = redis.call('HMGET', k, {DOC_FIELDS})
-      table.insert(res, 1, dec)
-      table.insert(res, 1, 'R')
+      res = reemit(k, dec, now)
     else
       res = {{'D', dec}}
     end
@@ -76,7 +84,7 @@ return out
 # Per order key: {'W'} not yet due, {'X'} nothing to do (dropped from pending),
 # {'T', first, docs...} due, {'R', dec, first, docs...} decided but
 # unconfirmed: re-emit.
-TIMEOUT = f"""
+TIMEOUT = REEMIT + f"""
 local pending = KEYS[1]
 local now, timeout, stale = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {{}}
@@ -90,10 +98,7 @@ for i = 2, #KEYS do
       redis.call('ZREM', pending, k)
       res = {{'X'}}
     elseif now - tonumber(redis.call('HGET', k, 'dect') or '0') > stale then
-      redis.call('HSET', k, 'dect', now)
-      res = redis.call('HMGET', k, {DOC_FIELDS})
-      table.insert(res, 1, dec)
-      table.insert(res, 1, 'R')
+      res = reemit(k, dec, now)
     else
       res = {{'W'}}
     end

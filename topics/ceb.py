@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path

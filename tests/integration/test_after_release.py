@@ -3,9 +3,9 @@ on the real broker (gate exit events) and a real Redis."""
 from __future__ import annotations
 
 import asyncio
-import re
 import copy
 import dataclasses
+import re
 from decimal import Decimal
 
 import orjson

@@ -1,12 +1,15 @@
 """End to end on the real embedded broker and Redis with real worker processes."""
 from __future__ import annotations
 
+import random
 import re
 
 import orjson
 import pytest
+import redis
 from lxml import etree
 
+from streams import state
 from streams.simulator import Publisher, generate, make_order
 from tests.integration.worker import Env, Reader
 from topics import ceb, registry
@@ -66,7 +69,7 @@ def test_xml_and_json_traffic_gets_exact_decisions_releases_and_receipts(env):
 
 
 def test_personal_data_never_leaves_in_clear(env):
-    o = make_order(990001, __import__("random").Random(5), prefix="PII")
+    o = make_order(990001, random.Random(5), prefix="PII")
     pub = Publisher(env.settings, "json", batch=1)
     pub.send([o])
     pub.flush()
@@ -85,11 +88,8 @@ def test_personal_data_never_leaves_in_clear(env):
     assert not any(s in metrics for s in secrets)
     log = open(env.workers[0][2], "rb").read()
     assert not any(s in log for s in secrets)
-    import redis
-
     r = redis.Redis.from_url(env.settings.redis_url)
-    stored = b"".join(v for v in r.hgetall(__import__("streams.state", fromlist=["order_key"]).order_key(o.order_no))
-                      .values())
+    stored = b"".join(r.hgetall(state.order_key(o.order_no)).values())
     assert stored and not any(s in stored for s in secrets)  # Redis keeps hashes only
 
 
@@ -100,7 +100,7 @@ def test_bad_input_gets_error_receipt_and_dead_letter_and_the_worker_goes_on(env
                orjson.dumps({"PaymentHead": {"orderNo": 5}})]
     for g in garbage:
         pub.send_raw("311", "BADSENDER", g)
-    good = make_order(990002, __import__("random").Random(6), prefix="AFTERBAD")
+    good = make_order(990002, random.Random(6), prefix="AFTERBAD")
     pub.send([good])
     pub.flush()
     Reader(env, registry.DECISIONS).read_until(

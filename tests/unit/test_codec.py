@@ -1,6 +1,8 @@
 """CEB codec: official samples, XML ≡ JSON, size limits, hostile XML, JSON typing, receipts."""
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 from lxml import etree
@@ -153,7 +155,7 @@ def _validates(data: bytes) -> None:
 
 
 def test_xml_receipts_validate_against_the_xsd():
-    o = make_order(3, __import__("random").Random(3))
+    o = make_order(3, random.Random(3))
     from processors.documents import normalise
 
     out = []

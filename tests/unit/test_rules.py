@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from processors import compare, decide
+from processors import decide
 from processors.documents import normalise, pii_hash, resident_id_valid
 from processors.rules import REJECT, RELEASE, REVIEW, Case, Hit, worst_status
 from tests.helpers import order
@@ -118,7 +118,7 @@ def test_freight_and_insurance_count_toward_the_limit():
 
 def test_annual_limit_hit_text_and_code():
     req = decide.QuotaRequest("h:b", "2026", "clr:o:{x}", 100_000, 2_600_000)
-    hit = decide.annual_limit_hit(req, 2_550_000)
+    hit = decide.quota_hit(req, 2_550_000)
     assert hit.code == "-621018" and hit.status == REJECT and "25500" in hit.info
 
 
@@ -127,7 +127,7 @@ def test_quota_request_uses_dutiable_price_and_hashed_buyer():
     c = case_of(o)
     req = decide.quota_request(c, "clr:o:{k}")
     expected = decide.dutiable_price(c.docs["621"]) * 100
-    assert req.amount_cents == int(expected) and req.year == "2026"
+    assert req.amount == int(expected) and req.year == "2026"
     assert req.buyer.startswith("h:") and o.docs["621"][0]["buyerIdNumber"] not in req.buyer
 
 
