@@ -168,7 +168,6 @@ class Pipeline:
                 counts: Counter[tuple[str, str]]) -> list[_Doc]:
         spec = self.inbound.get(rec.topic)
         value = rec.value or b""
-        fmt = "xml" if value[:64].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<") else "json"
         try:
             msg = ceb.decode(value, spec.accepts if spec is not None else None)
             out = []
@@ -181,15 +180,17 @@ class Pipeline:
             counts[(msg.kind, msg.fmt)] += len(msg.documents)
             return out
         except ceb.CebError as exc:
-            self._reject(rec, exc.status, exc.reason, exc.info, exc.message_type, fmt, now, out_receipts)
+            self._reject(rec, exc.status, exc.reason, exc.info, exc.message_type, now, out_receipts)
         except Exception as exc:  # a bug must not stop the stream: dead-letter the record
             log.exception("unexpected error decoding %s:%s:%s", rec.topic, rec.partition, rec.offset)
             self._reject(rec, "-9", "internal_error", f"internal error: {type(exc).__name__}", "Unknown",
-                         fmt, now, out_receipts)
+                         now, out_receipts)
         return []
 
-    def _reject(self, rec: InRecord, status: str, reason: str, info: str, message_type: str, fmt: str,
-                now: int, out_receipts: list[dict[str, Any]]) -> None:
+    def _reject(self, rec: InRecord, status: str, reason: str, info: str, message_type: str, now: int,
+                out_receipts: list[dict[str, Any]]) -> None:
+        # The error receipt goes back in the form the sender used.
+        fmt = "xml" if (rec.value or b"")[:64].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<") else "json"
         m.ERRORS.labels(reason).inc()
         m.DEADLETTERS.labels(reason).inc()
         sender = (rec.key or b"").decode("utf-8", "replace")[:64]
@@ -410,7 +411,7 @@ class Pipeline:
                 results.append((state.order_key(r["orderNo"], self.buckets), r))
             except ValueError as exc:
                 self._reject(rec, "-2", "review_invalid", f"review result not understood: {exc}", "Review",
-                             "json", now, [])
+                             now, [])
         if not results:
             await self.sink.flush()
             return

@@ -329,21 +329,14 @@ def _numeric_specs() -> dict[str, tuple[FieldSpec, ...]]:
 
 
 def _decimal_text(value: Any, spec: FieldSpec, kind: MessageKind) -> str:
-    if type(value) is str:
-        # Fast path for the common spellings ("189.00", "300", "0"): trailing
-        # zeros off, then accept when plainly within the XSD's digit limits.
-        text = value.rstrip("0").rstrip(".") if "." in value else value
-        if text == "0" or text == "":
-            return "0"
-        if text[0] not in "+-0." and len(text) <= 20:
-            dot = text.find(".")
-            if (dot < 0 and len(text) <= spec.total_digits) or \
-                    (dot > 0 and len(text) - dot - 1 <= spec.fraction_digits):
-                return text
     if isinstance(value, bool):
         raise CebError(ERR_SCHEMA, "schema_invalid", f"{spec.name}: expected a number, got a boolean", kind.root)
     text = canonical_decimal(value if isinstance(value, str) else repr(value))
-    int_part, _, frac = text.lstrip("-").partition(".")
+    int_part, dot, frac = text.partition(".")
+    if len(int_part) + len(frac) <= spec.total_digits and len(frac) <= spec.fraction_digits and \
+            (int_part.isdigit() or text == "0") and (not dot or frac.isdigit()):
+        return text  # the common case, without the regex
+    int_part = int_part.lstrip("-")
     if not _DECIMAL_RE.match(text) or len(frac) > spec.fraction_digits or \
             len(int_part.lstrip("0")) + len(frac) > spec.total_digits:
         raise CebError(ERR_SCHEMA, "schema_invalid",
@@ -358,7 +351,14 @@ _DECIMAL_RE = re.compile(r"^-?\d+(\.\d+)?$")
 def canonical_decimal(text: str) -> str:
     """One spelling per amount ("300.00", "+300", 300.0 all become "300"), so
     that the same document sent as XML or as JSON compares equal."""
-    if "e" in text or "E" in text:  # a JSON number in exponent form
+    exponent = "e" in text or "E" in text
+    if not exponent:
+        # Fast path for the common spellings ("189.00", "300"): trailing zeros off.
+        if "." in text:
+            text = text.rstrip("0").rstrip(".")
+        if text and text[0] not in "+-0.":
+            return text
+    if exponent:  # a JSON number in exponent form
         try:
             text = format(Decimal(text), "f")
         except InvalidOperation:
@@ -383,9 +383,7 @@ def _canonical(fields: dict[str, str], decimals: tuple[str, ...]) -> dict[str, s
         if text:
             if text[0] == "-":
                 raise _negative(name, text)
-            if "." in text:
-                text = text.rstrip("0").rstrip(".")
-            fields[name] = text if text and text[0] not in "+-0." else canonical_decimal(text or "0")
+            fields[name] = canonical_decimal(text)
     return fields
 
 
