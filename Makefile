@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DURATION ?= 60
 RATE ?= 200
 
-.PHONY: install tools demo test test-unit bench bench-peers chaos lint clean
+.PHONY: install tools demo test test-unit bench bench-peak bench-micro bench-scaling bench-peers chaos lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,24 @@ test: install tools
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
-# Throughput of one worker on the embedded broker (results in benchmarks/results/).
+# One worker on the embedded broker, open loop: saturation, sustainable rate, steps at
+# 25/50/75/90/100 %; a table, and JSON, histograms, summary.md and plots in benchmarks/results/bench-*/.
+# Options: make bench ARGS="--configs batch100-json --repeat 3" (python -m benchmarks.throughput --help).
 bench: install
-	$(PY) -m benchmarks.throughput
+	$(PY) -m benchmarks.throughput $(ARGS)
+
+# The national peak (5,668 documents/s, 1,417 declarations/s) for three minutes on one worker.
+bench-peak: install
+	$(PY) -m benchmarks.throughput --scenario national-peak --configs batch100-json $(ARGS)
+
+# Micro-benchmarks of the per-document processors (no broker); compare runs with
+# make bench-micro ARGS=--benchmark-compare
+bench-micro: install
+	$(PY) -m pytest -q benchmarks/micro --benchmark-enable --benchmark-only --benchmark-autosave $(ARGS)
+
+# Throughput against worker processes (N = 1, 2 here; benchmarks/scaling.sh runs 1, 2, 4, 8).
+bench-scaling: install
+	$(PY) -m benchmarks.scaling $(ARGS)
 
 # The same matching job in the project, Quix Streams and a bare confluent-kafka loop.
 bench-peers: install
