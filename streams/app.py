@@ -164,10 +164,13 @@ def create_app(settings: Settings) -> faust.App:
             return web.json({"error": f"{ident}: not found"}, status=404)
         return web.json(t)
 
+    inbound_names = {registry.topic_name(t, settings) for t in registry.INBOUND}
+
     @app.timer(interval=1.0, name="clearance.timeouts")
     async def timeouts() -> None:
         try:
-            await (await pipeline()).sweep_timeouts()
+            p = await pipeline()
+            await p.sweep_timeouts(watermark_ms=local_watermark(app.consumer, p, inbound_names))
         except Exception as exc:  # Redis down: the next tick tries again
             m.RETRIES.labels(type(exc).__name__).inc()
             m.DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
@@ -188,6 +191,16 @@ def create_app(settings: Settings) -> faust.App:
                 newest = holder["p"].last_record_ms.get((tp.topic, tp.partition), 0) if "p" in holder else 0
                 age = (time.time() * 1000 - newest) / 1000 if lag_records and newest else 0.0
                 m.LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(max(0.0, age))
+
+    @app.on_before_shutdown.connect
+    async def leave_watermark(app: Any, **kwargs: Any) -> None:
+        # A worker that stops cleanly stops holding the group's timeout clock at once
+        # (a killed one stops counting after WATERMARK_TTL_MS).
+        if "p" in holder:
+            try:
+                await holder["p"].leave()
+            except Exception as exc:
+                log.warning("could not withdraw the watermark: %s", exc)
 
     @app.on_partitions_assigned.connect
     async def on_rebalance(app: Any, *args: Any, **kwargs: Any) -> None:
@@ -211,6 +224,29 @@ def create_app(settings: Settings) -> faust.App:
         return web.json({"status": "ok", "assigned": len(held)})
 
     return app
+
+
+def local_watermark(consumer: Any, p: Pipeline, topics: set[str]) -> int:
+    """How far this worker has read, in record time: the minimum over its inbound
+    partitions of the newest record processed, where a caught-up partition counts
+    as now and a lagging one not yet read from counts as 0 (hold everything)."""
+    now = int(time.time() * 1000)
+    mark = now
+    for tp in consumer.assignment():
+        if tp.topic not in topics:
+            continue
+        key = (tp.topic, tp.partition)
+        high = consumer.highwater(tp)
+        done = p.next_offset.get(key)
+        if done is None:
+            done = consumer._committed_offset.get(tp)  # faust keeps no public accessor
+        if high is None or done is None:
+            if high == 0:
+                continue  # an empty partition is caught up
+            mark = min(mark, p.last_record_ms.get(key, 0))
+        elif high > done:
+            mark = min(mark, p.last_record_ms.get(key, 0))
+    return mark
 
 
 def in_records(events: Any) -> list[InRecord]:

@@ -18,6 +18,9 @@ RULE_HITS = Counter("clearance_rule_hits_total", "Rules that fired in emitted de
 TIMEOUTS = Counter("clearance_match_timeouts_total", "Matches decided as timeouts, by missing document type",
                    ["missing"])
 PENDING = Gauge("clearance_pending_matches", "Orders waiting for their remaining documents")
+TIMEOUT_HOLD = Gauge("clearance_timeout_watermark_delay_seconds",
+                     "How far the group's watermark (the match-timeout clock) trails the wall clock: "
+                     "timeouts held back while some inbound partition lags")
 OLDEST_PENDING = Gauge("clearance_pending_oldest_age_seconds", "Age of the oldest incomplete match")
 LATENCY = Histogram("clearance_decision_latency_seconds",
                     "Completing document's record timestamp to decision emitted", buckets=LATENCY_BUCKETS)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +33,8 @@ from topics import ceb, registry
 
 log = logging.getLogger("clearance.pipeline")
 
+# A worker that has not reported its watermark for this long has left the group.
+WATERMARK_TTL_MS = 15_000
 # A decision stored but not confirmed emitted for this long is re-emitted.
 STALE_MS = 3_000
 # The timeout sweep runs beside the batches of the same worker; under a backlog
@@ -109,8 +113,13 @@ class Pipeline:
         self.t_receipts = t(registry.RECEIPTS, settings)
         self.t_deadletter = t(registry.DEADLETTER, settings)
         self.timeout_ms = int(settings.match_timeout_s * 1000)
-        # Newest record timestamp processed per (topic, partition), for lag in seconds.
+        # Newest record timestamp and offset processed per (topic, partition): lag in
+        # seconds, and the watermark that holds match timeouts back under a backlog.
         self.last_record_ms: dict[tuple[str, int], int] = {}
+        self.next_offset: dict[tuple[str, int], int] = {}
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.horizon_ms = 0
+        self.watermark_key = state.watermark_key(settings.consumer_group)
         from streams.aftercare import Aftercare
 
         self.after = Aftercare(self)
@@ -128,8 +137,6 @@ class Pipeline:
         for rec in records:
             m.RECORDS.labels(rec.topic).inc()
             docs.extend(self._decode(rec, now, out_receipts, counts))
-            tp = (rec.topic, rec.partition)
-            self.last_record_ms[tp] = max(self.last_record_ms.get(tp, 0), rec.timestamp_ms)
         m.BATCH_RECORDS.observe(len(records))
         after_docs = [d for d in docs if d.doc["type"] in AFTER_TYPES]
         if after_docs:
@@ -163,6 +170,10 @@ class Pipeline:
         done = time.perf_counter()
         m.STAGE_SECONDS.labels("emit").observe(done - t_decided)
         m.BATCH_SECONDS.observe(done - started)
+        for rec in records:  # progress counts once the batch's effects are out
+            tp = (rec.topic, rec.partition)
+            self.last_record_ms[tp] = max(self.last_record_ms.get(tp, 0), rec.timestamp_ms)
+            self.next_offset[tp] = max(self.next_offset.get(tp, 0), rec.offset + 1)
 
     def _decode(self, rec: InRecord, now: int, out_receipts: list[dict[str, Any]],
                 counts: Counter[tuple[str, str]]) -> list[_Doc]:
@@ -476,13 +487,22 @@ class Pipeline:
 
     # ------------------------------------------------------------------ timeouts
 
-    async def sweep_timeouts(self, limit: int = 500) -> int:
-        """Decide incomplete matches older than the timeout; re-emit unconfirmed ones."""
+    async def sweep_timeouts(self, limit: int = 500, watermark_ms: int | None = None) -> int:
+        """Decide incomplete matches older than the timeout; re-emit unconfirmed ones.
+
+        The timeout runs on the group's watermark, not the wall clock: an order
+        times out only when every inbound partition has been read past its first
+        document's arrival + the timeout. Under a backlog (an outage, a slow
+        topic) its missing documents may still be unread, and a wall-clock
+        timeout would reject complete orders. `watermark_ms` is this worker's
+        (app.local_watermark); the group's is the minimum of the live workers'.
+        """
         now = int(time.time() * 1000)
+        horizon = await self._horizon(now, now if watermark_ms is None else min(now, watermark_ms))
         keys = state.pending_keys(self.buckets)
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
-            pipe.zrangebyscore(key, 0, now - self.timeout_ms, start=0, num=limit)
+            pipe.zrangebyscore(key, 0, horizon - self.timeout_ms, start=0, num=limit)
             pipe.zcard(key)
             pipe.zrange(key, 0, 0, withscores=True)
         replies = await pipe.execute()
@@ -501,7 +521,8 @@ class Pipeline:
             return 0
         pipe = self.redis.pipeline(transaction=False)
         for pkey, okeys in due.items():
-            await self.scripts.timeout(keys=[pkey] + okeys, args=[now, self.timeout_ms, SWEEP_STALE_MS], client=pipe)
+            await self.scripts.timeout(keys=[pkey] + okeys, args=[now, self.timeout_ms, SWEEP_STALE_MS, horizon],
+                                       client=pipe)
         pending: dict[str, _Pending] = {}
         reemit: dict[str, _Emit] = {}
         for okeys, replies in zip(due.values(), await pipe.execute()):
@@ -519,3 +540,26 @@ class Pipeline:
         await self._decide(pending, now)
         await self._emit(pending, reemit, [], now)
         return len(pending) + len(reemit)
+
+    async def leave(self) -> None:
+        await self.redis.hdel(self.watermark_key, self.worker_id)
+
+    async def _horizon(self, now: int, local: int) -> int:
+        """The group's watermark: the minimum of the watermarks live workers reported
+        (each sweep reports this worker's; a worker silent for WATERMARK_TTL_MS is gone)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.watermark_key, self.worker_id, f"{local}:{now}")
+        pipe.hgetall(self.watermark_key)
+        _, entries = await pipe.execute()
+        marks, gone = [], []
+        for worker, value in entries.items():
+            mark, _, at = value.partition(b":")
+            if now - int(at or 0) > WATERMARK_TTL_MS:
+                gone.append(worker)
+            else:
+                marks.append(int(mark))
+        if gone:
+            await self.redis.hdel(self.watermark_key, *gone)
+        self.horizon_ms = min(marks, default=local)
+        m.TIMEOUT_HOLD.set(max(0, now - self.horizon_ms) / 1000)
+        return self.horizon_ms

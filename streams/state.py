@@ -86,7 +86,7 @@ return out
 # unconfirmed: re-emit.
 TIMEOUT = REEMIT + f"""
 local pending = KEYS[1]
-local now, timeout, stale = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, timeout, stale, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {{}}
 for i = 2, #KEYS do
   local k = KEYS[i]
@@ -105,7 +105,7 @@ for i = 2, #KEYS do
   elseif not first then
     redis.call('ZREM', pending, k)
     res = {{'X'}}
-  elseif now - tonumber(first) < timeout then
+  elseif horizon - tonumber(first) < timeout then
     res = {{'W'}}
   else
     res = redis.call('HMGET', k, {DOC_FIELDS})
@@ -279,6 +279,11 @@ def pending_key_for(order_key_: str) -> str:
 
 def pending_key(order_no: str, buckets: int = BUCKETS) -> str:
     return pending_key_for(order_key(order_no, buckets))
+
+
+def watermark_key(group: str) -> str:
+    # One small hash per consumer group: worker id -> "watermark_ms:reported_ms".
+    return f"clr:wm:{{{group}}}"
 
 
 def pending_keys(buckets: int = BUCKETS) -> list[str]:

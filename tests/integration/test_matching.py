@@ -140,6 +140,55 @@ def test_nothing_times_out_before_its_time(redis_url):
     assert run_pipeline(redis_url, [], sweep=True, match_timeout_s=3600).decisions() == []
 
 
+def test_timeouts_wait_for_the_group_watermark_under_a_backlog(redis_url):
+    """An order whose first document was read long ago must not time out while
+    some inbound partition is still behind: its other documents may be unread."""
+    o = order(10)
+    sink = CaptureSink()
+
+    async def go() -> list[int]:
+        client = aioredis.from_url(redis_url)
+        p = Pipeline(settings_for(redis_url, match_timeout_s=0.05), client, sink)
+        await p.process(doc_records(o, ["311", "621"]))
+        first = int(time.time() * 1000)
+        await asyncio.sleep(0.2)  # past the timeout on the wall clock
+        counts = [await p.sweep_timeouts(watermark_ms=first - 1000)]  # this worker lags
+        # another live worker lags too: the group's watermark is the minimum
+        await client.hset(p.watermark_key, "other-worker:1", f"{first - 5000}:{int(time.time() * 1000)}")
+        counts.append(await p.sweep_timeouts())
+        assert p.horizon_ms == first - 5000
+        # the rest of the order was in the backlog: it completes normally
+        await p.process(doc_records(o, ["411", "511"]))
+        await client.hdel(p.watermark_key, "other-worker:1")
+        counts.append(await p.sweep_timeouts())
+        await client.aclose()
+        return counts
+
+    assert asyncio.run(go()) == [0, 0, 0]
+    (d,) = sink.decisions()
+    assert d["status"] == 800 and d["rules"] == []
+
+
+def test_a_silent_worker_stops_holding_the_timeout_clock(redis_url):
+    o = order(11, "missing_payment")
+    sink = CaptureSink()
+
+    async def go() -> None:
+        client = aioredis.from_url(redis_url)
+        p = Pipeline(settings_for(redis_url, match_timeout_s=0.05), client, sink)
+        await p.process(doc_records(o))
+        await asyncio.sleep(0.1)
+        # its last report is older than WATERMARK_TTL_MS: it left without saying so (kill -9)
+        await client.hset(p.watermark_key, "dead-worker:1", f"0:{int(time.time() * 1000) - 60_000}")
+        assert await p.sweep_timeouts() == 1
+        assert not await client.hexists(p.watermark_key, "dead-worker:1")
+        await client.aclose()
+
+    asyncio.run(go())
+    (d,) = sink.decisions()
+    assert d["rules"] == ["match.timeout"] and d["missing"] == ["411"]
+
+
 def test_annual_quota_is_counted_once_per_order(redis_url):
     buyer = "460100199001010011"
     orders = [order(20 + i, buyer_id=buyer) for i in range(80)]

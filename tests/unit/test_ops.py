@@ -75,3 +75,28 @@ def test_summary_rates_and_merged_latency():
     row = out["rows"][0]
     assert row["docs"]["311"] == 100 and row["decisions"]["800"] == 20
     assert out["p50"] is not None and out["p50"] <= 0.01
+
+
+def test_local_watermark_is_the_slowest_lagging_partition():
+    """Pure: how far a worker has read, from highwaters and processed offsets."""
+    import time
+    from types import SimpleNamespace
+
+    from streams.app import local_watermark
+
+    class TP(SimpleNamespace):
+        def __hash__(self):
+            return hash((self.topic, self.partition))
+
+    parts = {TP(topic="o", partition=0): 100, TP(topic="o", partition=1): 50, TP(topic="p", partition=0): 0,
+             TP(topic="internal", partition=0): 9}
+
+    consumer = SimpleNamespace(assignment=lambda: list(parts), highwater=lambda tp: parts[tp], _committed_offset={})
+    p = SimpleNamespace(next_offset={("o", 0): 100, ("o", 1): 40}, last_record_ms={("o", 0): 5_000, ("o", 1): 7_000})
+    # o/0 caught up (counts as now), p/0 empty, o/1 ten records behind: its newest record read
+    assert local_watermark(consumer, p, {"o", "p"}) == 7_000
+    p.next_offset[("o", 1)] = 50
+    assert abs(local_watermark(consumer, p, {"o", "p"}) - time.time() * 1000) < 5_000  # all caught up: now
+    # a lagging partition nothing has been read from yet holds everything
+    parts[TP(topic="p", partition=0)] = 3
+    assert local_watermark(consumer, p, {"o", "p"}) == 0
