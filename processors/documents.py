@@ -9,6 +9,7 @@ makes on it is an equality, which a hash preserves, and nothing downstream
 from __future__ import annotations
 
 import hashlib
+import operator
 from typing import Any
 
 DOC_TYPES = ("311", "411", "511", "621")
@@ -37,19 +38,20 @@ def resident_id_valid(number: str) -> bool:
     """GB 11643-1999 check digit of an 18-character resident ID number."""
     if len(number) != 18 or not number[:17].isdigit():
         return False
-    total = sum(int(c) * w for c, w in zip(number[:17], _ID_WEIGHTS))
+    total = sum(map(operator.mul, map(int, number[:17]), _ID_WEIGHTS))  # in C, no generator frames
     return _ID_CHECK[total % 11] == number[17].upper()
 
 
 def normalise(doc_type: str, head: dict[str, Any], lines: list[dict[str, Any]], key: bytes) -> Document:
     """Drop empty fields and replace personal data by keyed hashes."""
-    out_head = {k: v for k, v in head.items() if v}
+    # Empty optional fields are rare: copy in C, filter only when there is one.
+    out_head = {k: v for k, v in head.items() if v} if "" in head.values() else dict(head)
     for name in PII_FIELDS & out_head.keys():
         value = out_head[name]
         if name in ID_FIELDS:
             out_head[name + "Valid"] = resident_id_valid(value)
         out_head[name] = pii_hash(value, key)
-    out_lines = [{k: v for k, v in line.items() if v} for line in lines]
+    out_lines = [{k: v for k, v in line.items() if v} if "" in line.values() else dict(line) for line in lines]
     return {"type": doc_type, "head": out_head, "lines": out_lines}
 
 

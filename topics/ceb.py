@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -251,7 +252,8 @@ def _entity_struct(entity: str) -> Any:
               for f in field_specs()[entity]]
     # msgspec wants required fields first; order does not matter in JSON.
     fields.sort(key=len)
-    return msgspec.defstruct(entity, fields, forbid_unknown_fields=True)
+    # omit_defaults: absent optional fields (None) are left out by to_builtins, in C.
+    return msgspec.defstruct(entity, fields, forbid_unknown_fields=True, omit_defaults=True)
 
 
 @lru_cache(maxsize=None)
@@ -310,17 +312,30 @@ def decode_json(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedM
 
 
 def _entity_dict(struct: Any, numeric: tuple[FieldSpec, ...], kind: MessageKind) -> dict[str, str]:
-    out = msgspec.structs.asdict(struct)
-    # Only numbers need a second look: their text form must be canonical.
+    out = msgspec.to_builtins(struct)
+    # Only numbers need a second look: their text form must be canonical. The
+    # same amounts and quantities recur (prices, "1", "0"): each spelling is
+    # checked once per field and remembered.
     for spec in numeric:
-        value = out[spec.name]
+        value = out.get(spec.name)
         if value is None:
             continue
-        text = str(int(value)) if spec.kind == "int" else _decimal_text(value, spec, kind)
-        if spec.kind == "dec" and text[0] == "-":
-            raise _negative(spec.name, text)
+        seen = _CANONICAL_SEEN[spec]
+        text = seen.get(value) if value.__class__ is str else None
+        if text is None:
+            text = str(int(value)) if spec.kind == "int" else _decimal_text(value, spec, kind)
+            if spec.kind == "dec" and text[0] == "-":
+                raise _negative(spec.name, text)
+            if value.__class__ is str:
+                if len(seen) > 50_000:  # bounded: unique amounts must not grow it forever
+                    seen.clear()
+                seen[value] = text
         out[spec.name] = text
-    return {k: v for k, v in out.items() if v is not None}
+    return out
+
+
+# FieldSpec -> {spelling as sent: canonical text}; only valid, non-negative spellings are kept.
+_CANONICAL_SEEN: defaultdict[Any, dict[str, str]] = defaultdict(dict)
 
 
 @lru_cache(maxsize=1)
