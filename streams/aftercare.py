@@ -64,25 +64,38 @@ class Aftercare:
             d["rules"] = sorted(set(d["rules"]) | {"guarantee.balance"})
             m.ERRORS.labels("guarantee_insufficient").inc()
 
-    def on_emitted(self, decision: dict[str, Any], pipe: Any, now: int) -> list[Any]:
-        """Produce the tax record of a released list; return the Redis calls to queue."""
-        calls: list[Any] = []
-        for kind, value in (("ln", decision.get("logisticsNo")), ("inv", decision.get("invtNo"))):
-            if value:
-                pipe.set(state.index_key(kind, value, self.p.buckets), decision["orderNo"],
-                         ex=self.p.settings.decided_ttl_s * 5)
-        if decision["status"] == RELEASE and decision.get("tax"):
-            record = aftercare.tax_record(decision, now)
-            self.p.sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))
-            calls.append(self._aggregate(record, pipe))
+    def on_emitted(self, decisions: list[dict[str, Any]], pipe: Any, now: int) -> list[Any]:
+        """Produce the tax records of released lists; return the Redis calls to queue:
+        one index call per slot bucket and one tax call per period for the whole batch,
+        not a round of commands per order."""
+        index: dict[str, list[tuple[str, str]]] = {}
+        records = []
+        for decision in decisions:
+            for kind, value in (("ln", decision.get("logisticsNo")), ("inv", decision.get("invtNo"))):
+                if value:
+                    key = state.index_key(kind, value, self.p.buckets)
+                    index.setdefault(state.slot_tag(key), []).append((key, decision["orderNo"]))
+            if decision["status"] == RELEASE and decision.get("tax"):
+                record = aftercare.tax_record(decision, now)
+                self.p.sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))
+                records.append(record)
+        calls = [self.s.index(keys=[k for k, _ in group],
+                              args=[self.p.settings.decided_ttl_s * 5] + [o for _, o in group], client=pipe)
+                 for group in index.values()]
+        by_period: dict[str, list[dict[str, Any]]] = {}
+        for record in records:
+            by_period.setdefault(record["period"], []).append(record)
+        calls.extend(self._aggregate(group, pipe) for group in by_period.values())
         return calls
 
-    def _aggregate(self, record: dict[str, Any], pipe: Any) -> Any:
-        c = record["cents"]
-        return self.s.tax(keys=[state.tax_period_key(record["period"])],
-                          args=[record["recordId"], record["assureCode"] or "-", c["customsTax"],
-                                c["valueAddedTax"], c["consumptionTax"], c["taxTotal"],
-                                -1 if record["kind"] == "reversal" else 1], client=pipe)
+    def _aggregate(self, records: list[dict[str, Any]], pipe: Any) -> Any:
+        """Add tax records of one half-month period to its aggregate, each once."""
+        args: list[Any] = []
+        for record in records:
+            c = record["cents"]
+            args += [record["recordId"], record["assureCode"] or "-", c["customsTax"], c["valueAddedTax"],
+                     c["consumptionTax"], c["taxTotal"], -1 if record["kind"] == "reversal" else 1]
+        return self.s.tax(keys=[state.tax_period_key(records[0]["period"])], args=args, client=pipe)
 
     # ------------------------------------------------------------ cancels and returns
 
@@ -132,7 +145,7 @@ class Aftercare:
             if decision["status"] == RELEASE and decision.get("tax"):
                 record = aftercare.tax_record(decision, now, "reversal", Decimal(1), "cancel")
                 sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))
-                await self._aggregate(record, pipe)
+                await self._aggregate([record], pipe)
                 g, _held = state.guarantee_keys(decision.get("assureCode", "-"), self.p.buckets)
                 await self.s.guarantee_restore(keys=[g], args=[decision["invtNo"]], client=pipe)
             await pipe.execute()
@@ -162,7 +175,7 @@ class Aftercare:
             if decision.get("tax"):
                 record = aftercare.tax_record(decision, now, "reversal", fraction, guid)
                 self.p.sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))
-                await self._aggregate(record, pipe)
+                await self._aggregate([record], pipe)
                 g, _held = state.guarantee_keys(decision.get("assureCode", "-"), self.p.buckets)
                 await self.guarantee_refund(keys=[g], args=[guid, -record["cents"]["taxTotal"]], client=pipe)
             pipe.hset(d.order_key, "return:" + guid, orjson.dumps({"at": now, "value": str(value),
@@ -207,7 +220,7 @@ class Aftercare:
                 if event is not None:
                     self.p.sink.produce(self.p.t_release, event["logisticsNo"], orjson.dumps(event))
                 pipe = self.redis.pipeline(transaction=False)
-                for call in self.on_emitted(final, pipe, now):
+                for call in self.on_emitted([final], pipe, now):
                     await call
                 await pipe.execute()
                 out_receipts.append(receipts.final_inventory_receipt(final, now))

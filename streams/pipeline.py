@@ -363,9 +363,9 @@ class Pipeline:
         to_emit.extend(reemit.values())
 
         after_pipe = self.redis.pipeline(transaction=False)
+        for call in self.after.on_emitted([e.decision for e in to_emit], after_pipe, now):
+            await call
         for e in to_emit:
-            for call in self.after.on_emitted(e.decision, after_pipe, now):
-                await call
             self.sink.produce(self.t_decisions, e.decision["decisionId"], orjson.dumps(e.decision))
             event = decide.release_event(e.decision)
             if event is not None:
@@ -460,7 +460,7 @@ class Pipeline:
                 if int(reply[0]) != 1:
                     continue
                 m.REVIEWS.labels(final["review"]["result"]).inc()
-                for call in self.after.on_emitted(final, after_pipe, now):
+                for call in self.after.on_emitted([final], after_pipe, now):
                     await call
                 self.sink.produce(self.t_decisions, final["decisionId"], orjson.dumps(final))
                 event = decide.release_event(final)

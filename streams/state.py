@@ -418,14 +418,28 @@ return 1
 # Tax aggregation per period: per guarantor sums, once per (record id).
 TAX_AGGREGATE = """
 local k = KEYS[1]
-if redis.call('HSETNX', k, 'rec:' .. ARGV[1], 1) == 0 then return 0 end
-local a = ARGV[2]
-redis.call('HINCRBY', k, a .. ':customsTax', ARGV[3])
-redis.call('HINCRBY', k, a .. ':valueAddedTax', ARGV[4])
-redis.call('HINCRBY', k, a .. ':consumptionTax', ARGV[5])
-redis.call('HINCRBY', k, a .. ':taxTotal', ARGV[6])
-redis.call('HINCRBY', k, a .. ':lists', ARGV[7])
-return 1
+local added = 0
+for i = 1, #ARGV, 7 do
+  if redis.call('HSETNX', k, 'rec:' .. ARGV[i], 1) == 1 then
+    local a = ARGV[i + 1]
+    redis.call('HINCRBY', k, a .. ':customsTax', ARGV[i + 2])
+    redis.call('HINCRBY', k, a .. ':valueAddedTax', ARGV[i + 3])
+    redis.call('HINCRBY', k, a .. ':consumptionTax', ARGV[i + 4])
+    redis.call('HINCRBY', k, a .. ':taxTotal', ARGV[i + 5])
+    redis.call('HINCRBY', k, a .. ':lists', ARGV[i + 6])
+    added = added + 1
+  end
+end
+return added
+"""
+
+# logisticsNo / invtNo -> orderNo for trace and the gate, one call per slot bucket.
+INDEX = """
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
 """
 
 # A guarantor's guarantee: charge a list's tax once; {1, remaining} charged
@@ -499,6 +513,7 @@ class AfterScripts:
         self.ret = redis.register_script(PARCEL_RETURN)
         self.refund = redis.register_script(REFUND)
         self.tax = redis.register_script(TAX_AGGREGATE)
+        self.index = redis.register_script(INDEX)
         self.guarantee_use = redis.register_script(GUARANTEE_USE)
         self.guarantee_restore = redis.register_script(GUARANTEE_RESTORE)
         self.release_held = redis.register_script(RELEASE_HELD)
