@@ -18,10 +18,22 @@ CENT = Decimal("0.01")
 
 
 def dec(fields: dict[str, Any], name: str) -> Decimal:
-    try:
-        return Decimal(fields.get(name) or "0")
-    except InvalidOperation:
-        return Decimal("NaN")
+    text = fields.get(name) or "0"
+    # Amounts recur across orders (prices, freight, "0"): Decimals are immutable,
+    # so one per spelling is shared; the memo is bounded.
+    value = _DECIMALS.get(text)
+    if value is None:
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            return Decimal("NaN")
+        if len(_DECIMALS) > 100_000:
+            _DECIMALS.clear()
+        _DECIMALS[text] = value
+    return value
+
+
+_DECIMALS: dict[Any, Decimal] = {}
 
 
 def _hit(rule: str, reason: str, info: str, code: str = "", **evidence: Any) -> Hit:

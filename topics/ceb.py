@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -311,16 +310,16 @@ def decode_json(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedM
     return DecodedMessage(kind.code, "json", "", "", docs)
 
 
-def _entity_dict(struct: Any, numeric: tuple[FieldSpec, ...], kind: MessageKind) -> dict[str, str]:
+def _entity_dict(struct: Any, numeric: tuple[tuple[FieldSpec, dict[str, str]], ...],
+                 kind: MessageKind) -> dict[str, str]:
     out = msgspec.to_builtins(struct)
     # Only numbers need a second look: their text form must be canonical. The
     # same amounts and quantities recur (prices, "1", "0"): each spelling is
     # checked once per field and remembered.
-    for spec in numeric:
+    for spec, seen in numeric:
         value = out.get(spec.name)
         if value is None:
             continue
-        seen = _CANONICAL_SEEN[spec]
         text = seen.get(value) if value.__class__ is str else None
         if text is None:
             text = str(int(value)) if spec.kind == "int" else _decimal_text(value, spec, kind)
@@ -334,13 +333,12 @@ def _entity_dict(struct: Any, numeric: tuple[FieldSpec, ...], kind: MessageKind)
     return out
 
 
-# FieldSpec -> {spelling as sent: canonical text}; only valid, non-negative spellings are kept.
-_CANONICAL_SEEN: defaultdict[Any, dict[str, str]] = defaultdict(dict)
-
 
 @lru_cache(maxsize=1)
-def _numeric_specs() -> dict[str, tuple[FieldSpec, ...]]:
-    return {entity: tuple(s for s in specs if s.kind != "str") for entity, specs in field_specs().items()}
+def _numeric_specs() -> dict[str, tuple[tuple[FieldSpec, dict[str, str]], ...]]:
+    # Each numeric field with its memo {spelling as sent: canonical text}; only
+    # valid, non-negative spellings are remembered.
+    return {entity: tuple((s, {}) for s in specs if s.kind != "str") for entity, specs in field_specs().items()}
 
 
 def _decimal_text(value: Any, spec: FieldSpec, kind: MessageKind) -> str:
