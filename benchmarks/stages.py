@@ -14,12 +14,10 @@ import functools
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from config.settings import Settings, load_settings
 from processors import decide, ruleset
 from processors.documents import normalise
-from streams import embedded
+from streams import embedded, state
 from streams.pipeline import InRecord, Pipeline
 from streams.simulator import generate, to_json, to_xml
 from topics import ceb, registry
@@ -99,7 +97,7 @@ async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int, r
                 acc[name] = acc.get(name, 0.0) + time.process_time() - c
         return w
 
-    client = aioredis.from_url(settings.redis_url)
+    client = state.async_client(settings.redis_url)
     p = Pipeline(settings, client, MemorySink(), rules)
     p._decode = timed("decode + normalise", p._decode)  # type: ignore[method-assign]
     p._on_match = timed("match replies + arrival receipts", p._on_match)  # type: ignore[method-assign]

@@ -16,13 +16,13 @@ import time
 from typing import Any
 
 import faust
-import redis.asyncio as aioredis
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
 from streams import __version__
 from streams import metrics as m
+from streams import state
 from streams.output import KafkaSink
 from streams.pipeline import InRecord, Pipeline
 from streams.rules_feed import RulesFeed, initial_rules
@@ -125,7 +125,7 @@ def create_app(settings: Settings) -> faust.App:
             while feed is not None and not feed.caught_up.is_set() and loop_time() < deadline:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0)  # let a pending set_rules from the feed run first
-            client = aioredis.from_url(settings.redis_url, decode_responses=False)
+            client = state.async_client(settings.redis_url)
             holder["p"] = Pipeline(settings, client, KafkaSink(settings), holder["rules"])
         return holder["p"]
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import zlib
 from typing import Any, Callable, Iterable, TypeVar
 
+import hiredis
+
 LEDGER_TTL_S = 400 * 24 * 3600
 DOC_FIELDS = "'first', 'd311', 'm311', 'd411', 'm411', 'd511', 'm511', 'd621', 'm621'"
 # Claim the re-emission of a stored but unconfirmed decision: {'R', dec, first,
@@ -517,3 +519,34 @@ class AfterScripts:
         self.guarantee_use = redis.register_script(GUARANTEE_USE)
         self.guarantee_restore = redis.register_script(GUARANTEE_RESTORE)
         self.release_held = redis.register_script(RELEASE_HELD)
+
+
+# --------------------------------------------------------------------------- client
+
+class _PackedByHiredis:
+    """Commands packed into RESP by hiredis in C. redis-py's asyncio connections
+    pack in Python, argument by argument; a batch's Lua calls carry hundreds of
+    arguments (every document's payload), so packing was a tenth of the worker's
+    CPU (benchmarks/README.md)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # A command name with its sub-command in one string ("CONFIG GET") is sent
+        # as separate arguments, as redis-py does.
+        if isinstance(args[0], str):
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        return [hiredis.pack_command(args)]
+
+
+def async_client(url: str) -> Any:
+    """The worker's asyncio Redis client (bytes replies, hiredis packing)."""
+    import redis.asyncio as aioredis
+    from redis.asyncio import connection as c
+
+    client = aioredis.from_url(url, decode_responses=False)
+    pool = client.connection_pool
+    base = pool.connection_class
+    if base in (c.Connection, c.SSLConnection, c.UnixDomainSocketConnection):
+        pool.connection_class = type(f"Packed{base.__name__}", (_PackedByHiredis, base), {})
+    return client

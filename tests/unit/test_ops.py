@@ -100,3 +100,23 @@ def test_local_watermark_is_the_slowest_lagging_partition():
     # a lagging partition nothing has been read from yet holds everything
     parts[TP(topic="p", partition=0)] = 3
     assert local_watermark(consumer, p, {"o", "p"}) == 0
+
+
+def test_hiredis_packing_sends_the_same_bytes_as_redis_py():
+    from redis.asyncio.connection import Connection
+
+    from streams import state
+
+    packed = type("P", (state._PackedByHiredis, Connection), {})()
+    plain = Connection()
+    for args in [("EVALSHA", "f" * 40, 2, "clr:o:{o01}:HN1", "clr:p:{o01}", 1764000000000, b"\x00\xff{}", "中文"),
+                 ("CONFIG GET", "maxmemory"), (b"HSET", "k", "f", 12, 3.5), ("PING",)]:
+        assert b"".join(packed.pack_command(*args)) == b"".join(plain.pack_command(*args)), args
+
+
+def test_worker_client_packs_with_hiredis_for_every_url_scheme():
+    from streams import state
+
+    for url in ("redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0", "unix:///tmp/redis.sock"):
+        cls = state.async_client(url).connection_pool.connection_class
+        assert issubclass(cls, state._PackedByHiredis), url
