@@ -40,7 +40,7 @@ bench: install
 
 # The national peak (5,668 documents/s, 1,417 declarations/s) for three minutes on one worker.
 bench-peak: install
-	$(PY) -m benchmarks.throughput --scenario national-peak --configs batch100-json $(ARGS)
+	$(PY) -m benchmarks.throughput --scenario national-peak --configs batch100-json --drain-seconds 600 $(ARGS)
 
 # Micro-benchmarks of the per-document processors (no broker); compare runs with
 # make bench-micro ARGS=--benchmark-compare

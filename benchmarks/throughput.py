@@ -169,7 +169,7 @@ class Bench:
                                         f"{s['in_flight_orders']:>6,} in flight")
 
         res = openloop.run(run.target(), load, rate, warmup_s=0.1 * load.seconds,
-                           drain_s=max(30.0, self.args.match_timeout + 15), tick=tick)
+                           drain_s=max(self.args.drain_seconds, self.args.match_timeout + 15), tick=tick)
         progress.update(task, completed=load.seconds)
         progress.remove_task(task)
         order_rate = rate * len(load.orders) / max(1, load.documents)
@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--probes", type=int, default=4)
     ap.add_argument("--probe-seconds", type=float, default=10)
     ap.add_argument("--peak-seconds", type=float, default=180)
+    ap.add_argument("--drain-seconds", type=float, default=30,
+                    help="after sending, how long a step may take to decide the rest (books count what is left)")
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group")
     ap.add_argument("--partitions", type=int, default=4, help="partitions per topic (at least --workers)")
     ap.add_argument("--rules", default="default", help='"default" (config/rules/default.yaml), "spine" '

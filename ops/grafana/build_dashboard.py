@@ -21,7 +21,9 @@ PANELS = [
     ("Consumer lag (records) by topic", "short", [("sum by (topic) (clearance_consumer_lag_records)", "{{topic}}")], 12),
     ("Consumer lag (seconds) by partition", "s", [("max by (topic, partition) (clearance_consumer_lag_seconds)", "{{topic}}/{{partition}}")], 12),
     ("Pending matches and oldest age", "short", [("max(clearance_pending_matches)", "pending"),
-                                                 ("max(clearance_pending_oldest_age_seconds)", "oldest age (s)")], 12),
+                                                 ("max(clearance_pending_oldest_age_seconds)", "oldest age (s)"),
+                                                 ("max(clearance_timeout_watermark_delay_seconds)",
+                                                  "timeout clock delay (s)")], 12),
     ("Match timeouts /s by missing document", "ops", [("sum by (missing) (rate(clearance_match_timeouts_total[5m]))", "CEB{{missing}}")], 12),
     ("Errors /s by reason", "ops", [("sum by (reason) (rate(clearance_errors_total[5m]))", "{{reason}}")], 12),
     ("Dead-letter records /s and dependency errors /s", "ops", [
