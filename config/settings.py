@@ -42,6 +42,9 @@ class Settings:
     # two limits only: the match-only configuration). The rules topic overrides it.
     rules: str = ""
     batch_max: int = 500
+    # A batch is also cut at this many bytes of record values: 500 records of
+    # 100-document messages would be 50,000 documents decoded at once.
+    batch_bytes: int = 4 * 1024 * 1024
     batch_within_s: float = 0.005
     # Bounded memory under a backlog: events buffered per stream, records per fetch.
     stream_buffer: int = 500
@@ -96,6 +99,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),
         rules=_env(e, "CLEARANCE_RULES", ""),
         batch_max=int(_env(e, "CLEARANCE_BATCH_MAX", "500")),
+        batch_bytes=int(_env(e, "CLEARANCE_BATCH_BYTES", str(4 * 1024 * 1024))),
         batch_within_s=float(_env(e, "CLEARANCE_BATCH_WITHIN_S", "0.005")),
         stream_buffer=int(_env(e, "CLEARANCE_STREAM_BUFFER", "500")),
         max_poll_records=int(_env(e, "CLEARANCE_MAX_POLL_RECORDS", "1000")),

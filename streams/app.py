@@ -132,7 +132,9 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(inbound, name="clearance.ingest")
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await process_until_done(await pipeline(), in_records(events))
+            p = await pipeline()
+            for chunk in by_size(in_records(events), settings.batch_bytes):
+                await process_until_done(p, chunk)
 
     @app.agent(reviews, name="clearance.reviews")
     async def review_results(stream: Any) -> None:
@@ -247,6 +249,22 @@ def local_watermark(consumer: Any, p: Pipeline, topics: set[str]) -> int:
         elif high > done:
             mark = min(mark, p.last_record_ms.get(key, 0))
     return mark
+
+
+def by_size(records: list[InRecord], max_bytes: int) -> list[list[InRecord]]:
+    """Consecutive runs of records whose values stay within max_bytes (each run
+    holds at least one record): bounds the memory of a batch in bytes, not records.
+    The taken events are acknowledged after the last run."""
+    chunks: list[list[InRecord]] = [[]]
+    size = 0
+    for rec in records:
+        n = len(rec.value or b"")
+        if chunks[-1] and size + n > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(rec)
+        size += n
+    return chunks if chunks[0] else []
 
 
 def in_records(events: Any) -> list[InRecord]:

@@ -120,3 +120,14 @@ def test_worker_client_packs_with_hiredis_for_every_url_scheme():
     for url in ("redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0", "unix:///tmp/redis.sock"):
         cls = state.async_client(url).connection_pool.connection_class
         assert issubclass(cls, state._PackedByHiredis), url
+
+
+def test_batches_are_cut_by_bytes_keeping_order_and_every_record():
+    from streams.app import by_size
+    from streams.pipeline import InRecord
+
+    recs = [InRecord("t", 0, i, b"k", b"x" * n, 0) for i, n in enumerate([100, 300, 700, 50, 2000, 10])]
+    chunks = by_size(recs, 1000)
+    assert [[r.offset for r in c] for c in chunks] == [[0, 1], [2, 3], [4], [5]]  # an oversize record goes alone
+    assert by_size([], 1000) == []
+    assert [len(c) for c in by_size(recs, 10**9)] == [6]
