@@ -130,7 +130,9 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append("")
         if "saturation" in cfg:
             s = cfg["saturation"]
-            lines.append(f"Saturation (backlog of {s['documents']:,} documents): {s['documents_per_s']:,} documents/s. "
+            rss = sum(v for k, v in s.get("rss_mb_max", {}).items() if k.startswith("worker"))
+            lines.append(f"Saturation (backlog of {s['documents']:,} documents): {s['documents_per_s']:,} documents/s, "
+                         f"worker RSS max {rss:.0f} MB. "
                          f"Sustainable (probes): **{cfg['sustainable_documents_per_s']:,} documents/s** "
                          + "(" + ", ".join(f"{p['offered_documents_per_s']:,} {'held' if p['held'] else 'did not hold'}"
                                            for p in cfg["probes"]) + ").")

@@ -198,7 +198,7 @@ class Bench:
         last = max((t for no, t in res.decided_at.items() if no in load.completes), default=0.0)
         return {"documents": load.documents, "seconds": round(last, 2),
                 "documents_per_s": round(load.documents / last) if last else 0,
-                "books": openloop.books(load, res, self.exact)}
+                "rss_mb_max": res.rss_mb, "books": openloop.books(load, res, self.exact)}
 
     def config(self, name: str, progress: Any) -> dict[str, Any]:
         per_record = 1 if name.startswith("per-doc") else int(name[5:].split("-")[0])
@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--configs", default="per-doc-json,batch100-json,batch100-xml",
                     help="comma-separated: per-doc-json, per-doc-xml, batchN-json, batchN-xml (N ≤ 100)")
     ap.add_argument("--scenario", choices=["steps", "national-peak"], default="steps")
-    ap.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[25, 50, 75, 90, 100])
+    ap.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",") if x], default=[25, 50, 75, 90, 100],
+                    help='percentages of the sustainable rate ("" for none: saturation and probes only)')
     ap.add_argument("--step-seconds", type=float, default=20)
     ap.add_argument("--repeat", type=int, default=1, help="runs per step (histograms merged)")
     ap.add_argument("--orders", type=int, default=6000, help="orders in the saturation backlog")
