@@ -296,16 +296,18 @@ class Pipeline:
                 for i, p in enumerate(sgroup):
                     serials[p.order_key] = int(last) - len(sgroup) + 1 + i
 
+        # The decision's own time: when the rules have answered, not when the batch began.
+        decided = int(time.time() * 1000)
         for p in pending.values():
             if not p.complete:
-                p.decision = decide.timeout_decision(p.order_key, p.docs, p.first_ms, now,
+                p.decision = decide.timeout_decision(p.order_key, p.docs, p.first_ms, decided,
                                                      self.settings.match_timeout_s)
                 continue
-            invt_no, pre_no = decide.assign_numbers(p.docs["621"], serials[p.order_key], now)
+            invt_no, pre_no = decide.assign_numbers(p.docs["621"], serials[p.order_key], decided)
             if p.quota_info is not None:
                 p.quota_info["ledgers"] = [q.ledger for q in p.reserved]
             p.decision = decide.build_decision(p.case, p.order_key, p.hits, rules.version,
-                                               invt_no, pre_no, now, p.quota_info)
+                                               invt_no, pre_no, decided, p.quota_info)
             p.decision["receipt"] = receipts.receipt_address(p.docs["621"], p.metas.get("621", {}))
             if hasattr(rules, "decision_extras"):
                 p.decision.update(rules.decision_extras(p.case))

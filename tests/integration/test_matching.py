@@ -261,3 +261,18 @@ def test_bad_records_are_dead_lettered_and_the_batch_goes_on(redis_url):
     assert len(errors) == 4 and all(int(r["returnStatus"]) < 0 for r in errors)
     assert "not well-formed" in errors[0]["returnInfo"]
     assert "root" not in repr(dead)  # /etc/passwd was never read
+
+
+def test_decision_time_is_when_the_rules_answered_not_when_the_batch_began(redis_url):
+    from processors import decide
+
+    class SlowRules(decide.SpineRules):
+        def evaluate(self, case):
+            time.sleep(0.03)  # a rule that takes its time: the decision is made after it
+            return super().evaluate(case)
+
+    sink = run_pipeline(redis_url, [doc_records(order(12))], rules=SlowRules())
+    (d,) = sink.decisions()
+    ts = d["timestamps"]
+    assert ts["firstDocument"] <= ts["completingDocument"]
+    assert ts["decided"] - ts["completingDocument"] >= 30
