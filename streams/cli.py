@@ -28,10 +28,6 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from topics.registry import ensure_topics
 
     ensure_topics(settings)
-    try:
-        import uvloop  # noqa: F401  (faust picks it up when installed)
-    except ImportError:
-        pass
     from streams.app import create_app
 
     app = create_app(settings)
