@@ -15,6 +15,7 @@ from processors import decide, ruleset
 from processors.documents import normalise
 from processors.rules import Case
 from streams.simulator import generate, to_json, to_xml
+from tests.helpers import CaptureSink
 from topics import ceb
 
 ORDERS = list(generate(100, seed=11, prefix="MICRO", mix={"ok": 1.0}))
@@ -61,17 +62,6 @@ def test_full_rule_set_100_orders(benchmark):
     assert not any(h.status == 100 for hs in hits for h in hs)  # nothing rejects a consistent order
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str, bytes]] = []
-
-    def produce(self, topic: str, key: str, value: bytes) -> None:
-        self.records.append((topic, key, value))
-
-    async def flush(self) -> None:
-        return None
-
-
 def test_match_decide_emit_100_orders_on_redis(benchmark, redis_only):
     """The batch pipeline on a real Redis: match (one Lua call per slot bucket),
     rules, quota, decisions, receipts; outputs captured in memory."""
@@ -84,7 +74,7 @@ def test_match_decide_emit_100_orders_on_redis(benchmark, redis_only):
     settings = Settings(kafka_bootstrap="unused:1", redis_url=redis_only)
     loop = asyncio.new_event_loop()
     client = aioredis.from_url(redis_only)
-    sink = _Sink()
+    sink = CaptureSink()
     pipe = Pipeline(settings, client, sink, decide.SpineRules())
     rounds = {"n": 0}
 
