@@ -67,6 +67,13 @@ class World:
     def to_gate(self):
         self.gate.record(self.on("clearance.release"))
 
+    def released_at_gate(self, o):
+        """Clear one order and hand its release event to the gate; its decision."""
+        self.run(doc_records(o))
+        (d,) = self.decisions()
+        self.to_gate()
+        return d
+
     def receipts(self, entity):
         out = []
         for t, _k, v in self.sink.records:
@@ -116,9 +123,7 @@ def test_batch_exit_lets_out_a_whole_area_in_one_call(world):
 
 def test_cancel_before_exit_holds_the_parcel_and_restores_quota(world):
     o = order(20)
-    world.run(doc_records(o))
-    (d,) = world.decisions()
-    world.to_gate()
+    d = world.released_at_gate(o)
     ledger = state.ledger_key(d["buyer"], "2026")
     assert int(world.r.hget(ledger, "total")) > 0
     cancel = after_record("623", cancel_document(o, d["invtNo"]))
@@ -137,9 +142,7 @@ def test_cancel_before_exit_holds_the_parcel_and_restores_quota(world):
 
 def test_cancel_after_exit_is_refused_with_the_official_reason(world):
     o = order(21)
-    world.run(doc_records(o))
-    (d,) = world.decisions()
-    world.to_gate()
+    d = world.released_at_gate(o)
     world.gate.exit(o.logistics_no, "G1")
     world.run([after_record("623", cancel_document(o, d["invtNo"]))])
     (receipt,) = world.receipts("InvtCancelReturn")
@@ -156,9 +159,7 @@ def test_cancel_of_an_unknown_list(world):
 
 def test_return_restores_quota_and_tax_once(world):
     o = order(30)
-    world.run(doc_records(o))
-    (d,) = world.decisions()
-    world.to_gate()
+    d = world.released_at_gate(o)
     ledger = state.ledger_key(d["buyer"], "2026")
     before = int(world.r.hget(ledger, "total"))
     early = after_record("625", refund_document(o, d["invtNo"]))
@@ -181,9 +182,7 @@ def test_return_restores_quota_and_tax_once(world):
 
 def test_return_of_more_than_was_declared_is_refused(world):
     o = order(31)
-    world.run(doc_records(o))
-    (d,) = world.decisions()
-    world.to_gate()
+    d = world.released_at_gate(o)
     world.gate.exit(o.logistics_no, "G1")
     too_many = refund_document(o, d["invtNo"], {1: str(int(o.docs["621"][1][0]["qty"]) + 1)})
     world.run([after_record("625", too_many)])
@@ -213,9 +212,7 @@ def test_guarantee_shortfall_holds_a_list_and_a_topup_releases_it(world):
 
 def test_trace_shows_what_happened(world):
     o = order(50)
-    world.run(doc_records(o))
-    (d,) = world.decisions()
-    world.to_gate()
+    d = world.released_at_gate(o)
     world.gate.exit(o.logistics_no, "G3")
     for ident in (o.order_no, o.logistics_no, d["invtNo"]):
         t = trace.lineage(world.r, ident, state.BUCKETS)
