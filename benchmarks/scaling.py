@@ -30,33 +30,43 @@ def main() -> None:
     ap.add_argument("--step-seconds", type=float, default=15)
     ap.add_argument("--orders", type=int, default=8000)
     ap.add_argument("--rules", default="default")
+    ap.add_argument("--probes", type=int, default=4)
+    ap.add_argument("--probe-seconds", type=float, default=10)
+    ap.add_argument("--steps", default="50,100", help="percentages of the sustainable rate per N")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
     for n in (int(x) for x in args.workers.split(",")):
         folder = throughput.main(["--configs", args.config, "--workers", str(n), "--partitions", str(args.partitions),
-                                  "--steps", "50,100", "--step-seconds", str(args.step_seconds),
+                                  "--steps", args.steps, "--step-seconds", str(args.step_seconds),
+                                  "--probes", str(args.probes), "--probe-seconds", str(args.probe_seconds),
                                   "--orders", str(args.orders), "--rules", args.rules, "--out", args.out,
                                   "--label", f"scaling-{stamp}-w{n}"])
         cfg = json.loads((folder / "result.json").read_text())["configs"][0]
-        half = cfg["summary"][0]
-        cpu = sum(v for k, v in cfg["summary"][-1]["cpu_cores"].items() if k.startswith("worker"))
+        summary = cfg["summary"] or [{"latency_ms": {}, "cpu_cores": {}, "books_ok": True}]
+        half = next((s for s in summary if s.get("percent") == 50), summary[0])
+        cpu = sum(v for k, v in summary[-1]["cpu_cores"].items() if k.startswith("worker"))
         rows.append({"workers": n, "sustainable_documents_per_s": cfg["sustainable_documents_per_s"],
                      "saturation_documents_per_s": cfg["saturation"]["documents_per_s"],
                      "p99_ms_at_50_percent": half["latency_ms"].get("p99"), "worker_cpu_cores": round(cpu, 2),
-                     "books_ok": all(s["books_ok"] for s in cfg["summary"]), "results": str(folder)})
+                     "other_cpu_cores": {k.split("-")[0]: v for k, v in summary[-1]["cpu_cores"].items()
+                                         if not k.startswith("worker")},
+                     "books_ok": all(s["books_ok"] for s in summary) and cfg["saturation"]["books"]["ok"], "results": str(folder)})
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["sustainable_documents_per_s"] or 1
     m = report.machine(partitions=args.partitions)
     lines = [f"Command: `python -m benchmarks.scaling {' '.join(sys.argv[1:])}`", "",
              f"Machine: {report.machine_line(m)}", "",
-             "| workers | sustainable docs/s | × N=1 | saturation docs/s | p99 at 50 % (ms) | worker CPU (cores) | books |",
-             "|---|---|---|---|---|---|---|"]
+             ("| workers | sustainable docs/s | × N=1 | saturation docs/s | p99 at 50 % (ms) | worker CPU (cores) "
+              "| broker / Redis / generator CPU (cores) | books |"),
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['workers']} | {r['sustainable_documents_per_s']:,} | "
                      f"{r['sustainable_documents_per_s'] / base:.2f} | {r['saturation_documents_per_s']:,} | "
-                     f"{r['p99_ms_at_50_percent']} | {r['worker_cpu_cores']} | {'ok' if r['books_ok'] else 'FAILED'} |")
+                     f"{r['p99_ms_at_50_percent']} | {r['worker_cpu_cores']} | "
+                     f"{' / '.join(str(r['other_cpu_cores'].get(k, '–')) for k in ('tansu', 'redis', 'generator'))} | "
+                     f"{'ok' if r['books_ok'] else 'FAILED'} |")
     out = Path(args.out)
     (out / f"scaling-{stamp}.md").write_text("\n".join(lines) + "\n")
     (out / f"scaling-{stamp}.json").write_text(json.dumps({"command": sys.argv, "machine": m, "rows": rows},
