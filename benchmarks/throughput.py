@@ -182,7 +182,9 @@ class Bench:
                "cpu_cores": {n: round(c / res.send_seconds, 2) for n, c in res.cpu_s.items()} if res.send_seconds else {},
                "rss_mb_max": res.rss_mb, "books": openloop.books(load, res, self.exact),
                "samples": res.samples, "workload": load.describe()}
+        out["latency_stages_ms"] = res.stages_ms()
         out["_hist"] = res.histogram
+        out["_stages"] = res.stages
         return out
 
     def saturation(self, run: Run, per_record: int, fmt: str, progress: Any) -> dict[str, Any]:
