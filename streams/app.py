@@ -1,10 +1,10 @@
 """The faust worker: one agent over the four inbound topics, a timeout sweep,
 and the /metrics page. Thin: decode and decide happen in `Pipeline`.
 
-The agent takes batches (`take_events`) so a 100-document CEB message and a
-burst of per-document JSON records are both processed as one unit; faust
-acknowledges the events only after the batch returns, i.e. after its outputs
-are flushed to the broker.
+The agent takes batches (`streams.batching.take_batches`) so a 100-document
+CEB message and a burst of per-document JSON records are both processed as one
+unit; the events are acknowledged only after the batch returns, i.e. after its
+outputs are flushed to the broker.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from config.settings import Settings
 from streams import __version__
 from streams import metrics as m
 from streams import state
+from streams.batching import take_batches
 from streams.output import KafkaSink
 from streams.pipeline import InRecord, Pipeline
 from streams.rules_feed import RulesFeed, initial_rules
@@ -45,6 +46,17 @@ def _short_fetch_wait(self: Any, transport: Any) -> Any:
 
 
 AIOKafkaConsumerThread._create_worker_consumer = _short_fetch_wait
+
+
+def _no_spinner_handler(self: Any, logger: logging.Logger, level: int) -> None:
+    """faust's worker, at log level warn or above, hangs a terminal spinner on
+    the root logger and lowers the root logger to DEBUG so that every message
+    spins it. Every debug call in aiokafka's fetch loop then builds a LogRecord
+    (a third of an idle worker's consumer-thread CPU, measured with py-spy).
+    Keep the root logger at the level asked for."""
+
+
+faust.Worker._setup_spinner_handler = _no_spinner_handler
 
 
 def _credentials(settings: Settings) -> Any:
@@ -131,20 +143,20 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(inbound, name="clearance.ingest")
     async def ingest(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        async for events in take_batches(stream, settings.batch_max, settings.batch_within_s):
             p = await pipeline()
             for chunk in by_size(in_records(events), settings.batch_bytes):
                 await process_until_done(p, chunk)
 
     @app.agent(reviews, name="clearance.reviews")
     async def review_results(stream: Any) -> None:
-        async for events in stream.take_events(500, within=0.05):
+        async for events in take_batches(stream, 500, 0.05):
             p = await pipeline()
             await process_until_done(p, in_records(events), p.review)
 
     @app.agent(guarantees, name="clearance.guarantees")
     async def guarantee_events(stream: Any) -> None:
-        async for events in stream.take_events(100, within=0.05):
+        async for events in take_batches(stream, 100, 0.05):
             p = await pipeline()
             await process_until_done(p, in_records(events), p.after.topup)
 
