@@ -49,6 +49,8 @@ class Settings:
     # Bounded memory under a backlog: events buffered per stream, records per fetch.
     stream_buffer: int = 500
     max_poll_records: int = 1000
+    # How long a fetch may wait at the broker (see docs/operations.md "Fetch wait").
+    fetch_max_wait_ms: int = 20
     # librdkafka delivery timeout of the output producer; failed deliveries are re-sent.
     produce_timeout_ms: int = 30000
     web_host: str = "127.0.0.1"
@@ -103,6 +105,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_within_s=float(_env(e, "CLEARANCE_BATCH_WITHIN_S", "0.005")),
         stream_buffer=int(_env(e, "CLEARANCE_STREAM_BUFFER", "500")),
         max_poll_records=int(_env(e, "CLEARANCE_MAX_POLL_RECORDS", "1000")),
+        fetch_max_wait_ms=int(_env(e, "CLEARANCE_FETCH_MAX_WAIT_MS", "20")),
         produce_timeout_ms=int(_env(e, "CLEARANCE_PRODUCE_TIMEOUT_MS", "30000")),
         web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),
         web_port=int(_env(e, "CLEARANCE_WEB_PORT", "6066")),

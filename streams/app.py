@@ -35,13 +35,15 @@ log = logging.getLogger("clearance.worker")
 # that holds a fetch until that wait expires whenever some requested partition
 # is empty (Tansu does) then adds ~0.75 s median to every decision. A short
 # wait costs an idle fetch loop a little CPU and buys millisecond latency.
-FETCH_MAX_WAIT_MS = int(os.environ.get("CLEARANCE_FETCH_MAX_WAIT_MS", "20"))
+# On a Kafka cluster a fetch returns as soon as data arrives: set 500 there
+# (CLEARANCE_FETCH_MAX_WAIT_MS, docs/operations.md).
+_FETCH_MAX_WAIT_MS = {"value": 20}  # set from the settings by create_app
 _create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
 
 
 def _short_fetch_wait(self: Any, transport: Any) -> Any:
     consumer = _create_worker_consumer(self, transport)
-    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+    consumer._fetch_max_wait_ms = _FETCH_MAX_WAIT_MS["value"]
     return consumer
 
 
@@ -72,6 +74,7 @@ def _credentials(settings: Settings) -> Any:
 
 
 def create_app(settings: Settings) -> faust.App:
+    _FETCH_MAX_WAIT_MS["value"] = settings.fetch_max_wait_ms
     # faust keeps a small data directory per app even with in-memory tables.
     os.makedirs(settings.state_dir, exist_ok=True)
     app = faust.App(
