@@ -60,6 +60,7 @@ class Run:
         self.settings = load_settings(self.env)
         registry.ensure_topics(self.settings)
         self.ports = [embedded.free_port() for _ in range(workers)]
+        self._scraped: tuple[float, list[str] | None] = (0.0, None)
         self.procs = [subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--web-port", str(port),
                                         "--loglevel", "warn"], env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, start_new_session=True) for port in self.ports]
@@ -90,16 +91,28 @@ class Run:
             time.sleep(0.3)
         raise TimeoutError("workers did not take all partitions within 90 s")
 
-    def metric(self, name: str) -> float | None:
-        total = 0.0
+    def _scrape(self) -> list[str] | None:
+        # One scrape per sample serves every metric read in it: rendering /metrics
+        # costs the worker CPU (~5 % of it when scraped four times a second).
+        now = time.monotonic()
+        if now - self._scraped[0] < 0.25:
+            return self._scraped[1]
+        texts: list[str] | None = []
         for port in self.ports:
             try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+                texts.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode())
             except Exception:
-                return None
-            total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                         if line.startswith(name + "{") or line.startswith(name + " "))
-        return total
+                texts = None
+                break
+        self._scraped = (now, texts)
+        return texts
+
+    def metric(self, name: str) -> float | None:
+        texts = self._scrape()
+        if texts is None:
+            return None
+        return sum(float(line.rsplit(" ", 1)[1]) for text in texts for line in text.splitlines()
+                   if line.startswith((name + "{", name + " ")))
 
     def target(self) -> openloop.Target:
         pids = {f"worker{i + 1}": p.pid for i, p in enumerate(self.procs)}

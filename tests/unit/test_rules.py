@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from processors import decide
 from processors.documents import normalise, pii_hash, resident_id_valid
@@ -172,6 +175,27 @@ def test_resident_id_check_digit():
 
 def test_pii_hash_is_keyed_and_stable():
     assert pii_hash("张三", b"a") == pii_hash(" 张三 ", b"a") != pii_hash("张三", b"b")
+
+
+def test_pii_hash_is_keyed_blake2b_for_every_key():
+    for key in (b"a", b"b" * 64, b"c" * 80, b"a"):
+        expected = hashlib.blake2b("张三".encode(), key=key[:64], digest_size=12).hexdigest()
+        assert pii_hash("张三", key) == "h:" + expected
+
+
+@given(st.text(alphabet="0123456789", min_size=17, max_size=17))
+def test_resident_id_check_digit_matches_the_standard(body):
+    weights = [2 ** (17 - i) % 11 for i in range(17)]  # GB 11643: W_i = 2^(i-1) mod 11, right to left
+    check = "10X98765432"[sum(int(c) * w for c, w in zip(body, weights)) % 11]
+    assert resident_id_valid(body + check)
+    assert resident_id_valid(body + check.lower())
+    wrong = next(c for c in "0123456789X" if c != check)
+    assert not resident_id_valid(body + wrong)
+
+
+def test_resident_id_needs_ascii_digits():
+    assert not resident_id_valid("１１０１０５１９４９１２３１００２X")  # full-width digits
+    assert not resident_id_valid("11010519491231002X ")
 
 
 def test_invt_no_layout():
