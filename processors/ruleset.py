@@ -173,6 +173,38 @@ def _operand(value: Any, params: dict[str, Any], where: str) -> Callable[[Facts]
     return lambda f: value
 
 
+# all()/any() over a generator build a generator per evaluation; these
+# short-circuit the same way without one (the rule set runs ~24 of them per order).
+def _all_of(preds: list[Predicate]) -> Predicate:
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda f: bool(a(f) and b(f))
+
+    def all_of(f: Any) -> bool:
+        for p in preds:
+            if not p(f):
+                return False
+        return True
+    return all_of
+
+
+def _any_of(preds: list[Predicate]) -> Predicate:
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda f: bool(a(f) or b(f))
+
+    def any_of(f: Any) -> bool:
+        for p in preds:
+            if p(f):
+                return True
+        return False
+    return any_of
+
+
 def _compile(cond: Any, params: dict[str, Any], where: str, used: list[str]) -> Predicate:
     if not isinstance(cond, dict) or not cond:
         raise _fail(where, "a condition is {all: [...]}, {any: [...]}, {not: ...} or {fact, op, value}")
@@ -182,7 +214,7 @@ def _compile(cond: Any, params: dict[str, Any], where: str, used: list[str]) -> 
         if set(cond) != {key} or not isinstance(parts, list) or not parts:
             raise _fail(where, f"{key} takes a non-empty list of conditions and nothing else")
         preds = [_compile(c, params, f"{where}.{key}[{i}]", used) for i, c in enumerate(parts)]
-        return (lambda f: all(p(f) for p in preds)) if key == "all" else (lambda f: any(p(f) for p in preds))
+        return _all_of(preds) if key == "all" else _any_of(preds)
     if "not" in cond:
         if set(cond) != {"not"}:
             raise _fail(where, "not takes one condition and nothing else")

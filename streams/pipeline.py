@@ -239,8 +239,8 @@ class Pipeline:
             out_receipts.append(receipts.arrival_receipt(d.doc, d.meta, now))
             if status == "M":
                 first, raw_docs, raw_metas = state.split_docs(reply[1:])
-                pending[d.order_key] = _Pending(d.order_key, _loads_all(raw_docs), _loads_all(raw_metas), first,
-                                                complete=True)
+                docs = {t: d.doc if v == d.payload else orjson.loads(v) for t, v in raw_docs.items()}
+                pending[d.order_key] = _Pending(d.order_key, docs, _loads_all(raw_metas), first, complete=True)
 
     # ------------------------------------------------------------------ decide
 

@@ -6,6 +6,8 @@ import copy
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from processors import ruleset, tax
 from processors.documents import normalise
@@ -260,3 +262,23 @@ def test_corpus_of_orders_gets_the_expected_outcome(name, mutate, lane, reasons)
     hits = ENGINE.evaluate(case)
     got = {h.reason for h in hits} - {"POST_AUDIT_SAMPLE", "RANDOM_SELECTION"}
     assert worst_lane([h for h in hits if h.reason in got]) == lane and got == reasons
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=6))
+def test_all_and_any_short_circuit_like_python(values):
+    called: list[int] = []
+
+    def pred(i: int, v: bool):
+        def p(_facts):
+            called.append(i)
+            return v
+        return p
+
+    preds = [pred(i, v) for i, v in enumerate(values)]
+    assert ruleset._all_of(preds)({}) == all(values)
+    first_false = values.index(False) if False in values else len(values) - 1
+    assert called == list(range(first_false + 1))
+    called.clear()
+    assert ruleset._any_of(preds)({}) == any(values)
+    first_true = values.index(True) if True in values else len(values) - 1
+    assert called == list(range(first_true + 1))
