@@ -189,6 +189,7 @@ def create_app(settings: Settings) -> faust.App:
             p = await pipeline()
             await p.sweep_timeouts(watermark_ms=local_watermark(app.consumer, p, inbound_names))
         except Exception as exc:  # Redis down: the next tick tries again
+            state.forget_scripts()
             m.RETRIES.labels(type(exc).__name__).inc()
             m.DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
             log.warning("timeout sweep failed: %s", exc)
@@ -317,6 +318,7 @@ async def process_until_done(pipeline: Pipeline, records: list[InRecord], step: 
                 await step(records)
             return
         except Exception as exc:
+            state.forget_scripts()  # Redis may have restarted without them: load again before the retry
             m.RETRIES.labels(type(exc).__name__).inc()
             m.DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
             log.warning("batch of %d records failed (%s: %s); retrying in %.1fs",

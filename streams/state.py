@@ -16,10 +16,12 @@ Features   clr:f:{fNN}:<family>:<entity>    zset  windowed counters for the risk
 """
 from __future__ import annotations
 
+import hashlib
 import zlib
 from typing import Any, Callable, Iterable, TypeVar
 
 import hiredis
+from redis.exceptions import NoScriptError
 
 LEDGER_TTL_S = 400 * 24 * 3600
 DOC_FIELDS = "'first', 'd311', 'm311', 'd411', 'm411', 'd511', 'm511', 'd621', 'm621'"
@@ -329,19 +331,70 @@ def group_by_slot(items: Iterable[T], key: Callable[[T], str]) -> dict[str, list
     return groups
 
 
+_GENERATION = [0]  # raised by forget_scripts(): every script is loaded again before its next use
+
+
+def forget_scripts() -> None:
+    """After a Redis error (it may have restarted and lost its script cache)."""
+    _GENERATION[0] += 1
+
+
+class _Lua:
+    """A Lua script for the worker's asyncio client, called by EVALSHA.
+
+    redis-py's Script, queued in a pipeline, makes the pipeline ask Redis
+    `SCRIPT EXISTS` before it runs: one more round trip per pipeline, and a
+    batch runs several. This one loads itself once (again after
+    forget_scripts()) and queues a bare EVALSHA. Should Redis have lost it
+    anyway, the pipeline fails with NOSCRIPT, the batch is retried, and the
+    retry loop calls forget_scripts() first."""
+
+    def __init__(self, redis: Any, source: str):
+        self.redis, self.source = redis, source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.generation = -1
+
+    async def __call__(self, keys: Iterable[Any] = (), args: Iterable[Any] = (), client: Any = None) -> Any:
+        keys, args = list(keys), list(args)
+        if self.generation != _GENERATION[0]:
+            await self._load()
+        if client is not None and client is not self.redis:
+            client.evalsha(self.sha, len(keys), *keys, *args)  # queued in the pipeline
+            return None
+        try:
+            return await self.redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            forget_scripts()
+            await self._load()
+            return await self.redis.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def _load(self) -> None:
+        generation = _GENERATION[0]
+        sha = await self.redis.script_load(self.source)
+        self.sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+        self.generation = generation
+
+
+def _script(redis: Any, source: str) -> Any:
+    import redis.asyncio as aioredis
+
+    # The gate's synchronous client keeps redis-py's own Script.
+    return _Lua(redis, source) if isinstance(redis, aioredis.Redis) else redis.register_script(source)
+
+
 class Scripts:
-    """The registered scripts of one Redis client (EVALSHA, loaded on demand)."""
+    """The scripts of one Redis client (EVALSHA)."""
 
     def __init__(self, redis: Any):
-        self.match = redis.register_script(MATCH)
-        self.timeout = redis.register_script(TIMEOUT)
-        self.store = redis.register_script(STORE)
-        self.confirm = redis.register_script(CONFIRM)
-        self.reserve = redis.register_script(RESERVE)
-        self.unreserve = redis.register_script(UNRESERVE)
-        self.observe = redis.register_script(OBSERVE)
-        self.review = redis.register_script(REVIEW)
-        self.finalize = redis.register_script(FINALIZE)
+        self.match = _script(redis, MATCH)
+        self.timeout = _script(redis, TIMEOUT)
+        self.store = _script(redis, STORE)
+        self.confirm = _script(redis, CONFIRM)
+        self.reserve = _script(redis, RESERVE)
+        self.unreserve = _script(redis, UNRESERVE)
+        self.observe = _script(redis, OBSERVE)
+        self.review = _script(redis, REVIEW)
+        self.finalize = _script(redis, FINALIZE)
 
 
 def split_docs(values: list[Any]) -> tuple[int, dict[str, bytes], dict[str, bytes]]:
@@ -509,16 +562,16 @@ def guarantee_keys(assure: str, buckets: int = BUCKETS) -> tuple[str, str]:
 
 class AfterScripts:
     def __init__(self, redis: Any):
-        self.release = redis.register_script(PARCEL_RELEASE)
-        self.exit = redis.register_script(PARCEL_EXIT)
-        self.cancel = redis.register_script(PARCEL_CANCEL)
-        self.ret = redis.register_script(PARCEL_RETURN)
-        self.refund = redis.register_script(REFUND)
-        self.tax = redis.register_script(TAX_AGGREGATE)
-        self.index = redis.register_script(INDEX)
-        self.guarantee_use = redis.register_script(GUARANTEE_USE)
-        self.guarantee_restore = redis.register_script(GUARANTEE_RESTORE)
-        self.release_held = redis.register_script(RELEASE_HELD)
+        self.release = _script(redis, PARCEL_RELEASE)
+        self.exit = _script(redis, PARCEL_EXIT)
+        self.cancel = _script(redis, PARCEL_CANCEL)
+        self.ret = _script(redis, PARCEL_RETURN)
+        self.refund = _script(redis, REFUND)
+        self.tax = _script(redis, TAX_AGGREGATE)
+        self.index = _script(redis, INDEX)
+        self.guarantee_use = _script(redis, GUARANTEE_USE)
+        self.guarantee_restore = _script(redis, GUARANTEE_RESTORE)
+        self.release_held = _script(redis, RELEASE_HELD)
 
 
 # --------------------------------------------------------------------------- client

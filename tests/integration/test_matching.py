@@ -276,3 +276,33 @@ def test_decision_time_is_when_the_rules_answered_not_when_the_batch_began(redis
     ts = d["timestamps"]
     assert ts["firstDocument"] <= ts["completingDocument"]
     assert ts["decided"] - ts["completingDocument"] >= 30
+
+
+def _script_commands(r: redis.Redis) -> int:
+    # SCRIPT EXISTS / SCRIPT LOAD ("cmdstat_script" on Redis 6, "cmdstat_script|exists" etc. on 7)
+    return sum(v["calls"] for k, v in r.info("commandstats").items() if k.startswith("cmdstat_script"))
+
+
+def test_batches_do_not_ask_redis_whether_scripts_exist_and_survive_a_script_flush(redis_url):
+    from streams.app import process_until_done
+
+    o1, o2, o3 = order(301), order(302), order(303)
+    sink = CaptureSink()
+    sync = redis.Redis.from_url(redis_url)
+    counts = {}
+
+    async def go() -> None:
+        client = aioredis.from_url(redis_url)
+        p = Pipeline(settings_for(redis_url), client, sink, None)
+        await process_until_done(p, doc_records(o1))
+        counts["before"] = _script_commands(sync)
+        await process_until_done(p, doc_records(o2))
+        counts["after"] = _script_commands(sync)
+        await client.script_flush()  # what a Redis restart does to the script cache
+        await process_until_done(p, doc_records(o3))
+        await client.aclose()
+
+    asyncio.run(go())
+    assert counts["after"] == counts["before"]  # no SCRIPT EXISTS round trip per pipeline
+    decisions = {d["orderNo"]: d["status"] for d in sink.decisions()}
+    assert decisions == {o1.order_no: 800, o2.order_no: 800, o3.order_no: 800}
