@@ -122,7 +122,7 @@ def facts(case: Case, ref: Reference) -> dict[str, Any]:
     for line in inventory["lines"]:
         gcode = str(line.get("gcode", ""))
         hs8 = gcode[:8]
-        value = Decimal(line.get("totalPrice") or 0)
+        value = dec(line, "totalPrice")
         goods_value += value
         entry = ref.positive.get(hs8)
         if entry is None:
@@ -143,8 +143,8 @@ def facts(case: Case, ref: Reference) -> dict[str, Any]:
         goods = ref.goods.get(gcode)
         if goods:
             if goods["reference_price"] > 0:
-                ratios.append(float(Decimal(line.get("price") or 0) / goods["reference_price"]))
-            expected_weight += Decimal(line.get("qty") or 0) * goods["unit_weight"]
+                ratios.append(float(dec(line, "price") / goods["reference_price"]))
+            expected_weight += dec(line, "qty") * goods["unit_weight"]
     freight, insured = dec(inv, "freight"), dec(inv, "insuredFee")
     price = goods_value + freight + insured
     single = len(inventory["lines"]) == 1 and dec(inventory["lines"][0], "qty") == 1
