@@ -166,7 +166,9 @@ def markdown(doc: dict[str, Any]) -> str:
                          f"worker RSS max {rss:.0f} MB. "
                          f"Sustainable (probes): **{cfg['sustainable_documents_per_s']:,} documents/s** "
                          + "(" + ", ".join(f"{p['offered_documents_per_s']:,} {'held' if p['held'] else 'did not hold'}"
-                                           for p in cfg["probes"]) + ").")
+                                           for p in cfg["probes"]) + ")"
+                         + ("" if cfg.get("sustainable_verified", True) else
+                            " — not verified: no probe held, the steps use 10 % below the last one") + ".")
             lines.append("")
         lines.append("| step | offered docs/s | achieved docs/s (median, range) | p50 | p90 | p99 | p99.9 | p99.99 | "
                      "max (ms) | held | books | worker CPU (cores) | worker RSS max (MB) |")
