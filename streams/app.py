@@ -194,6 +194,18 @@ def create_app(settings: Settings) -> faust.App:
             m.DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
             log.warning("timeout sweep failed: %s", exc)
 
+    @app.timer(interval=10.0, name="clearance.redis_memory")
+    async def redis_memory() -> None:
+        # Match state, ledgers and counters live in Redis: a backlog grows it
+        # (1.75 GB at the national-peak benchmark). Watched against maxmemory.
+        try:
+            p = await pipeline()
+            used, limit = state.memory_of(await p.redis.info("memory"))
+            m.REDIS_USED_MEMORY.set(used)
+            m.REDIS_MAX_MEMORY.set(limit)
+        except Exception as exc:  # unreachable Redis is reported by the batch path and the sweep
+            log.debug("redis memory probe failed: %s", exc)
+
     @app.timer(interval=2.0, name="clearance.lag")
     async def lag() -> None:
         consumer = app.consumer

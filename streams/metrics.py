@@ -21,6 +21,10 @@ PENDING = Gauge("clearance_pending_matches", "Orders waiting for their remaining
 TIMEOUT_HOLD = Gauge("clearance_timeout_watermark_delay_seconds",
                      "How far the group's watermark (the match-timeout clock) trails the wall clock: "
                      "timeouts held back while some inbound partition lags")
+REDIS_USED_MEMORY = Gauge("clearance_redis_used_memory_bytes",
+                          "Memory Redis reports in use (INFO memory used_memory), read by each worker")
+REDIS_MAX_MEMORY = Gauge("clearance_redis_maxmemory_bytes",
+                         "Redis maxmemory (0: no limit set, Redis grows until the host refuses)")
 OLDEST_PENDING = Gauge("clearance_pending_oldest_age_seconds", "Age of the oldest incomplete match")
 LATENCY = Histogram("clearance_decision_latency_seconds",
                     "Completing document's record timestamp to decision emitted", buckets=LATENCY_BUCKETS)

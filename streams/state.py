@@ -592,6 +592,14 @@ class _PackedByHiredis:
         return [hiredis.pack_command(args)]
 
 
+def memory_of(info: dict[Any, Any]) -> tuple[int, int]:
+    """(used_memory, maxmemory) from an INFO memory reply (keys as str or bytes)."""
+    def get(name: str) -> int:
+        value = info.get(name, info.get(name.encode(), 0))
+        return int(value.decode() if isinstance(value, bytes) else value or 0)
+    return get("used_memory"), get("maxmemory")
+
+
 def async_client(url: str) -> Any:
     """The worker's asyncio Redis client (bytes replies, hiredis packing)."""
     import redis.asyncio as aioredis

@@ -38,6 +38,8 @@ PANELS = [
     ("Rebalances and officer reviews", "short", [("sum(increase(clearance_rebalances_total[15m]))", "rebalances (15 min)"),
                                                  ("sum by (result) (increase(clearance_reviews_total[15m]))", "reviews {{result}} (15 min)")], 8),
     ("Receipts /s by type and status", "ops", [("sum by (type, status) (rate(clearance_receipts_total[1m]))", "{{type}} {{status}}")], 8),
+    ("Redis memory (used and maxmemory)", "bytes", [("max(clearance_redis_used_memory_bytes)", "used"),
+                                                    ("max(clearance_redis_maxmemory_bytes)", "maxmemory (0: none)")], 8),
 ]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 
 import orjson
 import pytest
@@ -122,3 +123,17 @@ def test_metrics_are_exported_with_conventional_names(env):
                  "clearance_decision_latency_seconds_bucket", "clearance_pending_matches",
                  "clearance_match_timeouts_total", "clearance_errors_total", "clearance_consumer_lag_records"):
         assert name in text, name
+
+
+def test_redis_memory_is_reported(env):
+    # Read every 10 s by each worker; the test Redis runs without a maxmemory.
+    found = None
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        text = env.metrics(0)
+        found = re.search(r"^clearance_redis_used_memory_bytes (\S+)$", text, re.MULTILINE)
+        if found and float(found.group(1)) > 0:
+            break
+        time.sleep(1)
+    assert found and float(found.group(1)) > 0
+    assert re.search(r"^clearance_redis_maxmemory_bytes 0\.0$", text, re.MULTILINE)

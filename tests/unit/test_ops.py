@@ -24,7 +24,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_alert_rules_are_valid():
     r = promtool("check", "rules", "alerts.yml")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "10 rules found" in r.stdout + r.stderr
+    assert "11 rules found" in r.stdout + r.stderr
 
 
 def test_alert_rule_unit_tests_pass():
@@ -131,3 +131,11 @@ def test_batches_are_cut_by_bytes_keeping_order_and_every_record():
     assert [[r.offset for r in c] for c in chunks] == [[0, 1], [2, 3], [4], [5]]  # an oversize record goes alone
     assert by_size([], 1000) == []
     assert [len(c) for c in by_size(recs, 10**9)] == [6]
+
+
+def test_redis_memory_is_read_from_either_reply_form():
+    from streams.state import memory_of
+
+    assert memory_of({"used_memory": 1048576, "maxmemory": 0}) == (1048576, 0)
+    assert memory_of({b"used_memory": b"2048", b"maxmemory": b"4096"}) == (2048, 4096)
+    assert memory_of({}) == (0, 0)
