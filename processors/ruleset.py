@@ -173,36 +173,27 @@ def _operand(value: Any, params: dict[str, Any], where: str) -> Callable[[Facts]
     return lambda f: value
 
 
-# all()/any() over a generator build a generator per evaluation; these
-# short-circuit the same way without one (the rule set runs ~24 of them per order).
+# all()/any() over a generator build a generator per evaluation; a loop
+# short-circuits the same way without one (the rule set runs ~24 per order).
 def _all_of(preds: list[Predicate]) -> Predicate:
-    if len(preds) == 1:
-        return preds[0]
-    if len(preds) == 2:
-        a, b = preds
-        return lambda f: bool(a(f) and b(f))
-
-    def all_of(f: Any) -> bool:
-        for p in preds:
-            if not p(f):
-                return False
-        return True
-    return all_of
+    return _first_decides(preds, decisive=False)
 
 
 def _any_of(preds: list[Predicate]) -> Predicate:
+    return _first_decides(preds, decisive=True)
+
+
+def _first_decides(preds: list[Predicate], decisive: bool) -> Predicate:
+    """The first predicate whose truth is `decisive` decides (all: False, any: True)."""
     if len(preds) == 1:
         return preds[0]
-    if len(preds) == 2:
-        a, b = preds
-        return lambda f: bool(a(f) or b(f))
 
-    def any_of(f: Any) -> bool:
+    def combined(f: Any) -> bool:
         for p in preds:
-            if p(f):
-                return True
-        return False
-    return any_of
+            if bool(p(f)) is decisive:
+                return decisive
+        return not decisive
+    return combined
 
 
 def _compile(cond: Any, params: dict[str, Any], where: str, used: list[str]) -> Predicate:
