@@ -15,9 +15,9 @@ def test_root_logger_stays_at_the_requested_level() -> None:
     root = logging.getLogger()
     before = root.level
     try:
-        root.setLevel(logging.WARN)
-        worker.on_setup_root_logger(root, logging.WARN)
-        assert root.level == logging.WARN
+        root.setLevel(logging.WARNING)
+        worker.on_setup_root_logger(root, logging.WARNING)
+        assert root.level == logging.WARNING
         assert not logging.getLogger("aiokafka").isEnabledFor(logging.DEBUG)
     finally:
         root.setLevel(before)
