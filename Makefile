@@ -62,7 +62,7 @@ chaos: install
 	$(PY) -m benchmarks.chaos
 
 lint: install
-	$(PY) -m pip install -q ruff
+	$(PY) -m pip install -q "ruff==0.17.6"
 	$(VENV)/bin/ruff check .
 
 clean:

@@ -12,12 +12,12 @@ from tests.helpers import order
 from topics import ceb
 
 NS = 'xmlns:ceb="http://www.chinaport.gov.cn/ceb"'
-O = order(1)
+ORDER = order(1)
 
 
 def jdoc(t: str, head_change: dict | None = None, line_change: dict | None = None, drop: str = "",
          lines: list | None = None) -> bytes:
-    head, ls = copy.deepcopy(O.docs[t])
+    head, ls = copy.deepcopy(ORDER.docs[t])
     head.update(head_change or {})
     if drop:
         head.pop(drop)
@@ -27,7 +27,7 @@ def jdoc(t: str, head_change: dict | None = None, line_change: dict | None = Non
 
 
 def xdoc(t: str, head_change: dict | None = None, line_change: dict | None = None) -> bytes:
-    head, ls = copy.deepcopy(O.docs[t])
+    head, ls = copy.deepcopy(ORDER.docs[t])
     head.update(head_change or {})
     if line_change and ls:
         ls[0].update(line_change)
@@ -35,7 +35,7 @@ def xdoc(t: str, head_change: dict | None = None, line_change: dict | None = Non
 
 
 def raw_order(text: str) -> bytes:
-    return to_xml("311", [O.docs["311"]]).replace(b"</ceb:orderNo>", text.encode() + b"</ceb:orderNo>", 1)
+    return to_xml("311", [ORDER.docs["311"]]).replace(b"</ceb:orderNo>", text.encode() + b"</ceb:orderNo>", 1)
 
 
 CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
@@ -80,9 +80,9 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
     ("two document types in one JSON record", orjson.dumps([orjson.loads(jdoc("411")), orjson.loads(jdoc("511"))]),
      ("411",), "schema_invalid"),
     # --- size
-    ("101 documents", to_json("411", [O.docs["411"]] * 101), ("411",), "too_many_documents"),
-    ("101 documents XML", to_xml("411", [O.docs["411"]] * 101), ("411",), "too_many_documents"),
-    ("100 order lines", jdoc("311", lines=[dict(O.docs["311"][1][0], gnum=str(i)) for i in range(1, 101)]),
+    ("101 documents", to_json("411", [ORDER.docs["411"]] * 101), ("411",), "too_many_documents"),
+    ("101 documents XML", to_xml("411", [ORDER.docs["411"]] * 101), ("411",), "too_many_documents"),
+    ("100 order lines", jdoc("311", lines=[dict(ORDER.docs["311"][1][0], gnum=str(i)) for i in range(1, 101)]),
      ("311",), "too_many_lines"),
     ("order without lines", jdoc("311", lines=[]), ("311",), "schema_invalid"),
     # --- fields
@@ -111,14 +111,14 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
     ("date in the future", jdoc("411", {"appTime": "20991231235959"}), ("411",), "future_date"),
     ("declaration date in the future", xdoc("621", {"declTime": "20991231"}), ("621",), "future_date"),
     # --- encodings and invisible characters
-    ("zero-width space in orderNo", jdoc("311", {"orderNo": O.order_no + "\u200b"}), ("311",), "invisible_characters"),
-    ("escaped zero-width space", jdoc("311").replace(O.order_no.encode(), O.order_no.encode() + b"\\u200b"),
+    ("zero-width space in orderNo", jdoc("311", {"orderNo": ORDER.order_no + "\u200b"}), ("311",), "invisible_characters"),
+    ("escaped zero-width space", jdoc("311").replace(ORDER.order_no.encode(), ORDER.order_no.encode() + b"\\u200b"),
      ("311",), "invisible_characters"),
     ("bidi override in name", jdoc("311", {"ebpName": "平台\u202egnp.exe"}), ("311",), "invisible_characters"),
     ("NUL byte in XML", raw_order("\x00"), ("311",), "invisible_characters"),
-    ("escaped NUL in JSON", jdoc("311").replace(O.order_no.encode(), O.order_no.encode() + b"\\u0000"),
+    ("escaped NUL in JSON", jdoc("311").replace(ORDER.order_no.encode(), ORDER.order_no.encode() + b"\\u0000"),
      ("311",), "invisible_characters"),
-    ("BOM inside a value", jdoc("311", {"orderNo": "\ufeff" + O.order_no}), ("311",), "invisible_characters"),
+    ("BOM inside a value", jdoc("311", {"orderNo": "\ufeff" + ORDER.order_no}), ("311",), "invisible_characters"),
     ("GBK bytes declared as UTF-8", xdoc("311").replace("示例".encode(), "示例".encode("gbk")), ("311",),
      "malformed_xml"),
 ]
@@ -144,4 +144,4 @@ def test_a_leading_bom_is_fine():
 def test_xml_declared_in_gbk_is_read_as_gbk():
     data = xdoc("311").replace(b'encoding="UTF-8"', b'encoding="GBK"')
     data = data.decode("utf-8").encode("gbk")
-    assert ceb.decode(data, ("311",)).documents[0].head["ebpName"] == O.docs["311"][0]["ebpName"]
+    assert ceb.decode(data, ("311",)).documents[0].head["ebpName"] == ORDER.docs["311"][0]["ebpName"]
