@@ -21,21 +21,12 @@ from streams import state
 if TYPE_CHECKING:
     from streams.pipeline import Pipeline
 
-GUARANTEE_REFUND = """
-local k = KEYS[1]
-if redis.call('EXISTS', k) == 0 then return 0 end
-if redis.call('HSETNX', k, 'r:' .. ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', k, 'used', -tonumber(ARGV[2]))
-return 1
-"""
-
 
 class Aftercare:
     def __init__(self, pipeline: "Pipeline"):
         self.p = pipeline
         self.redis = pipeline.redis
         self.s = state.AfterScripts(pipeline.redis)
-        self.guarantee_refund = pipeline.redis.register_script(GUARANTEE_REFUND)
         from topics import registry
 
         self.t_tax = registry.topic_name(registry.TAX, pipeline.settings)
@@ -177,7 +168,7 @@ class Aftercare:
                 self.p.sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))
                 await self._aggregate([record], pipe)
                 g, _held = state.guarantee_keys(decision.get("assureCode", "-"), self.p.buckets)
-                await self.guarantee_refund(keys=[g], args=[guid, -record["cents"]["taxTotal"]], client=pipe)
+                await self.s.guarantee_refund(keys=[g], args=[guid, -record["cents"]["taxTotal"]], client=pipe)
             pipe.hset(d.order_key, "return:" + guid, orjson.dumps({"at": now, "value": str(value),
                                                                      "lines": d.doc["lines"]}))
             await pipe.execute()

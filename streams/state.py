@@ -527,6 +527,16 @@ return 1
 """
 
 
+# A partial return gives its tax back to the guarantee, once per return (guid).
+GUARANTEE_REFUND = """
+local k = KEYS[1]
+if redis.call('EXISTS', k) == 0 then return 0 end
+if redis.call('HSETNX', k, 'r:' .. ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', k, 'used', -tonumber(ARGV[2]))
+return 1
+"""
+
+
 # A top-up releases a held list: overwrite its final decision only if that is
 # the held one (599), so a cancel or an earlier release is never undone.
 RELEASE_HELD = """
@@ -571,6 +581,7 @@ class AfterScripts:
         self.index = _script(redis, INDEX)
         self.guarantee_use = _script(redis, GUARANTEE_USE)
         self.guarantee_restore = _script(redis, GUARANTEE_RESTORE)
+        self.guarantee_refund = _script(redis, GUARANTEE_REFUND)
         self.release_held = _script(redis, RELEASE_HELD)
 
 
