@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import hiredis
 from redis.exceptions import NoScriptError
@@ -354,8 +354,7 @@ class _Lua:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self.generation = -1
 
-    async def __call__(self, keys: Iterable[Any] = (), args: Iterable[Any] = (), client: Any = None) -> Any:
-        keys, args = list(keys), list(args)
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any] = (), client: Any = None) -> Any:
         if self.generation != _GENERATION[0]:
             await self._load()
         if client is not None and client is not self.redis:
