@@ -193,17 +193,27 @@ class StepResult:
     stages: dict[str, HdrHistogram] = field(default_factory=dict)
 
     def latency_ms(self) -> dict[str, float]:
-        h = self.histogram
-        if h.get_total_count() == 0:
-            return {}
-        out = {f"p{p:g}": round(h.get_value_at_percentile(p) / 1000, 2) for p in (50, 90, 99, 99.9, 99.99)}
-        out["max"] = round(h.get_max_value() / 1000, 2)
-        out["count"] = h.get_total_count()
+        out = percentiles_ms(self.histogram)
+        if out:
+            out["count"] = self.histogram.get_total_count()
         return out
 
     def stages_ms(self) -> dict[str, dict[str, float]]:
-        return {name: {f"p{p:g}": round(h.get_value_at_percentile(p) / 1000, 2) for p in (50, 99)}
-                for name, h in self.stages.items() if h.get_total_count()}
+        return {name: percentiles_ms(h, STAGE_PCTS) for name, h in self.stages.items() if h.get_total_count()}
+
+
+LATENCY_PCTS = (50, 90, 99, 99.9, 99.99)
+STAGE_PCTS = (50, 99)
+
+
+def percentiles_ms(h: HdrHistogram, pcts: tuple[float, ...] = LATENCY_PCTS) -> dict[str, float]:
+    """Percentiles of a µs histogram in ms ({} when empty); with the max for the full set."""
+    if h.get_total_count() == 0:
+        return {}
+    out = {f"p{p:g}": round(h.get_value_at_percentile(p) / 1000, 2) for p in pcts}
+    if pcts == LATENCY_PCTS:
+        out["max"] = round(h.get_max_value() / 1000, 2)
+    return out
 
 
 def run(target: Target, load: Workload, rate: float, warmup_s: float = 0.0, drain_s: float = 60.0,

@@ -75,14 +75,6 @@ def merged(runs: list[dict[str, Any]]) -> HdrHistogram:
     return h
 
 
-def percentiles(h: HdrHistogram) -> dict[str, float]:
-    if h.get_total_count() == 0:
-        return {}
-    out = {f"p{p:g}": round(h.get_value_at_percentile(p) / 1000, 2) for p in (50, 90, 99, 99.9, 99.99)}
-    out["max"] = round(h.get_max_value() / 1000, 2)
-    return out
-
-
 def merged_stages(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """p50/p99 per latency stage (openloop.STAGES), histograms merged over the runs."""
     out: dict[str, dict[str, float]] = {}
@@ -92,7 +84,7 @@ def merged_stages(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             if name in r.get("_stages", {}):
                 h.add(r["_stages"][name])
         if h.get_total_count():
-            out[name] = {f"p{p:g}": round(h.get_value_at_percentile(p) / 1000, 2) for p in (50, 99)}
+            out[name] = openloop.percentiles_ms(h, openloop.STAGE_PCTS)
     return out
 
 
@@ -104,7 +96,7 @@ def summarise_step(step: dict[str, Any]) -> dict[str, Any]:
                                                            "unexpected_outcomes")}
     return {"percent": step.get("percent"), "offered": runs[0]["offered_documents_per_s"],
             "achieved_median": round(statistics.median(achieved)), "achieved_range": [min(achieved), max(achieved)],
-            "latency_ms": percentiles(merged(runs)), "latency_stages_ms": merged_stages(runs), "held": all(r["held"] for r in runs),
+            "latency_ms": openloop.percentiles_ms(merged(runs)), "latency_stages_ms": merged_stages(runs), "held": all(r["held"] for r in runs),
             "books_ok": all(r["books"]["ok"] for r in runs), "books": books,
             "cpu_cores": runs[-1]["cpu_cores"], "rss_mb_max": runs[-1]["rss_mb_max"], "runs": len(runs)}
 
