@@ -4,7 +4,8 @@ and the /metrics page. Thin: decode and decide happen in `Pipeline`.
 The agent takes batches (`streams.batching.take_batches`) so a 100-document
 CEB message and a burst of per-document JSON records are both processed as one
 unit; the events are acknowledged only after the batch returns, i.e. after its
-outputs are flushed to the broker.
+outputs are flushed to the broker. Up to CLEARANCE_INFLIGHT_BATCHES batches
+are in flight (`streams.batching.overlapped`); they are acknowledged in order.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from config.settings import Settings
 from streams import __version__
 from streams import metrics as m
 from streams import state
-from streams.batching import take_batches
+from streams.batching import overlapped, take_batches
 from streams.output import KafkaSink
 from streams.pipeline import InRecord, Pipeline
 from streams.rules_feed import RulesFeed, initial_rules
@@ -146,10 +147,23 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(inbound, name="clearance.ingest")
     async def ingest(stream: Any) -> None:
-        async for events in take_batches(stream, settings.batch_max, settings.batch_within_s):
+        async def batches() -> Any:
+            async for events in take_batches(stream, settings.batch_max, settings.batch_within_s, ack=False):
+                yield events, in_records(events)
+
+        async def work(batch: tuple[list[Any], list[InRecord]]) -> None:
             p = await pipeline()
-            for chunk in by_size(in_records(events), settings.batch_bytes):
+            for chunk in by_size(batch[1], settings.batch_bytes):
                 await process_until_done(p, chunk)
+
+        async def complete(batch: tuple[list[Any], list[InRecord]]) -> None:
+            # In arrival order: progress (lag, the timeout watermark) and offsets
+            # never run ahead of a batch still in flight.
+            (await pipeline()).completed(batch[1])
+            for event in batch[0]:
+                await stream.ack(event)
+
+        await overlapped(batches(), work, complete, settings.inflight_batches)
 
     @app.agent(reviews, name="clearance.reviews")
     async def review_results(stream: Any) -> None:

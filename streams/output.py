@@ -31,6 +31,10 @@ class KafkaSink:
         conf.update(overrides)
         self.producer = Producer(conf)
         self._failed: list[tuple[str, bytes, bytes]] = []
+        # One flush at a time (batches in flight, the timeout sweep): a flush
+        # returns once every record produced before it began is delivered, and
+        # the failures its delivery reports carry are re-sent by that flush.
+        self._flushing = asyncio.Lock()
 
     def _on_delivery(self, err, msg) -> None:  # type: ignore[no-untyped-def]
         if err is not None:
@@ -49,6 +53,10 @@ class KafkaSink:
 
     async def flush(self) -> None:
         """Wait until every record is delivered; re-send failed ones until they are."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         backoff = 0.1
         while True:
             remaining = await asyncio.to_thread(self.producer.flush, 30)

@@ -170,7 +170,11 @@ class Pipeline:
         done = time.perf_counter()
         m.STAGE_SECONDS.labels("emit").observe(done - t_decided)
         m.BATCH_SECONDS.observe(done - started)
-        for rec in records:  # progress counts once the batch's effects are out
+
+    def completed(self, records: list[InRecord]) -> None:
+        """Progress counts once a batch's effects are out and every batch before
+        it is done (the caller's order): lag in seconds and the timeout watermark."""
+        for rec in records:
             tp = (rec.topic, rec.partition)
             self.last_record_ms[tp] = max(self.last_record_ms.get(tp, 0), rec.timestamp_ms)
             self.next_offset[tp] = max(self.next_offset.get(tp, 0), rec.offset + 1)

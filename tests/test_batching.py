@@ -94,3 +94,100 @@ def test_an_idle_stream_is_not_polled() -> None:
     asyncio.run(main())
     assert log["idle_waits"] <= 1
     assert log["batches"] == [["first"], ["after the silence"]]
+
+
+# ---------------------------------------------------------------- overlapped
+
+
+async def _batches(items: list[Any]) -> Any:
+    for item in items:
+        yield item
+
+
+def _run_overlapped(items: list[Any], work_s: dict[Any, float], depth: int,
+                    fail: Any = None) -> dict[str, Any]:
+    log: dict[str, Any] = {"started": [], "completed": [], "inflight": 0, "most": 0, "error": None}
+
+    async def work(batch: Any) -> None:
+        log["started"].append(batch)
+        log["inflight"] += 1
+        log["most"] = max(log["most"], log["inflight"])
+        try:
+            await asyncio.sleep(work_s.get(batch, 0.0))
+            if batch == fail:
+                raise RuntimeError(f"batch {batch} failed")
+        finally:
+            log["inflight"] -= 1
+
+    async def complete(batch: Any) -> None:
+        log["completed"].append(batch)
+
+    from streams.batching import overlapped
+
+    async def main() -> None:
+        try:
+            await overlapped(_batches(items), work, complete, depth)
+        except RuntimeError as exc:
+            log["error"] = str(exc)
+
+    asyncio.run(main())
+    return log
+
+
+def test_overlapped_batches_complete_in_arrival_order_even_when_work_finishes_out_of_order() -> None:
+    # Batch 0 is slow, batch 1 fast: 1's work ends first but it completes after 0.
+    log = _run_overlapped([0, 1, 2, 3], {0: 0.05, 2: 0.03}, depth=2)
+    assert log["completed"] == [0, 1, 2, 3]
+    assert log["most"] == 2  # the second batch did start while the first was in flight
+
+
+def test_overlapped_keeps_at_most_depth_batches_in_flight() -> None:
+    log = _run_overlapped(list(range(10)), {i: 0.01 for i in range(10)}, depth=3)
+    assert log["completed"] == list(range(10))
+    assert log["most"] == 3
+    one_at_a_time = _run_overlapped(list(range(5)), {i: 0.005 for i in range(5)}, depth=1)
+    assert one_at_a_time["most"] == 1 and one_at_a_time["completed"] == list(range(5))
+
+
+def test_nothing_completes_past_a_failed_batch_and_the_failure_is_raised() -> None:
+    # Batch 1 fails while 2 is in flight: 2 must not be completed (its acknowledgement
+    # would commit offsets past batch 1), and the caller sees the failure.
+    log = _run_overlapped([0, 1, 2, 3, 4], {1: 0.02}, depth=2, fail=1)
+    assert log["completed"] == [0]
+    assert log["error"] == "batch 1 failed"
+
+
+def test_overlapped_agent_acknowledges_every_event_in_order_after_processing() -> None:
+    from streams.batching import overlapped
+
+    app = faust.App("overlapped-test", store="memory://")
+    log: dict[str, Any] = {"acked": [], "processed": set(), "premature": 0}
+
+    @app.agent()
+    async def agent(stream: Any) -> None:
+        async def work(batch: list[Any]) -> None:
+            # Earlier batches take longer, so later ones finish their work first.
+            await asyncio.sleep(0.03 if batch[0].value % 4 == 0 else 0.0)
+            log["processed"].update(e.value for e in batch)
+
+        async def complete(batch: list[Any]) -> None:
+            for event in batch:
+                if event.value not in log["processed"]:
+                    log["premature"] += 1
+                log["acked"].append(event.value)
+                await stream.ack(event)
+
+        await overlapped(take_batches(stream, 2, 0.001, ack=False), work, complete, 2)
+
+    async def main() -> None:
+        async with agent.test_context() as ctx:
+            for i in range(12):
+                await ctx.put(i, wait=False)
+            for _ in range(300):
+                if len(log["acked"]) == 12:
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert log["acked"] == list(range(12))
+    assert log["premature"] == 0
