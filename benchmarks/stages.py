@@ -4,7 +4,10 @@ Decodes 100-document CEB messages, normalises them, and runs the whole batch
 pipeline on a real Redis (embedded, or REDIS_URL) with outputs captured in
 memory, timing each stage in process CPU µs per document.
 
-Usage: python -m benchmarks.stages [--orders 4000] [--format json|xml] [--rules spine|FILE]
+The collector is tuned as the worker tunes it (streams.app.tune_gc) unless
+--default-gc is given.
+
+Usage: python -m benchmarks.stages [--orders 4000] [--format json|xml] [--rules spine|FILE] [--default-gc]
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ def main() -> None:
     ap.add_argument("--format", choices=["json", "xml"], default="json")
     ap.add_argument("--rules", default="spine",
                     help='"spine" (comparison + limits) or a rule-set file (e.g. config/rules/default.yaml)')
+    ap.add_argument("--default-gc", action="store_true", help="leave Python's collector as it is")
     args = ap.parse_args()
     enc = to_xml if args.format == "xml" else to_json
     base = load_settings()
@@ -57,6 +61,10 @@ def main() -> None:
                                   enc(t, [o.docs[t] for o in chunk]), int(time.time() * 1000)))
         batches.append(batch)
     n = 4 * len(orders)
+    if not args.default_gc:
+        from streams.app import tune_gc
+
+        tune_gc()
     try:
         c = time.process_time()
         msgs = [ceb.decode(r.value or b"") for b in batches for r in b]

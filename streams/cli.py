@@ -28,9 +28,10 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from topics.registry import ensure_topics
 
     ensure_topics(settings)
-    from streams.app import create_app
+    from streams.app import create_app, tune_gc
 
     app = create_app(settings)
+    tune_gc()
     sys.argv = [sys.argv[0], "worker", "-l", args.loglevel, "--web-port", str(settings.web_port)]
     app.main()
 
