@@ -107,12 +107,20 @@ async def overlapped(batches: AsyncIterator[list[Any]], work: Callable[[list[Any
         finally:
             slots.release()
 
+    it = batches.__aiter__()
     try:
-        async for batch in batches:
+        while True:
+            # A slot first, then the batch: events that arrive while every slot
+            # is busy join the next batch instead of waiting in a batch cut early.
             await slots.acquire()
             if failed:  # the agent fails as the sequential loop would, not silently
                 slots.release()
                 raise failed[0]
+            try:
+                batch = await it.__anext__()
+            except StopAsyncIteration:
+                slots.release()
+                break
             task = asyncio.create_task(one(batch, previous))
             inflight.add(task)
             task.add_done_callback(finished)

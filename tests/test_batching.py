@@ -191,3 +191,41 @@ def test_overlapped_agent_acknowledges_every_event_in_order_after_processing() -
     asyncio.run(main())
     assert log["acked"] == list(range(12))
     assert log["premature"] == 0
+
+
+def test_events_arriving_while_every_slot_is_busy_join_one_next_batch() -> None:
+    # One slot, a slow first batch: what arrives meanwhile must form the next batch
+    # whole, not a batch cut 1 ms after its first event and left waiting for the slot.
+    from streams.batching import overlapped
+
+    app = faust.App("overlapped-slots-test", store="memory://")
+    batches: list[list[int]] = []
+    started = asyncio.Event()
+
+    @app.agent()
+    async def agent(stream: Any) -> None:
+        async def work(batch: list[Any]) -> None:
+            batches.append([e.value for e in batch])
+            started.set()
+            await asyncio.sleep(0.1 if batch[0].value == 0 else 0.0)
+
+        async def complete(batch: list[Any]) -> None:
+            for event in batch:
+                await stream.ack(event)
+
+        await overlapped(take_batches(stream, 100, 0.001, ack=False), work, complete, 1)
+
+    async def main() -> None:
+        async with agent.test_context() as ctx:
+            await ctx.put(0, wait=False)
+            await asyncio.wait_for(started.wait(), 2)
+            for i in range(1, 6):
+                await ctx.put(i, wait=False)
+                await asyncio.sleep(0.01)
+            for _ in range(200):
+                if sum(map(len, batches)) == 6:
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert batches == [[0], [1, 2, 3, 4, 5]]
