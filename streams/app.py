@@ -4,8 +4,8 @@ and the /metrics page. Thin: decode and decide happen in `Pipeline`.
 The agent takes batches (`streams.batching.take_batches`) so a 100-document
 CEB message and a burst of per-document JSON records are both processed as one
 unit; the events are acknowledged only after the batch returns, i.e. after its
-outputs are flushed to the broker. Up to CLEARANCE_INFLIGHT_BATCHES batches
-are in flight (`streams.batching.overlapped`); they are acknowledged in order.
+outputs are flushed to the broker. CLEARANCE_INFLIGHT_BATCHES (default 1) batches
+may be in flight (`streams.batching.overlapped`); they are acknowledged in order.
 """
 from __future__ import annotations
 

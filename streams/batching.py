@@ -13,11 +13,11 @@ a full buffer blocks the stream, which pauses the fetch). Events are
 acknowledged after the caller has finished with their batch, as with
 take_events, so offsets are committed only for processed events.
 
-`overlapped` lets the next batch start while the previous one waits on Redis
-and the broker (a batch spends about a fifth of its time waiting on round
-trips and the producer's flush): up to `depth` batches are in flight, and each
-one's completion step (acknowledgement, progress) runs in arrival order, so
-nothing is acknowledged past a batch still in flight.
+`overlapped` can let the next batch start while the previous one waits on
+Redis and the broker: up to `depth` batches are in flight, and each one's
+completion step (acknowledgement, progress) runs in arrival order, so nothing
+is acknowledged past a batch still in flight. With depth 1 (the worker's
+default, CLEARANCE_INFLIGHT_BATCHES) it is the plain loop: take, process, ack.
 """
 from __future__ import annotations
 

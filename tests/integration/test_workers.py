@@ -69,3 +69,35 @@ def test_state_survives_a_killed_worker(services):
         assert all(orjson.loads(v)["status"] == 800 for _, v in records)
     finally:
         env.stop()
+
+
+def lag(metrics: str) -> float:
+    return sum(float(v) for v in re.findall(r'^clearance_consumer_lag_records\{[^}]*\} (\S+)$', metrics, re.M))
+
+
+def test_batches_in_flight_together_still_give_one_decision_per_order_and_commit_everything(services):
+    # Small batches, three in flight: the completions (acks, progress) must come in
+    # order and every order still gets exactly its one expected decision.
+    env = Env(services, CLEARANCE_INFLIGHT_BATCHES="3", CLEARANCE_BATCH_MAX="20")
+    try:
+        env.start_worker()
+        env.wait_assigned()
+        orders = list(generate(300, seed=23, prefix="FLY", mix={"ok": 0.8, "amount_mismatch": 0.1,
+                                                               "buyer_not_payer": 0.1}))
+        pub = Publisher(env.settings, "json", batch=1, duplicate_rate=0.05)
+        pub.send(orders)
+        pub.flush()
+        records = Reader(env, registry.DECISIONS).read_until(lambda r: len(r) >= len(orders), timeout=90)
+        by_id: dict[str, list[int]] = {}
+        for _, v in records:
+            d = orjson.loads(v)
+            by_id.setdefault(d["decisionId"], []).append(d["status"])
+        assert sorted(by_id) == sorted(f"4601XXXXAA:{o.order_no}" for o in orders)
+        assert all(by_id[f"4601XXXXAA:{o.order_no}"] == [o.expected_status] for o in orders)
+        deadline = time.monotonic() + 30
+        while lag(env.metrics(0)) > 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert re.search(r'^clearance_consumer_lag_records\{', env.metrics(0), re.M)
+        assert lag(env.metrics(0)) == 0  # every consumed offset committed: no gap left behind
+    finally:
+        env.stop()
