@@ -38,12 +38,20 @@ class Aftercare:
         releasing = [d for d in decisions if d["status"] == RELEASE and d.get("tax") and d.get("assureCode")]
         if not releasing:
             return
-        pipe = self.redis.pipeline(transaction=False)
+        # One script call per guarantor for the whole batch, lists in batch order.
+        by_guarantor: dict[str, list[dict[str, Any]]] = {}
         for d in releasing:
-            g, held = state.guarantee_keys(d["assureCode"], self.p.buckets)
-            await self.s.guarantee_use(keys=[g, held], args=[d["invtNo"], aftercare.cents(d["tax"]["taxTotal"]),
-                                                             d["orderKey"], now], client=pipe)
-        for d, (ok, remaining) in zip(releasing, await pipe.execute()):
+            by_guarantor.setdefault(d["assureCode"], []).append(d)
+        pipe = self.redis.pipeline(transaction=False)
+        for assure, group in by_guarantor.items():
+            args: list[Any] = [now]
+            for d in group:
+                args += (d["invtNo"], aftercare.cents(d["tax"]["taxTotal"]), d["orderKey"])
+            await self.s.guarantee_use(keys=list(state.guarantee_keys(assure, self.p.buckets)), args=args,
+                                       client=pipe)
+        replies = await pipe.execute()
+        results = [(d, r) for group, reply in zip(by_guarantor.values(), replies) for d, r in zip(group, reply)]
+        for d, (ok, remaining) in results:
             if int(ok):
                 continue
             d.update({"status": aftercare.HELD, "outcome": "held", "final": False})
@@ -196,8 +204,8 @@ class Aftercare:
                 if decision is None or decision["status"] != aftercare.HELD:
                     await self.redis.zrem(held, okey)
                     continue
-                ok, _remaining = await self.s.guarantee_use(
-                    keys=[g, held], args=[decision["invtNo"], aftercare.cents(decision["tax"]["taxTotal"]), okey, now])
+                [(ok, _remaining)] = await self.s.guarantee_use(
+                    keys=[g, held], args=[now, decision["invtNo"], aftercare.cents(decision["tax"]["taxTotal"]), okey])
                 if not int(ok):
                     break  # in order: the oldest held list first
                 final = dict(decision, status=RELEASE, outcome="release", final=True,

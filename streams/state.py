@@ -496,24 +496,38 @@ end
 return #KEYS
 """
 
-# A guarantor's guarantee: charge a list's tax once; {1, remaining} charged
-# (remaining -1 when the guarantor has no guarantee account: not checked),
-# {0, remaining} not enough: the list is held until a top-up.
+# A guarantor's guarantee: charge each list's tax once, in the order given
+# (ARGV: now, then invtNo, cents, order key per list; one call per guarantor
+# per batch); per list {1, remaining} charged (remaining -1 when the guarantor
+# has no guarantee account: not checked), {0, remaining} not enough: the list
+# is held until a top-up.
 GUARANTEE_USE = """
 local g, held = KEYS[1], KEYS[2]
-local invt, amount, order, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-if redis.call('EXISTS', g) == 0 then return {1, -1} end
+local now = ARGV[1]
+local exists = redis.call('EXISTS', g) == 1
 local balance = tonumber(redis.call('HGET', g, 'balance') or '0')
 local used = tonumber(redis.call('HGET', g, 'used') or '0')
-if redis.call('HEXISTS', g, 'i:' .. invt) == 1 then return {1, balance - used} end
-if balance - used >= amount then
-  redis.call('HINCRBY', g, 'used', amount)
-  redis.call('HSET', g, 'i:' .. invt, amount)
-  redis.call('ZREM', held, order)
-  return {1, balance - used - amount}
+local out = {}
+for i = 2, #ARGV, 3 do
+  local invt, amount, order = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local res
+  if not exists then
+    res = {1, -1}
+  elseif redis.call('HEXISTS', g, 'i:' .. invt) == 1 then
+    res = {1, balance - used}
+  elseif balance - used >= amount then
+    redis.call('HINCRBY', g, 'used', amount)
+    redis.call('HSET', g, 'i:' .. invt, amount)
+    redis.call('ZREM', held, order)
+    used = used + amount
+    res = {1, balance - used}
+  else
+    redis.call('ZADD', held, 'NX', now, order)
+    res = {0, balance - used}
+  end
+  out[#out + 1] = res
 end
-redis.call('ZADD', held, 'NX', now, order)
-return {0, balance - used}
+return out
 """
 
 GUARANTEE_RESTORE = """
