@@ -8,6 +8,7 @@ The collector is tuned as the worker tunes it (streams.app.tune_gc) unless
 --default-gc is given.
 
 Usage: python -m benchmarks.stages [--orders 4000] [--format json|xml] [--rules spine|FILE] [--default-gc]
+       [--redis-commands]
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def main() -> None:
     ap.add_argument("--rules", default="spine",
                     help='"spine" (comparison + limits) or a rule-set file (e.g. config/rules/default.yaml)')
     ap.add_argument("--default-gc", action="store_true", help="leave Python's collector as it is")
+    ap.add_argument("--redis-commands", action="store_true",
+                    help="also list Redis's time per command (scripts and the commands they call)")
     args = ap.parse_args()
     enc = to_xml if args.format == "xml" else to_json
     base = load_settings()
@@ -77,12 +80,13 @@ def main() -> None:
         print(f"{args.format}: decode+validate {decode_us:.1f} µs/doc, normalise {normalise_us:.1f} µs/doc")
         rules = decide.SpineRules() if args.rules == "spine" else ruleset.load(args.rules)
         print(f"rules: {rules.version}")
-        asyncio.run(_pipeline(settings, batches, n, rules))
+        asyncio.run(_pipeline(settings, batches, n, rules, args.redis_commands))
     finally:
         services.stop()
 
 
-async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int, rules: Any) -> None:
+async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int, rules: Any,
+                    args_verbose: bool = False) -> None:
     acc: dict[str, float] = {}
 
     def timed(name: str, fn: Any) -> Any:
@@ -111,15 +115,29 @@ async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int, r
     p._on_match = timed("match replies + arrival receipts", p._on_match)  # type: ignore[method-assign]
     p._decide = timed("rules + quota/serial round trip", p._decide)  # type: ignore[method-assign]
     p._emit = timed("store, produce, receipts, confirm", p._emit)  # type: ignore[method-assign]
+    await client.config_resetstat()
+    redis_before = _redis_cpu(await client.info("cpu"))
     c, w = time.process_time(), time.perf_counter()
     for b in batches:
         await p.process(b)
     total = time.process_time() - c
     wall = time.perf_counter() - w
+    redis_cpu = _redis_cpu(await client.info("cpu")) - redis_before
+    if args_verbose:
+        for name, st in sorted((await client.info("commandstats")).items(), key=lambda kv: -kv[1]["usec"]):
+            print(f"    {name:28} {st['calls']:8} calls {st['usec'] / n:6.1f} µs/doc")
     for k, v in acc.items():
         print(f"  {k:36} {1e6 * v / n:7.1f} µs/doc")
     print(f"  {'whole batch pipeline':36} {1e6 * total / n:7.1f} µs/doc CPU, {n / wall:,.0f} documents/s")
+    # Redis runs the scripts on one thread: its CPU per document caps what one
+    # Redis (or one Redis Cluster shard per slot bucket) can take.
+    print(f"  {'Redis server (its own process)':36} {1e6 * redis_cpu / n:7.1f} µs/doc CPU, "
+          f"at most {n / redis_cpu:,.0f} documents/s per Redis core")
     await client.aclose()
+
+
+def _redis_cpu(info: dict[str, Any]) -> float:
+    return float(info.get("used_cpu_user", 0)) + float(info.get("used_cpu_sys", 0))
 
 
 if __name__ == "__main__":

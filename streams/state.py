@@ -25,6 +25,9 @@ from redis.exceptions import NoScriptError
 
 LEDGER_TTL_S = 400 * 24 * 3600
 DOC_FIELDS = "'first', 'd311', 'm311', 'd411', 'm411', 'd511', 'm511', 'd621', 'm621'"
+# An undecided order's hash: 'first' and, per document type, its body (d), arrival
+# metadata (m) and digest (h). Nothing else is written to it before the decision.
+COMPLETE_FIELDS = 1 + 3 * 4
 # Claim the re-emission of a stored but unconfirmed decision: {'R', dec, first,
 # docs...}. Shared by MATCH and TIMEOUT.
 REEMIT = f"""
@@ -50,7 +53,8 @@ for i = 2, #KEYS do
   local k = KEYS[i]
   local t, payload, meta = ARGV[3 * i - 3], ARGV[3 * i - 2], ARGV[3 * i - 1]
   local res
-  local dec = redis.call('HGET', k, 'dec')
+  local seen = redis.call('HMGET', k, 'dec', 'h' .. t, 'first')
+  local dec, cur, first = seen[1], seen[2], seen[3]
   if dec then
     if redis.call('HEXISTS', k, 'emit') == 0 and now - tonumber(redis.call('HGET', k, 'dect') or '0') > stale then
       res = reemit(k, dec, now)
@@ -59,23 +63,25 @@ for i = 2, #KEYS do
     end
   else
     local digest = redis.sha1hex(payload)
-    local cur = redis.call('HGET', k, 'h' .. t)
     local status = 'A'
     if cur and cur ~= digest then
       res = {{'C'}}
     else
       if cur then
         status = 'S'
-      else
+      elseif first then
         redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest)
-        redis.call('HSETNX', k, 'first', now)
+      else
+        first = now
+        redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest, 'first', now)
       end
-      if redis.call('HEXISTS', k, 'd311') == 1 and redis.call('HEXISTS', k, 'd411') == 1
-         and redis.call('HEXISTS', k, 'd511') == 1 and redis.call('HEXISTS', k, 'd621') == 1 then
+      -- Until a decision the hash holds only 'first' and d/m/h per document
+      -- type: all four are present when it holds {COMPLETE_FIELDS} fields.
+      if redis.call('HLEN', k) == {COMPLETE_FIELDS} then
         res = redis.call('HMGET', k, {DOC_FIELDS})
         table.insert(res, 1, 'M')
       else
-        redis.call('ZADD', pending, 'NX', redis.call('HGET', k, 'first'), k)
+        redis.call('ZADD', pending, 'NX', first, k)
         res = {{status}}
       end
     end
