@@ -236,22 +236,25 @@ def test_one_batch_charges_a_guarantor_once_per_list_in_turn(world):
         return int(Decimal(d["tax"]["taxTotal"]) * 100)
 
     g, held = state.guarantee_keys("4601XXXXBB")
-    # Enough for both lists of one batch: both released, both charged.
-    world.r.hset(g, mapping={"balance": 10_000_000, "used": 0})
-    a, b = make_order(61, random.Random(61)), make_order(62, random.Random(62))
-    world.run(doc_records(a) + doc_records(b))
-    first = {d["orderNo"]: d for d in world.decisions()}
-    assert [first[o.order_no]["status"] for o in (a, b)] == [800, 800]
-    taxes = [cents(first[o.order_no]) for o in (a, b)]
-    assert int(world.r.hget(g, "used")) == sum(taxes) and min(taxes) > 0
-    # The same two baskets again (same taxes), with one cent too little for both:
-    # the first list charged in the batch is released, the other held.
-    world.r.delete(g)
-    world.r.hset(g, mapping={"balance": sum(taxes) - 1, "used": 0})
-    a2, b2 = make_order(63, random.Random(61)), make_order(64, random.Random(62))
-    world.run(doc_records(a2) + doc_records(b2))
-    second = {d["orderNo"]: d for d in world.decisions() if d["orderNo"] in (a2.order_no, b2.order_no)}
-    assert sorted(d["status"] for d in second.values()) == [599, 800]
-    released = next(d for d in second.values() if d["status"] == 800)
-    assert int(world.r.hget(g, "used")) == cents(released)
-    assert world.r.zcard(held) == 1
+    try:
+        # Enough for both lists of one batch: both released, both charged.
+        world.r.hset(g, mapping={"balance": 10_000_000, "used": 0})
+        a, b = make_order(61, random.Random(61)), make_order(62, random.Random(62))
+        world.run(doc_records(a) + doc_records(b))
+        first = {d["orderNo"]: d for d in world.decisions()}
+        assert [first[o.order_no]["status"] for o in (a, b)] == [800, 800]
+        taxes = [cents(first[o.order_no]) for o in (a, b)]
+        assert int(world.r.hget(g, "used")) == sum(taxes) and min(taxes) > 0
+        # The same two baskets again (same taxes), with one cent too little for both:
+        # the first list charged in the batch is released, the other held.
+        world.r.delete(g)
+        world.r.hset(g, mapping={"balance": sum(taxes) - 1, "used": 0})
+        a2, b2 = make_order(63, random.Random(61)), make_order(64, random.Random(62))
+        world.run(doc_records(a2) + doc_records(b2))
+        second = {d["orderNo"]: d for d in world.decisions() if d["orderNo"] in (a2.order_no, b2.order_no)}
+        assert sorted(d["status"] for d in second.values()) == [599, 800]
+        released = next(d for d in second.values() if d["status"] == 800)
+        assert int(world.r.hget(g, "used")) == cents(released)
+        assert world.r.zcard(held) == 1
+    finally:  # the guarantor is shared with the tests after this one: no guarantee account again
+        world.r.delete(g, held)
