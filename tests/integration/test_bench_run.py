@@ -35,3 +35,24 @@ def test_bench_run_writes_results_and_keeps_the_books(services, tmp_path, monkey
     assert hist.get_total_count() == run["latency_ms"]["count"] > 0
     assert (folder / "latency.png").stat().st_size > 0 and (folder / "throughput.png").stat().st_size > 0
     assert "| 50 % |" in (folder / "summary.md").read_text()
+
+
+def test_redis_script_benchmark_completes_every_order_it_sends():
+    # On a Redis of its own (the benchmark empties its database).
+    import redis
+
+    from benchmarks import redis_scripts
+    from streams import embedded
+
+    own = embedded.start("unused:1", "")
+    try:
+        r = redis.Redis.from_url(own.redis_url)
+        us, completed = redis_scripts.match(r, 300)
+        assert completed == 300  # the fourth call of each order found all four documents
+        assert us > 0
+        assert r.zcard("clr:p:{o00}") == 300  # pending (for the timeout sweep) until the decision is confirmed
+        assert redis_scripts.observe(r, 200) > 0
+        # Four counters per order; every buyer is new, so one buyer key per order.
+        assert len(list(r.scan_iter("clr:f:{f00}:buyer:*", count=1000))) == 200
+    finally:
+        own.stop()
