@@ -68,14 +68,12 @@ async def take_batches(stream: Any, max_events: int, within: float,
             has_events.clear()
             full.clear()
             room.set()
-            if not ack:
-                yield batch
-                continue
             try:
                 yield batch
             finally:
-                for event in batch:
-                    await stream.ack(event)
+                if ack:
+                    for event in batch:
+                        await stream.ack(event)
     finally:
         stream.enable_acks = acks
         stream._processors.remove(collect)

@@ -10,6 +10,20 @@ import faust
 from streams.batching import take_batches
 
 
+def _feed(agent: Any, values: list[Any], done: Any, polls: int = 200) -> None:
+    """Put values on the agent's stream, then wait (bounded) until done() holds."""
+    async def main() -> None:
+        async with agent.test_context() as ctx:
+            for value in values:
+                await ctx.put(value, wait=False)
+            for _ in range(polls):
+                if done():
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+
+
 def _agent(max_events: int, within: float, work_s: float = 0.0) -> tuple[Any, dict[str, Any]]:
     app = faust.App("batching-test", store="memory://")
     log: dict[str, Any] = {"batches": [], "acked": [], "unacked_while_processing": [], "waits": 0}
@@ -39,16 +53,7 @@ def _agent(max_events: int, within: float, work_s: float = 0.0) -> tuple[Any, di
 def test_batches_keep_order_respect_the_maximum_and_lose_nothing() -> None:
     agent, log = _agent(max_events=3, within=0.01)
 
-    async def main() -> None:
-        async with agent.test_context() as ctx:
-            for i in range(8):
-                await ctx.put(i, wait=False)
-            for _ in range(200):
-                if sum(map(len, log["batches"])) == 8:
-                    break
-                await asyncio.sleep(0.01)
-
-    asyncio.run(main())
+    _feed(agent, list(range(8)), lambda: sum(map(len, log["batches"])) == 8)
     assert [v for b in log["batches"] for v in b] == list(range(8))
     assert all(0 < len(b) <= 3 for b in log["batches"])
     assert len(log["batches"]) >= 3
@@ -57,16 +62,7 @@ def test_batches_keep_order_respect_the_maximum_and_lose_nothing() -> None:
 def test_events_are_acknowledged_only_after_their_batch_is_processed() -> None:
     agent, log = _agent(max_events=2, within=0.005, work_s=0.02)
 
-    async def main() -> None:
-        async with agent.test_context() as ctx:
-            for i in range(6):
-                await ctx.put(i, wait=False)
-            for _ in range(200):
-                if len(log["acked"]) == 6:
-                    break
-                await asyncio.sleep(0.01)
-
-    asyncio.run(main())
+    _feed(agent, list(range(6)), lambda: len(log["acked"]) == 6)
     assert all(log["unacked_while_processing"])
     assert sorted(log["acked"]) == list(range(6))
 
@@ -179,16 +175,7 @@ def test_overlapped_agent_acknowledges_every_event_in_order_after_processing() -
 
         await overlapped(take_batches(stream, 2, 0.001, ack=False), work, complete, 2)
 
-    async def main() -> None:
-        async with agent.test_context() as ctx:
-            for i in range(12):
-                await ctx.put(i, wait=False)
-            for _ in range(300):
-                if len(log["acked"]) == 12:
-                    break
-                await asyncio.sleep(0.01)
-
-    asyncio.run(main())
+    _feed(agent, list(range(12)), lambda: len(log["acked"]) == 12, polls=300)
     assert log["acked"] == list(range(12))
     assert log["premature"] == 0
 
