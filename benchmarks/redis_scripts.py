@@ -18,14 +18,14 @@ import time
 
 import redis
 
+from benchmarks.stages import redis_cpu_seconds
 from streams import embedded, state
 
 META = b'{"fmt":"json","snd":"4601XXXXAA","at":1,"rts":1,"src":"t:0:1"}'
 
 
 def _cpu(r: redis.Redis) -> float:
-    info = r.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return redis_cpu_seconds(r.info("cpu"))
 
 
 def match(r: redis.Redis, orders: int) -> tuple[float, int]:

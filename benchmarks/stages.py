@@ -116,13 +116,13 @@ async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int, r
     p._decide = timed("rules + quota/serial round trip", p._decide)  # type: ignore[method-assign]
     p._emit = timed("store, produce, receipts, confirm", p._emit)  # type: ignore[method-assign]
     await client.config_resetstat()
-    redis_before = _redis_cpu(await client.info("cpu"))
+    redis_before = redis_cpu_seconds(await client.info("cpu"))
     c, w = time.process_time(), time.perf_counter()
     for b in batches:
         await p.process(b)
     total = time.process_time() - c
     wall = time.perf_counter() - w
-    redis_cpu = _redis_cpu(await client.info("cpu")) - redis_before
+    redis_cpu = redis_cpu_seconds(await client.info("cpu")) - redis_before
     if args_verbose:
         for name, st in sorted((await client.info("commandstats")).items(), key=lambda kv: -kv[1]["usec"]):
             print(f"    {name:28} {st['calls']:8} calls {st['usec'] / n:6.1f} µs/doc")
@@ -136,7 +136,8 @@ async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int, r
     await client.aclose()
 
 
-def _redis_cpu(info: dict[str, Any]) -> float:
+def redis_cpu_seconds(info: dict[str, Any]) -> float:
+    """Redis's own CPU time so far (user + system) from an INFO cpu reply."""
     return float(info.get("used_cpu_user", 0)) + float(info.get("used_cpu_sys", 0))
 
 
