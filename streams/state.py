@@ -510,16 +510,17 @@ return #KEYS
 GUARANTEE_USE = """
 local g, held = KEYS[1], KEYS[2]
 local now = ARGV[1]
-local exists = redis.call('EXISTS', g) == 1
+local out = {}
+if redis.call('EXISTS', g) == 0 then
+  for i = 2, #ARGV, 3 do out[#out + 1] = {1, -1} end
+  return out
+end
 local balance = tonumber(redis.call('HGET', g, 'balance') or '0')
 local used = tonumber(redis.call('HGET', g, 'used') or '0')
-local out = {}
 for i = 2, #ARGV, 3 do
   local invt, amount, order = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local res
-  if not exists then
-    res = {1, -1}
-  elseif redis.call('HEXISTS', g, 'i:' .. invt) == 1 then
+  if redis.call('HEXISTS', g, 'i:' .. invt) == 1 then
     res = {1, balance - used}
   elseif balance - used >= amount then
     redis.call('HINCRBY', g, 'used', amount)
