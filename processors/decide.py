@@ -30,6 +30,15 @@ def dutiable_price(inventory: dict[str, Any]) -> Decimal:
     return goods + compare.dec(h, "freight") + compare.dec(h, "insuredFee")
 
 
+def case_price(case: Case) -> Decimal:
+    """The dutiable price of a case, computed once: the limits, the ledgers, the
+    risk counters and the decision all read it."""
+    price = case.features.get("_price")
+    if price is None:
+        price = case.features["_price"] = dutiable_price(case.docs["621"])
+    return price
+
+
 def single_indivisible_item(inventory: dict[str, Any]) -> bool:
     lines = inventory["lines"]
     return len(lines) == 1 and compare.dec(lines[0], "qty") == 1
@@ -38,7 +47,7 @@ def single_indivisible_item(inventory: dict[str, Any]) -> bool:
 def single_limit(case: Case) -> list[Hit]:
     """¥5,000 per purchase (−621005), except one indivisible item, taxed in full."""
     inventory = case.docs["621"]
-    price = dutiable_price(inventory)
+    price = case_price(case)
     if price <= SINGLE_LIMIT or single_indivisible_item(inventory):
         return []
     return [Hit("policy.single_limit", "SINGLE_LIMIT_EXCEEDED", REJECT,
@@ -73,7 +82,7 @@ class QuotaRequest:
 def quota_request(case: Case, order_key: str) -> QuotaRequest:
     inv = case.docs["621"]["head"]
     year = (inv.get("declTime") or inv.get("appTime") or "")[:4]
-    cents = int((dutiable_price(case.docs["621"]) * 100).to_integral_value())
+    cents = int((case_price(case) * 100).to_integral_value())
     return QuotaRequest(str(inv.get("buyerIdNumber", "")), year, order_key, cents, int(ANNUAL_LIMIT * 100))
 
 
@@ -140,7 +149,7 @@ def build_decision(case: Case, order_key: str, hits: list[Hit], rules_version: s
         "ruleSetVersion": rules_version,
         "invtNo": invt_no,
         "preNo": pre_no,
-        "dutiablePrice": str(dutiable_price(case.docs["621"])),
+        "dutiablePrice": str(case_price(case)),
         "buyer": inv.get("buyerIdNumber", ""),
         "timestamps": {
             "firstDocument": case.first_ms,

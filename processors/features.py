@@ -88,7 +88,7 @@ class Observation:
 def observations(case: Case, order_key: str, ref: Reference) -> list[Observation]:
     inv, waybill = case.docs["621"]["head"], case.docs["511"]["head"]
     buyer = str(inv.get("buyerIdNumber", ""))
-    price = float(decide.dutiable_price(case.docs["621"]))
+    price = float(decide.case_price(case))
     lo, hi = ref.near_limit_band
     near = 1 if lo <= price <= hi else 0
     address = str(waybill.get("consigneeAddress", ""))
