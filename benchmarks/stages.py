@@ -38,6 +38,24 @@ class MemorySink:
         return None
 
 
+def make_batches(orders: int, fmt: str = "json", prefix: str = "HN") -> list[list[InRecord]]:
+    """Consumed batches of four 100-document messages (one per type) for the same
+    100 orders, all of them clean: every order completes and is released."""
+    enc = to_xml if fmt == "xml" else to_json
+    generated = list(generate(orders, seed=1, mix={"ok": 1.0}, prefix=prefix))
+    offset = 0
+    batches: list[list[InRecord]] = []
+    for i in range(0, len(generated), 100):
+        chunk = generated[i:i + 100]
+        batch = []
+        for t in ("311", "411", "511", "621"):
+            offset += 1
+            batch.append(InRecord(registry.sender_topic(t).name, 0, offset, b"k",
+                                  enc(t, [o.docs[t] for o in chunk]), int(time.time() * 1000)))
+        batches.append(batch)
+    return batches
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--orders", type=int, default=4000)
@@ -48,22 +66,11 @@ def main() -> None:
     ap.add_argument("--redis-commands", action="store_true",
                     help="also list Redis's time per command (scripts and the commands they call)")
     args = ap.parse_args()
-    enc = to_xml if args.format == "xml" else to_json
     base = load_settings()
     services = embedded.start("unused:1", base.redis_url)
     settings = Settings(kafka_bootstrap="unused:1", redis_url=services.redis_url)
-    orders = list(generate(args.orders, seed=1, mix={"ok": 1.0}))
-    offset = 0
-    batches: list[list[InRecord]] = []
-    for i in range(0, len(orders), 100):
-        chunk = orders[i:i + 100]
-        batch = []
-        for t in ("311", "411", "511", "621"):
-            offset += 1
-            batch.append(InRecord(registry.sender_topic(t).name, 0, offset, b"k",
-                                  enc(t, [o.docs[t] for o in chunk]), int(time.time() * 1000)))
-        batches.append(batch)
-    n = 4 * len(orders)
+    batches = make_batches(args.orders, args.format)
+    n = 4 * args.orders
     if not args.default_gc:
         from streams.app import tune_gc
 
