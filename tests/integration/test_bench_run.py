@@ -61,15 +61,15 @@ def test_redis_script_benchmark_completes_every_order_it_sends():
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_redis_instruction_count_covers_only_the_workload():
-    from benchmarks import redis_instructions, redis_scripts
+    from benchmarks import instructions, redis_scripts
 
-    counted = redis_instructions.CountedRedis()
+    counted = instructions.CountedRedis()
     try:
         r = counted.client
         redis_scripts.observe(r, 100)  # warm-up
-        small = redis_instructions.measure(counted, lambda: redis_scripts.observe(r, 100) and 400)
+        small = instructions.measure(counted, lambda: redis_scripts.observe(r, 100) and 400)
         idle = counted.instructions()  # nothing ran since the last read
-        per_doc_large = redis_instructions.measure(counted, lambda: redis_scripts.observe(r, 300) and 1200)
+        per_doc_large = instructions.measure(counted, lambda: redis_scripts.observe(r, 300) and 1200)
         assert small > 0 and per_doc_large > 0
         # Counting is deterministic: the same work per document costs about the same.
         assert 0.8 < per_doc_large / small < 1.25

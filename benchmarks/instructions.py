@@ -1,0 +1,231 @@
+"""Cost per document in instructions, counted by valgrind: exact where CPU
+time on a shared machine drifts by ±20 % between runs (benchmarks/README.md),
+so two versions of the code compare to a fraction of a percent.
+
+worker  the worker's batch pipeline (benchmarks.stages: 100-document messages,
+        every order complete and released, the rule set given), run twice
+        under cachegrind with N and 3N orders; the difference divided by the
+        extra documents is the cost of one more document, without start-up,
+        imports and test-data generation. Redis runs natively beside it.
+redis   Redis under callgrind (about 50x slower, so the workloads are small),
+        counting only the workload after a warm-up:
+          pipeline  the same batch pipeline, Redis's side of it
+          match     MATCH alone, as benchmarks.redis_scripts calls it
+          observe   OBSERVE alone (four risk counters per order, all new)
+        Redis runs every script for the whole consumer group on one thread,
+        so its cost per document bounds the group.
+
+Instructions are not time (memory stalls, the branch predictor), but for the
+same workload on the same binaries fewer instructions is less CPU.
+
+Needs valgrind (Debian: apt-get install valgrind).
+
+Usage: python -m benchmarks.instructions [--orders 200] [--rules spine|FILE] [--parts worker,redis]
+                                         [--redis-workloads pipeline,match,observe]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import shutil
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import redis
+
+from benchmarks import redis_scripts
+from benchmarks.stages import MemorySink, make_batches
+from config.settings import Settings
+from processors import decide, ruleset
+from streams import embedded, state
+from streams.pipeline import Pipeline
+
+
+class CountedRedis:
+    """redis-server under callgrind, with its instruction counter read and reset on demand."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="clearance-callgrind-")
+        self.port = embedded.free_port()
+        self.proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.dir}/cg.%p", embedded.redis_binary(),
+             "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("redis-server under valgrind did not start") from None
+                time.sleep(0.2)
+
+    def reset(self) -> None:
+        self._control("-z")
+
+    def instructions(self) -> int:
+        """Instructions since the last reset (the counter is reset again)."""
+        before = set(glob.glob(f"{self.dir}/cg.*"))
+        self._control("-d")
+        deadline = time.monotonic() + 60
+        while True:
+            new = set(glob.glob(f"{self.dir}/cg.*")) - before
+            total = _totals(new.pop()) if new else None
+            if total is not None:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("callgrind wrote no dump")
+            time.sleep(0.2)
+        self.reset()
+        return total
+
+    def _control(self, flag: str) -> None:
+        subprocess.run(["callgrind_control", flag, str(self.proc.pid)], check=True, capture_output=True)
+
+    def stop(self) -> None:
+        try:
+            self.client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _totals(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(("summary:", "totals:")):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        return None
+    return None  # still being written
+
+
+def pipeline_workload(url: str, orders: int, rules: Any, prefix: str) -> int:
+    """Run the batch pipeline over `orders` complete orders; returns documents."""
+    settings = Settings(kafka_bootstrap="unused:1", redis_url=url)
+
+    async def run() -> None:
+        client = state.async_client(url)
+        p = Pipeline(settings, client, MemorySink(), rules)
+        for batch in make_batches(orders, prefix=prefix):
+            await p.process(batch)
+        await client.aclose()
+
+    asyncio.run(run())
+    return 4 * orders
+
+
+def measure(counted: CountedRedis, work: Callable[[], int]) -> float:
+    counted.reset()
+    docs = work()
+    return counted.instructions() / docs
+
+
+def worker_run(orders: int, url: str, rules_arg: str) -> None:
+    """The measured program: the pipeline over `orders` orders of a fixed set."""
+    from streams.app import tune_gc
+
+    rules = _rules(rules_arg)
+    batches = make_batches(MAX_ORDERS)  # generated in full in every run: a constant
+    warm = make_batches(100, prefix="WU")
+    tune_gc()
+
+    async def run() -> None:
+        client = state.async_client(url)
+        await client.flushdb()
+        p = Pipeline(Settings(kafka_bootstrap="unused:1", redis_url=url), client, MemorySink(), rules)
+        for batch in warm + batches[:orders // 100]:
+            await p.process(batch)
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+MAX_ORDERS = 3000
+
+
+def worker_instructions(orders: int, rules_arg: str) -> float:
+    """Instructions of the worker per document, from runs of `orders` and 3 x `orders` orders."""
+    if not 100 <= orders <= MAX_ORDERS // 3:
+        raise SystemExit(f"--orders between 100 and {MAX_ORDERS // 3} for the worker")
+    services = embedded.start("unused:1", "")  # its own Redis: the runs empty it
+    try:
+        counts = []
+        for n in (orders, 3 * orders):
+            out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                                  sys.executable, "-m", "benchmarks.instructions", "--worker-run", str(n),
+                                  services.redis_url, "--rules", rules_arg],
+                                 capture_output=True, text=True, check=True)
+            found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
+            if found is None:
+                raise RuntimeError("cachegrind printed no instruction count:\n" + out.stderr[-2000:])
+            counts.append(int(found.group(1).replace(",", "")))
+    finally:
+        services.stop()
+    return (counts[1] - counts[0]) / (4 * 2 * (orders // 100) * 100)
+
+
+def _rules(arg: str) -> Any:
+    return decide.SpineRules() if arg == "spine" else ruleset.load(arg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--orders", type=int, default=200)
+    ap.add_argument("--rules", default="config/rules/default.yaml",
+                    help='"spine" (comparison + limits) or a rule-set file (default: the full rule set)')
+    ap.add_argument("--parts", default="worker,redis")
+    ap.add_argument("--redis-workloads", default="pipeline,match,observe")
+    ap.add_argument("--worker-run", nargs=2, metavar=("ORDERS", "REDIS_URL"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker_run:
+        worker_run(int(args.worker_run[0]), args.worker_run[1], args.rules)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    parts = args.parts.split(",")
+    if "worker" in parts:
+        per_doc = worker_instructions(args.orders, args.rules)
+        print(f"worker    {per_doc:10,.0f} instructions per document ({args.orders:,} and {3 * args.orders:,} orders)",
+              flush=True)
+    if "redis" in parts:
+        redis_side(args.orders, _rules(args.rules), args.redis_workloads.split(","))
+
+
+def redis_side(orders: int, rules: Any, workloads: list[str]) -> None:
+    counted = CountedRedis()
+    try:
+        r = counted.client
+        for name in workloads:
+            # Warm-up: scripts loaded, first keys and allocations made, not counted.
+            if name == "pipeline":
+                pipeline_workload(counted.url, 100, rules, "WU")
+                per_doc = measure(counted, lambda: pipeline_workload(counted.url, orders, rules, "HN"))
+            elif name in ("match", "observe"):
+                script = getattr(redis_scripts, name)
+                script(r, 100)
+                per_doc = measure(counted, lambda: script(r, orders) and 4 * orders)
+            else:
+                raise SystemExit(f"unknown workload {name!r}")
+            print(f"redis {name:9} {per_doc:10,.0f} instructions per document ({orders:,} orders)", flush=True)
+            r.flushdb()
+    finally:
+        counted.stop()
+
+
+if __name__ == "__main__":
+    main()
