@@ -25,6 +25,28 @@ from redis.exceptions import NoScriptError
 
 LEDGER_TTL_S = 400 * 24 * 3600
 DOC_FIELDS = "'first', 'd311', 'm311', 'd411', 'm411', 'd511', 'm511', 'd621', 'm621'"
+# Calls with one argument per document or list (HMGET, HSET, ZADD, ZREM), in
+# chunks: a script then pays one call per batch, not one per item, and Lua's
+# unpack() stays within its stack for batches of any size. A call's fixed cost
+# inside Redis is several thousand instructions (benchmarks.instructions).
+MULTI = """
+local function multi(cmd, key, list, flag)
+  local out = {}
+  for i = 1, #list, 1000 do
+    local r
+    if flag then
+      r = redis.call(cmd, key, flag, unpack(list, i, math.min(i + 999, #list)))
+    else
+      r = redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
+    end
+    if type(r) == 'table' then
+      for j = 1, #r do out[#out + 1] = r[j] end
+    end
+  end
+  return out
+end
+"""
+
 # Claim the re-emission of a stored but unconfirmed decision: {'R', dec, first,
 # docs...}. Shared by MATCH and TIMEOUT.
 REEMIT = f"""
@@ -45,9 +67,10 @@ end
 # when an identical duplicate finds all four present and no decision yet: how
 # a crash between match and decision recovers), {'R', dec, first, docs...}
 # decided but never confirmed emitted (re-emit after `stale` ms).
-MATCH = REEMIT + f"""
+MATCH = MULTI + REEMIT + f"""
 local pending = KEYS[1]
 local now, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
+local waiting = {{}}
 -- One read answers everything: decided?, first arrival, and which of the four
 -- documents are present (their digests), so completeness needs no second call.
 local slot = {{['311'] = 3, ['411'] = 4, ['511'] = 5, ['621'] = 6}}
@@ -83,13 +106,17 @@ for i = 2, #KEYS do
         res = redis.call('HMGET', k, {DOC_FIELDS})
         table.insert(res, 1, 'M')
       else
-        redis.call('ZADD', pending, 'NX', first, k)
+        waiting[#waiting + 1] = first
+        waiting[#waiting + 1] = k
         res = {{status}}
       end
     end
   end
   out[i - 1] = res
 end
+-- Incomplete orders wait in the pending set for the timeout sweep (NX: the
+-- first arrival's time stays).
+if #waiting > 0 then multi('ZADD', pending, waiting, 'NX') end
 return out
 """
 
@@ -148,15 +175,17 @@ return out
 # Emission confirmed: keep arrival metadata, digests and the inventory list
 # (duplicates, returns, trace),
 # drop the document bodies, leave the pending set, let the key expire.
-CONFIRM = """
+CONFIRM = MULTI + """
 local pending, ttl = KEYS[1], tonumber(ARGV[1])
+local done = {}
 for i = 2, #KEYS do
   local k = KEYS[i]
   redis.call('HSET', k, 'emit', 1)
   redis.call('HDEL', k, 'd311', 'd411', 'd511')
   redis.call('EXPIRE', k, ttl)
-  redis.call('ZREM', pending, k)
+  done[#done + 1] = k
 end
+multi('ZREM', pending, done)
 return #KEYS - 1
 """
 
@@ -169,8 +198,8 @@ for i = 1, #KEYS do
   local k = KEYS[i]
   local field = 'o:' .. ARGV[3 * i - 1]
   local amount, limit = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
-  local total = tonumber(redis.call('HGET', k, 'total') or '0')
-  local cur = redis.call('HGET', k, field)
+  local seen = redis.call('HMGET', k, 'total', field)
+  local total, cur = tonumber(seen[1] or '0'), seen[2]
   if cur then
     out[i] = {1, total - tonumber(cur)}
   elseif total + amount > limit then
@@ -481,22 +510,41 @@ end
 return 1
 """
 
-# Tax aggregation per period: per guarantor sums, once per (record id).
-TAX_AGGREGATE = """
+# Tax aggregation per period: per guarantor sums, once per record id. ARGV per
+# record: id, guarantor, customs, VAT, consumption, total (cents), +1/-1 list.
+# One read of the records already counted, one write of the new ones, and
+# five increments per guarantor: not six calls per record.
+TAX_AGGREGATE = MULTI + """
 local k = KEYS[1]
-local added = 0
-for i = 1, #ARGV, 7 do
-  if redis.call('HSETNX', k, 'rec:' .. ARGV[i], 1) == 1 then
+local ids = {}
+for i = 1, #ARGV, 7 do ids[#ids + 1] = 'rec:' .. ARGV[i] end
+local counted = multi('HMGET', k, ids)
+local new, sums, guarantors, seen = {}, {}, {}, {}
+for j = 1, #ids do
+  local id = ids[j]
+  if not counted[j] and not seen[id] then
+    seen[id] = true
+    new[#new + 1] = id
+    new[#new + 1] = 1
+    local i = 7 * (j - 1) + 1
     local a = ARGV[i + 1]
-    redis.call('HINCRBY', k, a .. ':customsTax', ARGV[i + 2])
-    redis.call('HINCRBY', k, a .. ':valueAddedTax', ARGV[i + 3])
-    redis.call('HINCRBY', k, a .. ':consumptionTax', ARGV[i + 4])
-    redis.call('HINCRBY', k, a .. ':taxTotal', ARGV[i + 5])
-    redis.call('HINCRBY', k, a .. ':lists', ARGV[i + 6])
-    added = added + 1
+    local sum = sums[a]
+    if not sum then
+      sum = {0, 0, 0, 0, 0}
+      sums[a] = sum
+      guarantors[#guarantors + 1] = a
+    end
+    for f = 1, 5 do sum[f] = sum[f] + tonumber(ARGV[i + 1 + f]) end
   end
 end
-return added
+if #new > 0 then multi('HSET', k, new) end
+local fields = {':customsTax', ':valueAddedTax', ':consumptionTax', ':taxTotal', ':lists'}
+for _, a in ipairs(guarantors) do
+  for f = 1, 5 do
+    redis.call('HINCRBY', k, a .. fields[f], string.format('%d', sums[a][f]))
+  end
+end
+return #new / 2
 """
 
 # logisticsNo / invtNo -> orderNo for trace and the gate, one call per slot bucket.
@@ -513,7 +561,7 @@ return #KEYS
 # per batch); per list {1, remaining} charged (remaining -1 when the guarantor
 # has no guarantee account: not checked), {0, remaining} not enough: the list
 # is held until a top-up.
-GUARANTEE_USE = """
+GUARANTEE_USE = MULTI + """
 local g, held = KEYS[1], KEYS[2]
 local now = ARGV[1]
 local out = {}
@@ -521,25 +569,36 @@ if redis.call('EXISTS', g) == 0 then
   for i = 2, #ARGV, 3 do out[#out + 1] = {1, -1} end
   return out
 end
-local balance = tonumber(redis.call('HGET', g, 'balance') or '0')
-local used = tonumber(redis.call('HGET', g, 'used') or '0')
-for i = 2, #ARGV, 3 do
-  local invt, amount, order = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local res
-  if redis.call('HEXISTS', g, 'i:' .. invt) == 1 then
-    res = {1, balance - used}
+local account = redis.call('HMGET', g, 'balance', 'used')
+local balance, used = tonumber(account[1] or '0'), tonumber(account[2] or '0')
+local before = used
+local fields = {}
+for i = 2, #ARGV, 3 do fields[#fields + 1] = 'i:' .. ARGV[i] end
+local charged = multi('HMGET', g, fields)
+local new, released, waiting, seen = {}, {}, {}, {}
+for j = 1, #fields do
+  local i = 3 * j - 1
+  local amount, order = tonumber(ARGV[i + 1]), ARGV[i + 2]
+  if charged[j] or seen[fields[j]] then
+    out[j] = {1, balance - used}
   elseif balance - used >= amount then
-    redis.call('HINCRBY', g, 'used', amount)
-    redis.call('HSET', g, 'i:' .. invt, amount)
-    redis.call('ZREM', held, order)
     used = used + amount
-    res = {1, balance - used}
+    seen[fields[j]] = true
+    new[#new + 1] = fields[j]
+    new[#new + 1] = amount
+    released[#released + 1] = order
+    out[j] = {1, balance - used}
   else
-    redis.call('ZADD', held, 'NX', now, order)
-    res = {0, balance - used}
+    waiting[#waiting + 1] = now
+    waiting[#waiting + 1] = order
+    out[j] = {0, balance - used}
   end
-  out[#out + 1] = res
 end
+if used ~= before then redis.call('HINCRBY', g, 'used', string.format('%d', used - before)) end
+if #new > 0 then multi('HSET', g, new) end
+if #released > 0 then multi('ZREM', held, released) end
+-- A list held earlier and charged now leaves the held set; one held now joins it.
+if #waiting > 0 then multi('ZADD', held, waiting, 'NX') end
 return out
 """
 

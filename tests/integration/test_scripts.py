@@ -1,0 +1,113 @@
+"""Lua scripts on a real Redis, called directly: the windowed risk counters
+(what is counted, what ages out, trimming), and the batched writes of MATCH,
+CONFIRM, the tax aggregate and the guarantee (one call per batch however
+many items, each item counted once)."""
+from __future__ import annotations
+
+import hashlib
+
+import redis
+
+from streams import state
+
+DAY = 86_400_000
+NOW = 1_795_000_000_000
+
+
+def observe(r: redis.Redis, *items: tuple[str, str, str], now: int = NOW) -> list[list[int]]:
+    script = r.register_script(state.OBSERVE)
+    keys = [k for k, _, _ in items]
+    args: list[object] = [now]
+    for _, family, member in items:
+        args += [family, member]
+    return [[int(x) for x in reply] for reply in script(keys=keys, args=args)]
+
+
+def test_distinct_members_count_the_window_and_the_grown_set_is_trimmed(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    k = "clr:f:{f00}:address:h:a"
+    r.zadd(k, {"old-buyer": NOW - 40 * DAY, "edge-buyer": NOW - 30 * DAY, "recent-buyer": NOW - DAY})
+    assert observe(r, (k, "address", "new-buyer")) == [[2]]
+    # Grown past one member: what left the window is gone, the window stays.
+    assert sorted(m.decode() for m in r.zrange(k, 0, -1)) == ["new-buyer", "recent-buyer"]
+    assert 30 * DAY < r.pttl(k) <= 31 * DAY
+    # The same buyer again counts once and moves to the latest time.
+    assert observe(r, (k, "address", "recent-buyer"), now=NOW + 1) == [[2]]
+    assert r.zscore(k, "recent-buyer") == NOW + 1
+
+
+def test_a_new_key_counts_one_and_a_stale_set_is_not_counted(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    fresh, stale = "clr:f:{f01}:phone:h:p", "clr:f:{f02}:phone:h:q"
+    r.zadd(stale, {"gone": NOW - 31 * DAY})
+    assert observe(r, (fresh, "phone", "b1"), (stale, "phone", "b2")) == [[1], [1]]
+    assert r.zcard(fresh) == 1 and r.pttl(fresh) > 30 * DAY
+
+
+def test_buyer_orders_count_24h_and_7d_once_per_order(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    k = "clr:f:{f03}:buyer:h:b"
+    r.zadd(k, {"o:old|100000|0": NOW - 8 * DAY, "o:week|20000|0": NOW - 2 * DAY, "o:hour|480000|1": NOW - 3_600_000})
+    # 24 h: the hour-old order and this one; 7 d: those and the 2-day-old one.
+    assert observe(r, (k, "buyer", "o:now|30000|0")) == [[2, 510000, 1, 3, 530000]]
+    assert r.zscore(k, "o:old|100000|0") is None
+    assert 7 * DAY < r.pttl(k) <= 8 * DAY
+    # A replayed order keeps its first time and counts once.
+    assert observe(r, (k, "buyer", "o:now|30000|0"), now=NOW + 5) == [[2, 510000, 1, 3, 530000]]
+    assert r.zscore(k, "o:now|30000|0") == NOW
+
+
+def test_match_and_confirm_handle_more_items_than_one_chunk(redis_url):
+    # 1,200 new orders in one call: the pending set is written in chunks of
+    # 1,000 arguments, with NX in every chunk; CONFIRM removes them the same way.
+    r = redis.Redis.from_url(redis_url)
+    match, confirm = r.register_script(state.MATCH), r.register_script(state.CONFIRM)
+    pending = "clr:p:{o00}"
+    keys = [f"clr:o:{{o00}}:M{i}" for i in range(1200)]
+    r.zadd(pending, {keys[0]: 5})  # already waiting since 5: NX keeps that time
+    args: list[object] = [NOW, 3000]
+    for i in range(1200):
+        payload = b'{"n":%d}' % i
+        args += ["311", payload, b"{}", hashlib.sha1(payload).hexdigest()]
+    replies = match(keys=[pending] + keys, args=args)
+    assert [x[0] for x in replies] == [b"A"] * 1200
+    assert r.zcard(pending) == 1200 and r.zscore(pending, keys[0]) == 5 and r.zscore(pending, keys[-1]) == NOW
+    assert confirm(keys=[pending] + keys, args=[60]) == 1200
+    assert r.zcard(pending) == 0 and r.hget(keys[-1], "emit") == b"1" and 0 < r.ttl(keys[-1]) <= 60
+
+
+def test_tax_aggregate_counts_each_record_once_per_guarantor(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    tax = r.register_script(state.TAX_AGGREGATE)
+    k = state.tax_period_key("2026-11-2")
+
+    def rec(rid, guarantor, cents, sign=1):
+        return [rid, guarantor, cents, 2 * cents, 0, 3 * cents, sign]
+
+    assert tax(keys=[k], args=rec("r1", "G1", 100)) == 1
+    args = rec("r1", "G1", 100) + rec("r2", "G1", 10) + rec("r2", "G1", 10) + rec("r3", "G2", 7) \
+        + rec("r4", "G1", -100, -1)
+    assert tax(keys=[k], args=args) == 3  # r1 counted before, r2 once, r3, r4 (a reversal)
+    h = {f.decode(): int(v) for f, v in r.hgetall(k).items() if not f.startswith(b"rec:")}
+    assert h == {"G1:customsTax": 10, "G1:valueAddedTax": 20, "G1:consumptionTax": 0, "G1:taxTotal": 30,
+                 "G1:lists": 1, "G2:customsTax": 7, "G2:valueAddedTax": 14, "G2:consumptionTax": 0,
+                 "G2:taxTotal": 21, "G2:lists": 1}
+    assert sorted(f.decode() for f in r.hkeys(k) if f.startswith(b"rec:")) == ["rec:r1", "rec:r2", "rec:r3", "rec:r4"]
+
+
+def test_guarantee_charges_in_turn_and_each_list_once(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    use = r.register_script(state.GUARANTEE_USE)
+    g, held = state.guarantee_keys("G9")
+    r.hset(g, mapping={"balance": 1000, "used": 100, "i:old": 100})
+    r.zadd(held, {"o:old": 1, "o:b": 2})
+    args: list[object] = [NOW, "old", 100, "o:old", "a", 500, "o:a", "a", 500, "o:a", "b", 300, "o:b",
+                          "c", 200, "o:c"]
+    # old: charged before; a: charged (400 left); a again: once; b: charged (100 left); c: held.
+    assert use(keys=[g, held], args=args) == [[1, 900], [1, 400], [1, 400], [1, 100], [0, 100]]
+    assert int(r.hget(g, "used")) == 900 and int(r.hget(g, "i:a")) == 500 and int(r.hget(g, "i:b")) == 300
+    assert r.hget(g, "i:c") is None
+    # Charged lists leave the held set; the list that did not fit joins it, at its first time.
+    assert {m.decode(): s for m, s in r.zrange(held, 0, -1, withscores=True)} == {"o:old": 1, "o:c": NOW}
+    assert use(keys=[g, held], args=[NOW + 9, "c", 200, "o:c"]) == [[0, 100]]
+    assert r.zscore(held, "o:c") == NOW
