@@ -193,12 +193,14 @@ class Pipeline:
         try:
             msg = ceb.decode(value, spec.accepts if spec is not None else None)
             out = []
-            src = f"{rec.topic}:{rec.partition}:{rec.offset}"
+            # Every document of a record arrived together: one arrival, shared (read only).
+            meta = {"fmt": msg.fmt, "snd": msg.sender, "at": now, "rts": rec.timestamp_ms,
+                    "src": f"{rec.topic}:{rec.partition}:{rec.offset}"}
+            meta_raw = orjson.dumps(meta)
             for raw in msg.documents:
                 doc = normalise(raw.kind, raw.head, raw.lines, self.pii_key)
-                meta = {"fmt": msg.fmt, "snd": msg.sender, "at": now, "rts": rec.timestamp_ms, "src": src}
                 out.append(_Doc(state.order_key(str(doc["head"].get("orderNo", "")), self.buckets), doc, meta,
-                                orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), orjson.dumps(meta)))
+                                orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), meta_raw))
             counts[(msg.kind, msg.fmt)] += len(msg.documents)
             return out
         except ceb.CebError as exc:

@@ -280,18 +280,23 @@ def _json_decoder(code: str) -> Any:
     return msgspec.json.Decoder(record)
 
 
+# The first document's head names the record's type. Another type's head later
+# in the record is an unknown field to that type's decoder, reported as a mixed
+# record (decode_json): searching the whole record for every type's head was
+# five full scans of it.
+_HEAD_NAME = re.compile(rb'"(' + b"|".join(re.escape(k.head.encode()) for k in KINDS.values()) + rb')"')
+
+
 def _sniff_json_kind(data: bytes) -> MessageKind:
-    found = [k for k in KINDS.values() if b'"' + k.head.encode() + b'"' in data]
-    if len(found) != 1:
+    first = _HEAD_NAME.search(data)
+    if first is None:
         try:
             orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise CebError(ERR_MALFORMED, "malformed_json", f"JSON is not well-formed: {exc}") from None
-        if not found:
-            raise CebError(ERR_UNKNOWN_TYPE, "unknown_message_type",
-                           "each document needs exactly one of " + ", ".join(sorted(KIND_BY_HEAD)))
-        raise CebError(ERR_SCHEMA, "schema_invalid", "one record carries one document type only")
-    return found[0]
+        raise CebError(ERR_UNKNOWN_TYPE, "unknown_message_type",
+                       "each document needs exactly one of " + ", ".join(sorted(KIND_BY_HEAD)))
+    return KIND_BY_HEAD[first.group(1).decode()]
 
 
 def decode_json(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
@@ -301,6 +306,8 @@ def decode_json(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedM
         obj = _json_decoder(kind.code).decode(data)
     except msgspec.ValidationError as exc:
         text = str(exc)
+        if any(f"unknown field `{other}`" in text for other in KIND_BY_HEAD if other != kind.head):
+            raise CebError(ERR_SCHEMA, "schema_invalid", "one record carries one document type only") from None
         if f"length <= {MAX_DOCUMENTS}" in text and "OrderList" not in text and "InventoryList" not in text:
             raise CebError(ERR_OVERSIZE, "too_many_documents",
                            f"more than {MAX_DOCUMENTS} documents in one record ({text})", kind.root) from None
@@ -436,11 +443,14 @@ _CONTROL_BYTES = bytes(range(0, 9)) + b"\x0b\x0c" + bytes(range(0x0e, 0x20)) + b
 
 def _has_invisible(data: bytes) -> bool:
     # C-speed prefilters; the regex runs only when a candidate byte sequence is there.
+    # A one-byte search is memchr: the lead bytes first (U+2xxx starts with E2, the
+    # BOM with EF; CJK text uses E3-E9), the two-byte sequences only if one is there.
     if len(data.translate(None, _CONTROL_BYTES)) != len(data):
         return True
-    if (b"\xe2\x80" in data or b"\xe2\x81" in data or b"\xef\xbb\xbf" in data) and _INVISIBLE.search(data):
+    if ((b"\xe2" in data and (b"\xe2\x80" in data or b"\xe2\x81" in data))
+            or (b"\xef" in data and b"\xef\xbb\xbf" in data)) and _INVISIBLE.search(data):
         return True
-    return b"\\u" in data and _INVISIBLE_ESCAPED.search(data) is not None
+    return b"\\" in data and b"\\u" in data and _INVISIBLE_ESCAPED.search(data) is not None
 _INVISIBLE_ESCAPED = re.compile(rb"\\u(00[01][0-8bcefBCEF]|001[0-9a-fA-F]|007[fF]|200[b-fB-F]|202[a-eA-E]|206[0-4]|[fF][eE][fF][fF])")
 DATE_FIELDS = {"appTime": 14, "payTime": 14, "declTime": 8, "ieDate": 8}  # YYYYMMDD[hhmmss]
 FUTURE_TOLERANCE_S = 24 * 3600
@@ -450,6 +460,22 @@ _CST = timezone(timedelta(hours=8))
 
 
 def _valid_date(text: str, length: int) -> bool:
+    # The same stamps recur (a message's documents share their second): each
+    # spelling is checked once and remembered; the memo is bounded.
+    if len(text) != length:
+        return False
+    valid = _VALID_DATES.get(text)
+    if valid is None:
+        if len(_VALID_DATES) > 50_000:
+            _VALID_DATES.clear()
+        valid = _VALID_DATES[text] = _check_date(text, length)
+    return valid
+
+
+_VALID_DATES: dict[str, bool] = {}
+
+
+def _check_date(text: str, length: int) -> bool:
     if len(text) != length or not text.isdigit():
         return False
     month, day = int(text[4:6]), int(text[6:8])

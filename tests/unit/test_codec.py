@@ -156,6 +156,18 @@ def test_integers_as_text_are_checked():
     assert ok.documents[0].lines[0]["gnum"] == "1"
 
 
+def test_a_record_mixing_document_types_is_refused_and_a_mention_in_text_is_not():
+    order_doc = order(1).docs["311"]
+    payment_head = order(2).docs["411"][0]
+    mixed = orjson.dumps([{"OrderHead": order_doc[0], "OrderList": order_doc[1]}, {"PaymentHead": payment_head}])
+    e = _error(mixed)
+    assert (e.status, e.reason, e.info) == (ceb.ERR_SCHEMA, "schema_invalid", "one record carries one document type only")
+    # Another type's name inside a value is text, not a document.
+    head = dict(order_doc[0], note='see "PaymentHead" of the payment')
+    (doc,) = ceb.decode(orjson.dumps({"OrderHead": head, "OrderList": order_doc[1]})).documents
+    assert doc.kind == "311" and "PaymentHead" in doc.head["note"]
+
+
 def test_json_missing_required_field():
     head, lines = order(1).docs["311"]
     head = {k: v for k, v in head.items() if k != "buyerIdNumber"}
