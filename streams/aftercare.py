@@ -89,12 +89,14 @@ class Aftercare:
 
     def _aggregate(self, records: list[dict[str, Any]], pipe: Any) -> Any:
         """Add tax records of one half-month period to its aggregate, each once."""
-        args: list[Any] = []
+        args: list[Any] = [state.TAX_RECORD_TTL_S]
         for record in records:
             c = record["cents"]
             args += [record["recordId"], record["assureCode"] or "-", c["customsTax"], c["valueAddedTax"],
                      c["consumptionTax"], c["taxTotal"], -1 if record["kind"] == "reversal" else 1]
-        return self.s.tax(keys=[state.tax_period_key(records[0]["period"])], args=args, client=pipe)
+        period = records[0]["period"]
+        return self.s.tax(keys=[state.tax_period_key(period), state.tax_records_key(period)], args=args,
+                          client=pipe)
 
     # ------------------------------------------------------------ cancels and returns
 

@@ -164,6 +164,7 @@ def cmd_tax(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
     period = args.period or tax_period(int(time.time() * 1000))
+    # The sums only (record ids are kept beside them; earlier versions kept them here as rec:<id>).
     raw = {k.decode(): int(v) for k, v in redis.Redis.from_url(settings.redis_url)
            .hgetall(state.tax_period_key(period)).items() if not k.startswith(b"rec:")}
     rows: dict[str, dict[str, int]] = {}

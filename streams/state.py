@@ -510,23 +510,31 @@ end
 return 1
 """
 
-# Tax aggregation per period: per guarantor sums, once per record id. ARGV per
-# record: id, guarantor, customs, VAT, consumption, total (cents), +1/-1 list.
-# One read of the records already counted, one write of the new ones, and
+# Tax aggregation per period: per guarantor sums in KEYS[1], each record
+# counted once: the ids already counted are kept beside the sums, in KEYS[2]
+# (the same slot), with a TTL, so the sums stay a small hash that `clearance
+# tax` reads whole (a period of a busy zone counts millions of lists). Ids
+# counted by versions that kept them in the sums hash ('rec:<id>') are still
+# honoured. ARGV: the ids' TTL, then per record: id, guarantor, customs, VAT,
+# consumption, total (cents), +1/-1 list. One read and one write of ids and
 # five increments per guarantor: not six calls per record.
 TAX_AGGREGATE = MULTI + """
-local k = KEYS[1]
-local ids = {}
-for i = 1, #ARGV, 7 do ids[#ids + 1] = 'rec:' .. ARGV[i] end
-local counted = multi('HMGET', k, ids)
+local k, counted_key = KEYS[1], KEYS[2]
+local ids, old = {}, {}
+for i = 2, #ARGV, 7 do
+  ids[#ids + 1] = ARGV[i]
+  old[#old + 1] = 'rec:' .. ARGV[i]
+end
+local counted = multi('HMGET', counted_key, ids)
+local counted_before = multi('HMGET', k, old)
 local new, sums, guarantors, seen = {}, {}, {}, {}
 for j = 1, #ids do
   local id = ids[j]
-  if not counted[j] and not seen[id] then
+  if not counted[j] and not counted_before[j] and not seen[id] then
     seen[id] = true
     new[#new + 1] = id
     new[#new + 1] = 1
-    local i = 7 * (j - 1) + 1
+    local i = 7 * (j - 1) + 2
     local a = ARGV[i + 1]
     local sum = sums[a]
     if not sum then
@@ -537,7 +545,10 @@ for j = 1, #ids do
     for f = 1, 5 do sum[f] = sum[f] + tonumber(ARGV[i + 1 + f]) end
   end
 end
-if #new > 0 then multi('HSET', k, new) end
+if #new > 0 then
+  multi('HSET', counted_key, new)
+  redis.call('EXPIRE', counted_key, ARGV[1])
+end
 local fields = {':customsTax', ':valueAddedTax', ':consumptionTax', ':taxTotal', ':lists'}
 for _, a in ipairs(guarantors) do
   for f = 1, 5 do
@@ -546,6 +557,9 @@ for _, a in ipairs(guarantors) do
 end
 return #new / 2
 """
+# Counted tax record ids are kept this long: a record is replayed, if ever,
+# within the broker's retention (days), not months later.
+TAX_RECORD_TTL_S = 100 * 24 * 3600
 
 # logisticsNo / invtNo -> orderNo for trace and the gate, one call per slot bucket.
 INDEX = """
@@ -648,6 +662,11 @@ def index_key(kind: str, value: str, buckets: int = BUCKETS) -> str:
 
 def tax_period_key(period: str) -> str:
     return "clr:tax:{" + period + "}"
+
+
+def tax_records_key(period: str) -> str:
+    """The ids of a period's tax records already counted (same slot as its sums)."""
+    return "clr:tax:{" + period + "}:rec"
 
 
 def guarantee_keys(assure: str, buckets: int = BUCKETS) -> tuple[str, str]:
