@@ -285,8 +285,8 @@ class Pipeline:
                 p.quotas = (rules.quota_requests(p.case, p.order_key) if hasattr(rules, "quota_requests")
                             else [decide.quota_request(p.case, p.order_key)])
 
-        requests = [(p, q) for p in complete for q in p.quotas]
-        quota_groups = state.group_by_slot(requests, lambda pq: self._ledger(pq[1]))
+        requests = [(p, q, self._ledger(q)) for p in complete for q in p.quotas]
+        quota_groups = state.group_by_slot(requests, lambda pqk: pqk[2])
         serial_groups: dict[str, list[_Pending]] = {}
         for p in complete:
             inv = p.docs["621"]["head"]
@@ -297,14 +297,14 @@ class Pipeline:
             pipe = self.redis.pipeline(transaction=False)
             for group in quota_groups.values():
                 args: list[Any] = [state.LEDGER_TTL_S]
-                for _p, q in group:
+                for _p, q, _k in group:
                     args += (q.order, q.amount, q.limit)
-                await self.scripts.reserve(keys=[self._ledger(q) for _p, q in group], args=args, client=pipe)
+                await self.scripts.reserve(keys=[k for _p, _q, k in group], args=args, client=pipe)
             for skey, sgroup in serial_groups.items():
                 pipe.incrby(skey, len(sgroup))
             replies = await pipe.execute()
             for group, reply in zip(quota_groups.values(), replies):
-                for (p, q), (ok, used) in zip(group, reply):
+                for (p, q, _k), (ok, used) in zip(group, reply):
                     if int(ok):
                         p.reserved.append(q)
                     else:
@@ -335,17 +335,17 @@ class Pipeline:
 
     async def _observe_features(self, rules: Any, orders: list[_Pending], now: int) -> None:
         """Update and read the windowed cross-order counters the rules use."""
-        obs = [(p, o) for p in orders for o in rules.observations(p.case, p.order_key)]
-        groups = state.group_by_slot(obs, lambda po: state.feature_key(po[1].family, po[1].entity, self.buckets))
+        obs = [(p, o, state.feature_key(o.family, o.entity, self.buckets))
+               for p in orders for o in rules.observations(p.case, p.order_key)]
+        groups = state.group_by_slot(obs, lambda pok: pok[2])
         pipe = self.redis.pipeline(transaction=False)
         for group in groups.values():
             args: list[Any] = [now]
-            for _p, o in group:
+            for _p, o, _k in group:
                 args += (o.family, o.member)
-            await self.scripts.observe(keys=[state.feature_key(o.family, o.entity, self.buckets) for _p, o in group],
-                                       args=args, client=pipe)
+            await self.scripts.observe(keys=[k for _p, _o, k in group], args=args, client=pipe)
         for group, replies in zip(groups.values(), await pipe.execute()):
-            for (p, o), reply in zip(group, replies):
+            for (p, o, _k), reply in zip(group, replies):
                 p.case.features.update(state.feature_values(o.family, reply))
 
     def _ledger(self, q: decide.QuotaRequest | None) -> str:
