@@ -12,6 +12,8 @@ redis   Redis under callgrind (about 50x slower, so the workloads are small),
           pipeline  the same batch pipeline, Redis's side of it
           match     MATCH alone, as benchmarks.redis_scripts calls it
           observe   OBSERVE alone (four risk counters per order, all new)
+          calls     what a script call costs per key with nothing in it, and
+                    what each command adds (scripts over 8,000 new keys)
         Redis runs every script for the whole consumer group on one thread,
         so its cost per document bounds the group.
 
@@ -21,7 +23,7 @@ same workload on the same binaries fewer instructions is less CPU.
 Needs valgrind (Debian: apt-get install valgrind).
 
 Usage: python -m benchmarks.instructions [--orders 200] [--rules spine|FILE] [--parts worker,redis]
-                                         [--redis-workloads pipeline,match,observe]
+                                         [--redis-workloads pipeline,match,observe,calls]
 """
 from __future__ import annotations
 
@@ -206,6 +208,38 @@ def main() -> None:
         redis_side(args.orders, _rules(args.rules), args.redis_workloads.split(","))
 
 
+# Script bodies that each add one command to the one before (keys all new).
+CALLS = {
+    "empty": "",
+    "{reply}": "out[i] = {1}",
+    "+ ZADD": "redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2 * i + 1])",
+    "+ PEXPIRE": "redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2 * i + 1]) redis.call('PEXPIRE', KEYS[i], 1000000)",
+    "+ ZCOUNT": "redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2 * i + 1]) redis.call('PEXPIRE', KEYS[i], 1000000) "
+                "redis.call('ZCOUNT', KEYS[i], '(1', '+inf')",
+}
+
+
+def script_calls(counted: CountedRedis) -> None:
+    r = counted.client
+    before = 0.0
+    for n, (name, body) in enumerate(CALLS.items()):
+        script = r.register_script("local out = {} for i = 1, #KEYS do out[i] = 1 " + body + " end return out")
+        script(keys=["warm"], args=[1, "f", "m"])
+        r.flushdb()
+        counted.reset()
+        for b in range(20):
+            keys = [f"clr:f:{{f00}}:address:{n}:{b}:{i}" for i in range(400)]
+            args: list[Any] = [1_795_000_000_000]
+            for i in range(400):
+                args += ["address", f"m{i}"]
+            script(keys=keys, args=args)
+        per_key = counted.instructions() / 8000
+        print(f"redis call  {name:10} {per_key:10,.0f} instructions per key"
+              + (f" ({per_key - before:+,.0f})" if before else ""), flush=True)
+        if name != "{reply}":  # a table per item in the reply, instead of a number; the others reply numbers
+            before = per_key
+
+
 def redis_side(orders: int, rules: Any, workloads: list[str]) -> None:
     counted = CountedRedis()
     try:
@@ -215,6 +249,9 @@ def redis_side(orders: int, rules: Any, workloads: list[str]) -> None:
             if name == "pipeline":
                 pipeline_workload(counted.url, 100, rules, "WU")
                 per_doc = measure(counted, lambda: pipeline_workload(counted.url, orders, rules, "HN"))
+            elif name == "calls":
+                script_calls(counted)
+                continue
             elif name in ("match", "observe"):
                 script = getattr(redis_scripts, name)
                 script(r, 100)
