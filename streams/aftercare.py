@@ -50,7 +50,8 @@ class Aftercare:
             await self.s.guarantee_use(keys=list(state.guarantee_keys(assure, self.p.buckets)), args=args,
                                        client=pipe)
         replies = await pipe.execute()
-        results = [(d, r) for group, reply in zip(by_guarantor.values(), replies) for d, r in zip(group, reply)]
+        results = [(d, r) for group, reply in zip(by_guarantor.values(), replies)
+                   for d, r in zip(group, state.pairs(reply))]
         for d, (ok, remaining) in results:
             if int(ok):
                 continue
@@ -206,7 +207,7 @@ class Aftercare:
                 if decision is None or decision["status"] != aftercare.HELD:
                     await self.redis.zrem(held, okey)
                     continue
-                [(ok, _remaining)] = await self.s.guarantee_use(
+                ok, _remaining = await self.s.guarantee_use(
                     keys=[g, held], args=[now, decision["invtNo"], aftercare.cents(decision["tax"]["taxTotal"]), okey])
                 if not int(ok):
                     break  # in order: the oldest held list first

@@ -166,7 +166,7 @@ class Pipeline:
             # those are reused instead of parsed again.
             local = {(d.order_key, d.doc["type"]): d for d in docs}
             for group, replies in zip(groups.values(), await pipe.execute()):
-                for d, reply in zip(group, replies):
+                for d, reply in zip(group, state.match_replies(replies)):
                     self._on_match(d, reply, now, out_receipts, pending, reemit, local)
         t_matched = time.perf_counter()
         m.STAGE_SECONDS.labels("match").observe(t_matched - t_decoded)
@@ -304,7 +304,7 @@ class Pipeline:
                 pipe.incrby(skey, len(sgroup))
             replies = await pipe.execute()
             for group, reply in zip(quota_groups.values(), replies):
-                for (p, q, _k), (ok, used) in zip(group, reply):
+                for (p, q, _k), (ok, used) in zip(group, state.pairs(reply)):
                     if int(ok):
                         p.reserved.append(q)
                     else:
@@ -345,8 +345,11 @@ class Pipeline:
                 args += (o.family, o.member)
             await self.scripts.observe(keys=[k for _p, _o, k in group], args=args, client=pipe)
         for group, replies in zip(groups.values(), await pipe.execute()):
-            for (p, o, _k), reply in zip(group, replies):
-                p.case.features.update(state.feature_values(o.family, reply))
+            i = 0
+            for p, o, _k in group:
+                width = state.feature_width(o.family)
+                p.case.features.update(state.feature_values(o.family, replies[i:i + width]))
+                i += width
 
     def _ledger(self, q: decide.QuotaRequest | None) -> str:
         assert q is not None
@@ -375,12 +378,12 @@ class Pipeline:
             for group, replies in zip(groups.values(), await pipe.execute()):
                 for p, reply in zip(group, replies):
                     assert p.decision is not None
-                    if int(reply[0]) == 1:
+                    if reply == 1:  # stored now; otherwise the decision stored before
                         # The stored bytes are the ones produced: serialised once.
                         to_emit.append(_Emit(p.order_key, p.decision, p.docs, p.metas, raw[p.order_key]))
                         if p.decision["status"] == REJECT:
                             unreserve.extend(p.reserved)  # a rejected list holds no quota
-                    elif orjson.loads(reply[1])["status"] == REJECT:
+                    elif orjson.loads(reply)["status"] == REJECT:
                         # Another worker decided first and its reject stands: give
                         # back the quota this batch reserved.
                         unreserve.extend(p.reserved)

@@ -30,6 +30,10 @@ DOC_FIELDS = "'first', 'd311', 'm311', 'd411', 'm411', 'd511', 'm511', 'd621', '
 # unpack() stays within its stack for batches of any size. A call's fixed cost
 # inside Redis is several thousand instructions (benchmarks.instructions).
 MULTI = """
+local function append(out, list)
+  for j = 1, #list do out[#out + 1] = list[j] end
+end
+
 local function multi(cmd, key, list, flag)
   local out = {}
   for i = 1, #list, 1000 do
@@ -39,9 +43,7 @@ local function multi(cmd, key, list, flag)
     else
       r = redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
     end
-    if type(r) == 'table' then
-      for j = 1, #r do out[#out + 1] = r[j] end
-    end
+    if type(r) == 'table' then append(out, r) end
   end
   return out
 end
@@ -62,11 +64,13 @@ end
 # ARGV: now, stale, then per document its type, body, arrival metadata and the
 # body's SHA-1 (hex; computed by the worker, whose SHA-1 is several times
 # cheaper than the script's and does not take Redis's one thread).
-# Per document: {'A'} new, {'S'} identical duplicate, {'C'} conflicting
-# duplicate, {'D', dec} already decided, {'M', first, docs...} complete (also
-# when an identical duplicate finds all four present and no decision yet: how
-# a crash between match and decision recovers), {'R', dec, first, docs...}
-# decided but never confirmed emitted (re-emit after `stale` ms).
+# Per document, one flat reply for the whole call (match_replies() splits it):
+# 'A' new, 'S' identical duplicate, 'C' conflicting duplicate, 'D', dec
+# already decided, 'M', first, docs... complete (also when an identical
+# duplicate finds all four present and no decision yet: how a crash between
+# match and decision recovers), 'R', dec, first, docs... decided but never
+# confirmed emitted (re-emit after `stale` ms). Flat because a table per item
+# costs Redis more than most commands (benchmarks.instructions, "calls").
 MATCH = MULTI + REEMIT + f"""
 local pending = KEYS[1]
 local now, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -79,19 +83,19 @@ for i = 2, #KEYS do
   local k = KEYS[i]
   local a = 4 * i - 5
   local t, payload, meta, digest = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local res
   local seen = redis.call('HMGET', k, 'dec', 'first', 'h311', 'h411', 'h511', 'h621')
   local dec, first, cur = seen[1], seen[2], seen[slot[t]]
   if dec then
     if redis.call('HEXISTS', k, 'emit') == 0 and now - tonumber(redis.call('HGET', k, 'dect') or '0') > stale then
-      res = reemit(k, dec, now)
+      append(out, reemit(k, dec, now))
     else
-      res = {{'D', dec}}
+      out[#out + 1] = 'D'
+      out[#out + 1] = dec
     end
   else
     local status = 'A'
     if cur and cur ~= digest then
-      res = {{'C'}}
+      out[#out + 1] = 'C'
     else
       if cur then
         status = 'S'
@@ -103,16 +107,15 @@ for i = 2, #KEYS do
       end
       seen[slot[t]] = digest
       if seen[3] and seen[4] and seen[5] and seen[6] then
-        res = redis.call('HMGET', k, {DOC_FIELDS})
-        table.insert(res, 1, 'M')
+        out[#out + 1] = 'M'
+        append(out, redis.call('HMGET', k, {DOC_FIELDS}))
       else
         waiting[#waiting + 1] = first
         waiting[#waiting + 1] = k
-        res = {{status}}
+        out[#out + 1] = status
       end
     end
   end
-  out[i - 1] = res
 end
 -- Incomplete orders wait in the pending set for the timeout sweep (NX: the
 -- first arrival's time stays).
@@ -155,7 +158,7 @@ end
 return out
 """
 
-# First decision stored wins: per key {1} stored now, {0, existing} decided before.
+# First decision stored wins: per key 1 stored now, or the decision stored before.
 STORE = """
 local now = ARGV[1]
 local out = {}
@@ -163,10 +166,10 @@ for i = 1, #KEYS do
   local k = KEYS[i]
   local existing = redis.call('HGET', k, 'dec')
   if existing then
-    out[i] = {0, existing}
+    out[i] = existing
   else
     redis.call('HSET', k, 'dec', ARGV[i + 1], 'dect', now)
-    out[i] = {1}
+    out[i] = 1
   end
 end
 return out
@@ -190,7 +193,8 @@ return #KEYS - 1
 """
 
 # Reserve each order's dutiable price against its buyer's annual limit, once
-# per order: {1, used_before} reserved (or already was), {0, used} over limit.
+# per order: per key two values, 1, used_before reserved (or already was), or
+# 0, used over the limit.
 RESERVE = """
 local ttl = tonumber(ARGV[1])
 local out = {}
@@ -201,14 +205,14 @@ for i = 1, #KEYS do
   local seen = redis.call('HMGET', k, 'total', field)
   local total, cur = tonumber(seen[1] or '0'), seen[2]
   if cur then
-    out[i] = {1, total - tonumber(cur)}
+    out[2 * i - 1], out[2 * i] = 1, total - tonumber(cur)
   elseif total + amount > limit then
-    out[i] = {0, total}
+    out[2 * i - 1], out[2 * i] = 0, total
   else
     redis.call('HSET', k, field, amount)
     redis.call('HINCRBY', k, 'total', amount)
     redis.call('EXPIRE', k, ttl)
-    out[i] = {1, total}
+    out[2 * i - 1], out[2 * i] = 1, total
   end
 end
 return out
@@ -234,11 +238,12 @@ return n
 # orders (member "orderKey|cents|nearLimit", first time kept, so a replay
 # counts once) for 7 days and returns 24 h and 7 d counts and sums; the other
 # families keep distinct members (latest time) for 30 days and return their
-# number. Counts read only the window; members older than it are trimmed when
+# number: five values per buyer key, one per other key, in one flat reply.
+# Counts read only the window; members older than it are trimmed when
 # the set grows past one member (most keys are new and hold one: trimming
 # them was a quarter of the calls), so a set never holds more than its window
 # plus what aged out since it last grew.
-OBSERVE = """
+OBSERVE = MULTI + """
 local now = tonumber(ARGV[1])
 local day = 86400000
 local out = {}
@@ -259,13 +264,13 @@ for i = 1, #KEYS do
       end
     end
     if added == 1 and c7 > 1 then redis.call('ZREMRANGEBYSCORE', k, '-inf', now - 7 * day) end
-    out[i] = {c1, s1, n1, c7, s7}
+    append(out, {c1, s1, n1, c7, s7})
   else
     local added = redis.call('ZADD', k, now, member)
     redis.call('PEXPIRE', k, 31 * day)
     local n = redis.call('ZCOUNT', k, '(' .. (now - 30 * day), '+inf')
     if added == 1 and n > 1 then redis.call('ZREMRANGEBYSCORE', k, '-inf', now - 30 * day) end
-    out[i] = {n}
+    out[#out + 1] = n
   end
 end
 return out
@@ -346,6 +351,11 @@ def feature_key(family: str, entity: str, buckets: int = BUCKETS) -> str:
 
 _DISTINCT_FEATURE = {"address": "address_distinct_buyers_30d", "phone": "phone_distinct_buyers_30d",
                      "buyer_addresses": "buyer_distinct_addresses_30d"}
+
+
+def feature_width(family: str) -> int:
+    """How many values OBSERVE answers for a key of this family."""
+    return 5 if family == "buyer" else 1
 
 
 def feature_values(family: str, reply: list[Any]) -> dict[str, float]:
@@ -435,6 +445,24 @@ class Scripts:
         self.observe = _script(redis, OBSERVE)
         self.review = _script(redis, REVIEW)
         self.finalize = _script(redis, FINALIZE)
+
+
+_MATCH_WIDTH = {b"A": 1, b"S": 1, b"C": 1, b"D": 2, b"M": 10, b"R": 11}
+
+
+def match_replies(flat: list[Any]) -> list[list[Any]]:
+    """MATCH's flat reply as one list per document (see MATCH)."""
+    out, i = [], 0
+    while i < len(flat):
+        width = _MATCH_WIDTH[flat[i]]
+        out.append(flat[i:i + width])
+        i += width
+    return out
+
+
+def pairs(flat: list[Any]) -> list[tuple[Any, Any]]:
+    """Two values per item (RESERVE, GUARANTEE_USE)."""
+    return list(zip(flat[::2], flat[1::2]))
 
 
 def split_docs(values: list[Any]) -> tuple[int, dict[str, bytes], dict[str, bytes]]:
@@ -572,15 +600,15 @@ return #KEYS
 
 # A guarantor's guarantee: charge each list's tax once, in the order given
 # (ARGV: now, then invtNo, cents, order key per list; one call per guarantor
-# per batch); per list {1, remaining} charged (remaining -1 when the guarantor
-# has no guarantee account: not checked), {0, remaining} not enough: the list
-# is held until a top-up.
+# per batch); per list two values: 1, remaining charged (remaining -1 when
+# the guarantor has no guarantee account: not checked), or 0, remaining not
+# enough: the list is held until a top-up.
 GUARANTEE_USE = MULTI + """
 local g, held = KEYS[1], KEYS[2]
 local now = ARGV[1]
 local out = {}
 if redis.call('EXISTS', g) == 0 then
-  for i = 2, #ARGV, 3 do out[#out + 1] = {1, -1} end
+  for i = 2, #ARGV, 3 do append(out, {1, -1}) end
   return out
 end
 local account = redis.call('HMGET', g, 'balance', 'used')
@@ -594,18 +622,18 @@ for j = 1, #fields do
   local i = 3 * j - 1
   local amount, order = tonumber(ARGV[i + 1]), ARGV[i + 2]
   if charged[j] or seen[fields[j]] then
-    out[j] = {1, balance - used}
+    append(out, {1, balance - used})
   elseif balance - used >= amount then
     used = used + amount
     seen[fields[j]] = true
     new[#new + 1] = fields[j]
     new[#new + 1] = amount
     released[#released + 1] = order
-    out[j] = {1, balance - used}
+    append(out, {1, balance - used})
   else
     waiting[#waiting + 1] = now
     waiting[#waiting + 1] = order
-    out[j] = {0, balance - used}
+    append(out, {0, balance - used})
   end
 end
 if used ~= before then redis.call('HINCRBY', g, 'used', string.format('%d', used - before)) end
