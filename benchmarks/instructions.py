@@ -22,7 +22,7 @@ same workload on the same binaries fewer instructions is less CPU.
 
 Needs valgrind (Debian: apt-get install valgrind).
 
-Usage: python -m benchmarks.instructions [--orders 200] [--rules spine|FILE] [--parts worker,redis]
+Usage: python -m benchmarks.instructions [--orders 200] [--rules spine|FILE] [--parts worker,redis] [--format json|xml]
                                          [--redis-workloads pipeline,match,observe,calls]
 """
 from __future__ import annotations
@@ -137,13 +137,13 @@ def measure(counted: CountedRedis, work: Callable[[], int]) -> float:
     return counted.instructions() / docs
 
 
-def worker_run(orders: int, url: str, rules_arg: str) -> None:
+def worker_run(orders: int, url: str, rules_arg: str, fmt: str) -> None:
     """The measured program: the pipeline over `orders` orders of a fixed set."""
     from streams.app import tune_gc
 
     rules = _rules(rules_arg)
-    batches = make_batches(MAX_ORDERS)  # generated in full in every run: a constant
-    warm = make_batches(100, prefix="WU")
+    batches = make_batches(MAX_ORDERS, fmt)  # generated in full in every run: a constant
+    warm = make_batches(100, fmt, prefix="WU")
     tune_gc()
 
     async def run() -> None:
@@ -160,7 +160,7 @@ def worker_run(orders: int, url: str, rules_arg: str) -> None:
 MAX_ORDERS = 3000
 
 
-def worker_instructions(orders: int, rules_arg: str) -> float:
+def worker_instructions(orders: int, rules_arg: str, fmt: str = "json") -> float:
     """Instructions of the worker per document, from runs of `orders` and 3 x `orders` orders."""
     if not 100 <= orders <= MAX_ORDERS // 3:
         raise SystemExit(f"--orders between 100 and {MAX_ORDERS // 3} for the worker")
@@ -170,7 +170,7 @@ def worker_instructions(orders: int, rules_arg: str) -> float:
         for n in (orders, 3 * orders):
             out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
                                   sys.executable, "-m", "benchmarks.instructions", "--worker-run", str(n),
-                                  services.redis_url, "--rules", rules_arg],
+                                  services.redis_url, "--rules", rules_arg, "--format", fmt],
                                  capture_output=True, text=True, check=True)
             found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
             if found is None:
@@ -191,19 +191,20 @@ def main() -> None:
     ap.add_argument("--rules", default="config/rules/default.yaml",
                     help='"spine" (comparison + limits) or a rule-set file (default: the full rule set)')
     ap.add_argument("--parts", default="worker,redis")
+    ap.add_argument("--format", choices=["json", "xml"], default="json", help="of the worker's messages")
     ap.add_argument("--redis-workloads", default="pipeline,match,observe")
     ap.add_argument("--worker-run", nargs=2, metavar=("ORDERS", "REDIS_URL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker_run:
-        worker_run(int(args.worker_run[0]), args.worker_run[1], args.rules)
+        worker_run(int(args.worker_run[0]), args.worker_run[1], args.rules, args.format)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     parts = args.parts.split(",")
     if "worker" in parts:
-        per_doc = worker_instructions(args.orders, args.rules)
-        print(f"worker    {per_doc:10,.0f} instructions per document ({args.orders:,} and {3 * args.orders:,} orders)",
-              flush=True)
+        per_doc = worker_instructions(args.orders, args.rules, args.format)
+        print(f"worker    {per_doc:10,.0f} instructions per document ({args.format}; {args.orders:,} and "
+              f"{3 * args.orders:,} orders)", flush=True)
     if "redis" in parts:
         redis_side(args.orders, _rules(args.rules), args.redis_workloads.split(","))
 
