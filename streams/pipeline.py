@@ -93,7 +93,7 @@ class _Emit:
     decision: dict[str, Any]
     docs: dict[str, dict[str, Any]]
     metas: dict[str, dict[str, Any]]
-    raw: bytes | None = None  # the decision as stored, when this batch stored it
+    raw: bytes | None = None  # the decision as stored (by this batch, or before: a re-emission)
 
 
 def _loads_all(raw: dict[str, bytes]) -> dict[str, dict[str, Any]]:
@@ -246,7 +246,7 @@ class Pipeline:
         elif status == "R":
             _, raw_docs, raw_metas = state.split_docs(reply[2:])
             reemit[d.order_key] = _Emit(d.order_key, orjson.loads(reply[1]), _loads_all(raw_docs),
-                                        _loads_all(raw_metas))
+                                        _loads_all(raw_metas), reply[1])
         else:
             if status == "S":
                 m.DUPLICATES.labels("identical").inc()
@@ -485,9 +485,9 @@ class Pipeline:
         await self.after.charge([f for _, f in finals], now)
         pipe = self.redis.pipeline(transaction=False)
         fgroups = state.group_by_slot(finals, lambda kf: kf[0])
+        raw = {key: orjson.dumps(final) for key, final in finals}  # stored and produced: serialised once
         for group in fgroups.values():
-            await self.scripts.finalize(keys=[k for k, _ in group], args=[orjson.dumps(f) for _, f in group],
-                                        client=pipe)
+            await self.scripts.finalize(keys=[k for k, _ in group], args=[raw[k] for k, _ in group], client=pipe)
         out_receipts = []
         unreserve: list[decide.QuotaRequest] = []
         after_pipe = self.redis.pipeline(transaction=False)
@@ -498,7 +498,7 @@ class Pipeline:
                 m.REVIEWS.labels(final["review"]["result"]).inc()
                 for call in self.after.on_emitted([final], after_pipe, now):
                     await call
-                self.sink.produce(self.t_decisions, final["decisionId"], orjson.dumps(final))
+                self.sink.produce(self.t_decisions, final["decisionId"], raw[key])
                 event = decide.release_event(final)
                 if event is not None:
                     self.sink.produce(self.t_release, event.get("logisticsNo") or final["orderNo"],
@@ -566,7 +566,8 @@ class Pipeline:
                 status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
                 if status == "R":
                     _, raw_docs, raw_metas = state.split_docs(reply[2:])
-                    reemit[okey] = _Emit(okey, orjson.loads(reply[1]), _loads_all(raw_docs), _loads_all(raw_metas))
+                    reemit[okey] = _Emit(okey, orjson.loads(reply[1]), _loads_all(raw_docs), _loads_all(raw_metas),
+                                         reply[1])
                 elif status == "T":
                     first, raw_docs, raw_metas = state.split_docs(reply[1:])
                     # All four present but undecided means a worker died between
