@@ -2,6 +2,9 @@
 time on a shared machine drifts by ±20 % between runs (benchmarks/README.md),
 so two versions of the code compare to a fraction of a percent.
 
+decode  decoding alone (ceb.decode: parse, validate, fields as dicts), and for
+        XML its parts: lxml's parse, the XSD validation, the dicts from the
+        tree (each part's count includes what it needs before it)
 worker  the worker's batch pipeline (benchmarks.stages: 100-document messages,
         every order complete and released, the rule set given), run twice
         under cachegrind with N and 3N orders; the difference divided by the
@@ -22,7 +25,8 @@ same workload on the same binaries fewer instructions is less CPU.
 
 Needs valgrind (Debian: apt-get install valgrind).
 
-Usage: python -m benchmarks.instructions [--orders 200] [--rules spine|FILE] [--parts worker,redis] [--format json|xml]
+Usage: python -m benchmarks.instructions [--orders 200] [--rules spine|FILE] [--parts decode,worker,redis]
+                                         [--format json|xml]
                                          [--redis-workloads pipeline,match,observe,calls]
 """
 from __future__ import annotations
@@ -159,6 +163,51 @@ def worker_run(orders: int, url: str, rules_arg: str, fmt: str) -> None:
 
 MAX_ORDERS = 3000
 
+DECODE_STAGES = {"json": ("decode",), "xml": ("decode", "parse", "parse+validate", "parse+dicts")}
+
+
+def decode_run(stage: str, orders: int, fmt: str) -> None:
+    """The measured program for one decode stage over `orders` orders' messages."""
+    from lxml import etree
+
+    from streams.app import tune_gc
+    from topics import ceb
+
+    values = [r.value or b"" for batch in make_batches(MAX_ORDERS, fmt) for r in batch][:4 * orders // 100]
+    ceb.decode(values[0])  # schema and decoders built before counting starts
+    tune_gc()
+    for value in values:
+        if stage == "decode":
+            ceb.decode(value)
+            continue
+        root = etree.fromstring(value, ceb._SECURE_PARSER)
+        if stage == "parse+validate":
+            ceb.import_schema().validate(root)
+        elif stage == "parse+dicts":
+            kind = ceb.KIND_BY_ROOT[ceb._local(root.tag)]
+            cut = len(ceb.NS) + 2
+            for w in root.findall(f"{{{ceb.NS}}}{kind.wrapper or kind.head}"):
+                children = list(w) if kind.wrapper else [w]
+                ceb._canonical({c.tag[cut:]: c.text or "" for c in children[0]}, ceb.decimal_names(kind.head))
+                [ceb._canonical({c.tag[cut:]: c.text or "" for c in line}, ceb.decimal_names(kind.lines))
+                 for line in children[1:]]
+
+
+def _counted(argv: list[str]) -> int:
+    out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                          sys.executable, "-m", "benchmarks.instructions", *argv],
+                         capture_output=True, text=True, check=True)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
+    if found is None:
+        raise RuntimeError("cachegrind printed no instruction count:\n" + out.stderr[-2000:])
+    return int(found.group(1).replace(",", ""))
+
+
+def decode_instructions(orders: int, fmt: str) -> dict[str, float]:
+    return {stage: (_counted(["--decode-run", stage, str(3 * orders), "--format", fmt])
+                    - _counted(["--decode-run", stage, str(orders), "--format", fmt])) / (4 * 2 * orders)
+            for stage in DECODE_STAGES[fmt]}
+
 
 def worker_instructions(orders: int, rules_arg: str, fmt: str = "json") -> float:
     """Instructions of the worker per document, from runs of `orders` and 3 x `orders` orders."""
@@ -166,16 +215,8 @@ def worker_instructions(orders: int, rules_arg: str, fmt: str = "json") -> float
         raise SystemExit(f"--orders between 100 and {MAX_ORDERS // 3} for the worker")
     services = embedded.start("unused:1", "")  # its own Redis: the runs empty it
     try:
-        counts = []
-        for n in (orders, 3 * orders):
-            out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-                                  sys.executable, "-m", "benchmarks.instructions", "--worker-run", str(n),
-                                  services.redis_url, "--rules", rules_arg, "--format", fmt],
-                                 capture_output=True, text=True, check=True)
-            found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
-            if found is None:
-                raise RuntimeError("cachegrind printed no instruction count:\n" + out.stderr[-2000:])
-            counts.append(int(found.group(1).replace(",", "")))
+        counts = [_counted(["--worker-run", str(n), services.redis_url, "--rules", rules_arg, "--format", fmt])
+                  for n in (orders, 3 * orders)]
     finally:
         services.stop()
     return (counts[1] - counts[0]) / (4 * 2 * (orders // 100) * 100)
@@ -194,13 +235,20 @@ def main() -> None:
     ap.add_argument("--format", choices=["json", "xml"], default="json", help="of the worker's messages")
     ap.add_argument("--redis-workloads", default="pipeline,match,observe")
     ap.add_argument("--worker-run", nargs=2, metavar=("ORDERS", "REDIS_URL"), help=argparse.SUPPRESS)
+    ap.add_argument("--decode-run", nargs=2, metavar=("STAGE", "ORDERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker_run:
         worker_run(int(args.worker_run[0]), args.worker_run[1], args.rules, args.format)
         return
+    if args.decode_run:
+        decode_run(args.decode_run[0], int(args.decode_run[1]), args.format)
+        return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     parts = args.parts.split(",")
+    if "decode" in parts:
+        for stage, per_doc in decode_instructions(args.orders, args.format).items():
+            print(f"decode    {per_doc:10,.0f} instructions per document ({args.format}: {stage})", flush=True)
     if "worker" in parts:
         per_doc = worker_instructions(args.orders, args.rules, args.format)
         print(f"worker    {per_doc:10,.0f} instructions per document ({args.format}; {args.orders:,} and "
