@@ -264,7 +264,8 @@ for i = 1, #KEYS do
       end
     end
     if added == 1 and c7 > 1 then redis.call('ZREMRANGEBYSCORE', k, '-inf', now - 7 * day) end
-    append(out, {c1, s1, n1, c7, s7})
+    local n = #out
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = c1, s1, n1, c7, s7
   else
     local added = redis.call('ZADD', k, now, member)
     redis.call('PEXPIRE', k, 31 * day)
