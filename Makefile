@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DURATION ?= 60
 RATE ?= 200
 
-.PHONY: install tools demo test test-unit bench bench-peak bench-micro bench-scaling bench-peers chaos lint clean
+.PHONY: install tools demo test test-unit bench bench-peak bench-micro bench-instructions bench-scaling bench-peers chaos lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ bench-peak: install
 # make bench-micro ARGS=--benchmark-compare
 bench-micro: install
 	$(PY) -m pytest -q benchmarks/micro --benchmark-enable --benchmark-only --benchmark-autosave $(ARGS)
+
+# Instructions per document under valgrind (worker pipeline, Redis's side, script calls):
+# exact where CPU time drifts, for comparing two versions of the hot path.
+# Options: make bench-instructions ARGS="--parts decode,worker --format xml"
+bench-instructions: install
+	@command -v valgrind >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "install valgrind"; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind; }
+	$(PY) -m benchmarks.instructions $(ARGS)
 
 # Throughput against worker processes (N = 1, 2 here; benchmarks/scaling.sh runs 1, 2, 4, 8).
 bench-scaling: install
