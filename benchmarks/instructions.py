@@ -120,18 +120,23 @@ def _totals(path: str) -> int | None:
     return None  # still being written
 
 
-def pipeline_workload(url: str, orders: int, rules: Any, prefix: str) -> int:
-    """Run the batch pipeline over `orders` complete orders; returns documents."""
-    settings = Settings(kafka_bootstrap="unused:1", redis_url=url)
-
+def run_pipeline(url: str, batches: list[Any], rules: Any, empty_first: bool = False) -> None:
+    """The batch pipeline over consumed batches, outputs kept in memory."""
     async def run() -> None:
         client = state.async_client(url)
-        p = Pipeline(settings, client, MemorySink(), rules)
-        for batch in make_batches(orders, prefix=prefix):
+        if empty_first:
+            await client.flushdb()
+        p = Pipeline(Settings(kafka_bootstrap="unused:1", redis_url=url), client, MemorySink(), rules)
+        for batch in batches:
             await p.process(batch)
         await client.aclose()
 
     asyncio.run(run())
+
+
+def pipeline_workload(url: str, orders: int, rules: Any, prefix: str) -> int:
+    """Run the batch pipeline over `orders` complete orders; returns documents."""
+    run_pipeline(url, make_batches(orders, prefix=prefix), rules)
     return 4 * orders
 
 
@@ -149,16 +154,7 @@ def worker_run(orders: int, url: str, rules_arg: str, fmt: str) -> None:
     batches = make_batches(MAX_ORDERS, fmt)  # generated in full in every run: a constant
     warm = make_batches(100, fmt, prefix="WU")
     tune_gc()
-
-    async def run() -> None:
-        client = state.async_client(url)
-        await client.flushdb()
-        p = Pipeline(Settings(kafka_bootstrap="unused:1", redis_url=url), client, MemorySink(), rules)
-        for batch in warm + batches[:orders // 100]:
-            await p.process(batch)
-        await client.aclose()
-
-    asyncio.run(run())
+    run_pipeline(url, warm + batches[:orders // 100], rules, empty_first=True)
 
 
 MAX_ORDERS = 3000
@@ -185,12 +181,7 @@ def decode_run(stage: str, orders: int, fmt: str) -> None:
             ceb.import_schema().validate(root)
         elif stage == "parse+dicts":
             kind = ceb.KIND_BY_ROOT[ceb._local(root.tag)]
-            cut = len(ceb.NS) + 2
-            for w in root.findall(f"{{{ceb.NS}}}{kind.wrapper or kind.head}"):
-                children = list(w) if kind.wrapper else [w]
-                ceb._canonical({c.tag[cut:]: c.text or "" for c in children[0]}, ceb.decimal_names(kind.head))
-                [ceb._canonical({c.tag[cut:]: c.text or "" for c in line}, ceb.decimal_names(kind.lines))
-                 for line in children[1:]]
+            ceb.xml_documents(root.findall(f"{{{ceb.NS}}}{kind.wrapper or kind.head}"), kind)
 
 
 def _counted(argv: list[str]) -> int:
@@ -203,23 +194,27 @@ def _counted(argv: list[str]) -> int:
     return int(found.group(1).replace(",", ""))
 
 
+def _per_document(orders: int, argv: Callable[[int], list[str]]) -> float:
+    """Instructions per document: runs of `orders` and 3 x `orders` orders differenced,
+    so start-up, imports and test data cancel out."""
+    if not 100 <= orders <= MAX_ORDERS // 3:
+        raise SystemExit(f"--orders between 100 and {MAX_ORDERS // 3}")
+    orders -= orders % 100  # whole batches of 100 orders
+    return (_counted(argv(3 * orders)) - _counted(argv(orders))) / (4 * 2 * orders)
+
+
 def decode_instructions(orders: int, fmt: str) -> dict[str, float]:
-    return {stage: (_counted(["--decode-run", stage, str(3 * orders), "--format", fmt])
-                    - _counted(["--decode-run", stage, str(orders), "--format", fmt])) / (4 * 2 * orders)
+    return {stage: _per_document(orders, lambda n: ["--decode-run", stage, str(n), "--format", fmt])
             for stage in DECODE_STAGES[fmt]}
 
 
 def worker_instructions(orders: int, rules_arg: str, fmt: str = "json") -> float:
-    """Instructions of the worker per document, from runs of `orders` and 3 x `orders` orders."""
-    if not 100 <= orders <= MAX_ORDERS // 3:
-        raise SystemExit(f"--orders between 100 and {MAX_ORDERS // 3} for the worker")
     services = embedded.start("unused:1", "")  # its own Redis: the runs empty it
     try:
-        counts = [_counted(["--worker-run", str(n), services.redis_url, "--rules", rules_arg, "--format", fmt])
-                  for n in (orders, 3 * orders)]
+        return _per_document(orders, lambda n: ["--worker-run", str(n), services.redis_url, "--rules", rules_arg,
+                                                "--format", fmt])
     finally:
         services.stop()
-    return (counts[1] - counts[0]) / (4 * 2 * (orders // 100) * 100)
 
 
 def _rules(arg: str) -> Any:

@@ -201,6 +201,13 @@ def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMe
         err = schema.error_log.last_error
         raise CebError(ERR_SCHEMA, "schema_invalid",
                        f"schema validation failed at line {err.line}: {err.message}", kind.root)
+    cop = root.find(f"{{{NS}}}BaseTransfer/{{{NS}}}copCode")
+    return DecodedMessage(kind.code, "xml", root.get("guid", ""), (cop.text or "") if cop is not None else "",
+                          xml_documents(wrappers, kind))
+
+
+def xml_documents(wrappers: list[Any], kind: MessageKind) -> list[RawDocument]:
+    """The documents of a validated message: field name -> text, decimals canonical."""
     # After validation the shape is known: the head first, then the lines.
     cut = len(NS) + 2
     head_dec, line_dec = decimal_names(kind.head), decimal_names(kind.lines)
@@ -211,8 +218,7 @@ def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMe
         head = _canonical({c.tag[cut:]: c.text or "" for c in children[0]}, head_dec)
         lines = [_canonical({c.tag[cut:]: c.text or "" for c in line}, line_dec) for line in children[1:]]
         docs.append(RawDocument(kind.code, head, lines))
-    cop = root.find(f"{{{NS}}}BaseTransfer/{{{NS}}}copCode")
-    return DecodedMessage(kind.code, "xml", root.get("guid", ""), (cop.text or "") if cop is not None else "", docs)
+    return docs
 
 
 def _check_size(kind: MessageKind, n_docs: int, line_counts: list[int]) -> None:
