@@ -233,7 +233,7 @@ class Pipeline:
 
     def _on_match(self, d: _Doc, reply: list[Any], now: int, out_receipts: list[dict[str, Any]],
                   pending: dict[str, _Pending], reemit: dict[str, _Emit],
-                  local: dict[tuple[str, str], _Doc] | None = None) -> None:
+                  local: dict[tuple[str, str], _Doc]) -> None:
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "C":
             m.DUPLICATES.labels("conflict").inc()
@@ -255,7 +255,7 @@ class Pipeline:
                 first, raw_docs, raw_metas = state.split_docs(reply[1:])
                 # Stored bytes equal to what this batch sent are the document (or
                 # arrival) decoded here; an earlier identical copy keeps its own arrival.
-                near = {t: local[(d.order_key, t)] for t in DOC_TYPES if (d.order_key, t) in local} if local else {}
+                near = {t: local[(d.order_key, t)] for t in DOC_TYPES if (d.order_key, t) in local}
                 docs = {t: near[t].doc if t in near and near[t].payload == v else orjson.loads(v)
                         for t, v in raw_docs.items()}
                 metas = {t: near[t].meta if t in near and near[t].meta_raw == v else orjson.loads(v)
@@ -345,11 +345,8 @@ class Pipeline:
                 args += (o.family, o.member)
             await self.scripts.observe(keys=[k for _p, _o, k in group], args=args, client=pipe)
         for group, replies in zip(groups.values(), await pipe.execute()):
-            i = 0
-            for p, o, _k in group:
-                width = state.feature_width(o.family)
-                p.case.features.update(state.feature_values(o.family, replies[i:i + width]))
-                i += width
+            for (p, o, _k), reply in zip(group, state.feature_replies((o.family for _p, o, _k in group), replies)):
+                p.case.features.update(state.feature_values(o.family, reply))
 
     def _ledger(self, q: decide.QuotaRequest | None) -> str:
         assert q is not None

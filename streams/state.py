@@ -354,9 +354,14 @@ _DISTINCT_FEATURE = {"address": "address_distinct_buyers_30d", "phone": "phone_d
                      "buyer_addresses": "buyer_distinct_addresses_30d"}
 
 
-def feature_width(family: str) -> int:
-    """How many values OBSERVE answers for a key of this family."""
-    return 5 if family == "buyer" else 1
+def feature_replies(families: Iterable[str], flat: list[Any]) -> list[list[Any]]:
+    """OBSERVE's flat reply as one list per key: five values for a buyer key, one otherwise."""
+    out, i = [], 0
+    for family in families:
+        width = 5 if family == "buyer" else 1
+        out.append(flat[i:i + width])
+        i += width
+    return out
 
 
 def feature_values(family: str, reply: list[Any]) -> dict[str, float]:

@@ -20,12 +20,8 @@ def observe(r: redis.Redis, *items: tuple[str, str, str], now: int = NOW) -> lis
     args: list[object] = [now]
     for _, family, member in items:
         args += [family, member]
-    flat, out = script(keys=keys, args=args), []
-    for _, family, _ in items:  # five values per buyer key, one per other key
-        width = state.feature_width(family)
-        out.append([int(x) for x in flat[:width]])
-        flat = flat[width:]
-    return out
+    replies = state.feature_replies((family for _, family, _ in items), script(keys=keys, args=args))
+    return [[int(x) for x in reply] for reply in replies]
 
 
 def test_distinct_members_count_the_window_and_the_grown_set_is_trimmed(redis_url):
