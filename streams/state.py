@@ -614,7 +614,7 @@ local g, held = KEYS[1], KEYS[2]
 local now = ARGV[1]
 local out = {}
 if redis.call('EXISTS', g) == 0 then
-  for i = 2, #ARGV, 3 do append(out, {1, -1}) end
+  for i = 2, #ARGV, 3 do out[#out + 1] = 1; out[#out + 1] = -1 end
   return out
 end
 local account = redis.call('HMGET', g, 'balance', 'used')
@@ -628,18 +628,18 @@ for j = 1, #fields do
   local i = 3 * j - 1
   local amount, order = tonumber(ARGV[i + 1]), ARGV[i + 2]
   if charged[j] or seen[fields[j]] then
-    append(out, {1, balance - used})
+    out[#out + 1] = 1; out[#out + 1] = balance - used
   elseif balance - used >= amount then
     used = used + amount
     seen[fields[j]] = true
     new[#new + 1] = fields[j]
     new[#new + 1] = amount
     released[#released + 1] = order
-    append(out, {1, balance - used})
+    out[#out + 1] = 1; out[#out + 1] = balance - used
   else
     waiting[#waiting + 1] = now
     waiting[#waiting + 1] = order
-    append(out, {0, balance - used})
+    out[#out + 1] = 0; out[#out + 1] = balance - used
   end
 end
 if used ~= before then redis.call('HINCRBY', g, 'used', string.format('%d', used - before)) end
