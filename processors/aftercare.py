@@ -32,8 +32,15 @@ def released_at(decision: dict[str, Any]) -> int:
 
 def tax_record(decision: dict[str, Any], now_ms: int, kind: str = "charge", fraction: Decimal = Decimal(1),
                ref: str = "") -> dict[str, Any]:
-    """The CEB816 content for a released list, or its (partial) reversal."""
+    """The CEB816 content for a released list, or its (partial) reversal.
+
+    A charge belongs to the period of the release, not of the moment the record
+    is produced: a decision re-emitted after a restart (or released at 23:59 on
+    the 15th and emitted after midnight) would otherwise be counted in two
+    periods, each of which counts a record id once. A reversal belongs to the
+    period of the cancel or return (`now_ms`)."""
     tax = decision["tax"]
+    at = released_at(decision) if kind == "charge" else now_ms
     sign = -1 if kind == "reversal" else 1
     amounts = {f: sign * int((Decimal(cents(tax[f])) * fraction).to_integral_value()) for f in TAX_FIELDS}
     return {
@@ -42,7 +49,7 @@ def tax_record(decision: dict[str, Any], now_ms: int, kind: str = "charge", frac
         "assureCode": decision.get("assureCode", ""), "ebcCode": decision.get("ebcCode", ""),
         "logisticsCode": decision.get("logisticsCode", ""), "agentCode": decision.get("agentCode", ""),
         "customsCode": decision.get("customsCode", ""), "status": 1,
-        "period": tax_period(now_ms), "at": now_ms, "cents": amounts,
+        "period": tax_period(at), "at": at, "cents": amounts,
         **{f: str(Decimal(v) / 100) for f, v in amounts.items()},
         "lines": tax.get("lines", []) if kind == "charge" else [],
     }
