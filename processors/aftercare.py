@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from processors.decide import CST, cst_stamp
+from processors.decide import CST, cst_stamp, released_at
 from processors.rules import RELEASE
 
 RETURN_WINDOW_MS = 30 * 24 * 3600 * 1000  # GACC Ann. 2020 No. 45: apply within 30 days of release
@@ -23,11 +23,6 @@ def tax_period(ms: int) -> str:
     """Half-month aggregation period in China Standard Time: 2026-11-1 or 2026-11-2."""
     day = cst_stamp(ms, 8)
     return f"{day[:4]}-{day[4:6]}-{1 if int(day[6:8]) <= 15 else 2}"
-
-
-def released_at(decision: dict[str, Any]) -> int:
-    t = decision["timestamps"]
-    return int(t.get("reviewed") or t.get("guaranteed") or t["decided"])
 
 
 def tax_record(decision: dict[str, Any], now_ms: int, kind: str = "charge", fraction: Decimal = Decimal(1),

@@ -202,6 +202,13 @@ def timeout_decision(order_key: str, docs: dict[str, dict[str, Any]], first_ms: 
     return decision
 
 
+def released_at(decision: dict[str, Any]) -> int:
+    """When the list was released: by an officer, by a guarantee top-up after a
+    hold, or by the rules at the decision."""
+    t = decision["timestamps"]
+    return int(t.get("reviewed") or t.get("guaranteed") or t["decided"])
+
+
 def release_event(decision: dict[str, Any]) -> dict[str, Any] | None:
     """What a gate needs to let a parcel out, and nothing personal."""
     if decision["status"] != RELEASE:
@@ -214,7 +221,7 @@ def release_event(decision: dict[str, Any]) -> dict[str, Any] | None:
         "decisionId": decision["decisionId"],
         "ruleSetVersion": decision["ruleSetVersion"],
         "postAudit": decision.get("postAudit", False),
-        "releasedAt": decision["timestamps"].get("reviewed") or decision["timestamps"]["decided"],
+        "releasedAt": released_at(decision),
     })
     return event
 

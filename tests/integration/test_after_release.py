@@ -205,9 +205,13 @@ def test_guarantee_shortfall_holds_a_list_and_a_topup_releases_it(world):
     world.run(topup=[event])  # a second top-up event changes nothing
     final = [x for x in world.decisions() if x["status"] == 800]
     assert len(final) == 1 and final[0]["timestamps"]["guaranteed"]
-    assert [e["logisticsNo"] for e in world.on("clearance.release")] == [o.logistics_no]
+    (release,) = world.on("clearance.release")
+    # Released when the top-up came, not when the rules first decided.
+    assert release["logisticsNo"] == o.logistics_no
+    assert release["releasedAt"] == final[0]["timestamps"]["guaranteed"] > final[0]["timestamps"]["decided"]
     (tax,) = world.on("clearance.tax")
     assert int(world.r.hget(g, "used")) == tax["cents"]["taxTotal"] and world.r.zcard(held) == 0
+    assert tax["at"] == release["releasedAt"]
 
 
 def test_trace_shows_what_happened(world):
