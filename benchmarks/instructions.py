@@ -129,6 +129,7 @@ def run_pipeline(url: str, batches: list[Any], rules: Any, empty_first: bool = F
         p = Pipeline(Settings(kafka_bootstrap="unused:1", redis_url=url), client, MemorySink(), rules)
         for batch in batches:
             await p.process(batch)
+        await p.aclose()
         await client.aclose()
 
     asyncio.run(run())

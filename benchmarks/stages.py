@@ -140,6 +140,7 @@ async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int, r
     # Redis (or one Redis Cluster shard per slot bucket) can take.
     print(f"  {'Redis server (its own process)':36} {1e6 * redis_cpu / n:7.1f} µs/doc CPU, "
           f"at most {n / redis_cpu:,.0f} documents/s per Redis core")
+    await p.aclose()
     await client.aclose()
 
 

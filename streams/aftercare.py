@@ -42,7 +42,7 @@ class Aftercare:
         by_guarantor: dict[str, list[dict[str, Any]]] = {}
         for d in releasing:
             by_guarantor.setdefault(d["assureCode"], []).append(d)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.p.batch()
         for assure, group in by_guarantor.items():
             args: list[Any] = [now]
             for d in group:

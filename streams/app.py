@@ -262,6 +262,7 @@ def create_app(settings: Settings) -> faust.App:
                 await holder["p"].leave()
             except Exception as exc:
                 log.warning("could not withdraw the watermark: %s", exc)
+            await holder["p"].aclose()
 
     @app.on_partitions_assigned.connect
     async def on_rebalance(app: Any, *args: Any, **kwargs: Any) -> None:

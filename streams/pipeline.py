@@ -29,6 +29,7 @@ from processors import decide, receipts
 from processors.documents import DOC_TYPES, normalise
 from processors.rules import REJECT, REVIEW, Case, Hit, RuleSet
 from streams import metrics as m
+from streams import resp
 from streams import state
 from topics import ceb, registry
 
@@ -105,6 +106,8 @@ class Pipeline:
         self.settings = settings
         self.redis = redis
         self.scripts = state.Scripts(redis)
+        # The batch's own round trips (streams/resp.py); redis-py for the rest.
+        self.batches = resp.Client.like(redis)
         self.sink = sink
         self.rules: RuleSet = rules or decide.SpineRules()
         self.pii_key = settings.pii_key.encode()
@@ -154,7 +157,7 @@ class Pipeline:
         reemit: dict[str, _Emit] = {}
         if docs:
             groups = state.group_by_slot(docs, lambda d: d.order_key)
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.batch()
             for tag, group in groups.items():
                 args: list[Any] = [now, 0 if retry else STALE_MS]
                 for d in group:
@@ -294,7 +297,7 @@ class Pipeline:
             serial_groups.setdefault(skey, []).append(p)
         serials: dict[str, int] = {}
         if quota_groups or serial_groups:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.batch()
             for group in quota_groups.values():
                 args: list[Any] = [state.LEDGER_TTL_S]
                 for _p, q, _k in group:
@@ -338,7 +341,7 @@ class Pipeline:
         obs = [(p, o, state.feature_key(o.family, o.entity, self.buckets))
                for p in orders for o in rules.observations(p.case, p.order_key)]
         groups = state.group_by_slot(obs, lambda pok: pok[2])
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.batch()
         for group in groups.values():
             args: list[Any] = [now]
             for _p, o, _k in group:
@@ -347,6 +350,14 @@ class Pipeline:
         for group, replies in zip(groups.values(), await pipe.execute()):
             for (p, o, _k), reply in zip(group, state.feature_replies((o.family for _p, o, _k in group), replies)):
                 p.case.features.update(state.feature_values(o.family, reply))
+
+    async def aclose(self) -> None:
+        """Close the batch connections (the redis-py client is the caller's)."""
+        await self.batches.aclose()
+
+    def batch(self) -> resp.Batch:
+        """Commands for one round trip, EVALSHA and plain commands read raw."""
+        return resp.Batch(self.batches)
 
     def _ledger(self, q: decide.QuotaRequest | None) -> str:
         assert q is not None
@@ -367,7 +378,7 @@ class Pipeline:
         decided = [p for p in pending.values() if p.decision is not None]
         if decided:
             groups = state.group_by_slot(decided, lambda p: p.order_key)
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.batch()
             raw: dict[str, bytes] = {p.order_key: orjson.dumps(p.decision) for p in decided}
             for group in groups.values():
                 await self.scripts.store(keys=[p.order_key for p in group],
@@ -386,7 +397,7 @@ class Pipeline:
                         unreserve.extend(p.reserved)
         to_emit.extend(reemit.values())
 
-        after_pipe = self.redis.pipeline(transaction=False)
+        after_pipe = self.batch()
         for call in self.after.on_emitted([e.decision for e in to_emit], after_pipe, now):
             await call
         for e in to_emit:
@@ -404,7 +415,7 @@ class Pipeline:
             await after_pipe.execute()
 
         if to_emit or unreserve:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.batch()
             for tag, group in state.group_by_slot(to_emit, lambda e: e.order_key).items():
                 await self.scripts.confirm(keys=["clr:p:" + tag] + [e.order_key for e in group],
                                            args=[self.settings.decided_ttl_s], client=pipe)
@@ -460,7 +471,7 @@ class Pipeline:
             await self.sink.flush()
             return
         groups = state.group_by_slot(results, lambda kr: kr[0])
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.batch()
         for group in groups.values():
             await self.scripts.review(keys=[k for k, _ in group], client=pipe)
         finals: list[tuple[str, dict[str, Any]]] = []
@@ -480,14 +491,14 @@ class Pipeline:
             await self.sink.flush()
             return
         await self.after.charge([f for _, f in finals], now)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.batch()
         fgroups = state.group_by_slot(finals, lambda kf: kf[0])
         raw = {key: orjson.dumps(final) for key, final in finals}  # stored and produced: serialised once
         for group in fgroups.values():
             await self.scripts.finalize(keys=[k for k, _ in group], args=[raw[k] for k, _ in group], client=pipe)
         out_receipts = []
         unreserve: list[decide.QuotaRequest] = []
-        after_pipe = self.redis.pipeline(transaction=False)
+        after_pipe = self.batch()
         for group, replies in zip(fgroups.values(), await pipe.execute()):
             for (key, final), reply in zip(group, replies):
                 if int(reply[0]) != 1:
@@ -512,7 +523,7 @@ class Pipeline:
         if len(after_pipe):
             await after_pipe.execute()
         if unreserve:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.batch()
             for group in state.group_by_slot(unreserve, self._ledger).values():
                 await self.scripts.unreserve(keys=[self._ledger(q) for q in group], args=[q.order for q in group],
                                              client=pipe)
@@ -552,7 +563,7 @@ class Pipeline:
         m.OLDEST_PENDING.set((now - oldest) / 1000)
         if not due:
             return 0
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.batch()
         for pkey, okeys in due.items():
             await self.scripts.timeout(keys=[pkey] + okeys, args=[now, self.timeout_ms, SWEEP_STALE_MS, horizon],
                                        client=pipe)

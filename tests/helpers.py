@@ -67,6 +67,7 @@ def run_pipeline(redis_url: str, batches: list[list[InRecord]], sweep: bool = Fa
             await p.review(b)
         if sweep:
             await p.sweep_timeouts()
+        await p.aclose()
         await client.aclose()
 
     asyncio.run(go())

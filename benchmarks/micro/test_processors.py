@@ -92,5 +92,6 @@ def test_match_decide_emit_100_orders_on_redis(benchmark, redis_only):
 
     decisions = benchmark.pedantic(one_batch, setup=fresh_orders, rounds=5, iterations=1)
     assert len(decisions) == 100
+    loop.run_until_complete(pipe.aclose())
     loop.run_until_complete(client.aclose())
     loop.close()

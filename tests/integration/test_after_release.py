@@ -54,6 +54,7 @@ class World:
                 await p.process(b)
             if topup:
                 await p.after.topup(topup)
+            await p.aclose()
             await client.aclose()
         asyncio.run(go())
 

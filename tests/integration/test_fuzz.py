@@ -60,6 +60,7 @@ def test_no_input_crashes_ingest_or_changes_an_unrelated_order(redis_url, bad):
         p = Pipeline(settings_for(redis_url), client, sink)
         recs = doc_records(good)
         await p.process(recs[:2] + [record(doc_type, data)] + recs[2:])
+        await p.aclose()
         await client.aclose()
 
     asyncio.run(go())

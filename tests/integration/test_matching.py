@@ -161,6 +161,7 @@ def test_timeouts_wait_for_the_group_watermark_under_a_backlog(redis_url):
         await p.process(doc_records(o, ["411", "511"]))
         await client.hdel(p.watermark_key, "other-worker:1")
         counts.append(await p.sweep_timeouts())
+        await p.aclose()
         await client.aclose()
         return counts
 
@@ -182,6 +183,7 @@ def test_a_silent_worker_stops_holding_the_timeout_clock(redis_url):
         await client.hset(p.watermark_key, "dead-worker:1", f"0:{int(time.time() * 1000) - 60_000}")
         assert await p.sweep_timeouts() == 1
         assert not await client.hexists(p.watermark_key, "dead-worker:1")
+        await p.aclose()
         await client.aclose()
 
     asyncio.run(go())
@@ -238,6 +240,7 @@ def test_decision_is_reemitted_when_a_batch_fails_after_storing_it(redis_url):
         with pytest.raises(ConnectionError):
             await p.process(recs)
         await p.process(recs, retry=True)
+        await p.aclose()
         await client.aclose()
 
     asyncio.run(go())
@@ -300,6 +303,7 @@ def test_batches_do_not_ask_redis_whether_scripts_exist_and_survive_a_script_flu
         counts["after"] = _script_commands(sync)
         await client.script_flush()  # what a Redis restart does to the script cache
         await process_until_done(p, doc_records(o3))
+        await p.aclose()
         await client.aclose()
 
     asyncio.run(go())

@@ -1,0 +1,196 @@
+"""The worker's batch round trips to Redis: a batch's commands in one write, the
+replies parsed by hiredis in order, a time limit per read, not per reply.
+
+redis-py's asyncio pipeline reads each reply under its own timeout context,
+looks up a response callback per command and hands its connection back to the
+pool through a shielded task: about 60 % of the time the worker spent in its
+Redis client went there, not to packing or parsing (py-spy of the batch
+pipeline, benchmarks/README.md "Sixth session"). The hot path queues only
+EVALSHA and plain commands whose raw replies it reads itself, so it needs none
+of that. Everything else — script loading, the timeout sweep's reads, the
+gate, the CLI — keeps redis-py; the address, credentials and TLS settings are
+taken from the redis-py client, so both talk to the same Redis the same way.
+"""
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import hiredis
+from redis import exceptions
+
+TIMEOUT_S = 5.0  # as redis-py's default socket timeout
+
+
+def _reply_error(message: str) -> exceptions.ResponseError:
+    if message.startswith("NOSCRIPT"):
+        return exceptions.NoScriptError(message)
+    return exceptions.ResponseError(message)
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.parser = hiredis.Reader(replyError=_reply_error)
+        self.answered = False  # bytes came back in this round trip
+
+    async def round_trip(self, packed: bytes, n: int, timeout: float | None) -> list[Any]:
+        self.writer.write(packed)
+        replies: list[Any] = []
+        parser, read = self.parser, self.reader.read
+        self.answered = False
+        while len(replies) < n:
+            reply = parser.gets()
+            if reply is False:
+                # The limit is on silence, not on the whole batch: a large batch
+                # may keep Redis busy for a while, a dead Redis sends nothing.
+                async with asyncio.timeout(timeout):
+                    data = await read(1 << 16)
+                if not data:
+                    raise exceptions.ConnectionError("Redis closed the connection")
+                self.answered = True
+                parser.feed(data)
+            else:
+                replies.append(reply)
+        return replies
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Client:
+    """A few connections to one Redis, used for whole batches (one at a time each)."""
+
+    def __init__(self, host: str = "localhost", port: int = 6379, db: int = 0, username: str | None = None,
+                 password: str | None = None, path: str | None = None, tls: ssl.SSLContext | None = None,
+                 timeout: float | None = TIMEOUT_S, server_hostname: str | None = None):
+        self.host, self.port, self.db, self.path = host, port, db, path
+        self.username, self.password, self.tls = username, password, tls
+        self.server_hostname = server_hostname
+        self.timeout = timeout
+        self._idle: list[_Connection] = []
+
+    @classmethod
+    def like(cls, redis: Any) -> "Client":
+        """A client for the Redis an asyncio redis-py client points at, with its credentials and TLS."""
+        pool = redis.connection_pool
+        conn = pool.connection_class(**pool.connection_kwargs)  # not connected: read its settings only
+        tls = conn.ssl_context.get() if getattr(conn, "ssl_context", None) is not None else None
+        username, password = getattr(conn, "username", None), getattr(conn, "password", None)
+        provider = getattr(conn, "credential_provider", None)
+        if provider is not None:
+            creds = provider.get_credentials()
+            username, password = (None, creds[0]) if len(creds) == 1 else (creds[0], creds[1])
+        timeout = getattr(conn, "socket_timeout", None) or TIMEOUT_S
+        return cls(getattr(conn, "host", "localhost"), int(getattr(conn, "port", 6379) or 6379),
+                   int(getattr(conn, "db", 0) or 0), username, password, getattr(conn, "path", None) or None, tls,
+                   timeout)
+
+    async def _connect(self) -> _Connection:
+        try:
+            if self.path:
+                reader, writer = await asyncio.open_unix_connection(self.path)
+            else:
+                reader, writer = await asyncio.open_connection(
+                    self.host, self.port, ssl=self.tls,
+                    server_hostname=(self.server_hostname or self.host) if self.tls else None)
+        except OSError as exc:
+            raise exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from None
+        conn = _Connection(reader, writer)
+        setup: list[tuple[Any, ...]] = []
+        if self.password:
+            setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
+        if self.db:
+            setup.append(("SELECT", self.db))
+        if setup:
+            try:
+                self._raise_first(await conn.round_trip(b"".join(hiredis.pack_command(c) for c in setup),
+                                                        len(setup), self.timeout))
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send the commands in one write and return their replies in order. Like
+        redis-py's pipeline, every reply is read before the first error is raised,
+        so the connection stays usable; a broken or timed-out one is closed."""
+        if not commands:
+            return []
+        packed = b"".join(hiredis.pack_command(c) for c in commands)
+        while self._idle:
+            # An idle connection the server has closed meanwhile (a restart, its
+            # idle-client timeout) fails before any reply: try the next, then a
+            # new one. A failure after a reply, or on a new connection, is raised
+            # and the caller retries the whole batch (every script is idempotent).
+            conn = self._idle.pop()
+            try:
+                replies = await self._on(conn, packed, len(commands))
+            except exceptions.ConnectionError:
+                if conn.answered:
+                    raise
+                continue
+            break
+        else:
+            replies = await self._on(None, packed, len(commands))
+        self._raise_first(replies)
+        return replies
+
+    async def _on(self, conn: _Connection | None, packed: bytes, n: int) -> list[Any]:
+        try:
+            if conn is None:
+                async with asyncio.timeout(self.timeout):
+                    conn = await self._connect()
+            replies = await conn.round_trip(packed, n, self.timeout)
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+                raise exceptions.TimeoutError(f"Redis sent nothing for {self.timeout}s") from None
+            if isinstance(exc, OSError):
+                raise exceptions.ConnectionError(f"Redis connection failed: {exc}") from None
+            raise
+        self._idle.append(conn)
+        return replies
+
+    @staticmethod
+    def _raise_first(replies: list[Any]) -> None:
+        for i, reply in enumerate(replies):
+            if isinstance(reply, exceptions.ResponseError):
+                raise reply.__class__(f"command {i + 1} of the batch: {reply}")
+
+    async def aclose(self) -> None:
+        while self._idle:
+            conn = self._idle.pop()
+            conn.close()
+            try:
+                await conn.writer.wait_closed()
+            except OSError:
+                pass
+
+
+class Batch:
+    """Commands queued for one round trip (the hot path's pipeline)."""
+
+    __slots__ = ("client", "commands")
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> None:
+        self.commands.append(args)
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
+        self.commands.append(("EVALSHA", sha, numkeys, *keys_and_args))
+
+    def incrby(self, key: str, amount: int = 1) -> None:
+        self.commands.append(("INCRBY", key, amount))
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+    async def execute(self) -> list[Any]:
+        commands, self.commands = self.commands, []
+        return await self.client.execute(commands)

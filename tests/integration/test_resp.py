@@ -1,0 +1,180 @@
+"""The worker's batch client (streams/resp.py) on a real Redis: the same replies
+as redis-py, errors raised after every reply is read, a connection the server
+dropped replaced, credentials and database from the redis-py client, one
+deadline per round trip."""
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis import exceptions
+
+from streams import resp, state
+
+SCRIPT = "return {KEYS[1], tonumber(ARGV[1]) * 2, false, {ARGV[2]}}"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_replies_are_those_redis_py_gives(redis_url):
+    sync = redis.Redis.from_url(redis_url)
+    sha = sync.script_load(SCRIPT)
+    sync.hset("h", mapping={"a": "1", "b": b"\x00\xff"})
+    big = b"x" * 300_000  # a reply spread over several reads
+
+    async def go():
+        client = resp.Client.like(aioredis.from_url(redis_url))
+        batch = resp.Batch(client)
+        batch.evalsha(sha, 1, "k1", 21, "deep")
+        batch.incrby("n", 5)
+        batch.execute_command("HMGET", "h", "a", "missing", "b")
+        batch.execute_command("SET", "big", big)
+        batch.execute_command("GET", "big")
+        assert len(batch) == 5
+        replies = await batch.execute()
+        assert len(batch) == 0
+        await client.aclose()
+        return replies
+
+    assert run(go()) == [[b"k1", 42, None, [b"deep"]], 5, [b"1", None, b"\x00\xff"], b"OK", big]
+    pipe = sync.pipeline(transaction=False)
+    pipe.evalsha(sha, 1, "k1", 21, "deep")
+    pipe.hmget("h", "a", "missing", "b")
+    assert pipe.execute() == [[b"k1", 42, None, [b"deep"]], [b"1", None, b"\x00\xff"]]
+
+
+def test_an_error_is_raised_after_every_reply_is_read_and_the_connection_stays_usable(redis_url):
+    sync = redis.Redis.from_url(redis_url)
+    sync.set("text", "not a number")
+
+    async def go():
+        client = resp.Client.like(aioredis.from_url(redis_url))
+        with pytest.raises(exceptions.ResponseError, match="command 2 of the batch"):
+            await client.execute([("INCRBY", "n", 1), ("INCRBY", "text", 1), ("INCRBY", "n", 1)])
+        with pytest.raises(exceptions.NoScriptError):
+            await client.execute([("EVALSHA", "0" * 40, 0)])
+        replies = await client.execute([("INCRBY", "n", 1)])
+        await client.aclose()
+        return replies
+
+    # The commands around the error ran, as in a redis-py pipeline; the next batch
+    # on the same connection reads its own reply, not a leftover one.
+    assert run(go()) == [3]
+
+
+def test_a_connection_the_server_dropped_is_replaced(redis_url):
+    sync = redis.Redis.from_url(redis_url)
+
+    async def go():
+        client = resp.Client.like(aioredis.from_url(redis_url))
+        (first_id,) = await client.execute([("CLIENT", "ID")])
+        sync.client_kill_filter(_id=first_id)  # a restart or the idle-client timeout does this
+        (second_id,) = await client.execute([("CLIENT", "ID")])
+        await client.aclose()
+        return first_id, second_id
+
+    first_id, second_id = run(go())
+    assert second_id != first_id
+
+
+def test_credentials_and_database_come_from_the_redis_py_client(redis_url):
+    sync = redis.Redis.from_url(redis_url)
+    sync.acl_setuser("clearance-test", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
+    u = urlsplit(redis_url)
+    try:
+        async def go(password: str):
+            client = resp.Client.like(aioredis.from_url(f"redis://clearance-test:{password}@{u.netloc}/5"))
+            try:
+                return await client.execute([("SET", "where", "db5"), ("ACL", "WHOAMI")])
+            finally:
+                await client.aclose()
+
+        assert run(go("s3cret")) == [b"OK", b"clearance-test"]
+        assert redis.Redis.from_url(f"redis://{u.netloc}/5").get("where") == b"db5"
+        assert sync.get("where") is None
+        with pytest.raises(exceptions.ResponseError, match="WRONGPASS"):
+            run(go("wrong"))
+    finally:
+        sync.acl_deluser("clearance-test")
+        redis.Redis.from_url(f"redis://{u.netloc}/5").flushdb()
+
+
+def test_a_redis_silent_for_longer_than_the_timeout_fails_the_batch(redis_url):
+    # A script that keeps Redis busy for 0.6 s, against a 0.2 s limit.
+    busy = "local t = redis.call('TIME') local s = t[1] * 1e6 + t[2] " \
+           "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > 600000 return 1"
+
+    async def go():
+        client = resp.Client.like(aioredis.from_url(redis_url))
+        client.timeout = 0.2
+        with pytest.raises(exceptions.TimeoutError):
+            await client.execute([("EVAL", busy, 0)])
+        assert client._idle == []  # the connection with a reply still due is not reused
+        await asyncio.sleep(0.6)
+        client.timeout = 5
+        replies = await client.execute([("PING",)])
+        await client.aclose()
+        return replies
+
+    assert run(go()) == [b"PONG"]
+
+
+def test_scripts_queue_on_a_batch_as_on_a_redis_py_pipeline(redis_url):
+    async def go():
+        r = aioredis.from_url(redis_url)
+        scripts, client = state.Scripts(r), resp.Client.like(r)
+        batch = resp.Batch(client)
+        await scripts.confirm(keys=["clr:p:{o00}", "clr:o:{o00}:X"], args=[60], client=batch)
+        replies = await batch.execute()
+        await client.aclose()
+        await r.aclose()
+        return replies
+
+    assert run(go()) == [1]
+
+
+def test_tls_as_the_redis_py_client_is_configured(tmp_path):
+    # rediss:// with the CA of a self-signed certificate, against a TLS-only redis-server.
+    import shutil
+    import subprocess
+
+    from streams import embedded
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    port = embedded.free_port()
+    server = subprocess.Popen([embedded.redis_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                               "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+                               str(cert), "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        try:
+            embedded._wait_port(port, server, "redis-server (TLS)", timeout=10)
+        except RuntimeError:
+            pytest.skip("this redis-server was built without TLS")
+
+        async def go(ca: str):
+            client = resp.Client.like(aioredis.from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"))
+            try:
+                return await client.execute([("SET", "over", "tls"), ("GET", "over")])
+            finally:
+                await client.aclose()
+
+        assert run(go(str(cert))) == [b"OK", b"tls"]
+        other = tmp_path / "other.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "o.key"),
+                        "-out", str(other), "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+        with pytest.raises(exceptions.ConnectionError, match="certificate verify failed"):
+            run(go(str(other)))  # a server the configured CA did not sign is refused
+    finally:
+        server.terminate()
+        server.wait(10)
