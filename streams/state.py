@@ -1,8 +1,9 @@
 """Match state and cross-order state in Redis, behind atomic Lua scripts.
 
 Keys are spread over a fixed number of slot buckets by a hash tag ({o07},
-{q03}): every script call touches keys of one bucket only, so the code runs
-unchanged on Redis Cluster (a bucket is a hash slot), and a consumed batch
+{q03}): every script call touches keys of one bucket only, so the scripts
+need no change for Redis Cluster (a bucket is a hash slot; the clients would
+still have to route each call to its shard), and a consumed batch
 costs one script call per bucket instead of one per document. Buckets
 (CLEARANCE_REDIS_BUCKETS, default 16) bound how many cluster shards share the
 load; raise it before growing past that many shards.
