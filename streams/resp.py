@@ -3,11 +3,11 @@ replies parsed by hiredis in order, a time limit per read, not per reply.
 
 redis-py's asyncio pipeline reads each reply under its own timeout context,
 looks up a response callback per command and hands its connection back to the
-pool through a shielded task: about 60 % of the time the worker spent in its
-Redis client went there, not to packing or parsing (py-spy of the batch
-pipeline, benchmarks/README.md "Sixth session"). The hot path queues only
-EVALSHA and plain commands whose raw replies it reads itself, so it needs none
-of that. Everything else — script loading, the timeout sweep's reads, the
+pool through a shielded task; more than half of the samples py-spy took in it
+were there, not in packing or parsing. The hot path queues only EVALSHA and
+plain commands whose raw replies it reads itself, so it needs none of that:
+4 % fewer instructions per document for the whole batch pipeline
+(benchmarks/README.md, "Sixth session"). Everything else — script loading, the timeout sweep's reads, the
 gate, the CLI — keeps redis-py; the address, credentials and TLS settings are
 taken from the redis-py client, so both talk to the same Redis the same way.
 """
