@@ -86,7 +86,13 @@ def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redi
 
         report = env.cli("tax", "report")
         assert report.returncode == 0 and "4601XXXXBB" in report.stdout
-        taxes = [orjson.loads(v) for _, v in Reader(env, registry.TAX).drain(1.0)]
+        # a and b charged, b's cancel reversed, c charged after the top-up: four
+        # records. A fresh reader may need more than a second for its first fetch
+        # on a loaded broker, so wait for them before looking for stragglers.
+        tax_reader = Reader(env, registry.TAX)
+        tax_reader.read_until(lambda r: len(r) >= 4, 30)
+        taxes = [orjson.loads(v) for _, v in tax_reader.drain(1.0)]
+        assert len(taxes) == 4
         total = sum(t["cents"]["taxTotal"] for t in taxes)
         assert f"{total / 100:.2f}" in report.stdout
 
