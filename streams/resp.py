@@ -32,7 +32,7 @@ def _reply_error(message: str) -> exceptions.ResponseError:
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
-        self.parser = hiredis.Reader(replyError=_reply_error)
+        self.parser = hiredis.Reader(protocolError=exceptions.InvalidResponse, replyError=_reply_error)
         self.answered = False  # bytes came back in this round trip
 
     async def round_trip(self, packed: bytes, n: int, timeout: float | None) -> list[Any]:

@@ -178,3 +178,26 @@ def test_tls_as_the_redis_py_client_is_configured(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_reply_that_is_not_redis_protocol_is_a_redis_error():
+    # A server that answers garbage (a wrong port, a proxy): the batch fails as a
+    # Redis error (the worker's dependency metric says "redis"), not a crash.
+    async def serve(reader, writer):
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+
+    async def go():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = resp.Client("127.0.0.1", port)
+        try:
+            with pytest.raises(exceptions.RedisError):
+                await client.execute([("PING",)])
+            assert client._idle == []
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(go())
