@@ -7,9 +7,10 @@ pool through a shielded task; more than half of the samples py-spy took in it
 were there, not in packing or parsing. The hot path queues only EVALSHA and
 plain commands whose raw replies it reads itself, so it needs none of that:
 4 % fewer instructions per document for the whole batch pipeline
-(benchmarks/README.md, "Sixth session"). Everything else — script loading, the timeout sweep's reads, the
-gate, the CLI — keeps redis-py; the address, credentials and TLS settings are
-taken from the redis-py client, so both talk to the same Redis the same way.
+(benchmarks/README.md, "Sixth session"). Everything else — script loading,
+the timeout sweep's reads, the gate, the CLI — keeps redis-py; the address,
+credentials and TLS settings are taken from the redis-py client, so both talk
+to the same Redis the same way.
 """
 from __future__ import annotations
 
@@ -64,10 +65,9 @@ class Client:
 
     def __init__(self, host: str = "localhost", port: int = 6379, db: int = 0, username: str | None = None,
                  password: str | None = None, path: str | None = None, tls: ssl.SSLContext | None = None,
-                 timeout: float | None = TIMEOUT_S, server_hostname: str | None = None):
+                 timeout: float | None = TIMEOUT_S):
         self.host, self.port, self.db, self.path = host, port, db, path
         self.username, self.password, self.tls = username, password, tls
-        self.server_hostname = server_hostname
         self.timeout = timeout
         self._idle: list[_Connection] = []
 
@@ -93,8 +93,7 @@ class Client:
                 reader, writer = await asyncio.open_unix_connection(self.path)
             else:
                 reader, writer = await asyncio.open_connection(
-                    self.host, self.port, ssl=self.tls,
-                    server_hostname=(self.server_hostname or self.host) if self.tls else None)
+                    self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None)
         except OSError as exc:
             raise exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from None
         conn = _Connection(reader, writer)
@@ -123,7 +122,10 @@ class Client:
             # An idle connection the server has closed meanwhile (a restart, its
             # idle-client timeout) fails before any reply: try the next, then a
             # new one. A failure after a reply, or on a new connection, is raised
-            # and the caller retries the whole batch (every script is idempotent).
+            # and the caller retries the whole batch. Either way a command may
+            # run twice if Redis closed the connection between running it and
+            # answering: every script is idempotent, and a serial number
+            # skipped (INCRBY) is harmless.
             conn = self._idle.pop()
             try:
                 replies = await self._on(conn, packed, len(commands))

@@ -5,6 +5,7 @@ deadline per round trip."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,6 +20,18 @@ SCRIPT = "return {KEYS[1], tonumber(ARGV[1]) * 2, false, {ARGV[2]}}"
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def on(url: str, commands: list[tuple]) -> list:
+    """One batch through a client made like the redis-py client of `url`."""
+    async def go():
+        client = resp.Client.like(aioredis.from_url(url))
+        try:
+            return await client.execute(commands)
+        finally:
+            await client.aclose()
+
+    return run(go())
 
 
 def test_replies_are_those_redis_py_gives(redis_url):
@@ -87,18 +100,14 @@ def test_credentials_and_database_come_from_the_redis_py_client(redis_url):
     sync.acl_setuser("clearance-test", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
     u = urlsplit(redis_url)
     try:
-        async def go(password: str):
-            client = resp.Client.like(aioredis.from_url(f"redis://clearance-test:{password}@{u.netloc}/5"))
-            try:
-                return await client.execute([("SET", "where", "db5"), ("ACL", "WHOAMI")])
-            finally:
-                await client.aclose()
+        def as_user(password: str) -> list:
+            return on(f"redis://clearance-test:{password}@{u.netloc}/5", [("SET", "where", "db5"), ("ACL", "WHOAMI")])
 
-        assert run(go("s3cret")) == [b"OK", b"clearance-test"]
+        assert as_user("s3cret") == [b"OK", b"clearance-test"]
         assert redis.Redis.from_url(f"redis://{u.netloc}/5").get("where") == b"db5"
         assert sync.get("where") is None
         with pytest.raises(exceptions.ResponseError, match="WRONGPASS"):
-            run(go("wrong"))
+            as_user("wrong")
     finally:
         sync.acl_deluser("clearance-test")
         redis.Redis.from_url(f"redis://{u.netloc}/5").flushdb()
@@ -162,19 +171,15 @@ def test_tls_as_the_redis_py_client_is_configured(tmp_path):
         except RuntimeError:
             pytest.skip("this redis-server was built without TLS")
 
-        async def go(ca: str):
-            client = resp.Client.like(aioredis.from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"))
-            try:
-                return await client.execute([("SET", "over", "tls"), ("GET", "over")])
-            finally:
-                await client.aclose()
+        def trusting(ca: Path) -> list:
+            return on(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", [("SET", "over", "tls"), ("GET", "over")])
 
-        assert run(go(str(cert))) == [b"OK", b"tls"]
+        assert trusting(cert) == [b"OK", b"tls"]
         other = tmp_path / "other.pem"
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "o.key"),
                         "-out", str(other), "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
         with pytest.raises(exceptions.ConnectionError, match="certificate verify failed"):
-            run(go(str(other)))  # a server the configured CA did not sign is refused
+            trusting(other)  # a server the configured CA did not sign is refused
     finally:
         server.terminate()
         server.wait(10)
