@@ -20,6 +20,8 @@ def _env(env: Mapping[str, str], name: str, default: str) -> str:
 class Settings:
     kafka_bootstrap: str = ""
     redis_url: str = ""
+    # REDIS_URL names one node of a Redis Cluster: commands are routed by slot.
+    redis_cluster: bool = False
     # librdkafka/aiokafka security options, passed through unchanged.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
@@ -92,6 +94,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         kafka_bootstrap=_env(e, "KAFKA_BOOTSTRAP", ""),
         redis_url=_env(e, "REDIS_URL", ""),
+        redis_cluster=_env(e, "REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
         kafka_security_protocol=_env(e, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
         kafka_sasl_mechanism=_env(e, "KAFKA_SASL_MECHANISM", ""),
         kafka_sasl_username=_env(e, "KAFKA_SASL_USERNAME", ""),

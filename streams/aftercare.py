@@ -104,9 +104,9 @@ class Aftercare:
     async def handle(self, docs: list[Any], now: int, out_receipts: list[dict[str, Any]]) -> None:
         if not docs:
             return
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.p.batch()
         for d in docs:
-            pipe.hmget(d.order_key, "dec", "final", "d621")
+            pipe.execute_command("HMGET", d.order_key, "dec", "final", "d621")
         looked = await pipe.execute()
         for d, (dec, final, inv) in zip(docs, looked):
             decision = orjson.loads(final or dec) if (final or dec) else None
@@ -137,9 +137,9 @@ class Aftercare:
             if decision["status"] == RELEASE:
                 sink.produce(self.p.t_release, decision["logisticsNo"],
                              orjson.dumps(aftercare.revocation_event(decision, now)))
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(d.order_key, "final", orjson.dumps(cancelled))
-            pipe.srem(state.area_key(decision.get("areaCode", "-")), decision["logisticsNo"])
+            pipe = self.p.batch()
+            pipe.execute_command("HSET", d.order_key, "final", orjson.dumps(cancelled))
+            pipe.execute_command("SREM", state.area_key(decision.get("areaCode", "-")), decision["logisticsNo"])
             for led in (decision.get("quota") or {}).get("ledgers", []):
                 await self.p.scripts.unreserve(keys=[state.ledger_key(decision["buyer"], decision["quota"]["year"],
                                                                       self.p.buckets, led)],
@@ -169,7 +169,7 @@ class Aftercare:
             return
         if status == 1:
             guid = str(d.doc["head"].get("guid", ""))
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.p.batch()
             quota = decision.get("quota") or {}
             if quota:
                 await self.s.refund(keys=[state.ledger_key(decision["buyer"], quota["year"], self.p.buckets)],
@@ -180,8 +180,8 @@ class Aftercare:
                 await self._aggregate([record], pipe)
                 g, _held = state.guarantee_keys(decision.get("assureCode", "-"), self.p.buckets)
                 await self.s.guarantee_refund(keys=[g], args=[guid, -record["cents"]["taxTotal"]], client=pipe)
-            pipe.hset(d.order_key, "return:" + guid, orjson.dumps({"at": now, "value": str(value),
-                                                                     "lines": d.doc["lines"]}))
+            returned = {"at": now, "value": str(value), "lines": d.doc["lines"]}
+            pipe.execute_command("HSET", d.order_key, "return:" + guid, orjson.dumps(returned))
             await pipe.execute()
         out_receipts.append(receipts.document_receipt(d.doc, d.meta, "399",
                                                       f"退货成功 (returned value {value}; quota and tax restored)", now))
@@ -221,7 +221,7 @@ class Aftercare:
                 event = decide.release_event(final)
                 if event is not None:
                     self.p.sink.produce(self.p.t_release, event["logisticsNo"], orjson.dumps(event))
-                pipe = self.redis.pipeline(transaction=False)
+                pipe = self.p.batch()
                 for call in self.on_emitted([final], pipe, now):
                     await call
                 await pipe.execute()

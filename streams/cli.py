@@ -128,7 +128,6 @@ def cmd_batch(args: argparse.Namespace) -> None:
 
 def cmd_guarantee(args: argparse.Namespace) -> None:
     import orjson
-    import redis
     from confluent_kafka import Producer
 
     from processors.aftercare import cents
@@ -137,7 +136,7 @@ def cmd_guarantee(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     _need_services(settings)
-    r = redis.Redis.from_url(settings.redis_url)
+    r = state.sync_client(settings.redis_url, settings.redis_cluster)
     g, held = state.guarantee_keys(args.assure_code, settings.redis_buckets)
     if args.action == "set":
         r.hset(g, mapping={"balance": cents(args.amount), "used": r.hget(g, "used") or 0})
@@ -156,7 +155,6 @@ def cmd_guarantee(args: argparse.Namespace) -> None:
 
 
 def cmd_tax(args: argparse.Namespace) -> None:
-    import redis
 
     from processors.aftercare import tax_period
     from streams import state
@@ -165,7 +163,7 @@ def cmd_tax(args: argparse.Namespace) -> None:
     _need_services(settings)
     period = args.period or tax_period(int(time.time() * 1000))
     # The sums only (record ids are kept beside them; earlier versions kept them here as rec:<id>).
-    raw = {k.decode(): int(v) for k, v in redis.Redis.from_url(settings.redis_url)
+    raw = {k.decode(): int(v) for k, v in state.sync_client(settings.redis_url, settings.redis_cluster)
            .hgetall(state.tax_period_key(period)).items() if not k.startswith(b"rec:")}
     rows: dict[str, dict[str, int]] = {}
     for k, v in raw.items():
@@ -181,13 +179,13 @@ def cmd_tax(args: argparse.Namespace) -> None:
 def cmd_trace(args: argparse.Namespace) -> None:
     import json
 
-    import redis
 
-    from streams import trace
+    from streams import state, trace
 
     settings = load_settings()
     _need_services(settings)
-    t = trace.lineage(redis.Redis.from_url(settings.redis_url), args.ident, settings.redis_buckets)
+    t = trace.lineage(state.sync_client(settings.redis_url, settings.redis_cluster), args.ident,
+                      settings.redis_buckets)
     if t is None:
         sys.exit(f"{args.ident}: no order, waybill or list with this number")
     print(json.dumps(t, ensure_ascii=False, indent=1) if args.json else trace.text(t))
@@ -226,13 +224,12 @@ def cmd_rules(args: argparse.Namespace) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> None:
     import orjson
-    import redis
 
     from streams import state
 
     settings = load_settings()
     _need_services(settings)
-    r = redis.Redis.from_url(settings.redis_url)
+    r = state.sync_client(settings.redis_url, settings.redis_cluster)
     key = state.order_key(args.order_no, settings.redis_buckets)
     raw = r.hmget(key, "dec", "final", "first", "m311", "m411", "m511", "m621")
     if raw[0] is None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import hiredis
 from redis import exceptions
+from redis.crc import key_slot
 
 TIMEOUT_S = 5.0  # as redis-py's default socket timeout
 
@@ -72,10 +73,19 @@ class Client:
         self._idle: list[_Connection] = []
 
     @classmethod
-    def like(cls, redis: Any) -> "Client":
-        """A client for the Redis an asyncio redis-py client points at, with its credentials and TLS."""
+    def like(cls, redis: Any) -> "Client | ClusterClient":
+        """A client for the Redis an asyncio redis-py client points at, with its
+        credentials and TLS (for a RedisCluster client, a ClusterClient)."""
+        from redis.asyncio.cluster import RedisCluster
+
+        if isinstance(redis, RedisCluster):
+            return ClusterClient.like(redis)
         pool = redis.connection_pool
-        conn = pool.connection_class(**pool.connection_kwargs)  # not connected: read its settings only
+        return cls.of(pool.connection_class(**pool.connection_kwargs))  # not connected: its settings only
+
+    @classmethod
+    def of(cls, conn: Any) -> "Client":
+        """A client with the address and settings of an (unconnected) redis-py connection."""
         tls = conn.ssl_context.get() if getattr(conn, "ssl_context", None) is not None else None
         username, password = getattr(conn, "username", None), getattr(conn, "password", None)
         provider = getattr(conn, "credential_provider", None)
@@ -104,7 +114,7 @@ class Client:
             setup.append(("SELECT", self.db))
         if setup:
             try:
-                self._raise_first(await conn.round_trip(b"".join(hiredis.pack_command(c) for c in setup),
+                raise_first(await conn.round_trip(b"".join(hiredis.pack_command(c) for c in setup),
                                                         len(setup), self.timeout))
             except BaseException:
                 conn.close()
@@ -115,6 +125,12 @@ class Client:
         """Send the commands in one write and return their replies in order. Like
         redis-py's pipeline, every reply is read before the first error is raised,
         so the connection stays usable; a broken or timed-out one is closed."""
+        replies = await self.execute_raw(commands)
+        raise_first(replies)
+        return replies
+
+    async def execute_raw(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies in order, an error reply as its exception object."""
         if not commands:
             return []
         packed = b"".join(hiredis.pack_command(c) for c in commands)
@@ -136,7 +152,6 @@ class Client:
             break
         else:
             replies = await self._on(None, packed, len(commands))
-        self._raise_first(replies)
         return replies
 
     async def _on(self, conn: _Connection | None, packed: bytes, n: int) -> list[Any]:
@@ -156,11 +171,6 @@ class Client:
         self._idle.append(conn)
         return replies
 
-    @staticmethod
-    def _raise_first(replies: list[Any]) -> None:
-        for i, reply in enumerate(replies):
-            if isinstance(reply, exceptions.ResponseError):
-                raise reply.__class__(f"command {i + 1} of the batch: {reply}")
 
     async def aclose(self) -> None:
         while self._idle:
@@ -172,12 +182,135 @@ class Client:
                 pass
 
 
+def raise_first(replies: list[Any]) -> None:
+    for i, reply in enumerate(replies):
+        if isinstance(reply, exceptions.ResponseError):
+            raise reply.__class__(f"command {i + 1} of the batch: {reply}")
+
+
+SLOTS = 16384
+_KEY_AT = {b"EVALSHA": 3, b"EVAL": 3}  # where a command's first key is: 1 for the rest
+
+
+def slot_of(command: tuple[Any, ...]) -> int | None:
+    """The slot of the command's first key; None for a command without keys."""
+    name = command[0].encode() if isinstance(command[0], str) else command[0]
+    at = _KEY_AT.get(name.upper(), 1)
+    if len(command) <= at or (at == 3 and not int(command[2])):
+        return None
+    key = command[at]
+    return key_slot(key.encode() if isinstance(key, str) else key)
+
+
+def _redirect(reply: Any) -> tuple[str, tuple[str, int]] | None:
+    """("MOVED" | "ASK", node address) of a redirection reply, else None."""
+    if not isinstance(reply, exceptions.ResponseError):
+        return None
+    kind, _, rest = str(reply).partition(" ")
+    if kind not in ("MOVED", "ASK"):
+        return None
+    host, _, port = rest.split(" ")[-1].rpartition(":")
+    return kind, (host, int(port))
+
+
+class ClusterClient:
+    """Batches for a Redis Cluster. Each command goes to the primary serving its
+    first key's slot (every script call keeps to one slot bucket), one round trip
+    per node, all nodes at once, the replies put back in order. A MOVED reply
+    (the slot has moved) refreshes the slot map and sends that command again to
+    its new node; an ASK reply (the slot is being migrated) sends it once, after
+    ASKING, to the node named. redis-py's cluster pipelines refuse EVALSHA, so
+    the worker's scripted batches need this."""
+
+    def __init__(self, seed: Client):
+        self.seed = seed  # address of the node REDIS_URL names, credentials, TLS, timeout
+        self.nodes: dict[tuple[str, int], Client] = {}
+        self.slots: list[tuple[str, int]] = []
+
+    @classmethod
+    def like(cls, cluster: Any) -> "ClusterClient":
+        node = next(iter(cluster.nodes_manager.startup_nodes.values()))
+        return cls(Client.of(node.connection_class(**node.connection_kwargs)))
+
+    def node(self, address: tuple[str, int]) -> Client:
+        if address == (self.seed.host, self.seed.port):
+            return self.seed
+        client = self.nodes.get(address)
+        if client is None:
+            s = self.seed
+            client = self.nodes[address] = Client(address[0], address[1], 0, s.username, s.password, None, s.tls,
+                                                  s.timeout)
+        return client
+
+    async def refresh(self) -> None:
+        """The slot map, from the first node that answers CLUSTER SLOTS."""
+        error: Exception | None = None
+        for address in dict.fromkeys([(self.seed.host, self.seed.port), *self.nodes]):
+            try:
+                (ranges,) = await self.node(address).execute([("CLUSTER", "SLOTS")])
+            except exceptions.RedisError as exc:
+                error = exc
+                continue
+            slots = [address] * SLOTS
+            for start, end, primary, *_replicas in ranges:
+                host = primary[0].decode() or address[0]  # "": the node asked
+                for slot in range(start, end + 1):
+                    slots[slot] = (host, int(primary[1]))
+            self.slots = slots
+            return
+        raise exceptions.ConnectionError(f"no cluster node answered CLUSTER SLOTS: {error}")
+
+    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if not commands:
+            return []
+        if not self.slots:
+            await self.refresh()
+        replies: list[Any] = [None] * len(commands)
+        todo = [(i, self._address(c), False) for i, c in enumerate(commands)]
+        for _attempt in range(5):
+            by_node: dict[tuple[str, int], list[tuple[int, bool]]] = {}
+            for i, address, asking in todo:
+                by_node.setdefault(address, []).append((i, asking))
+            results = await asyncio.gather(*(
+                self.node(address).execute_raw([c for i, asking in items
+                                                for c in ((("ASKING",), commands[i]) if asking else (commands[i],))])
+                for address, items in by_node.items()))
+            todo, moved = [], False
+            for items, result in zip(by_node.values(), results):
+                answers = iter(result)
+                for i, asking in items:
+                    if asking:
+                        next(answers)  # ASKING's OK
+                    reply = next(answers)
+                    redirect = _redirect(reply)
+                    if redirect is None:
+                        replies[i] = reply
+                        continue
+                    kind, address = redirect
+                    moved = moved or kind == "MOVED"
+                    todo.append((i, address, kind == "ASK"))
+            if not todo:
+                raise_first(replies)
+                return replies
+            if moved:
+                await self.refresh()
+        raise exceptions.ClusterError(f"{len(todo)} command(s) still redirected after 5 attempts")
+
+    def _address(self, command: tuple[Any, ...]) -> tuple[str, int]:
+        slot = slot_of(command)
+        return (self.seed.host, self.seed.port) if slot is None else self.slots[slot]
+
+    async def aclose(self) -> None:
+        for client in [self.seed, *self.nodes.values()]:
+            await client.aclose()
+
+
 class Batch:
     """Commands queued for one round trip (the hot path's pipeline)."""
 
     __slots__ = ("client", "commands")
 
-    def __init__(self, client: Client):
+    def __init__(self, client: Client | ClusterClient):
         self.client = client
         self.commands: list[tuple[Any, ...]] = []
 

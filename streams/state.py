@@ -2,8 +2,8 @@
 
 Keys are spread over a fixed number of slot buckets by a hash tag ({o07},
 {q03}): every script call touches keys of one bucket only, so the scripts
-need no change for Redis Cluster (a bucket is a hash slot; the clients would
-still have to route each call to its shard), and a consumed batch
+run unchanged on Redis Cluster (a bucket is a hash slot; streams/resp.py
+routes each call to its node), and a consumed batch
 costs one script call per bucket instead of one per document. Buckets
 (CLEARANCE_REDIS_BUCKETS, default 16) bound how many cluster shards share the
 load; raise it before growing past that many shards.
@@ -434,9 +434,11 @@ class _Lua:
 
 def _script(redis: Any, source: str) -> Any:
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
 
     # The gate's synchronous client keeps redis-py's own Script.
-    return _Lua(redis, source) if isinstance(redis, aioredis.Redis) else redis.register_script(source)
+    return _Lua(redis, source) if isinstance(redis, (aioredis.Redis, RedisCluster)) \
+        else redis.register_script(source)
 
 
 class Scripts:
@@ -750,11 +752,26 @@ def memory_of(info: dict[Any, Any]) -> tuple[int, int]:
     return get("used_memory"), get("maxmemory")
 
 
-def async_client(url: str) -> Any:
-    """The worker's asyncio Redis client (bytes replies, hiredis packing)."""
+def sync_client(url: str, cluster: bool = False) -> Any:
+    """A synchronous client for the gate, the CLI and trace (RedisCluster when `cluster`)."""
+    import redis
+
+    if cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)
+
+
+def async_client(url: str, cluster: bool = False) -> Any:
+    """The worker's asyncio Redis client (bytes replies, hiredis packing; RedisCluster when `cluster`)."""
     import redis.asyncio as aioredis
     from redis.asyncio import connection as c
 
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, decode_responses=False)
     client = aioredis.from_url(url, decode_responses=False)
     pool = client.connection_pool
     base = pool.connection_class

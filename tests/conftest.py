@@ -30,3 +30,19 @@ def redis_url(services):
     r = redis.Redis.from_url(services.redis_url)
     r.flushdb()
     return services.redis_url
+
+
+@pytest.fixture(scope="session")
+def _local_cluster(tmp_path_factory):
+    from tests.cluster import LocalCluster
+
+    cluster = LocalCluster(str(tmp_path_factory.mktemp("redis-cluster")))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(_local_cluster):
+    """A three-node Redis Cluster, emptied for the test."""
+    _local_cluster.flush()
+    return _local_cluster

@@ -54,13 +54,15 @@ def doc_records(order: GeneratedOrder, types: list[str] | None = None, fmt: str 
 def run_pipeline(redis_url: str, batches: list[list[InRecord]], sweep: bool = False, rules: Any = None,
                  reviews: list[list[InRecord]] | None = None, **settings_kw: Any) -> CaptureSink:
     """Process batches in order through a fresh Pipeline on a real Redis."""
-    import redis.asyncio as aioredis
+    from streams import state
 
     sink = CaptureSink()
 
+    settings = settings_for(redis_url, **settings_kw)
+
     async def go() -> None:
-        client = aioredis.from_url(redis_url)
-        p = Pipeline(settings_for(redis_url, **settings_kw), client, sink, rules)
+        client = state.async_client(redis_url, settings.redis_cluster)
+        p = Pipeline(settings, client, sink, rules)
         for b in batches:
             await p.process(b)
         for b in reviews or ():

@@ -1,5 +1,6 @@
 """Release to the gate, cancel and return, tax records and the guarantee, trace —
-on the real broker (gate exit events) and a real Redis."""
+on the real broker (gate exit events) and a real Redis, one server or a
+three-node cluster (REDIS_CLUSTER=1)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +11,6 @@ from decimal import Decimal
 
 import orjson
 import pytest
-import redis
-import redis.asyncio as aioredis
 
 from config.settings import Settings
 from processors import ruleset
@@ -37,18 +36,18 @@ def rules() -> ruleset.RuleEngine:
 class World:
     """A pipeline (outputs captured) and a gate (real broker for exit events), one Redis."""
 
-    def __init__(self, services, prefix: str):
+    def __init__(self, services, prefix: str, redis_url: str, cluster: bool = False):
         self.settings = dataclasses.replace(Settings(kafka_bootstrap=services.kafka_bootstrap,
-                                                     redis_url=services.redis_url), topic_prefix=prefix)
+                                                     redis_url=redis_url, redis_cluster=cluster), topic_prefix=prefix)
         registry.ensure_topics(self.settings)
         self.sink = CaptureSink()
         self.gate = Gate(self.settings)
-        self.r = redis.Redis.from_url(services.redis_url)
+        self.r = state.sync_client(redis_url, cluster)
         self.engine = rules()
 
     def run(self, *batches, topup: list | None = None):
         async def go():
-            client = aioredis.from_url(self.settings.redis_url)
+            client = state.async_client(self.settings.redis_url, self.settings.redis_cluster)
             p = Pipeline(self.settings, client, self.sink, self.engine)
             for b in batches:
                 await p.process(b)
@@ -83,9 +82,12 @@ class World:
         return out
 
 
-@pytest.fixture
-def world(services, redis_url, request):
-    return World(services, f"ar{abs(hash(request.node.name)) % 10**6}.")
+@pytest.fixture(params=["redis", "cluster"])
+def world(services, request):
+    prefix = f"ar{abs(hash(request.node.name)) % 10**6}."
+    if request.param == "cluster":
+        return World(services, prefix, request.getfixturevalue("redis_cluster").url, cluster=True)
+    return World(services, prefix, request.getfixturevalue("redis_url"))
 
 
 def after_record(doc_type, doc):

@@ -1,0 +1,171 @@
+"""On a three-node Redis Cluster (REDIS_CLUSTER=1): the batch client's routing
+by slot and its redirections, and the pipeline deciding exactly as on one
+Redis. The gate, cancels, returns, top-ups and trace on a cluster are in
+test_after_release.py (its world runs on both)."""
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from streams import resp, state
+from tests.helpers import doc_records, order, run_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def batch(url: str, commands: list[tuple], before=None) -> tuple[list, resp.ClusterClient]:
+    async def go():
+        client = resp.Client.like(state.async_client(url, cluster=True))
+        assert isinstance(client, resp.ClusterClient)
+        try:
+            if before is not None:
+                await client.execute([("PING",)])  # the slot map is read now, before the change
+                before()
+            return await client.execute(commands), client
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def key_in_slot_of(owner: int, cluster, prefix: str) -> str:
+    return next(f"{prefix}{i}" for i in range(10_000) if cluster.owner(key_slot(f"{prefix}{i}".encode())) == owner)
+
+
+def test_each_command_goes_to_the_node_of_its_slot_and_replies_keep_their_order(redis_cluster):
+    keys = [f"clr:o:{{o{b:02d}}}:N{b}" for b in range(16)]  # the worker's 16 order buckets
+    sha = redis_cluster.nodes()[0].script_load("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    for r in redis_cluster.nodes()[1:]:
+        r.script_load("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    commands = [("EVALSHA", sha, 1, k, i + 1) for i, k in enumerate(keys)] + [("GET", k) for k in keys]
+    replies, client = batch(redis_cluster.url, commands)
+    assert replies == list(range(1, 17)) + [str(i + 1).encode() for i in range(16)]
+    nodes = redis_cluster.nodes()
+    for i, k in enumerate(keys):
+        assert nodes[redis_cluster.owner(key_slot(k.encode()))].get(k) == str(i + 1).encode()
+    assert len({redis_cluster.owner(key_slot(k.encode())) for k in keys}) == 3  # all three nodes were used
+
+
+def test_a_moved_slot_is_followed(redis_cluster):
+    nodes = redis_cluster.nodes()
+    key = key_in_slot_of(0, redis_cluster, "moved:")
+    slot = key_slot(key.encode())
+    target = redis_cluster.node_id(nodes[1])
+
+    def move():  # an empty slot changes hands at once
+        for r in nodes:
+            r.execute_command("CLUSTER SETSLOT", slot, "NODE", target)
+
+    try:
+        replies, client = batch(redis_cluster.url, [("SET", key, "here"), ("GET", key)], before=move)
+        assert replies == [b"OK", b"here"]
+        assert nodes[1].get(key) == b"here" and client.slots[slot][1] == redis_cluster.ports[1]
+    finally:
+        nodes[1].delete(key)
+        for r in nodes:
+            r.execute_command("CLUSTER SETSLOT", slot, "NODE", redis_cluster.node_id(nodes[0]))
+
+
+def test_a_slot_in_migration_is_asked_of_its_new_node(redis_cluster):
+    nodes = redis_cluster.nodes()
+    key = key_in_slot_of(2, redis_cluster, "asked:")
+    slot = key_slot(key.encode())
+    source, target = redis_cluster.node_id(nodes[2]), redis_cluster.node_id(nodes[0])
+    nodes[0].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source)
+    nodes[2].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target)
+    try:
+        # The key is not on the source: it answers ASK, and the key is written on the target.
+        replies, client = batch(redis_cluster.url, [("SET", key, "new")])
+        assert replies == [b"OK"]
+        assert client.slots[slot][1] == redis_cluster.ports[2]  # an ASK does not change the map
+    finally:
+        for r in nodes:
+            r.execute_command("CLUSTER SETSLOT", slot, "NODE", target)
+    assert nodes[0].get(key) == b"new"
+    nodes[0].delete(key)
+    for r in nodes:
+        r.execute_command("CLUSTER SETSLOT", slot, "NODE", source)
+
+
+def test_the_pipeline_decides_the_same_on_a_cluster_as_on_one_redis(redis_url, redis_cluster):
+    scenarios = ["ok", "ok", "amount_mismatch", "buyer_not_payer", "over_single_limit", "missing_payment"]
+    orders = [order(700 + i, scenario) for i, scenario in enumerate(scenarios)]
+    batches = [doc_records(o) for o in orders]
+    batches.append(doc_records(orders[0]))  # duplicates after the decision
+
+    def outcome(url: str, **kw) -> list:
+        sink = run_pipeline(url, batches, sweep=True, match_timeout_s=0.0, **kw)
+        return sorted((d["orderNo"], d["status"], d["rules"], d.get("invtNo", "")[:9]) for d in sink.decisions())
+
+    single = outcome(redis_url)
+    assert outcome(redis_cluster.url, redis_cluster=True) == single
+    assert {status for _, status, _, _ in single} >= {800, 100}
+    # The order state is spread over the nodes by its slot bucket.
+    held = [sum(1 for _ in r.scan_iter("clr:o:*")) for r in redis_cluster.nodes()]
+    assert sum(held) == len(orders) and all(held)
+
+
+def test_scripts_lost_by_a_node_are_loaded_again(redis_cluster):
+    from streams.app import process_until_done
+
+    async def go():
+        client = state.async_client(redis_cluster.url, cluster=True)
+        from config.settings import Settings
+        from streams.pipeline import Pipeline
+        from tests.helpers import CaptureSink
+
+        sink = CaptureSink()
+        p = Pipeline(Settings(kafka_bootstrap="unused:1", redis_url=redis_cluster.url, redis_cluster=True),
+                     client, sink)
+        await process_until_done(p, doc_records(order(801)))
+        for r in redis_cluster.nodes():
+            r.script_flush()  # what a node's restart does to its script cache
+        await process_until_done(p, doc_records(order(802)))
+        await p.aclose()
+        await client.aclose()
+        return [orjson.loads(v)["orderNo"] for t, _k, v in sink.records if t.endswith("clearance.decisions")]
+
+    assert sorted(asyncio.run(go())) == sorted([order(801).order_no, order(802).order_no])
+
+
+def test_a_plain_client_cannot_be_mistaken_for_a_cluster_one(redis_url):
+    assert isinstance(resp.Client.like(aioredis.from_url(redis_url)), resp.Client)
+
+
+def test_a_worker_process_and_the_cli_on_a_cluster(services, redis_cluster):
+    import random
+
+    from config.settings import load_settings
+    from streams.simulator import Publisher, make_order
+    from tests.integration.worker import Env, Reader
+    from topics import registry
+
+    env = Env(services)
+    env.env.update(REDIS_URL=redis_cluster.url, REDIS_CLUSTER="1")
+    env.settings = load_settings(env.env)
+    try:
+        env.start_worker()
+        env.wait_assigned()
+        rng = random.Random(5)
+        orders = [make_order(900 + i, rng, scenario, prefix="CLU")
+                  for i, scenario in enumerate(["ok", "ok", "ok", "buyer_not_payer"])]
+        pub = Publisher(env.settings, "json", batch=1)
+        pub.send(orders)
+        pub.flush()
+        decided = {orjson.loads(v)["orderNo"]: orjson.loads(v) for _, v in
+                   Reader(env, registry.DECISIONS).read_until(lambda r: len(r) >= 4, 60)}
+        assert sorted(decided) == sorted(o.order_no for o in orders)
+        assert [decided[o.order_no]["status"] for o in orders] == [800, 800, 800, 100]
+        # The orders' state is on more than one node, and the CLI finds each.
+        held = [sum(1 for _ in r.scan_iter("clr:o:*")) for r in redis_cluster.nodes()]
+        assert sum(held) == len(orders) and sum(1 for n in held if n) >= 2
+        for o in orders:
+            explain = env.cli("explain", o.order_no)
+            assert explain.returncode == 0 and o.order_no in explain.stdout, explain.stderr
+        assert 'clearance_decisions_total{lane="reject",outcome="reject",status="100"} 1.0' in env.metrics(0)
+    finally:
+        env.stop()
