@@ -115,7 +115,7 @@ class Client:
         if setup:
             try:
                 raise_first(await conn.round_trip(b"".join(hiredis.pack_command(c) for c in setup),
-                                                        len(setup), self.timeout))
+                                                  len(setup), self.timeout))
             except BaseException:
                 conn.close()
                 raise
@@ -170,7 +170,6 @@ class Client:
             raise
         self._idle.append(conn)
         return replies
-
 
     async def aclose(self) -> None:
         while self._idle:
@@ -271,10 +270,16 @@ class ClusterClient:
             by_node: dict[tuple[str, int], list[tuple[int, bool]]] = {}
             for i, address, asking in todo:
                 by_node.setdefault(address, []).append((i, asking))
-            results = await asyncio.gather(*(
-                self.node(address).execute_raw([c for i, asking in items
-                                                for c in ((("ASKING",), commands[i]) if asking else (commands[i],))])
-                for address, items in by_node.items()))
+            try:
+                results = await asyncio.gather(*(
+                    self.node(address).execute_raw([c for i, asking in items for c in
+                                                    ((("ASKING",), commands[i]) if asking else (commands[i],))])
+                    for address, items in by_node.items()))
+            except (exceptions.ConnectionError, exceptions.TimeoutError):
+                # A node gone (a failover promotes its replica): read the slot
+                # map again before the batch is retried.
+                self.slots = []
+                raise
             todo, moved = [], False
             for items, result in zip(by_node.values(), results):
                 answers = iter(result)

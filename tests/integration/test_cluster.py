@@ -9,6 +9,7 @@ import asyncio
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis import exceptions as redis_exceptions
 from redis.crc import key_slot
 
 from streams import resp, state
@@ -169,3 +170,26 @@ def test_a_worker_process_and_the_cli_on_a_cluster(services, redis_cluster):
         assert 'clearance_decisions_total{lane="reject",outcome="reject",status="100"} 1.0' in env.metrics(0)
     finally:
         env.stop()
+
+
+def test_a_node_that_cannot_be_reached_makes_the_slot_map_be_read_again(redis_cluster):
+    from streams.embedded import free_port
+
+    key = "gone:1"
+    slot = key_slot(key.encode())
+
+    async def go():
+        client = resp.Client.like(state.async_client(redis_cluster.url, cluster=True))
+        try:
+            await client.execute([("GET", key)])
+            client.slots[slot] = ("127.0.0.1", free_port())  # as if its primary had failed over elsewhere
+            with pytest.raises(Exception) as failed:
+                await client.execute([("SET", key, "x")])
+            stale = client.slots
+            return failed.value, stale, await client.execute([("SET", key, "x"), ("GET", key)])
+        finally:
+            await client.aclose()
+
+    error, stale, replies = asyncio.run(go())
+    assert isinstance(error, redis_exceptions.ConnectionError) and stale == []
+    assert replies == [b"OK", b"x"]  # the batch retried after the map was read again
