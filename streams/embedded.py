@@ -112,3 +112,76 @@ def start(kafka_bootstrap: str = "", redis_url: str = "") -> Services:
         services.stop()
         raise
     return services
+
+
+CLUSTER_SLOTS = ((0, 5460), (5461, 10922), (10923, 16383))
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10,000) is free too: Redis refuses
+    ports above 55,535 in cluster mode."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20_000, 55_535)
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class LocalCluster:
+    """A three-node Redis Cluster (primaries only) on local ports, for the tests
+    and benchmarks that run against a cluster (REDIS_CLUSTER=1)."""
+
+    def __init__(self, workdir: str):
+        import redis
+
+        self._redis = redis
+        self.ports = [_cluster_port() for _ in CLUSTER_SLOTS]
+        self.services = Services("", "")
+        for port in self.ports:
+            d = os.path.join(workdir, str(port))
+            os.makedirs(d, exist_ok=True)
+            self.services.procs.append(subprocess.Popen(
+                [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--dir", d],
+                stdout=open(os.path.join(d, "redis.log"), "wb"), stderr=subprocess.STDOUT, start_new_session=True))
+        try:
+            for port, proc in zip(self.ports, self.services.procs):
+                _wait_port(port, proc, "redis-server (cluster node)")
+            nodes = self.nodes()
+            for r, (first, last) in zip(nodes, CLUSTER_SLOTS):
+                r.execute_command("CLUSTER ADDSLOTSRANGE", first, last)
+            for r in nodes[1:]:
+                r.execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
+            deadline = time.monotonic() + 20
+            while not all(r.execute_command("CLUSTER INFO").get("cluster_state") == "ok" for r in nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the local Redis Cluster did not come up")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def nodes(self) -> list:
+        return [self._redis.Redis(host="127.0.0.1", port=p) for p in self.ports]
+
+    def node_id(self, r) -> str:  # type: ignore[no-untyped-def]
+        return r.execute_command("CLUSTER MYID").decode()
+
+    def owner(self, slot: int) -> int:
+        """Index of the node that serves a slot as the cluster was set up."""
+        return next(i for i, (first, last) in enumerate(CLUSTER_SLOTS) if first <= slot <= last)
+
+    def flush(self) -> None:
+        for r in self.nodes():
+            r.flushall()
+
+    def stop(self) -> None:
+        self.services.stop()

@@ -34,7 +34,7 @@ def redis_url(services):
 
 @pytest.fixture(scope="session")
 def _local_cluster(tmp_path_factory):
-    from tests.cluster import LocalCluster
+    from streams.embedded import LocalCluster
 
     cluster = LocalCluster(str(tmp_path_factory.mktemp("redis-cluster")))
     yield cluster
