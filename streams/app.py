@@ -202,7 +202,6 @@ def create_app(settings: Settings) -> faust.App:
             return web.json({"error": "trace is disabled: set CLEARANCE_HTTP_TOKEN"}, status=403)
         if request.headers.get("Authorization", "") != f"Bearer {token}":
             return web.json({"error": "missing or wrong bearer token"}, status=401)
-
         from streams import trace
 
         r = state.sync_client(settings.redis_url, settings.redis_cluster)

@@ -155,7 +155,6 @@ def cmd_guarantee(args: argparse.Namespace) -> None:
 
 
 def cmd_tax(args: argparse.Namespace) -> None:
-
     from processors.aftercare import tax_period
     from streams import state
 
@@ -178,7 +177,6 @@ def cmd_tax(args: argparse.Namespace) -> None:
 
 def cmd_trace(args: argparse.Namespace) -> None:
     import json
-
 
     from streams import state, trace
 
