@@ -35,29 +35,6 @@ log = logging.getLogger("clearance.gate")
 RELEASED_COUNT = "clr:gate:{released}"
 
 
-class _Calls:
-    """The pipeline calls Gate.record makes, each sent at once (for a cluster)."""
-
-    def __init__(self, r: Any):
-        self.r, self.replies = r, []
-
-    def __len__(self) -> int:
-        return len(self.replies)
-
-    def evalsha(self, *args: Any) -> None:
-        self.replies.append(self.r.evalsha(*args))
-
-    def srem(self, *args: Any) -> None:
-        self.replies.append(self.r.srem(*args))
-
-    def script_load(self, source: str) -> Any:  # redis-py's Script after NOSCRIPT
-        return self.r.script_load(source)
-
-    def execute(self) -> list[Any]:
-        replies, self.replies = self.replies, []
-        return replies
-
-
 class Gate:
     """Gate operations on Redis, shared by the consumer, the HTTP API and the CLI."""
 
@@ -87,9 +64,7 @@ class Gate:
 
     def record(self, events: list[dict[str, Any]]) -> int:
         """Apply release and revocation events; returns how many parcels became releasable."""
-        # redis-py's cluster pipelines refuse scripts: on a cluster each script
-        # is its own call (routed by its key), replies in the same order.
-        pipe = _Calls(self.r) if self.settings.redis_cluster else self.r.pipeline(transaction=False)
+        pipe = state.script_pipeline(self.r)
         now = int(time.time() * 1000)
         releases = []  # (event, index of its release script's reply in the pipeline)
         for ev in events:

@@ -763,6 +763,38 @@ def sync_client(url: str, cluster: bool = False) -> Any:
     return redis.Redis.from_url(url)
 
 
+class _EachCall:
+    """A synchronous pipeline's script and SREM calls, each sent at once (see script_pipeline)."""
+
+    def __init__(self, r: Any):
+        self.r, self.replies = r, []
+
+    def __len__(self) -> int:
+        return len(self.replies)
+
+    def evalsha(self, *args: Any) -> None:
+        self.replies.append(self.r.evalsha(*args))
+
+    def srem(self, *args: Any) -> None:
+        self.replies.append(self.r.srem(*args))
+
+    def script_load(self, source: str) -> Any:  # redis-py's Script after NOSCRIPT
+        return self.r.script_load(source)
+
+    def execute(self) -> list[Any]:
+        replies, self.replies = self.replies, []
+        return replies
+
+
+def script_pipeline(r: Any) -> Any:
+    """A pipeline for a synchronous client's script calls. redis-py's cluster
+    pipelines refuse EVALSHA, so on a cluster each call is sent on its own
+    (routed by its key), replies kept in order; on one Redis, a real pipeline."""
+    from redis.cluster import RedisCluster
+
+    return _EachCall(r) if isinstance(r, RedisCluster) else r.pipeline(transaction=False)
+
+
 def async_client(url: str, cluster: bool = False) -> Any:
     """The worker's asyncio Redis client (bytes replies, hiredis packing; RedisCluster when `cluster`)."""
     import redis.asyncio as aioredis
