@@ -164,10 +164,13 @@ class Pipeline:
                     args += (d.doc["type"], d.payload, d.meta_raw, hashlib.sha1(d.payload).hexdigest())
                 await self.scripts.match(keys=["clr:p:" + tag] + [d.order_key for d in group], args=args,
                                          client=pipe)
-            # A match completed in this batch mostly returns documents this batch
+            # A match completed in this batch mostly needs documents this batch
             # decoded (the four types of a set of orders arrive close together):
-            # those are reused instead of parsed again.
-            local = {(d.order_key, d.doc["type"]): d for d in docs}
+            # MATCH leaves out those it stored from this call, which are the first
+            # of their type and order in the batch, and they are reused here.
+            local: dict[tuple[str, str], _Doc] = {}
+            for d in docs:
+                local.setdefault((d.order_key, d.doc["type"]), d)
             for group, replies in zip(groups.values(), await pipe.execute()):
                 for d, reply in zip(group, state.match_replies(replies)):
                     self._on_match(d, reply, now, out_receipts, pending, reemit, local)
@@ -255,14 +258,17 @@ class Pipeline:
                 m.DUPLICATES.labels("identical").inc()
             out_receipts.append(receipts.arrival_receipt(d.doc, d.meta, now))
             if status == "M":
-                first, raw_docs, raw_metas = state.split_docs(reply[1:])
-                # Stored bytes equal to what this batch sent are the document (or
-                # arrival) decoded here; an earlier identical copy keeps its own arrival.
-                near = {t: local[(d.order_key, t)] for t in DOC_TYPES if (d.order_key, t) in local}
-                docs = {t: near[t].doc if t in near and near[t].payload == v else orjson.loads(v)
-                        for t, v in raw_docs.items()}
-                metas = {t: near[t].meta if t in near and near[t].meta_raw == v else orjson.loads(v)
-                         for t, v in raw_metas.items()}
+                first = int(reply[1] or 0)
+                docs, metas = {}, {}
+                for i, t in enumerate(DOC_TYPES):
+                    body, arrival = reply[2 + 2 * i], reply[3 + 2 * i]
+                    if body is None:  # stored from this call: the first of its type here
+                        near = local[(d.order_key, t)]
+                        docs[t], metas[t] = near.doc, near.meta
+                    else:
+                        docs[t] = orjson.loads(body)
+                        if arrival is not None:
+                            metas[t] = orjson.loads(arrival)
                 pending[d.order_key] = _Pending(d.order_key, docs, metas, first, complete=True)
 
     # ------------------------------------------------------------------ decide

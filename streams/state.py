@@ -72,6 +72,11 @@ end
 # match and decision recovers), 'R', dec, first, docs... decided but never
 # confirmed emitted (re-emit after `stale` ms). Flat because a table per item
 # costs Redis more than most commands (benchmarks.instructions, "calls").
+# In an 'M' reply a document (and its metadata) that this same call stored
+# comes back as nil: the caller sent it, as the first of its type for that
+# order in the call. The four documents of an order mostly arrive in one
+# batch, so most completions read nothing back (the reply had been ~4 kB per
+# order, copied by Redis and parsed again by the worker).
 MATCH = MULTI + REEMIT + f"""
 local pending = KEYS[1]
 local now, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -79,6 +84,8 @@ local waiting = {{}}
 -- One read answers everything: decided?, first arrival, and which of the four
 -- documents are present (their digests), so completeness needs no second call.
 local slot = {{['311'] = 3, ['411'] = 4, ['511'] = 5, ['621'] = 6}}
+local types = {{'311', '411', '511', '621'}}
+local mine = {{}}  -- key .. type -> stored by this call
 local out = {{}}
 for i = 2, #KEYS do
   local k = KEYS[i]
@@ -102,14 +109,35 @@ for i = 2, #KEYS do
         status = 'S'
       elseif first then
         redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest)
+        mine[k .. t] = true
       else
         first = now
         redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest, 'first', now)
+        mine[k .. t] = true
       end
       seen[slot[t]] = digest
       if seen[3] and seen[4] and seen[5] and seen[6] then
         out[#out + 1] = 'M'
-        append(out, redis.call('HMGET', k, {DOC_FIELDS}))
+        out[#out + 1] = first
+        local need = {{}}
+        for j = 1, 4 do
+          if not mine[k .. types[j]] then
+            need[#need + 1] = 'd' .. types[j]
+            need[#need + 1] = 'm' .. types[j]
+          end
+        end
+        local got = #need > 0 and redis.call('HMGET', k, unpack(need)) or need
+        local n = 0
+        for j = 1, 4 do
+          if mine[k .. types[j]] then
+            out[#out + 1] = false
+            out[#out + 1] = false
+          else
+            out[#out + 1] = got[n + 1]
+            out[#out + 1] = got[n + 2]
+            n = n + 2
+          end
+        end
       else
         waiting[#waiting + 1] = first
         waiting[#waiting + 1] = k

@@ -77,6 +77,31 @@ def test_match_and_confirm_handle_more_items_than_one_chunk(redis_url):
     assert r.zcard(pending) == 0 and r.hget(keys[-1], "emit") == b"1" and 0 < r.ttl(keys[-1]) <= 60
 
 
+def test_a_completed_match_returns_only_the_documents_this_call_did_not_store(redis_url):
+    # The caller holds what it sent: a document stored by this very call comes
+    # back as nil, one stored by an earlier call comes back whole, and a
+    # conflicting copy later in the call does not count as stored.
+    r = redis.Redis.from_url(redis_url)
+    match = r.register_script(state.MATCH)
+    pending, k = "clr:p:{o01}", "clr:o:{o01}:X1"
+
+    def doc(t: str, body: bytes) -> list[object]:
+        return [t, body, b'{"at":%s}' % t.encode(), hashlib.sha1(body).hexdigest()]
+
+    assert match(keys=[pending, k, k], args=[NOW, 3000] + doc("311", b"order") + doc("411", b"pay")) == [b"A", b"A"]
+    args = [NOW + 10, 3000] + doc("511", b"waybill") + doc("511", b"other waybill") + doc("621", b"list")
+    replies = state.match_replies(match(keys=[pending, k, k, k], args=args))
+    assert replies[0] == [b"A"] and replies[1] == [b"C"]
+    assert int(replies[2][1]) == NOW  # the first arrival's time
+    assert replies[2][:1] + replies[2][2:] == [b"M", b"order", b'{"at":311}', b"pay", b'{"at":411}',
+                                               None, None, None, None]
+    # An identical resend in a later call stores nothing: everything comes back.
+    replies = state.match_replies(match(keys=[pending, k], args=[NOW + 20, 3000] + doc("621", b"list")))
+    assert len(replies) == 1 and int(replies[0][1]) == NOW
+    assert replies[0][:1] + replies[0][2:] == [b"M", b"order", b'{"at":311}', b"pay", b'{"at":411}',
+                                               b"waybill", b'{"at":511}', b"list", b'{"at":621}']
+
+
 def test_tax_aggregate_counts_each_record_once_per_guarantor(redis_url):
     r = redis.Redis.from_url(redis_url)
     tax = r.register_script(state.TAX_AGGREGATE)
