@@ -22,6 +22,7 @@ import zlib
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import hiredis
+from redis import exceptions as rx
 from redis.exceptions import NoScriptError
 
 LEDGER_TTL_S = 400 * 24 * 3600
@@ -465,8 +466,11 @@ def _script(redis: Any, source: str) -> Any:
     from redis.asyncio.cluster import RedisCluster
 
     # The gate's synchronous client keeps redis-py's own Script.
-    return _Lua(redis, source) if isinstance(redis, (aioredis.Redis, RedisCluster)) \
-        else redis.register_script(source)
+    if isinstance(redis, (aioredis.Redis, RedisCluster)):
+        return _Lua(redis, source)
+    script = redis.register_script(source)
+    _SOURCES[script.sha] = source
+    return script
 
 
 class Scripts:
@@ -791,36 +795,92 @@ def sync_client(url: str, cluster: bool = False) -> Any:
     return redis.Redis.from_url(url)
 
 
-class _EachCall:
-    """A synchronous pipeline's script and SREM calls, each sent at once (see script_pipeline)."""
+class _PerNode:
+    """A synchronous cluster pipeline for script and SREM calls (see script_pipeline).
+
+    redis-py's cluster pipelines refuse EVALSHA. The calls are grouped by the
+    node of their first key, each node gets its share in one plain pipeline,
+    and the replies are put back in order: one round trip per node, not per
+    call. A call a node turns away (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, a node
+    that cannot be reached) has not run; after the slot map is read again it
+    goes on its own through the cluster client, which follows redirections. A
+    node that lost the script (NOSCRIPT, after a restart) is given it again."""
+
+    _REDIRECTED = (rx.MovedError, rx.AskError, rx.TryAgainError, rx.ClusterDownError)
 
     def __init__(self, r: Any):
-        self.r, self.replies = r, []
+        self.r, self.calls = r, []
 
     def __len__(self) -> int:
-        return len(self.replies)
+        return len(self.calls)
 
-    def evalsha(self, *args: Any) -> None:
-        self.replies.append(self.r.evalsha(*args))
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
+        self.calls.append(("EVALSHA", sha, numkeys, *keys_and_args))
 
-    def srem(self, *args: Any) -> None:
-        self.replies.append(self.r.srem(*args))
+    def srem(self, key: Any, *members: Any) -> None:
+        self.calls.append(("SREM", key, *members))
 
     def script_load(self, source: str) -> Any:  # redis-py's Script after NOSCRIPT
         return self.r.script_load(source)
 
     def execute(self) -> list[Any]:
-        replies, self.replies = self.replies, []
+        calls, self.calls = self.calls, []
+        replies: list[Any] = [None] * len(calls)
+        again = self._send(calls, range(len(calls)), replies)
+        if again:
+            again = self._send(calls, again, replies)  # with the map read again, the scripts loaded
+        for i in again:  # still turned away: one by one, as the cluster client redirects
+            replies[i] = self.r.execute_command(*calls[i])
+        for reply in replies:  # as a pipeline does: every call ran, then the first error
+            if isinstance(reply, Exception):
+                raise reply
         return replies
+
+    def _send(self, calls: list[tuple[Any, ...]], indices: Iterable[int], replies: list[Any]) -> list[int]:
+        """One pipeline per node for the calls at `indices`; the indices to send again."""
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i in indices:
+            call = calls[i]
+            node = self.r.get_node_from_key(call[3] if call[0] == "EVALSHA" else call[1])
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        again: list[int] = []
+        moved, lost = False, set()
+        for node, share in by_node.values():
+            pipe = self.r.get_redis_connection(node).pipeline(transaction=False)
+            for i in share:
+                pipe.execute_command(*calls[i])
+            try:
+                answers = pipe.execute(raise_on_error=False)
+            except (rx.ConnectionError, rx.TimeoutError):  # a failover: ask the cluster again
+                again.extend(share)
+                moved = True
+                continue
+            for i, answer in zip(share, answers):
+                if isinstance(answer, NoScriptError):
+                    lost.add(calls[i][1])
+                    again.append(i)
+                elif isinstance(answer, self._REDIRECTED):
+                    moved = True
+                    again.append(i)
+                else:
+                    replies[i] = answer
+        if moved:
+            self.r.nodes_manager.initialize()
+        for sha in lost:
+            self.r.script_load(_SOURCES[sha])  # on every primary
+        return sorted(again)
+
+
+# Script sources by SHA-1, for a node that lost one (_PerNode).
+_SOURCES: dict[str, str] = {}
 
 
 def script_pipeline(r: Any) -> Any:
-    """A pipeline for a synchronous client's script calls. redis-py's cluster
-    pipelines refuse EVALSHA, so on a cluster each call is sent on its own
-    (routed by its key), replies kept in order; on one Redis, a real pipeline."""
+    """A pipeline for a synchronous client's script calls: on one Redis, redis-py's
+    own; on a cluster, one per node (_PerNode), as redis-py's refuse EVALSHA."""
     from redis.cluster import RedisCluster
 
-    return _EachCall(r) if isinstance(r, RedisCluster) else r.pipeline(transaction=False)
+    return _PerNode(r) if isinstance(r, RedisCluster) else r.pipeline(transaction=False)
 
 
 def async_client(url: str, cluster: bool = False) -> Any:

@@ -193,3 +193,70 @@ def test_a_node_that_cannot_be_reached_makes_the_slot_map_be_read_again(redis_cl
     error, stale, replies = asyncio.run(go())
     assert isinstance(error, redis_exceptions.ConnectionError) and stale == []
     assert replies == [b"OK", b"x"]  # the batch retried after the map was read again
+
+
+def _gate_on(cluster) -> "Gate":
+    from config.settings import Settings
+    from streams.gate import Gate
+
+    return Gate(Settings(kafka_bootstrap="unused:1", redis_url=cluster.url, redis_cluster=True))
+
+
+def _release(ln: str, area: str = "A1") -> dict:
+    return {"logisticsNo": ln, "orderNo": "O" + ln, "invtNo": "I" + ln, "areaCode": area, "releasedAt": 1}
+
+
+def test_the_gate_sends_its_scripts_in_one_pipeline_per_node(redis_cluster):
+    gate = _gate_on(redis_cluster)
+    for r in redis_cluster.nodes():
+        r.script_flush()
+    # NOSCRIPT: each script is loaded on every node, and the calls sent again.
+    assert gate.record([_release("GPN9999"), {"logisticsNo": "GPN9998", "status": "revoked"}]) == 1
+    pipelines: list[str] = []
+    real = gate.r.get_redis_connection
+
+    def counted(node):  # the real connection, counted
+        pipelines.append(node.name)
+        return real(node)
+
+    gate.r.get_redis_connection = counted
+    events = [_release(f"GPN{i:04d}") for i in range(30)]
+    events.append({"logisticsNo": "GPN0003", "status": "revoked", "orderNo": "OGPN0003", "areaCode": "A1"})
+    assert gate.record(events) == 30
+    # 31 script calls and an SREM over the three nodes: one pipeline each.
+    assert len(pipelines) == len(set(pipelines)) == 3
+    assert gate.scan("GPN0001")["answer"] == "release" and gate.scan("GPN0003")["answer"] == "hold"
+    assert gate.record(events[:5]) == 0  # replayed: released once
+    owners = {redis_cluster.owner(key_slot(gate.key(e["logisticsNo"]).encode())) for e in events}
+    assert owners == {0, 1, 2}
+
+
+def _move_slot(cluster, slot: int, source: int, target: int) -> None:
+    """Reshard one slot with its keys, as redis-cli --cluster reshard does."""
+    nodes = cluster.nodes()
+    src, dst = nodes[source], nodes[target]
+    dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", cluster.node_id(src))
+    src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", cluster.node_id(dst))
+    keys = src.execute_command("CLUSTER GETKEYSINSLOT", slot, 10_000)
+    if keys:
+        src.execute_command("MIGRATE", "127.0.0.1", cluster.ports[target], "", 0, 5000, "KEYS", *keys)
+    for r in nodes:
+        r.execute_command("CLUSTER SETSLOT", slot, "NODE", cluster.node_id(dst))
+
+
+def test_the_gate_follows_a_moved_slot_and_reloads_lost_scripts(redis_cluster):
+    gate = _gate_on(redis_cluster)
+    nodes = redis_cluster.nodes()
+    lns = [f"GMV{i:04d}" for i in range(40)]
+    assert gate.record([_release(ln, "A2") for ln in lns[:20]]) == 20  # the gate's slot map is read now
+    ln = next(x for x in lns[20:] if redis_cluster.owner(key_slot(gate.key(x).encode())) == 0)
+    slot = key_slot(gate.key(ln).encode())
+    _move_slot(redis_cluster, slot, 0, 1)
+    for r in nodes:
+        r.script_flush()  # what a restart does to a node's scripts
+    try:
+        assert gate.record([_release(x, "A2") for x in lns]) == 20  # the first 20 again: released once
+        assert nodes[1].hget(gate.key(ln), "state") == b"releasable"
+        assert all(gate.scan(x)["answer"] == "release" for x in lns)
+    finally:
+        _move_slot(redis_cluster, slot, 1, 0)
