@@ -78,16 +78,16 @@ end
 # order in the call. The four documents of an order mostly arrive in one
 # batch, so most completions read nothing back (the reply had been ~4 kB per
 # order, copied by Redis and parsed again by the worker).
-MATCH = MULTI + REEMIT + f"""
+MATCH = MULTI + REEMIT + """
 local pending = KEYS[1]
 local now, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
-local waiting = {{}}
+local waiting = {}
 -- One read answers everything: decided?, first arrival, and which of the four
 -- documents are present (their digests), so completeness needs no second call.
-local slot = {{['311'] = 3, ['411'] = 4, ['511'] = 5, ['621'] = 6}}
-local types = {{'311', '411', '511', '621'}}
-local mine = {{}}  -- key .. type -> stored by this call
-local out = {{}}
+local slot = {['311'] = 3, ['411'] = 4, ['511'] = 5, ['621'] = 6}
+local types = {'311', '411', '511', '621'}
+local mine = {}  -- key .. type -> stored by this call
+local out = {}
 for i = 2, #KEYS do
   local k = KEYS[i]
   local a = 4 * i - 5
@@ -120,7 +120,7 @@ for i = 2, #KEYS do
       if seen[3] and seen[4] and seen[5] and seen[6] then
         out[#out + 1] = 'M'
         out[#out + 1] = first
-        local need = {{}}
+        local need = {}
         for j = 1, 4 do
           if not mine[k .. types[j]] then
             need[#need + 1] = 'd' .. types[j]

@@ -195,7 +195,7 @@ def test_a_node_that_cannot_be_reached_makes_the_slot_map_be_read_again(redis_cl
     assert replies == [b"OK", b"x"]  # the batch retried after the map was read again
 
 
-def _gate_on(cluster) -> "Gate":
+def _gate_on(cluster):
     from config.settings import Settings
     from streams.gate import Gate
 
