@@ -125,7 +125,7 @@ async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int, r
                 acc[name] = acc.get(name, 0.0) + time.process_time() - c
         return w
 
-    client = state.async_client(settings.redis_url, settings.redis_cluster)
+    client = state.async_client_for(settings)
     p = Pipeline(settings, client, MemorySink(), rules)
     if settings.redis_cluster:
         await client.initialize()  # reads the cluster's nodes

@@ -22,6 +22,9 @@ class Settings:
     redis_url: str = ""
     # REDIS_URL names one node of a Redis Cluster: commands are routed by slot.
     redis_cluster: bool = False
+    # More cluster nodes to ask for the slot map ("host:port,host:port"): a
+    # process that starts while REDIS_URL's node is down still finds the cluster.
+    redis_cluster_nodes: str = ""
     # librdkafka/aiokafka security options, passed through unchanged.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
@@ -95,6 +98,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kafka_bootstrap=_env(e, "KAFKA_BOOTSTRAP", ""),
         redis_url=_env(e, "REDIS_URL", ""),
         redis_cluster=_env(e, "REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
+        redis_cluster_nodes=_env(e, "REDIS_CLUSTER_NODES", ""),
         kafka_security_protocol=_env(e, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
         kafka_sasl_mechanism=_env(e, "KAFKA_SASL_MECHANISM", ""),
         kafka_sasl_username=_env(e, "KAFKA_SASL_USERNAME", ""),

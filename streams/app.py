@@ -158,7 +158,7 @@ def create_app(settings: Settings) -> faust.App:
             while feed is not None and not feed.caught_up.is_set() and loop_time() < deadline:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0)  # let a pending set_rules from the feed run first
-            client = state.async_client(settings.redis_url, settings.redis_cluster)
+            client = state.async_client_for(settings)
             holder["p"] = Pipeline(settings, client, KafkaSink(settings), holder["rules"])
         return holder["p"]
 
@@ -204,7 +204,7 @@ def create_app(settings: Settings) -> faust.App:
             return web.json({"error": "missing or wrong bearer token"}, status=401)
         from streams import trace
 
-        r = state.sync_client(settings.redis_url, settings.redis_cluster)
+        r = state.sync_client_for(settings)
         t = await asyncio.to_thread(trace.lineage, r, ident, settings.redis_buckets)
         if t is None:
             return web.json({"error": f"{ident}: not found"}, status=404)

@@ -136,7 +136,7 @@ def cmd_guarantee(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     _need_services(settings)
-    r = state.sync_client(settings.redis_url, settings.redis_cluster)
+    r = state.sync_client_for(settings)
     g, held = state.guarantee_keys(args.assure_code, settings.redis_buckets)
     if args.action == "set":
         r.hset(g, mapping={"balance": cents(args.amount), "used": r.hget(g, "used") or 0})
@@ -162,7 +162,7 @@ def cmd_tax(args: argparse.Namespace) -> None:
     _need_services(settings)
     period = args.period or tax_period(int(time.time() * 1000))
     # The sums only (record ids are kept beside them; earlier versions kept them here as rec:<id>).
-    raw = {k.decode(): int(v) for k, v in state.sync_client(settings.redis_url, settings.redis_cluster)
+    raw = {k.decode(): int(v) for k, v in state.sync_client_for(settings)
            .hgetall(state.tax_period_key(period)).items() if not k.startswith(b"rec:")}
     rows: dict[str, dict[str, int]] = {}
     for k, v in raw.items():
@@ -182,7 +182,7 @@ def cmd_trace(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     _need_services(settings)
-    t = trace.lineage(state.sync_client(settings.redis_url, settings.redis_cluster), args.ident,
+    t = trace.lineage(state.sync_client_for(settings), args.ident,
                       settings.redis_buckets)
     if t is None:
         sys.exit(f"{args.ident}: no order, waybill or list with this number")
@@ -227,7 +227,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     _need_services(settings)
-    r = state.sync_client(settings.redis_url, settings.redis_cluster)
+    r = state.sync_client_for(settings)
     key = state.order_key(args.order_no, settings.redis_buckets)
     raw = r.hmget(key, "dec", "final", "first", "m311", "m411", "m511", "m621")
     if raw[0] is None:

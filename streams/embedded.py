@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from typing import Any
 from dataclasses import dataclass, field
 
 
@@ -135,39 +136,77 @@ def _cluster_port() -> int:
 
 
 class LocalCluster:
-    """A three-node Redis Cluster (primaries only) on local ports, for the tests
-    and benchmarks that run against a cluster (REDIS_CLUSTER=1)."""
+    """A three-node Redis Cluster on local ports, for the tests and benchmarks
+    that run against a cluster (REDIS_CLUSTER=1). With `replicas`, each primary
+    gets a replica and a primary that stops answering for `node_timeout_ms` is
+    replaced by it (a failover); `nodes()` lists the primaries as set up."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, replicas: bool = False, node_timeout_ms: int = 15_000):
         import redis
 
         self._redis = redis
         self.ports = [_cluster_port() for _ in CLUSTER_SLOTS]
+        self.replica_ports = [_cluster_port() for _ in CLUSTER_SLOTS] if replicas else []
         self.services = Services("", "")
-        for port in self.ports:
+        for port in self.ports + self.replica_ports:
             d = os.path.join(workdir, str(port))
             os.makedirs(d, exist_ok=True)
             self.services.procs.append(subprocess.Popen(
                 [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--dir", d],
+                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(node_timeout_ms),
+                 "--save", "", "--appendonly", "no", "--dir", d],
                 stdout=open(os.path.join(d, "redis.log"), "wb"), stderr=subprocess.STDOUT, start_new_session=True))
         try:
-            for port, proc in zip(self.ports, self.services.procs):
+            for port, proc in zip(self.ports + self.replica_ports, self.services.procs):
                 _wait_port(port, proc, "redis-server (cluster node)")
             nodes = self.nodes()
             for r, (first, last) in zip(nodes, CLUSTER_SLOTS):
                 r.execute_command("CLUSTER ADDSLOTSRANGE", first, last)
-            for r in nodes[1:]:
-                r.execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
-            deadline = time.monotonic() + 20
-            while not all(r.execute_command("CLUSTER INFO").get("cluster_state") == "ok" for r in nodes):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the local Redis Cluster did not come up")
-                time.sleep(0.1)
+            for port in self.ports[1:] + self.replica_ports:
+                redis.Redis(host="127.0.0.1", port=port).execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
+            self._wait_ok(nodes)
+            for primary, port in zip(nodes, self.replica_ports):
+                replica, primary_id = redis.Redis(host="127.0.0.1", port=port), self.node_id(primary)
+                self._until(lambda: any(n["node_id"] == primary_id
+                                        for n in replica.execute_command("CLUSTER NODES").values()),
+                            "replica that knows its primary")
+                replica.execute_command("CLUSTER REPLICATE", primary_id)
+            for primary in nodes if replicas else []:
+                self._until(lambda: primary.info("replication").get("connected_slaves", 0) >= 1, "replication")
         except BaseException:
             self.stop()
             raise
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def _wait_ok(self, nodes: list) -> None:
+        self._until(lambda: all(r.execute_command("CLUSTER INFO").get("cluster_state") == "ok" for r in nodes),
+                    "cluster state ok")
+
+    @staticmethod
+    def _until(ready: Any, what: str, seconds: float = 20) -> None:
+        deadline = time.monotonic() + seconds
+        while not ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local Redis Cluster: no {what} within {seconds:.0f} s")
+            time.sleep(0.1)
+
+    def wait_replicated(self, seconds: float = 20) -> None:
+        """Return once every replica has every write its primary took (replication is asynchronous)."""
+        for primary in self.nodes():
+            def caught_up() -> bool:
+                info = primary.info("replication")
+                replica = info.get("slave0") or {}
+                return int(replica.get("offset", -1)) >= int(info.get("master_repl_offset", 0))
+            self._until(caught_up, "replica caught up", seconds)
+
+    def fail_primary(self, index: int) -> None:
+        """Kill primary `index`; return once its replica serves its slots."""
+        assert self.replica_ports, "a failover needs replicas"
+        self.services.procs[index].kill()
+        self.services.procs[index].wait()
+        replica = self._redis.Redis(host="127.0.0.1", port=self.replica_ports[index])
+        self._until(lambda: replica.info("replication").get("role") == "master", "failover", 60)
+        self._wait_ok([replica])
 
     def nodes(self) -> list:
         return [self._redis.Redis(host="127.0.0.1", port=p) for p in self.ports]

@@ -40,7 +40,7 @@ class Gate:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.r = state.sync_client(settings.redis_url, settings.redis_cluster)
+        self.r = state.sync_client_for(settings)
         self.s = state.AfterScripts(self.r)
         self._producer: Any = None
 

@@ -228,8 +228,13 @@ class ClusterClient:
 
     @classmethod
     def like(cls, cluster: Any) -> "ClusterClient":
-        node = next(iter(cluster.nodes_manager.startup_nodes.values()))
-        return cls(Client.of(node.connection_class(**node.connection_kwargs)))
+        # Every node the redis-py client starts from (REDIS_URL's and
+        # REDIS_CLUSTER_NODES) is asked for the slot map in turn.
+        first, *more = cluster.nodes_manager.startup_nodes.values()
+        client = cls(Client.of(first.connection_class(**first.connection_kwargs)))
+        for node in more:
+            client.node((node.host, node.port))
+        return client
 
     def node(self, address: tuple[str, int]) -> Client:
         if address == (self.seed.host, self.seed.port):

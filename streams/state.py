@@ -784,15 +784,37 @@ def memory_of(info: dict[Any, Any]) -> tuple[int, int]:
     return get("used_memory"), get("maxmemory")
 
 
-def sync_client(url: str, cluster: bool = False) -> Any:
-    """A synchronous client for the gate, the CLI and trace (RedisCluster when `cluster`)."""
+def cluster_seeds(nodes: str) -> list[tuple[str, int]]:
+    """REDIS_CLUSTER_NODES ("host:port,[::1]:port") as addresses."""
+    out = []
+    for item in filter(None, (x.strip() for x in nodes.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError(f"REDIS_CLUSTER_NODES: expected host:port, got {item!r}")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def sync_client(url: str, cluster: bool = False, seeds: str = "") -> Any:
+    """A synchronous client for the gate, the CLI and trace (RedisCluster when
+    `cluster`: it asks `seeds` and REDIS_URL's node for the slot map)."""
     import redis
 
     if cluster:
-        from redis.cluster import RedisCluster
+        from redis.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster.from_url(url)
+        return RedisCluster.from_url(url, startup_nodes=[ClusterNode(h, p) for h, p in cluster_seeds(seeds)])
     return redis.Redis.from_url(url)
+
+
+def sync_client_for(settings: Any) -> Any:
+    """sync_client for the Redis the settings name (REDIS_URL, REDIS_CLUSTER, REDIS_CLUSTER_NODES)."""
+    return sync_client(settings.redis_url, settings.redis_cluster, settings.redis_cluster_nodes)
+
+
+def async_client_for(settings: Any) -> Any:
+    """async_client for the Redis the settings name."""
+    return async_client(settings.redis_url, settings.redis_cluster, settings.redis_cluster_nodes)
 
 
 class _PerNode:
@@ -883,15 +905,17 @@ def script_pipeline(r: Any) -> Any:
     return _PerNode(r) if isinstance(r, RedisCluster) else r.pipeline(transaction=False)
 
 
-def async_client(url: str, cluster: bool = False) -> Any:
-    """The worker's asyncio Redis client (bytes replies, hiredis packing; RedisCluster when `cluster`)."""
+def async_client(url: str, cluster: bool = False, seeds: str = "") -> Any:
+    """The worker's asyncio Redis client (bytes replies, hiredis packing; RedisCluster
+    when `cluster`, as sync_client)."""
     import redis.asyncio as aioredis
     from redis.asyncio import connection as c
 
     if cluster:
-        from redis.asyncio.cluster import RedisCluster
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster.from_url(url, decode_responses=False)
+        return RedisCluster.from_url(url, decode_responses=False,
+                                     startup_nodes=[ClusterNode(h, p) for h, p in cluster_seeds(seeds)])
     client = aioredis.from_url(url, decode_responses=False)
     pool = client.connection_pool
     base = pool.connection_class

@@ -61,7 +61,7 @@ def run_pipeline(redis_url: str, batches: list[list[InRecord]], sweep: bool = Fa
     settings = settings_for(redis_url, **settings_kw)
 
     async def go() -> None:
-        client = state.async_client(redis_url, settings.redis_cluster)
+        client = state.async_client(redis_url, settings.redis_cluster, settings.redis_cluster_nodes)
         p = Pipeline(settings, client, sink, rules)
         for b in batches:
             await p.process(b)

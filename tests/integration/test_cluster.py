@@ -13,6 +13,7 @@ from redis import exceptions as redis_exceptions
 from redis.crc import key_slot
 
 from streams import resp, state
+from topics import registry
 from tests.helpers import doc_records, order, run_pipeline
 
 pytestmark = pytest.mark.integration
@@ -195,11 +196,12 @@ def test_a_node_that_cannot_be_reached_makes_the_slot_map_be_read_again(redis_cl
     assert replies == [b"OK", b"x"]  # the batch retried after the map was read again
 
 
-def _gate_on(cluster):
+def _gate_on(cluster, seeds: str = ""):
     from config.settings import Settings
     from streams.gate import Gate
 
-    return Gate(Settings(kafka_bootstrap="unused:1", redis_url=cluster.url, redis_cluster=True))
+    return Gate(Settings(kafka_bootstrap="unused:1", redis_url=cluster.url, redis_cluster=True,
+                         redis_cluster_nodes=seeds))
 
 
 def _release(ln: str, area: str = "A1") -> dict:
@@ -260,3 +262,66 @@ def test_the_gate_follows_a_moved_slot_and_reloads_lost_scripts(redis_cluster):
         assert all(gate.scan(x)["answer"] == "release" for x in lns)
     finally:
         _move_slot(redis_cluster, slot, 1, 0)
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path):
+    from streams import embedded
+
+    cluster = embedded.LocalCluster(str(tmp_path), replicas=True, node_timeout_ms=1000)
+    yield cluster
+    cluster.stop()
+
+
+def test_a_failover_loses_no_document_and_decides_each_order_once(replicated_cluster):
+    """A primary is killed between two halves of a set of orders; its replica
+    takes over. The worker's batch that meets the dead node fails and is
+    retried on the new map; the gate's next batch follows as well."""
+    from streams.app import process_until_done
+    from streams.pipeline import Pipeline
+    from tests.helpers import CaptureSink, settings_for
+
+    cluster = replicated_cluster
+    settings = settings_for(cluster.url, redis_cluster=True)
+    orders = [order(950 + i) for i in range(16)]
+    keys = {o.order_no: state.order_key(o.order_no, settings.redis_buckets) for o in orders}
+    done, half = orders[:8], orders[8:]
+    for group in (done, half):  # decided orders and half-matched ones live on the primary that fails
+        assert any(cluster.owner(key_slot(keys[o.order_no].encode())) == 0 for o in group)
+
+    async def go() -> CaptureSink:
+        client = state.async_client(cluster.url, cluster=True)
+        sink = CaptureSink()
+        p = Pipeline(settings, client, sink)
+        await process_until_done(p, [r for o in done for r in doc_records(o)])
+        await process_until_done(p, [r for o in half for r in doc_records(o, ["311", "411"])])
+        cluster.wait_replicated()
+        cluster.fail_primary(0)
+        # The rest of the half-sent orders, and every document of the decided ones again.
+        rest = [r for o in half for r in doc_records(o, ["511", "621"])] + \
+               [r for o in done for r in doc_records(o)]
+        await asyncio.wait_for(process_until_done(p, rest), 60)
+        await p.aclose()
+        await client.aclose()
+        return sink
+
+    sink = asyncio.run(go())
+    decisions = sink.decisions()
+    assert sorted(d["orderNo"] for d in decisions) == sorted(o.order_no for o in orders)  # each once
+    assert {d["status"] for d in decisions} == {800}
+    # A gate that starts now, with REDIS_URL's node gone, finds the cluster
+    # through REDIS_CLUSTER_NODES; without them it cannot.
+    with pytest.raises(redis_exceptions.RedisClusterException):
+        _gate_on(cluster)
+    gate = _gate_on(cluster, ",".join(f"127.0.0.1:{p}" for p in cluster.ports[1:] + cluster.replica_ports))
+    events = [orjson.loads(v) for _k, v in sink.on(registry.RELEASE)]
+    assert len(events) == len(orders)
+    assert gate.record(events) == len(orders) and gate.record(events) == 0
+
+
+def test_cluster_nodes_are_read_as_addresses():
+    assert state.cluster_seeds(" a:7000, [::1]:7001,,10.0.0.3:7002 ") == [("a", 7000), ("::1", 7001),
+                                                                          ("10.0.0.3", 7002)]
+    for bad in ("a", "a:", ":7000", "a:port"):
+        with pytest.raises(ValueError, match="REDIS_CLUSTER_NODES"):
+            state.cluster_seeds(bad)
