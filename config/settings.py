@@ -25,6 +25,10 @@ class Settings:
     # More cluster nodes to ask for the slot map ("host:port,host:port"): a
     # process that starts while REDIS_URL's node is down still finds the cluster.
     redis_cluster_nodes: str = ""
+    # Replicas that must hold a batch's Redis writes before it counts as done
+    # (WAIT; 0: Redis's asynchronous replication alone), and how long to wait.
+    redis_wait_replicas: int = 0
+    redis_wait_ms: int = 1000
     # librdkafka/aiokafka security options, passed through unchanged.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
@@ -99,6 +103,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=_env(e, "REDIS_URL", ""),
         redis_cluster=_env(e, "REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
         redis_cluster_nodes=_env(e, "REDIS_CLUSTER_NODES", ""),
+        redis_wait_replicas=int(_env(e, "CLEARANCE_REDIS_WAIT_REPLICAS", "0")),
+        redis_wait_ms=int(_env(e, "CLEARANCE_REDIS_WAIT_MS", "1000")),
         kafka_security_protocol=_env(e, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
         kafka_sasl_mechanism=_env(e, "KAFKA_SASL_MECHANISM", ""),
         kafka_sasl_username=_env(e, "KAFKA_SASL_USERNAME", ""),

@@ -108,6 +108,7 @@ class Pipeline:
         self.scripts = state.Scripts(redis)
         # The batch's own round trips (streams/resp.py); redis-py for the rest.
         self.batches = resp.Client.like(redis)
+        self.batches.require_replicas(settings.redis_wait_replicas, settings.redis_wait_ms)
         self.sink = sink
         self.rules: RuleSet = rules or decide.SpineRules()
         self.pii_key = settings.pii_key.encode()

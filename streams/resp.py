@@ -70,7 +70,17 @@ class Client:
         self.host, self.port, self.db, self.path = host, port, db, path
         self.username, self.password, self.tls = username, password, tls
         self.timeout = timeout
+        self.wait: tuple[int, int] | None = None  # (replicas, ms): require_replicas()
         self._idle: list[_Connection] = []
+
+    def require_replicas(self, replicas: int, timeout_ms: int) -> None:
+        """End every round trip with WAIT: its writes count only once `replicas`
+        replicas have them. Redis replicates asynchronously, so a write that a
+        primary acknowledged can be lost when a replica takes its place; with
+        this, a batch whose writes did not reach enough replicas within
+        `timeout_ms` fails (ReplicationError) and is retried, and its offsets
+        are not committed."""
+        self.wait = (replicas, timeout_ms) if replicas > 0 else None
 
     @classmethod
     def like(cls, redis: Any) -> "Client | ClusterClient":
@@ -133,6 +143,20 @@ class Client:
         """The replies in order, an error reply as its exception object."""
         if not commands:
             return []
+        if self.wait is not None:
+            # WAIT covers this connection's writes, and the ones before them on
+            # this node (replication is in order), so every round trip ends with one.
+            replies = await self._execute_raw([*commands, ("WAIT", *self.wait)])
+            acked = replies.pop()
+            if isinstance(acked, Exception):
+                raise acked
+            if acked < self.wait[0]:
+                raise ReplicationError(f"{acked} of {self.wait[0]} replica(s) of {self.host}:{self.port} "
+                                       f"acknowledged the batch's writes within {self.wait[1]} ms")
+            return replies
+        return await self._execute_raw(commands)
+
+    async def _execute_raw(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         packed = b"".join(hiredis.pack_command(c) for c in commands)
         while self._idle:
             # An idle connection the server has closed meanwhile (a restart, its
@@ -179,6 +203,10 @@ class Client:
                 await conn.writer.wait_closed()
             except OSError:
                 pass
+
+
+class ReplicationError(exceptions.RedisError):
+    """Fewer replicas than required acknowledged a round trip's writes in time."""
 
 
 def raise_first(replies: list[Any]) -> None:
@@ -244,7 +272,13 @@ class ClusterClient:
             s = self.seed
             client = self.nodes[address] = Client(address[0], address[1], 0, s.username, s.password, None, s.tls,
                                                   s.timeout)
+            client.wait = s.wait
         return client
+
+    def require_replicas(self, replicas: int, timeout_ms: int) -> None:
+        """As Client.require_replicas, on every node (each WAITs for its own replicas)."""
+        for client in [self.seed, *self.nodes.values()]:
+            client.require_replicas(replicas, timeout_ms)
 
     async def refresh(self) -> None:
         """The slot map, from the first node that answers CLUSTER SLOTS."""

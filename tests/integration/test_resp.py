@@ -206,3 +206,76 @@ def test_a_reply_that_is_not_redis_protocol_is_a_redis_error():
             await server.wait_closed()
 
     run(go())
+
+
+@pytest.fixture
+def primary_and_replica(tmp_path):
+    """A Redis with one replica, both started here (the replica can be stopped)."""
+    import time
+
+    from streams import embedded
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    url, primary = embedded.start_redis(str(tmp_path / "p"))
+    replica_url, replica = embedded.start_redis(str(tmp_path / "r"))
+    redis.Redis.from_url(url).config_set("repl-diskless-sync-delay", 0)  # the first sync at once
+    redis.Redis.from_url(replica_url).execute_command("REPLICAOF", "127.0.0.1", urlsplit(url).port)
+    deadline = time.monotonic() + 20
+    while (redis.Redis.from_url(url).info("replication").get("slave0") or {}).get("state") != "online":
+        assert time.monotonic() < deadline, "the replica did not come online"
+        time.sleep(0.05)
+    yield url, replica_url, replica
+    for proc in (primary, replica):
+        proc.kill()
+        proc.wait()
+
+
+def test_required_replicas_hold_every_write_of_a_round_trip(primary_and_replica):
+    url, replica_url, replica = primary_and_replica
+
+    async def go(commands):
+        client = resp.Client.like(aioredis.from_url(url))
+        client.require_replicas(1, 2000)
+        try:
+            return await client.execute(commands)
+        finally:
+            await client.aclose()
+
+    # Acknowledged by the replica: readable there the moment the batch returns.
+    assert run(go([("SET", "k1", "a"), ("INCRBY", "n", 5)])) == [b"OK", 5]
+    assert redis.Redis.from_url(replica_url).mget("k1", "n") == [b"a", b"5"]
+    replica.kill()
+    replica.wait()
+    # The replica is gone: the write ran on the primary but the batch fails, to be retried.
+    with pytest.raises(resp.ReplicationError, match="0 of 1 replica"):
+        run(go([("SET", "k2", "b")]))
+    assert redis.Redis.from_url(url).get("k2") == b"b"
+
+
+def test_a_pipeline_that_requires_a_replica_decides_nothing_without_one(primary_and_replica):
+    from streams.pipeline import Pipeline
+    from tests.helpers import CaptureSink, doc_records, order, settings_for
+
+    url, _replica_url, replica = primary_and_replica
+    settings = settings_for(url, redis_wait_replicas=1, redis_wait_ms=2000)
+
+    async def go(orders):
+        client = state.async_client_for(settings)
+        sink = CaptureSink()
+        p = Pipeline(settings, client, sink)
+        try:
+            for o in orders:
+                await p.process(doc_records(o))
+        finally:
+            await p.aclose()
+            await client.aclose()
+        return sink
+
+    assert [d["orderNo"] for d in run(go([order(41)])).decisions()] == [order(41).order_no]
+    replica.kill()
+    replica.wait()
+    sink = CaptureSink()
+    with pytest.raises(resp.ReplicationError):
+        sink = run(go([order(42)]))
+    assert sink.records == []  # nothing decided, released or answered on writes that could be lost
