@@ -42,7 +42,7 @@ def match(r: redis.Redis, orders: int) -> tuple[float, int]:
         for t in ("311", "411", "511", "621"):
             args: list[object] = [1, 3000]
             for _ in range(100):
-                args += [t, payload, META, digest]
+                args += [t, payload, META, digest, "1"]
             replies = script(keys=keys, args=args)
         completed += sum(1 for reply in state.match_replies(replies) if reply[0] == b"M")
     return 1e6 * (_cpu(r) - start) / (4 * (orders // 100) * 100), completed

@@ -59,9 +59,26 @@ def document_receipt(doc: dict[str, Any], meta: dict[str, Any], status: str, inf
     return {"type": rtype, "to": sender(doc, meta), "fmt": meta.get("fmt", "json"), "entity": entity, "body": body}
 
 
+APP_TEXT = {"1": "新增", "2": "变更", "3": "删除"}  # appType: add, change, delete
+
+
 def arrival_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:
-    return document_receipt(doc, meta, ACCEPTED, f"新增申报成功[{doc['head'].get('guid', '')}]", now_ms,
-                            pre_no=_pre_no_placeholder(doc, now_ms))
+    h = doc["head"]
+    return document_receipt(doc, meta, ACCEPTED, f"{APP_TEXT.get(h.get('appType'), '新增')}申报成功"
+                            f"[{h.get('guid', '')}]", now_ms, pre_no=_pre_no_placeholder(doc, now_ms))
+
+
+def nothing_to_delete_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:
+    return document_receipt(doc, meta, "100", "删除申报失败: no document of this type and key was declared "
+                            "(or it was deleted already)", now_ms, pre_no=_pre_no_placeholder(doc, now_ms))
+
+
+def too_late_receipt(doc: dict[str, Any], meta: dict[str, Any], decision: dict[str, Any], now_ms: int) -> Receipt:
+    """A change or delete (appType 2/3) of a document whose order is decided."""
+    what = APP_TEXT.get(doc["head"].get("appType"), "")
+    return document_receipt(doc, meta, "100", f"{what}申报失败: the order is decided ({decision_info(decision)}); "
+                            "a decided list is withdrawn with a cancel (623)", now_ms,
+                            decision.get("invtNo", ""), decision.get("preNo", "") or _pre_no_placeholder(doc, now_ms))
 
 
 def conflict_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:

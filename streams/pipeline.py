@@ -162,19 +162,17 @@ class Pipeline:
             for tag, group in groups.items():
                 args: list[Any] = [now, 0 if retry else STALE_MS]
                 for d in group:
-                    args += (d.doc["type"], d.payload, d.meta_raw, hashlib.sha1(d.payload).hexdigest())
+                    args += (d.doc["type"], d.payload, d.meta_raw, hashlib.sha1(d.payload).hexdigest(),
+                             d.doc["head"].get("appType") or "1")
                 await self.scripts.match(keys=["clr:p:" + tag] + [d.order_key for d in group], args=args,
                                          client=pipe)
             # A match completed in this batch mostly needs documents this batch
             # decoded (the four types of a set of orders arrive close together):
-            # MATCH leaves out those it stored from this call, which are the first
-            # of their type and order in the batch, and they are reused here.
-            local: dict[tuple[str, str], _Doc] = {}
-            for d in docs:
-                local.setdefault((d.order_key, d.doc["type"]), d)
+            # MATCH names those it stored from this call by their position in
+            # the call instead of sending them back, and they are reused here.
             for group, replies in zip(groups.values(), await pipe.execute()):
                 for d, reply in zip(group, state.match_replies(replies)):
-                    self._on_match(d, reply, now, out_receipts, pending, reemit, local)
+                    self._on_match(d, reply, now, out_receipts, pending, reemit, group)
         t_matched = time.perf_counter()
         m.STAGE_SECONDS.labels("match").observe(t_matched - t_decoded)
         await self._decide(pending, now)
@@ -240,16 +238,25 @@ class Pipeline:
 
     def _on_match(self, d: _Doc, reply: list[Any], now: int, out_receipts: list[dict[str, Any]],
                   pending: dict[str, _Pending], reemit: dict[str, _Emit],
-                  local: dict[tuple[str, str], _Doc]) -> None:
+                  call: list[_Doc]) -> None:
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "C":
             m.DUPLICATES.labels("conflict").inc()
             out_receipts.append(receipts.conflict_receipt(d.doc, d.meta, now))
         elif status == "D":
-            m.DUPLICATES.labels("after_decision").inc()
             decision = orjson.loads(reply[1])
+            if d.doc["head"].get("appType") in ("2", "3"):
+                m.ERRORS.labels("change_after_decision").inc()
+                out_receipts.append(receipts.too_late_receipt(d.doc, d.meta, decision, now))
+                return
+            m.DUPLICATES.labels("after_decision").inc()
             out_receipts.extend(receipts.decision_receipts(decision, {d.doc["type"]: d.doc},
                                                            {d.doc["type"]: d.meta}, now))
+        elif status == "X":  # deleted (appType 3) before the decision
+            out_receipts.append(receipts.arrival_receipt(d.doc, d.meta, now))
+        elif status == "N":
+            m.ERRORS.labels("nothing_to_delete").inc()
+            out_receipts.append(receipts.nothing_to_delete_receipt(d.doc, d.meta, now))
         elif status == "R":
             _, raw_docs, raw_metas = state.split_docs(reply[2:])
             reemit[d.order_key] = _Emit(d.order_key, orjson.loads(reply[1]), _loads_all(raw_docs),
@@ -263,8 +270,8 @@ class Pipeline:
                 docs, metas = {}, {}
                 for i, t in enumerate(DOC_TYPES):
                     body, arrival = reply[2 + 2 * i], reply[3 + 2 * i]
-                    if body is None:  # stored from this call: the first of its type here
-                        near = local[(d.order_key, t)]
+                    if isinstance(body, int):  # stored from this call: its position in the call
+                        near = call[body - 2]
                         docs[t], metas[t] = near.doc, near.meta
                     else:
                         docs[t] = orjson.loads(body)

@@ -63,9 +63,9 @@ local function reemit(k, dec, now)
 end
 """
 
-# ARGV: now, stale, then per document its type, body, arrival metadata and the
+# ARGV: now, stale, then per document its type, body, arrival metadata, the
 # body's SHA-1 (hex; computed by the worker, whose SHA-1 is several times
-# cheaper than the script's and does not take Redis's one thread).
+# cheaper than the script's and does not take Redis's one thread) and appType.
 # Per document, one flat reply for the whole call (match_replies() splits it):
 # 'A' new, 'S' identical duplicate, 'C' conflicting duplicate, 'D', dec
 # already decided, 'M', first, docs... complete (also when an identical
@@ -73,25 +73,29 @@ end
 # match and decision recovers), 'R', dec, first, docs... decided but never
 # confirmed emitted (re-emit after `stale` ms). Flat because a table per item
 # costs Redis more than most commands (benchmarks.instructions, "calls").
-# In an 'M' reply a document (and its metadata) that this same call stored
-# comes back as nil: the caller sent it, as the first of its type for that
-# order in the call. The four documents of an order mostly arrive in one
-# batch, so most completions read nothing back (the reply had been ~4 kB per
-# order, copied by Redis and parsed again by the worker).
+# In an 'M' reply a document that this same call stored comes back as its
+# position in the call (2 = the first document: KEYS' numbering) and its
+# metadata as nil: the caller sent both. The four documents of an order mostly
+# arrive in one batch, so most completions read nothing back (the reply had
+# been ~4 kB per order, copied by Redis and parsed again by the worker).
+# ARGV carries each document's appType too: 2 (change) replaces a stored
+# document of its type instead of conflicting with it, 3 (delete) removes it:
+# 'X' deleted, 'N' nothing to delete. Both only before the decision; after it
+# they get 'D' like any late document.
 MATCH = MULTI + REEMIT + """
 local pending = KEYS[1]
 local now, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
-local waiting = {}
+local waiting, listed, gone = {}, {}, {}  -- key -> first arrival; keys in order; deleted keys
 -- One read answers everything: decided?, first arrival, and which of the four
 -- documents are present (their digests), so completeness needs no second call.
 local slot = {['311'] = 3, ['411'] = 4, ['511'] = 5, ['621'] = 6}
 local types = {'311', '411', '511', '621'}
-local mine = {}  -- key .. type -> stored by this call
+local mine = {}  -- key .. type -> position in this call of the document it stored
 local out = {}
 for i = 2, #KEYS do
   local k = KEYS[i]
-  local a = 4 * i - 5
-  local t, payload, meta, digest = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local a = 5 * i - 7
+  local t, payload, meta, digest, app = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local seen = redis.call('HMGET', k, 'dec', 'first', 'h311', 'h411', 'h511', 'h621')
   local dec, first, cur = seen[1], seen[2], seen[slot[t]]
   if dec then
@@ -101,55 +105,82 @@ for i = 2, #KEYS do
       out[#out + 1] = 'D'
       out[#out + 1] = dec
     end
-  else
-    local status = 'A'
-    if cur and cur ~= digest then
-      out[#out + 1] = 'C'
+  elseif app == '3' then
+    -- A delete before the decision: the document goes; an order left with
+    -- none is forgotten (no timeout decision for what its sender withdrew).
+    if cur then
+      redis.call('HDEL', k, 'd' .. t, 'm' .. t, 'h' .. t)
+      mine[k .. t] = nil
+      seen[slot[t]] = false
+      if not (seen[3] or seen[4] or seen[5] or seen[6]) then
+        redis.call('DEL', k)
+        gone[k], waiting[k] = true, nil
+      end
+      out[#out + 1] = 'X'
     else
-      if cur then
-        status = 'S'
-      elseif first then
-        redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest)
-        mine[k .. t] = true
-      else
-        first = now
-        redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest, 'first', now)
-        mine[k .. t] = true
-      end
-      seen[slot[t]] = digest
-      if seen[3] and seen[4] and seen[5] and seen[6] then
-        out[#out + 1] = 'M'
-        out[#out + 1] = first
-        local need = {}
-        for j = 1, 4 do
-          if not mine[k .. types[j]] then
-            need[#need + 1] = 'd' .. types[j]
-            need[#need + 1] = 'm' .. types[j]
-          end
+      out[#out + 1] = 'N'
+    end
+  elseif cur and cur ~= digest and app ~= '2' then
+    out[#out + 1] = 'C'
+  else
+    -- New, an identical copy, or a change (appType 2) replacing the stored one.
+    local status = 'A'
+    if cur == digest then
+      status = 'S'
+    elseif first then
+      redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest)
+      mine[k .. t] = i
+    else
+      first = now
+      redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest, 'first', now)
+      mine[k .. t] = i
+    end
+    gone[k] = nil
+    seen[slot[t]] = digest
+    if seen[3] and seen[4] and seen[5] and seen[6] then
+      out[#out + 1] = 'M'
+      out[#out + 1] = first
+      local need = {}
+      for j = 1, 4 do
+        if not mine[k .. types[j]] then
+          need[#need + 1] = 'd' .. types[j]
+          need[#need + 1] = 'm' .. types[j]
         end
-        local got = #need > 0 and redis.call('HMGET', k, unpack(need)) or need
-        local n = 0
-        for j = 1, 4 do
-          if mine[k .. types[j]] then
-            out[#out + 1] = false
-            out[#out + 1] = false
-          else
-            out[#out + 1] = got[n + 1]
-            out[#out + 1] = got[n + 2]
-            n = n + 2
-          end
-        end
-      else
-        waiting[#waiting + 1] = first
-        waiting[#waiting + 1] = k
-        out[#out + 1] = status
       end
+      local got = #need > 0 and redis.call('HMGET', k, unpack(need)) or need
+      local n = 0
+      for j = 1, 4 do
+        local at = mine[k .. types[j]]
+        if at then
+          out[#out + 1] = at
+          out[#out + 1] = false
+        else
+          out[#out + 1] = got[n + 1]
+          out[#out + 1] = got[n + 2]
+          n = n + 2
+        end
+      end
+    else
+      if not listed[k] then listed[#listed + 1], listed[k] = k, true end
+      waiting[k] = first
+      out[#out + 1] = status
     end
   end
 end
 -- Incomplete orders wait in the pending set for the timeout sweep (NX: the
--- first arrival's time stays).
-if #waiting > 0 then multi('ZADD', pending, waiting, 'NX') end
+-- first arrival's time stays); orders whose every document was deleted leave it.
+local left = {}
+for j = 1, #listed do
+  local k = listed[j]
+  if waiting[k] then
+    left[#left + 1] = waiting[k]
+    left[#left + 1] = k
+  end
+end
+if #left > 0 then multi('ZADD', pending, left, 'NX') end
+local forgotten = {}
+for k in pairs(gone) do forgotten[#forgotten + 1] = k end
+if #forgotten > 0 then multi('ZREM', pending, forgotten) end
 return out
 """
 
@@ -488,7 +519,7 @@ class Scripts:
         self.finalize = _script(redis, FINALIZE)
 
 
-_MATCH_WIDTH = {b"A": 1, b"S": 1, b"C": 1, b"D": 2, b"M": 10, b"R": 11}
+_MATCH_WIDTH = {b"A": 1, b"S": 1, b"C": 1, b"X": 1, b"N": 1, b"D": 2, b"M": 10, b"R": 11}
 
 
 def match_replies(flat: list[Any]) -> list[list[Any]]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import time
 
@@ -96,6 +97,47 @@ def test_conflicting_duplicate_keeps_the_first(redis_url):
     assert d["status"] == 800  # the first (consistent) payment stayed authoritative
     conflict = [r for r in receipts_of(sink) if r["returnStatus"] == "100"]
     assert len(conflict) == 1 and "-401007" in conflict[0]["returnInfo"]
+
+
+def _as(o, t: str, app: str, **fields):
+    """Records of one document of order `o` sent with another appType (and fields)."""
+    head, lines = o.docs[t]
+    return doc_records(dataclasses.replace(o, docs={t: (dict(head, appType=app, **fields), lines)}), [t])
+
+
+def test_a_change_before_the_decision_replaces_the_document(redis_url):
+    # A payment declared with a wrong amount and corrected (appType 2) before
+    # the list arrives: the order is decided on the corrected payment.
+    o = order(8)
+    wrong = _as(o, "411", "1", amountPaid="1.00")
+    corrected = _as(o, "411", "2")
+    sink = run_pipeline(redis_url, [wrong, corrected, doc_records(o, ["311", "511", "621"])])
+    (d,) = sink.decisions()
+    assert d["status"] == 800
+    infos = [r["returnInfo"] for r in receipts_of(sink) if r["entity"] == "PaymentReturn"]
+    assert any(i.startswith("新增申报成功") for i in infos) and any(i.startswith("变更申报成功") for i in infos)
+    assert not [r for r in receipts_of(sink) if r["returnStatus"] == "100"]
+
+
+def test_a_change_after_the_decision_is_refused(redis_url):
+    o = order(9)
+    sink = run_pipeline(redis_url, [doc_records(o), _as(o, "411", "2", amountPaid="1.00"), _as(o, "311", "3")])
+    (d,) = sink.decisions()
+    assert d["status"] == 800
+    refused = [r for r in receipts_of(sink) if r["returnStatus"] == "100"]
+    assert sorted(r["entity"] for r in refused) == ["OrderReturn", "PaymentReturn"]
+    assert all("623" in r["returnInfo"] for r in refused)
+
+
+def test_deleted_documents_leave_nothing_to_time_out(redis_url):
+    o = order(10)
+    sink = run_pipeline(redis_url, [doc_records(o, ["311", "411"]), _as(o, "311", "3"), _as(o, "411", "3"),
+                                    _as(o, "411", "3")], sweep=True, match_timeout_s=0.0)
+    assert sink.decisions() == []  # withdrawn: no timeout decision
+    statuses = [(r["entity"], r["returnStatus"], r["returnInfo"][:6]) for r in receipts_of(sink)]
+    assert statuses.count(("PaymentReturn", "2", "删除申报成功")) == 1
+    assert [s for s in statuses if s[1] == "100"] == [("PaymentReturn", "100", "删除申报失败")]
+    assert not redis.Redis.from_url(redis_url).exists(state.order_key(o.order_no, 16))
 
 
 def test_same_document_as_xml_then_json_is_a_duplicate_not_a_conflict(redis_url):

@@ -69,7 +69,7 @@ def test_match_and_confirm_handle_more_items_than_one_chunk(redis_url):
     args: list[object] = [NOW, 3000]
     for i in range(1200):
         payload = b'{"n":%d}' % i
-        args += ["311", payload, b"{}", hashlib.sha1(payload).hexdigest()]
+        args += ["311", payload, b"{}", hashlib.sha1(payload).hexdigest(), "1"]
     replies = match(keys=[pending] + keys, args=args)
     assert replies == [b"A"] * 1200
     assert r.zcard(pending) == 1200 and r.zscore(pending, keys[0]) == 5 and r.zscore(pending, keys[-1]) == NOW
@@ -79,14 +79,14 @@ def test_match_and_confirm_handle_more_items_than_one_chunk(redis_url):
 
 def test_a_completed_match_returns_only_the_documents_this_call_did_not_store(redis_url):
     # The caller holds what it sent: a document stored by this very call comes
-    # back as nil, one stored by an earlier call comes back whole, and a
-    # conflicting copy later in the call does not count as stored.
+    # back as its position in the call, one stored by an earlier call comes
+    # back whole, and a conflicting copy later in the call is not the one stored.
     r = redis.Redis.from_url(redis_url)
     match = r.register_script(state.MATCH)
     pending, k = "clr:p:{o01}", "clr:o:{o01}:X1"
 
-    def doc(t: str, body: bytes) -> list[object]:
-        return [t, body, b'{"at":%s}' % t.encode(), hashlib.sha1(body).hexdigest()]
+    def doc(t: str, body: bytes, app: str = "1") -> list[object]:
+        return [t, body, b'{"at":%s}' % t.encode(), hashlib.sha1(body).hexdigest(), app]
 
     assert match(keys=[pending, k, k], args=[NOW, 3000] + doc("311", b"order") + doc("411", b"pay")) == [b"A", b"A"]
     args = [NOW + 10, 3000] + doc("511", b"waybill") + doc("511", b"other waybill") + doc("621", b"list")
@@ -94,12 +94,40 @@ def test_a_completed_match_returns_only_the_documents_this_call_did_not_store(re
     assert replies[0] == [b"A"] and replies[1] == [b"C"]
     assert int(replies[2][1]) == NOW  # the first arrival's time
     assert replies[2][:1] + replies[2][2:] == [b"M", b"order", b'{"at":311}', b"pay", b'{"at":411}',
-                                               None, None, None, None]
+                                               2, None, 4, None]  # KEYS[2] and KEYS[4] of the call
     # An identical resend in a later call stores nothing: everything comes back.
     replies = state.match_replies(match(keys=[pending, k], args=[NOW + 20, 3000] + doc("621", b"list")))
     assert len(replies) == 1 and int(replies[0][1]) == NOW
     assert replies[0][:1] + replies[0][2:] == [b"M", b"order", b'{"at":311}', b"pay", b'{"at":411}',
                                                b"waybill", b'{"at":511}', b"list", b'{"at":621}']
+
+
+def test_a_change_replaces_and_a_delete_removes_a_document_before_the_decision(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    match = r.register_script(state.MATCH)
+    pending, k = "clr:p:{o02}", "clr:o:{o02}:X2"
+
+    def call(*docs: tuple[str, bytes, str], now: int = NOW) -> list[list]:
+        args: list[object] = [now, 3000]
+        for t, body, app in docs:
+            args += [t, body, b"{}", hashlib.sha1(body).hexdigest(), app]
+        return state.match_replies(match(keys=[pending] + [k] * len(docs), args=args))
+
+    assert call(("311", b"order v1", "1")) == [[b"A"]]
+    assert call(("311", b"order v2", "1")) == [[b"C"]]  # an add with other content conflicts
+    assert call(("311", b"order v2", "2")) == [[b"A"]]  # a change replaces
+    assert r.hget(k, "d311") == b"order v2"
+    assert call(("411", b"pay", "1"), ("411", b"pay", "3"), ("411", b"pay", "3")) == [[b"A"], [b"X"], [b"N"]]
+    assert r.hget(k, "d411") is None and r.zscore(pending, k) == NOW
+    # The last document deleted: the order is forgotten, no timeout will decide it.
+    assert call(("311", b"order v2", "3")) == [[b"X"]]
+    assert not r.exists(k) and r.zscore(pending, k) is None
+    # An add and its change in one call: the change is the document stored.
+    replies = call(("311", b"o1", "1"), ("311", b"o2", "2"), ("411", b"p", "1"), ("511", b"w", "1"),
+                   ("621", b"l", "1"), now=NOW + 5)
+    assert [x[0] for x in replies] == [b"A", b"A", b"A", b"A", b"M"]
+    assert replies[4][2:] == [3, None, 4, None, 5, None, 6, None]
+    assert r.hget(k, "d311") == b"o2"
 
 
 def test_tax_aggregate_counts_each_record_once_per_guarantor(redis_url):
