@@ -73,10 +73,14 @@ def nothing_to_delete_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms:
                             "(or it was deleted already)", now_ms, pre_no=_pre_no_placeholder(doc, now_ms))
 
 
-def too_late_receipt(doc: dict[str, Any], meta: dict[str, Any], decision: dict[str, Any], now_ms: int) -> Receipt:
-    """A change or delete (appType 2/3) of a document whose order is decided."""
+def too_late_receipt(doc: dict[str, Any], meta: dict[str, Any], decision: dict[str, Any] | None,
+                     now_ms: int) -> Receipt:
+    """A change or delete (appType 2/3) of a document whose order is decided, or
+    complete and being decided (`decision` None)."""
     what = APP_TEXT.get(doc["head"].get("appType"), "")
-    return document_receipt(doc, meta, "100", f"{what}申报失败: the order is decided ({decision_info(decision)}); "
+    state = f"is decided ({decision_info(decision)})" if decision else "was complete and is being decided"
+    decision = decision or {}
+    return document_receipt(doc, meta, "100", f"{what}申报失败: the order {state}; "
                             "a decided list is withdrawn with a cancel (623)", now_ms,
                             decision.get("invtNo", ""), decision.get("preNo", "") or _pre_no_placeholder(doc, now_ms))
 

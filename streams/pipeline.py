@@ -257,6 +257,9 @@ class Pipeline:
         elif status == "N":
             m.ERRORS.labels("nothing_to_delete").inc()
             out_receipts.append(receipts.nothing_to_delete_receipt(d.doc, d.meta, now))
+        elif status == "L":  # a change or delete behind the document that completed the order
+            m.ERRORS.labels("change_after_decision").inc()
+            out_receipts.append(receipts.too_late_receipt(d.doc, d.meta, None, now))
         elif status == "R":
             _, raw_docs, raw_metas = state.split_docs(reply[2:])
             reemit[d.order_key] = _Emit(d.order_key, orjson.loads(reply[1]), _loads_all(raw_docs),

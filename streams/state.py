@@ -81,7 +81,8 @@ end
 # ARGV carries each document's appType too: 2 (change) replaces a stored
 # document of its type instead of conflicting with it, 3 (delete) removes it:
 # 'X' deleted, 'N' nothing to delete. Both only before the decision; after it
-# they get 'D' like any late document.
+# they get 'D' like any late document, and 'L' once the order was complete
+# earlier in the same call (the batch decides it as it was then).
 MATCH = MULTI + REEMIT + """
 local pending = KEYS[1]
 local now, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -91,6 +92,7 @@ local waiting, listed, gone = {}, {}, {}  -- key -> first arrival; keys in order
 local slot = {['311'] = 3, ['411'] = 4, ['511'] = 5, ['621'] = 6}
 local types = {'311', '411', '511', '621'}
 local mine = {}  -- key .. type -> position in this call of the document it stored
+local complete = {}  -- keys this call found complete: they are being decided
 local out = {}
 for i = 2, #KEYS do
   local k = KEYS[i]
@@ -105,6 +107,8 @@ for i = 2, #KEYS do
       out[#out + 1] = 'D'
       out[#out + 1] = dec
     end
+  elseif complete[k] and (app == '2' or app == '3') then
+    out[#out + 1] = 'L'  -- too late: the batch decides the order as it was when complete
   elseif app == '3' then
     -- A delete before the decision: the document goes; an order left with
     -- none is forgotten (no timeout decision for what its sender withdrew).
@@ -138,6 +142,7 @@ for i = 2, #KEYS do
     gone[k] = nil
     seen[slot[t]] = digest
     if seen[3] and seen[4] and seen[5] and seen[6] then
+      complete[k] = true
       out[#out + 1] = 'M'
       out[#out + 1] = first
       local need = {}
@@ -519,7 +524,7 @@ class Scripts:
         self.finalize = _script(redis, FINALIZE)
 
 
-_MATCH_WIDTH = {b"A": 1, b"S": 1, b"C": 1, b"X": 1, b"N": 1, b"D": 2, b"M": 10, b"R": 11}
+_MATCH_WIDTH = {b"A": 1, b"S": 1, b"C": 1, b"X": 1, b"N": 1, b"L": 1, b"D": 2, b"M": 10, b"R": 11}
 
 
 def match_replies(flat: list[Any]) -> list[list[Any]]:

@@ -129,6 +129,15 @@ def test_a_change_after_the_decision_is_refused(redis_url):
     assert all("623" in r["returnInfo"] for r in refused)
 
 
+def test_a_change_behind_the_completing_document_in_one_batch_is_refused(redis_url):
+    o = order(11)
+    sink = run_pipeline(redis_url, [doc_records(o) + _as(o, "411", "2", amountPaid="1.00")])
+    (d,) = sink.decisions()
+    assert d["status"] == 800  # decided on the payment as it was when the order was complete
+    (refused,) = [r for r in receipts_of(sink) if r["returnStatus"] == "100"]
+    assert refused["entity"] == "PaymentReturn" and "being decided" in refused["returnInfo"]
+
+
 def test_deleted_documents_leave_nothing_to_time_out(redis_url):
     o = order(10)
     sink = run_pipeline(redis_url, [doc_records(o, ["311", "411"]), _as(o, "311", "3"), _as(o, "411", "3"),

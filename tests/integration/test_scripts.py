@@ -128,6 +128,15 @@ def test_a_change_replaces_and_a_delete_removes_a_document_before_the_decision(r
     assert [x[0] for x in replies] == [b"A", b"A", b"A", b"A", b"M"]
     assert replies[4][2:] == [3, None, 4, None, 5, None, 6, None]
     assert r.hget(k, "d311") == b"o2"
+    # Behind the document that completed the order, in the same call: too late.
+    k2 = "clr:o:{o02}:X3"
+    args: list[object] = [NOW, 3000]
+    for t, body, app in (("311", b"o", "1"), ("411", b"p", "1"), ("511", b"w", "1"), ("621", b"l", "1"),
+                         ("411", b"p2", "2"), ("311", b"o", "3")):
+        args += [t, body, b"{}", hashlib.sha1(body).hexdigest(), app]
+    replies = state.match_replies(match(keys=[pending] + [k2] * 6, args=args))
+    assert [x[0] for x in replies] == [b"A", b"A", b"A", b"M", b"L", b"L"]
+    assert r.hget(k2, "d411") == b"p" and r.hget(k2, "d311") == b"o"
 
 
 def test_tax_aggregate_counts_each_record_once_per_guarantor(redis_url):
