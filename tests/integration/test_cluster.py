@@ -306,14 +306,27 @@ def test_a_failover_loses_no_document_and_decides_each_order_once(replicated_clu
         return sink
 
     sink = asyncio.run(go())
+    seeds = ",".join(f"127.0.0.1:{p}" for p in cluster.ports[1:] + cluster.replica_ports)
+
+    async def fresh_worker() -> CaptureSink:  # started after the failover, REDIS_URL's node gone
+        later = settings_for(cluster.url, redis_cluster=True, redis_cluster_nodes=seeds)
+        client = state.async_client_for(later)
+        p = Pipeline(later, client, sink)
+        await asyncio.wait_for(process_until_done(p, doc_records(order(990))), 60)
+        await p.aclose()
+        await client.aclose()
+        return sink
+
+    asyncio.run(fresh_worker())
+    orders.append(order(990))
     decisions = sink.decisions()
     assert sorted(d["orderNo"] for d in decisions) == sorted(o.order_no for o in orders)  # each once
     assert {d["status"] for d in decisions} == {800}
-    # A gate that starts now, with REDIS_URL's node gone, finds the cluster
-    # through REDIS_CLUSTER_NODES; without them it cannot.
+    # A gate that starts now finds the cluster through REDIS_CLUSTER_NODES too;
+    # without them it cannot.
     with pytest.raises(redis_exceptions.RedisClusterException):
         _gate_on(cluster)
-    gate = _gate_on(cluster, ",".join(f"127.0.0.1:{p}" for p in cluster.ports[1:] + cluster.replica_ports))
+    gate = _gate_on(cluster, seeds)
     events = [orjson.loads(v) for _k, v in sink.on(registry.RELEASE)]
     assert len(events) == len(orders)
     assert gate.record(events) == len(orders) and gate.record(events) == 0
