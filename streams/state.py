@@ -859,10 +859,12 @@ class _PerNode:
     redis-py's cluster pipelines refuse EVALSHA. The calls are grouped by the
     node of their first key, each node gets its share in one plain pipeline,
     and the replies are put back in order: one round trip per node, not per
-    call. A call a node turns away (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, a node
-    that cannot be reached) has not run; after the slot map is read again it
-    goes on its own through the cluster client, which follows redirections. A
-    node that lost the script (NOSCRIPT, after a restart) is given it again."""
+    call. A call a node turns away (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) has not
+    run; it goes again once the slot map is read again, as do the calls of a
+    node whose connection failed (they may have run: every script is
+    idempotent), and those still turned away go one by one through the
+    cluster client, which follows redirections. A node that lost the script
+    (NOSCRIPT, after a restart) is given it again."""
 
     _REDIRECTED = (rx.MovedError, rx.AskError, rx.TryAgainError, rx.ClusterDownError)
 
