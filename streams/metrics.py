@@ -13,6 +13,9 @@ RECORDS = Counter("clearance_records_consumed_total", "Inbound Kafka records con
 DOCUMENTS = Counter("clearance_documents_consumed_total", "CEB documents consumed", ["type", "format"])
 DUPLICATES = Counter("clearance_duplicate_documents_total",
                      "Documents seen before: identical, conflicting, or after the decision", ["kind"])
+AMENDMENTS = Counter("clearance_document_amendments_total",
+                     "Documents changed (appType 2) or deleted (appType 3) before their order's decision",
+                     ["type", "kind"])
 DECISIONS = Counter("clearance_decisions_total", "Clearance decisions emitted", ["status", "outcome", "lane"])
 RULE_HITS = Counter("clearance_rule_hits_total", "Rules that fired in emitted decisions", ["rule"])
 TIMEOUTS = Counter("clearance_match_timeouts_total", "Matches decided as timeouts, by missing document type",

@@ -253,6 +253,7 @@ class Pipeline:
             out_receipts.extend(receipts.decision_receipts(decision, {d.doc["type"]: d.doc},
                                                            {d.doc["type"]: d.meta}, now))
         elif status == "X":  # deleted (appType 3) before the decision
+            m.AMENDMENTS.labels(d.doc["type"], "delete").inc()
             out_receipts.append(receipts.arrival_receipt(d.doc, d.meta, now))
         elif status == "N":
             m.ERRORS.labels("nothing_to_delete").inc()
@@ -267,6 +268,8 @@ class Pipeline:
         else:
             if status == "S":
                 m.DUPLICATES.labels("identical").inc()
+            elif d.doc["head"].get("appType") == "2":
+                m.AMENDMENTS.labels(d.doc["type"], "change").inc()
             out_receipts.append(receipts.arrival_receipt(d.doc, d.meta, now))
             if status == "M":
                 first = int(reply[1] or 0)

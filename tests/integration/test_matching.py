@@ -108,12 +108,20 @@ def _as(o, t: str, app: str, **fields):
 def test_a_change_before_the_decision_replaces_the_document(redis_url):
     # A payment declared with a wrong amount and corrected (appType 2) before
     # the list arrives: the order is decided on the corrected payment.
+    from prometheus_client import REGISTRY
+
+    def changes() -> float:
+        return REGISTRY.get_sample_value("clearance_document_amendments_total",
+                                         {"type": "411", "kind": "change"}) or 0.0
+
     o = order(8)
     wrong = _as(o, "411", "1", amountPaid="1.00")
     corrected = _as(o, "411", "2")
+    before = changes()
     sink = run_pipeline(redis_url, [wrong, corrected, doc_records(o, ["311", "511", "621"])])
     (d,) = sink.decisions()
     assert d["status"] == 800
+    assert changes() == before + 1
     infos = [r["returnInfo"] for r in receipts_of(sink) if r["entity"] == "PaymentReturn"]
     assert any(i.startswith("新增申报成功") for i in infos) and any(i.startswith("变更申报成功") for i in infos)
     assert not [r for r in receipts_of(sink) if r["returnStatus"] == "100"]
