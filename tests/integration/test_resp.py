@@ -225,14 +225,25 @@ def primary_and_replica(tmp_path):
     while (redis.Redis.from_url(url).info("replication").get("slave0") or {}).get("state") != "online":
         assert time.monotonic() < deadline, "the replica did not come online"
         time.sleep(0.05)
-    yield url, replica_url, replica
-    for proc in (primary, replica):
+    procs = [primary, replica]
+
+    def restart_replica() -> None:
+        """The stopped replica back on its port; returns once it is in sync."""
+        procs.append(embedded.start_redis(str(tmp_path / "r"), port=urlsplit(replica_url).port)[1])
+        redis.Redis.from_url(replica_url).execute_command("REPLICAOF", "127.0.0.1", urlsplit(url).port)
+        deadline = time.monotonic() + 20
+        while (redis.Redis.from_url(url).info("replication").get("slave0") or {}).get("state") != "online":
+            assert time.monotonic() < deadline, "the replica did not come back online"
+            time.sleep(0.05)
+
+    yield url, replica_url, replica, restart_replica
+    for proc in procs:
         proc.kill()
         proc.wait()
 
 
 def test_required_replicas_hold_every_write_of_a_round_trip(primary_and_replica):
-    url, replica_url, replica = primary_and_replica
+    url, replica_url, replica, _restart = primary_and_replica
 
     async def go(commands):
         client = resp.Client.like(aioredis.from_url(url))
@@ -257,7 +268,7 @@ def test_a_pipeline_that_requires_a_replica_decides_nothing_without_one(primary_
     from streams.pipeline import Pipeline
     from tests.helpers import CaptureSink, doc_records, order, settings_for
 
-    url, _replica_url, replica = primary_and_replica
+    url, _replica_url, replica, restart_replica = primary_and_replica
     settings = settings_for(url, redis_wait_replicas=1, redis_wait_ms=2000)
 
     async def go(orders):
@@ -279,3 +290,23 @@ def test_a_pipeline_that_requires_a_replica_decides_nothing_without_one(primary_
     with pytest.raises(resp.ReplicationError):
         sink = run(go([order(42)]))
     assert sink.records == []  # nothing decided, released or answered on writes that could be lost
+
+    # The worker's retry loop holds the batch until a replica is back, then decides it once.
+    async def retried() -> CaptureSink:
+        from streams.app import process_until_done
+
+        client = state.async_client_for(settings)
+        sink = CaptureSink()
+        p = Pipeline(settings, client, sink)
+        try:
+            task = asyncio.create_task(process_until_done(p, doc_records(order(42))))
+            await asyncio.sleep(1.5)
+            assert not task.done() and sink.records == []  # failing closed meanwhile
+            await asyncio.to_thread(restart_replica)
+            await asyncio.wait_for(task, 30)
+        finally:
+            await p.aclose()
+            await client.aclose()
+        return sink
+
+    assert [d["orderNo"] for d in run(retried()).decisions()] == [order(42).order_no]
