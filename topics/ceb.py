@@ -499,11 +499,19 @@ def _check_date(text: str, length: int) -> bool:
     return True
 
 
+APP_TYPES = frozenset({"1", "2", "3"})  # add, change, delete (the XSD says only: one character)
+
+
 def _check_dates(msg: DecodedMessage, now: float) -> None:
-    """What the schema cannot say: dates are real and not in the future."""
+    """What the schema cannot say: dates are real and not in the future, and
+    appType is one of the three its documentation names."""
     # Fixed-width digit strings compare like the dates they spell.
     latest = datetime.fromtimestamp(now + FUTURE_TOLERANCE_S, _CST).strftime("%Y%m%d%H%M%S")
     for i, doc in enumerate(msg.documents, 1):
+        app = doc.head.get("appType")
+        if app is not None and app not in APP_TYPES:
+            raise CebError(ERR_SCHEMA, "invalid_app_type", f"document {i}: appType {app!r} is not 1 (add), "
+                           "2 (change) or 3 (delete)", KINDS[msg.kind].root)
         for name, length in DATE_FIELDS.items():
             text = doc.head.get(name)
             if not text:

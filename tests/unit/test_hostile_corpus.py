@@ -109,6 +109,8 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
     ("impossible date", jdoc("411", {"appTime": "20260230101500"}), ("411",), "invalid_date"),
     ("impossible hour", jdoc("411", {"payTime": "20261126250000"}), ("411",), "invalid_date"),
     ("date in the future", jdoc("411", {"appTime": "20991231235959"}), ("411",), "future_date"),
+    ("appType outside add/change/delete", jdoc("311", {"appType": "9"}), ("311",), "invalid_app_type"),
+    ("appType outside add/change/delete (XML)", xdoc("511", {"appType": "0"}), ("511",), "invalid_app_type"),
     ("declaration date in the future", xdoc("621", {"declTime": "20991231"}), ("621",), "future_date"),
     # --- encodings and invisible characters
     ("zero-width space in orderNo", jdoc("311", {"orderNo": ORDER.order_no + "\u200b"}), ("311",), "invisible_characters"),
