@@ -182,8 +182,7 @@ def cmd_trace(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     _need_services(settings)
-    t = trace.lineage(state.sync_client_for(settings), args.ident,
-                      settings.redis_buckets)
+    t = trace.lineage(state.sync_client_for(settings), args.ident, settings.redis_buckets)
     if t is None:
         sys.exit(f"{args.ident}: no order, waybill or list with this number")
     print(json.dumps(t, ensure_ascii=False, indent=1) if args.json else trace.text(t))

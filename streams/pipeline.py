@@ -69,6 +69,7 @@ class _Doc:
     meta: dict[str, Any]
     payload: bytes  # the canonical document as stored
     meta_raw: bytes  # its arrival metadata as stored
+    app: str = "1"  # appType: 1 add, 2 change, 3 delete
 
 
 @dataclass
@@ -162,8 +163,7 @@ class Pipeline:
             for tag, group in groups.items():
                 args: list[Any] = [now, 0 if retry else STALE_MS]
                 for d in group:
-                    args += (d.doc["type"], d.payload, d.meta_raw, hashlib.sha1(d.payload).hexdigest(),
-                             d.doc["head"].get("appType") or "1")
+                    args += (d.doc["type"], d.payload, d.meta_raw, hashlib.sha1(d.payload).hexdigest(), d.app)
                 await self.scripts.match(keys=["clr:p:" + tag] + [d.order_key for d in group], args=args,
                                          client=pipe)
             # A match completed in this batch mostly needs documents this batch
@@ -204,8 +204,10 @@ class Pipeline:
             meta_raw = orjson.dumps(meta)
             for raw in msg.documents:
                 doc = normalise(raw.kind, raw.head, raw.lines, self.pii_key)
-                out.append(_Doc(state.order_key(str(doc["head"].get("orderNo", "")), self.buckets), doc, meta,
-                                orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), meta_raw))
+                head = doc["head"]
+                out.append(_Doc(state.order_key(str(head.get("orderNo", "")), self.buckets), doc, meta,
+                                orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), meta_raw,
+                                head.get("appType") or "1"))
             counts[(msg.kind, msg.fmt)] += len(msg.documents)
             return out
         except ceb.CebError as exc:
@@ -245,7 +247,7 @@ class Pipeline:
             out_receipts.append(receipts.conflict_receipt(d.doc, d.meta, now))
         elif status == "D":
             decision = orjson.loads(reply[1])
-            if d.doc["head"].get("appType") in ("2", "3"):
+            if d.app in ("2", "3"):  # a change or delete of a decided order
                 m.ERRORS.labels("change_after_decision").inc()
                 out_receipts.append(receipts.too_late_receipt(d.doc, d.meta, decision, now))
                 return
@@ -268,7 +270,7 @@ class Pipeline:
         else:
             if status == "S":
                 m.DUPLICATES.labels("identical").inc()
-            elif d.doc["head"].get("appType") == "2":
+            elif d.app == "2":
                 m.AMENDMENTS.labels(d.doc["type"], "change").inc()
             out_receipts.append(receipts.arrival_receipt(d.doc, d.meta, now))
             if status == "M":

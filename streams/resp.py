@@ -219,13 +219,20 @@ SLOTS = 16384
 _KEY_AT = {b"EVALSHA": 3, b"EVAL": 3}  # where a command's first key is: 1 for the rest
 
 
-def slot_of(command: tuple[Any, ...]) -> int | None:
-    """The slot of the command's first key; None for a command without keys."""
+def first_key(command: tuple[Any, ...]) -> Any:
+    """The command's first key (what routes it on a cluster); None for a command without keys."""
     name = command[0].encode() if isinstance(command[0], str) else command[0]
     at = _KEY_AT.get(name.upper(), 1)
     if len(command) <= at or (at == 3 and not int(command[2])):
         return None
-    key = command[at]
+    return command[at]
+
+
+def slot_of(command: tuple[Any, ...]) -> int | None:
+    """The slot of the command's first key; None for a command without keys."""
+    key = first_key(command)
+    if key is None:
+        return None
     return key_slot(key.encode() if isinstance(key, str) else key)
 
 

@@ -25,6 +25,8 @@ import hiredis
 from redis import exceptions as rx
 from redis.exceptions import NoScriptError
 
+from streams import resp
+
 LEDGER_TTL_S = 400 * 24 * 3600
 DOC_FIELDS = "'first', 'd311', 'm311', 'd411', 'm411', 'd511', 'm511', 'd621', 'm621'"
 # Calls with one argument per document or list (HMGET, HSET, ZADD, ZREM), in
@@ -900,8 +902,7 @@ class _PerNode:
         """One pipeline per node for the calls at `indices`; the indices to send again."""
         by_node: dict[str, tuple[Any, list[int]]] = {}
         for i in indices:
-            call = calls[i]
-            node = self.r.get_node_from_key(call[3] if call[0] == "EVALSHA" else call[1])
+            node = self.r.get_node_from_key(resp.first_key(calls[i]))
             by_node.setdefault(node.name, (node, []))[1].append(i)
         again: list[int] = []
         moved, lost = False, set()
