@@ -38,8 +38,12 @@ def match(r: redis.Redis, orders: int) -> tuple[float, int]:
     completed = 0
     start = _cpu(r)
     for b in range(orders // 100):
-        keys = ["clr:p:{o00}"] + [f"clr:o:{{o00}}:B{b}:{i}" for i in range(100)]
+        orders_ = [f"clr:o:{{o00}}:E{state.SEP}B{b}:{i}" for i in range(100)]
+        waybills = [f"clr:w:{{o00}}:B{b}:{i}{state.SEP}L{state.SEP}W{i}" for i in range(100)]
         for t in ("311", "411", "511", "621"):
+            # Each document's own key and its second one (the list's waybill key), as the worker sends them.
+            own, second = (waybills, waybills) if t == "511" else (orders_, waybills if t == "621" else orders_)
+            keys = ["clr:p:{o00}"] + [k for pair in zip(own, second) for k in pair]
             args: list[object] = [1, 3000]
             for _ in range(100):
                 args += [t, payload, META, digest, "1"]

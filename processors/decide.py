@@ -179,8 +179,14 @@ def timeout_decision(order_key: str, docs: dict[str, dict[str, Any]], first_ms: 
     hit = Hit("match.timeout", "MATCH_TIMEOUT", REJECT,
               f"no complete match after {timeout_s:g}s: missing {names}", "",
               {"missing": ",".join(missing)})
+    decision_id = f"{ebp}:{order_no}"
+    if docs.keys() == {"511"}:
+        # A waybill that no list named: it names no platform, and several
+        # platforms' waybills may share the orderNo, so its own key names it.
+        wb = docs["511"]["head"]
+        decision_id = f"waybill:{wb.get('logisticsCode', '')}:{wb.get('logisticsNo', '')}"
     decision: dict[str, Any] = {
-        "decisionId": f"{ebp}:{order_no}",
+        "decisionId": decision_id,
         "orderKey": order_key,
         "orderNo": order_no,
         "ebpCode": ebp,

@@ -74,7 +74,7 @@ class Aftercare:
             for kind, value in (("ln", decision.get("logisticsNo")), ("inv", decision.get("invtNo"))):
                 if value:
                     key = state.index_key(kind, value, self.p.buckets)
-                    index.setdefault(state.slot_tag(key), []).append((key, decision["orderNo"]))
+                    index.setdefault(state.slot_tag(key), []).append((key, decision["orderKey"]))
             if decision["status"] == RELEASE and decision.get("tax"):
                 record = aftercare.tax_record(decision, now)
                 self.p.sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))

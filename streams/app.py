@@ -205,7 +205,8 @@ def create_app(settings: Settings) -> faust.App:
         from streams import trace
 
         r = state.sync_client_for(settings)
-        t = await asyncio.to_thread(trace.lineage, r, ident, settings.redis_buckets)
+        t = await asyncio.to_thread(trace.lineage, r, ident, settings.redis_buckets,
+                                    request.query.get("ebp") or None)
         if t is None:
             return web.json({"error": f"{ident}: not found"}, status=404)
         return web.json(t)

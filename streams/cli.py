@@ -20,6 +20,22 @@ def _need_services(settings: Settings) -> None:
                  "`clearance services` starts embedded ones and prints them, `clearance demo` runs everything.")
 
 
+def _order_key(settings: Settings, order_no: str, ebp: str | None) -> str:
+    """The order key of an orderNo: of the platform given, or of the only
+    platform that declared it (a keyspace scan: operators' commands only)."""
+    from streams import state
+
+    if ebp:
+        return state.order_key(ebp, order_no, settings.redis_buckets)
+    keys = state.order_keys_for(state.sync_client_for(settings), order_no, settings.redis_buckets)
+    if not keys:
+        sys.exit(f"{order_no}: no order with this number")
+    if len(keys) > 1:
+        platforms = ", ".join(state.platform_of(k) for k in keys)
+        sys.exit(f"{order_no}: declared by several platforms ({platforms}); name one with --ebp")
+    return keys[0]
+
+
 def cmd_worker(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
@@ -182,7 +198,7 @@ def cmd_trace(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     _need_services(settings)
-    t = trace.lineage(state.sync_client_for(settings), args.ident, settings.redis_buckets)
+    t = trace.lineage(state.sync_client_for(settings), args.ident, settings.redis_buckets, args.ebp)
     if t is None:
         sys.exit(f"{args.ident}: no order, waybill or list with this number")
     print(json.dumps(t, ensure_ascii=False, indent=1) if args.json else trace.text(t))
@@ -227,7 +243,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
     r = state.sync_client_for(settings)
-    key = state.order_key(args.order_no, settings.redis_buckets)
+    key = _order_key(settings, args.order_no, args.ebp)
     raw = r.hmget(key, "dec", "final", "first", "m311", "m411", "m511", "m621")
     if raw[0] is None:
         present = [t for t, v in zip(("311", "411", "511", "621"), raw[3:]) if v is not None]
@@ -271,12 +287,14 @@ def cmd_review(args: argparse.Namespace) -> None:
     import orjson
     from confluent_kafka import Producer
 
+    from streams import state
     from topics.registry import REVIEWS, topic_name
 
     settings = load_settings()
     _need_services(settings)
     result = "release" if args.release else "reject"
-    record = {"orderNo": args.order_no, "result": result, "officer": args.officer, "note": args.note,
+    ebp = args.ebp or state.platform_of(_order_key(settings, args.order_no, None))
+    record = {"ebpCode": ebp, "orderNo": args.order_no, "result": result, "officer": args.officer, "note": args.note,
               "at": int(time.time() * 1000)}
     producer = Producer(settings.librdkafka_config())
     producer.produce(topic_name(REVIEWS, settings), orjson.dumps(record), args.order_no.encode())
@@ -367,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tr = sub.add_parser("trace", help="lineage of an order, waybill or list: documents, rules, decision, gate")
     tr.add_argument("ident", help="orderNo, logisticsNo or invtNo")
+    tr.add_argument("--ebp", help="the platform's ebpCode, for an orderNo several platforms used")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=cmd_trace)
 
@@ -386,11 +405,13 @@ def main(argv: list[str] | None = None) -> None:
 
     ex = sub.add_parser("explain", help="why an order got its decision")
     ex.add_argument("order_no")
+    ex.add_argument("--ebp", help="the platform's ebpCode (needed when several platforms used the orderNo)")
     ex.add_argument("--json", action="store_true", help="the stored decision record")
     ex.set_defaults(func=cmd_explain)
 
     rv = sub.add_parser("review", help="an officer's result for an order in manual review or inspection")
     rv.add_argument("order_no")
+    rv.add_argument("--ebp", help="the platform's ebpCode (default: the only platform with this orderNo)")
     which = rv.add_mutually_exclusive_group(required=True)
     which.add_argument("--release", action="store_true")
     which.add_argument("--reject", action="store_true")

@@ -64,12 +64,27 @@ class Sink(Protocol):
 
 @dataclass
 class _Doc:
-    order_key: str
+    order_key: str  # the waybill key for a 511 (state.MATCH)
     doc: dict[str, Any]
     meta: dict[str, Any]
     payload: bytes  # the canonical document as stored
     meta_raw: bytes  # its arrival metadata as stored
     app: str = "1"  # appType: 1 add, 2 change, 3 delete
+    aux: str = ""  # a 621's waybill key; the document's own key for the others
+
+
+def _keys(t: str, head: dict[str, Any], buckets: int) -> tuple[str, str]:
+    """A document's two keys for MATCH (see there)."""
+    order_no = str(head.get("orderNo", ""))
+    if t == "511":
+        key = state.waybill_key(order_no, str(head.get("logisticsCode", "")), str(head.get("logisticsNo", "")),
+                                buckets)
+        return key, key
+    key = state.order_key(str(head.get("ebpCode", "")), order_no, buckets)
+    if t == "621":
+        return key, state.waybill_key(order_no, str(head.get("logisticsCode", "")),
+                                      str(head.get("logisticsNo", "")), buckets)
+    return key, key
 
 
 @dataclass
@@ -162,10 +177,11 @@ class Pipeline:
             pipe = self.batch()
             for tag, group in groups.items():
                 args: list[Any] = [now, 0 if retry else STALE_MS]
+                keys = ["clr:p:" + tag]
                 for d in group:
                     args += (d.doc["type"], d.payload, d.meta_raw, hashlib.sha1(d.payload).hexdigest(), d.app)
-                await self.scripts.match(keys=["clr:p:" + tag] + [d.order_key for d in group], args=args,
-                                         client=pipe)
+                    keys += (d.order_key, d.aux)
+                await self.scripts.match(keys=keys, args=args, client=pipe)
             # A match completed in this batch mostly needs documents this batch
             # decoded (the four types of a set of orders arrive close together):
             # MATCH names those it stored from this call by their position in
@@ -205,9 +221,9 @@ class Pipeline:
             for raw in msg.documents:
                 doc = normalise(raw.kind, raw.head, raw.lines, self.pii_key)
                 head = doc["head"]
-                out.append(_Doc(state.order_key(str(head.get("orderNo", "")), self.buckets), doc, meta,
-                                orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), meta_raw,
-                                head.get("appType") or "1"))
+                key, aux = _keys(doc["type"], head, self.buckets)
+                out.append(_Doc(key, doc, meta, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), meta_raw,
+                                head.get("appType") or "1", aux))
             counts[(msg.kind, msg.fmt)] += len(msg.documents)
             return out
         except ceb.CebError as exc:
@@ -263,10 +279,10 @@ class Pipeline:
         elif status == "L":  # a change or delete behind the document that completed the order
             m.ERRORS.labels("change_after_decision").inc()
             out_receipts.append(receipts.too_late_receipt(d.doc, d.meta, None, now))
-        elif status == "R":
-            _, raw_docs, raw_metas = state.split_docs(reply[2:])
-            reemit[d.order_key] = _Emit(d.order_key, orjson.loads(reply[1]), _loads_all(raw_docs),
-                                        _loads_all(raw_metas), reply[1])
+        elif status == "R":  # the order's key comes back: a waybill's is not the one sent
+            key = reply[1].decode()
+            _, raw_docs, raw_metas = state.split_docs(reply[3:])
+            reemit[key] = _Emit(key, orjson.loads(reply[2]), _loads_all(raw_docs), _loads_all(raw_metas), reply[2])
         else:
             if status == "S":
                 m.DUPLICATES.labels("identical").inc()
@@ -274,18 +290,18 @@ class Pipeline:
                 m.AMENDMENTS.labels(d.doc["type"], "change").inc()
             out_receipts.append(receipts.arrival_receipt(d.doc, d.meta, now))
             if status == "M":
-                first = int(reply[1] or 0)
+                key, first = reply[1].decode(), int(reply[2] or 0)
                 docs, metas = {}, {}
                 for i, t in enumerate(DOC_TYPES):
-                    body, arrival = reply[2 + 2 * i], reply[3 + 2 * i]
+                    body, arrival = reply[3 + 2 * i], reply[4 + 2 * i]
                     if isinstance(body, int):  # stored from this call: its position in the call
-                        near = call[body - 2]
+                        near = call[body - 1]
                         docs[t], metas[t] = near.doc, near.meta
                     else:
                         docs[t] = orjson.loads(body)
                         if arrival is not None:
                             metas[t] = orjson.loads(arrival)
-                pending[d.order_key] = _Pending(d.order_key, docs, metas, first, complete=True)
+                pending[key] = _Pending(key, docs, metas, first, complete=True)
 
     # ------------------------------------------------------------------ decide
 
@@ -483,9 +499,9 @@ class Pipeline:
             try:
                 r = orjson.loads(rec.value or b"")
                 if not isinstance(r, dict) or r.get("result") not in ("release", "reject") or \
-                        not isinstance(r.get("orderNo"), str):
-                    raise ValueError("expected {orderNo, result: release|reject, officer, note}")
-                results.append((state.order_key(r["orderNo"], self.buckets), r))
+                        not isinstance(r.get("orderNo"), str) or not isinstance(r.get("ebpCode"), str):
+                    raise ValueError("expected {ebpCode, orderNo, result: release|reject, officer, note}")
+                results.append((state.order_key(r["ebpCode"], r["orderNo"], self.buckets), r))
             except ValueError as exc:
                 self._reject(rec, "-2", "review_invalid", f"review result not understood: {exc}", "Review",
                              now, [])

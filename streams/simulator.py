@@ -64,6 +64,13 @@ class GeneratedOrder:
     docs: dict[str, tuple[dict[str, str], list[dict[str, str]]]] = field(default_factory=dict)
     logistics_no: str = ""
 
+    @property
+    def ebp_code(self) -> str:
+        for t in ("311", "411", "621"):
+            if t in self.docs:
+                return self.docs[t][0]["ebpCode"]
+        return ""
+
 
 def _money(d: Decimal) -> str:
     return f"{d.quantize(Decimal('0.01'))}"

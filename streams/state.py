@@ -8,9 +8,13 @@ costs one script call per bucket instead of one per document. Buckets
 (CLEARANCE_REDIS_BUCKETS, default 16) bound how many cluster shards share the
 load; raise it before growing past that many shards.
 
-Order key  clr:o:{oNN}:<orderNo>   hash  d<type> canonical document, h<type> its sha1,
-                                         m<type> arrival meta, first (ms), dec, dect, emit
-Pending    clr:p:{oNN}             zset  order key -> first arrival ms (timeouts)
+Order key  clr:o:{oNN}:<ebpCode>␟<orderNo>   hash  d<type> canonical document, h<type> its sha1,
+                                         m<type> arrival meta, first (ms), dec, dect, emit,
+                                         w its list's waybill key
+Waybill    clr:w:{oNN}:<orderNo>␟<logisticsCode>␟<logisticsNo>  hash  owner (the order key of
+                                         the list that named it); d511/m511/h511, first while
+                                         no list has named it
+Pending    clr:p:{oNN}             zset  order or waybill key -> first arrival ms (timeouts)
 Ledger     clr:q:{qNN}:<buyer>:<year> hash  o:<order key> -> cents reserved, total
 Serial     clr:seq:{<customsCode>}:<year>  counter for invtNo/preNo
 Features   clr:f:{fNN}:<family>:<entity>    zset  windowed counters for the risk rules
@@ -53,57 +57,128 @@ local function multi(cmd, key, list, flag)
 end
 """
 
-# Claim the re-emission of a stored but unconfirmed decision: {'R', dec, first,
-# docs...}. Shared by MATCH and TIMEOUT.
+# Claim the re-emission of a stored but unconfirmed decision: {dec, first,
+# docs...}. Shared by MATCH and TIMEOUT, which put their own tags in front.
 REEMIT = f"""
 local function reemit(k, dec, now)
   redis.call('HSET', k, 'dect', now)
   local r = redis.call('HMGET', k, {DOC_FIELDS})
   table.insert(r, 1, dec)
-  table.insert(r, 1, 'R')
   return r
 end
 """
 
+# KEYS: the pending set, then two keys per document: its own key and a second
+# one. The order (311), payment (411) and list (621) belong to the order key
+# of their (ebpCode, orderNo); the waybill (511) carries no ebpCode, so it is
+# kept under its own waybill key, of (orderNo, logisticsCode, logisticsNo),
+# until the list that names it arrives. The second key is the list's waybill
+# key for a 621 and the document's own key again for the others. Both are in
+# the slot bucket of orderNo, so one call stays in one hash slot.
+#
+# The join: a 621 writes its order key as the waybill key's 'owner' (the first
+# list to name a waybill owns it) and notes the waybill key in the order
+# ('w'); a waybill found waiting there moves into the order. A 511 whose
+# waybill key has an owner goes to that order; one without waits under its own
+# key, in the pending set like an order, and times out alone if no list ever
+# names it. A change (appType 2) of the list that names another waybill, or
+# its delete, gives the waybill back to its own key, where it waits again.
+#
 # ARGV: now, stale, then per document its type, body, arrival metadata, the
 # body's SHA-1 (hex; computed by the worker, whose SHA-1 is several times
 # cheaper than the script's and does not take Redis's one thread) and appType.
 # Per document, one flat reply for the whole call (match_replies() splits it):
 # 'A' new, 'S' identical duplicate, 'C' conflicting duplicate, 'D', dec
-# already decided, 'M', first, docs... complete (also when an identical
+# already decided, 'M', key, first, docs... complete (also when an identical
 # duplicate finds all four present and no decision yet: how a crash between
-# match and decision recovers), 'R', dec, first, docs... decided but never
-# confirmed emitted (re-emit after `stale` ms). Flat because a table per item
+# match and decision recovers), 'R', key, dec, first, docs... decided but
+# never confirmed emitted (re-emit after `stale` ms). The key is the order's:
+# for a waybill, not the key the caller sent. Flat because a table per item
 # costs Redis more than most commands (benchmarks.instructions, "calls").
 # In an 'M' reply a document that this same call stored comes back as its
-# position in the call (2 = the first document: KEYS' numbering) and its
-# metadata as nil: the caller sent both. The four documents of an order mostly
-# arrive in one batch, so most completions read nothing back (the reply had
-# been ~4 kB per order, copied by Redis and parsed again by the worker).
-# ARGV carries each document's appType too: 2 (change) replaces a stored
-# document of its type instead of conflicting with it, 3 (delete) removes it:
-# 'X' deleted, 'N' nothing to delete. Both only before the decision; after it
-# they get 'D' like any late document, and 'L' once the order was complete
-# earlier in the same call (the batch decides it as it was then).
+# position in the call (1 = the first document) and its metadata as nil: the
+# caller sent both. The four documents of an order mostly arrive in one
+# batch, so most completions read nothing back (the reply had been ~4 kB per
+# order, copied by Redis and parsed again by the worker).
+# appType 2 (change) replaces a stored document of its type instead of
+# conflicting with it, 3 (delete) removes it: 'X' deleted, 'N' nothing to
+# delete. Both only before the decision; after it they get 'D' like any late
+# document, and 'L' once the order was complete earlier in the same call (the
+# batch decides it as it was then).
 MATCH = MULTI + REEMIT + """
 local pending = KEYS[1]
 local now, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
-local waiting, listed, gone = {}, {}, {}  -- key -> first arrival; keys in order; deleted keys
--- One read answers everything: decided?, first arrival, and which of the four
--- documents are present (their digests), so completeness needs no second call.
-local slot = {['311'] = 3, ['411'] = 4, ['511'] = 5, ['621'] = 6}
+local waiting, listed, gone = {}, {}, {}  -- key -> first arrival; keys in order; keys that left pending
 local types = {'311', '411', '511', '621'}
 local mine = {}  -- key .. type -> position in this call of the document it stored
 local complete = {}  -- keys this call found complete: they are being decided
 local out = {}
-for i = 2, #KEYS do
-  local k = KEYS[i]
-  local a = 5 * i - 7
+
+local function wait(k, first)
+  if not listed[k] then listed[#listed + 1], listed[k] = k, true end
+  waiting[k], gone[k] = first, nil
+end
+
+local function leave(k)
+  waiting[k], gone[k] = nil, true
+end
+
+-- Order k's list names waybill key w: k becomes its owner unless another
+-- list named it first, and a waybill waiting there moves into k (its fields
+-- are added to `set`, which the caller writes to k with its own document).
+local function claim(k, w, seen, set)
+  local wb = redis.call('HMGET', w, 'owner', 'dec', 'd511', 'm511', 'h511')
+  if wb[1] and wb[1] ~= k then return end
+  if wb[2] or seen[5] or not wb[3] then
+    if not wb[1] then redis.call('HSET', w, 'owner', k) end
+    return
+  end
+  append(set, {'d511', wb[3], 'm511', wb[4], 'h511', wb[5]})
+  redis.call('HDEL', w, 'd511', 'm511', 'h511', 'first')
+  if not wb[1] then redis.call('HSET', w, 'owner', k) end
+  seen[5] = wb[5]
+  mine[k .. '511'], mine[w .. '511'] = mine[w .. '511'], nil
+  leave(w)
+end
+
+-- The list of order k no longer names waybill key w: the waybill goes back
+-- there to wait for a list that names it.
+local function release(k, w, seen)
+  if redis.call('HGET', w, 'owner') == k then redis.call('HDEL', w, 'owner') end
+  redis.call('HDEL', k, 'w')
+  if not seen[5] then return end
+  local wb = redis.call('HMGET', k, 'd511', 'm511', 'h511')
+  redis.call('HDEL', k, 'd511', 'm511', 'h511')
+  redis.call('HSET', w, 'd511', wb[1], 'm511', wb[2], 'h511', wb[3], 'first', now)
+  seen[5] = false
+  mine[w .. '511'], mine[k .. '511'] = mine[k .. '511'], nil
+  wait(w, now)
+end
+
+for i = 1, (#KEYS - 1) / 2 do
+  local k, aux = KEYS[2 * i], KEYS[2 * i + 1]
+  local a = 5 * i - 2
   local t, payload, meta, digest, app = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local seen = redis.call('HMGET', k, 'dec', 'first', 'h311', 'h411', 'h511', 'h621')
-  local dec, first, cur = seen[1], seen[2], seen[slot[t]]
+  -- One read answers everything: decided?, first arrival, and which of the four
+  -- documents are present (their digests), so completeness needs no second call.
+  -- A waybill's key may name the order that owns it: then that order is read.
+  local seen
+  if t == '511' then
+    seen = redis.call('HMGET', k, 'dec', 'first', 'h311', 'h411', 'h511', 'h621', 'w', 'owner')
+    if seen[8] then
+      k = seen[8]
+      seen = redis.call('HMGET', k, 'dec', 'first', 'h311', 'h411', 'h511', 'h621', 'w')
+    end
+  else
+    seen = redis.call('HMGET', k, 'dec', 'first', 'h311', 'h411', 'h511', 'h621', 'w')
+  end
+  local dec, first = seen[1], seen[2]
+  local at = t == '311' and 3 or t == '411' and 4 or t == '511' and 5 or 6
+  local cur = seen[at]
   if dec then
     if redis.call('HEXISTS', k, 'emit') == 0 and now - tonumber(redis.call('HGET', k, 'dect') or '0') > stale then
+      out[#out + 1] = 'R'
+      out[#out + 1] = k
       append(out, reemit(k, dec, now))
     else
       out[#out + 1] = 'D'
@@ -117,10 +192,11 @@ for i = 2, #KEYS do
     if cur then
       redis.call('HDEL', k, 'd' .. t, 'm' .. t, 'h' .. t)
       mine[k .. t] = nil
-      seen[slot[t]] = false
+      seen[at] = false
+      if t == '621' and seen[7] then release(k, seen[7], seen) end
       if not (seen[3] or seen[4] or seen[5] or seen[6]) then
         redis.call('DEL', k)
-        gone[k], waiting[k] = true, nil
+        leave(k)
       end
       out[#out + 1] = 'X'
     else
@@ -130,9 +206,19 @@ for i = 2, #KEYS do
     out[#out + 1] = 'C'
   else
     -- New, an identical copy, or a change (appType 2) replacing the stored one.
-    local status = 'A'
+    -- A list that names a waybill key its order has not noted yet joins the
+    -- waybill in the same write; every other document is one plain HSET.
+    local status, joins = 'A', t == '621' and seen[7] ~= aux
+    local set = joins and {'w', aux} or nil
     if cur == digest then
       status = 'S'
+    elseif joins then
+      append(set, {'d621', payload, 'm621', meta, 'h621', digest})
+      if not first then
+        first = now
+        append(set, {'first', now})
+      end
+      mine[k .. t] = i
     elseif first then
       redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest)
       mine[k .. t] = i
@@ -141,11 +227,20 @@ for i = 2, #KEYS do
       redis.call('HSET', k, 'd' .. t, payload, 'm' .. t, meta, 'h' .. t, digest, 'first', now)
       mine[k .. t] = i
     end
-    gone[k] = nil
-    seen[slot[t]] = digest
+    seen[at] = digest
+    if joins then
+      if seen[7] then release(k, seen[7], seen) end
+      claim(k, aux, seen, set)
+      redis.call('HSET', k, unpack(set))
+    end
     if seen[3] and seen[4] and seen[5] and seen[6] then
+      -- A complete order stays in the pending set until its decision is
+      -- confirmed (a worker that dies before deciding leaves it to the sweep):
+      -- only one whose documents were all deleted earlier in this call is added.
+      if gone[k] then wait(k, first) end
       complete[k] = true
       out[#out + 1] = 'M'
+      out[#out + 1] = k
       out[#out + 1] = first
       local need = {}
       for j = 1, 4 do
@@ -157,9 +252,9 @@ for i = 2, #KEYS do
       local got = #need > 0 and redis.call('HMGET', k, unpack(need)) or need
       local n = 0
       for j = 1, 4 do
-        local at = mine[k .. types[j]]
-        if at then
-          out[#out + 1] = at
+        local pos = mine[k .. types[j]]
+        if pos then
+          out[#out + 1] = pos
           out[#out + 1] = false
         else
           out[#out + 1] = got[n + 1]
@@ -168,15 +263,15 @@ for i = 2, #KEYS do
         end
       end
     else
-      if not listed[k] then listed[#listed + 1], listed[k] = k, true end
-      waiting[k] = first
+      wait(k, first)
       out[#out + 1] = status
     end
   end
 end
--- Incomplete orders wait in the pending set for the timeout sweep (NX: the
--- first arrival's time stays); orders whose every document was deleted leave it.
-local left = {}
+-- Incomplete orders (and waybills no list has named yet) wait in the pending
+-- set for the timeout sweep (NX: the first arrival's time stays); waybills a
+-- list took, and orders whose every document was deleted, leave it.
+local left, forgotten = {}, {}
 for j = 1, #listed do
   local k = listed[j]
   if waiting[k] then
@@ -185,7 +280,6 @@ for j = 1, #listed do
   end
 end
 if #left > 0 then multi('ZADD', pending, left, 'NX') end
-local forgotten = {}
 for k in pairs(gone) do forgotten[#forgotten + 1] = k end
 if #forgotten > 0 then multi('ZREM', pending, forgotten) end
 return out
@@ -209,6 +303,7 @@ for i = 2, #KEYS do
       res = {{'X'}}
     elseif now - tonumber(redis.call('HGET', k, 'dect') or '0') > stale then
       res = reemit(k, dec, now)
+      table.insert(res, 1, 'R')
     else
       res = {{'W'}}
     end
@@ -254,6 +349,9 @@ for i = 2, #KEYS do
   redis.call('HSET', k, 'emit', 1)
   redis.call('HDEL', k, 'd311', 'd411', 'd511')
   redis.call('EXPIRE', k, ttl)
+  -- The waybill key its list named (same slot) keeps pointing here as long.
+  local w = redis.call('HGET', k, 'w')
+  if w then redis.call('EXPIRE', w, ttl) end
   done[#done + 1] = k
 end
 multi('ZREM', pending, done)
@@ -383,12 +481,39 @@ def bucket_of(value: str, buckets: int = BUCKETS) -> int:
     return zlib.crc32(value.encode()) % buckets
 
 
-def order_key(order_no: str, buckets: int = BUCKETS) -> str:
-    return "clr:o:{o%02d}:%s" % (bucket_of(order_no, buckets), order_no)
+# Between the parts of a key: ingest refuses control characters in every
+# field (topics/ceb.py), so no ebpCode or orderNo can hold it and two orders
+# cannot share a key.
+SEP = "\x1f"
 
 
-def order_no_of(key: str) -> str:
-    return key.split(":", 3)[3]
+def order_key(ebp_code: str, order_no: str, buckets: int = BUCKETS) -> str:
+    """An order's key: orderNo is unique per platform (DOMAIN.md §2.2). The slot
+    bucket comes from orderNo alone, so the order's waybill key shares it."""
+    return "clr:o:{o%02d}:%s%s%s" % (bucket_of(order_no, buckets), ebp_code, SEP, order_no)
+
+
+def platform_of(order_key_: str) -> str:
+    """The ebpCode in an order key."""
+    return order_key_.split(":", 3)[3].split(SEP, 1)[0]
+
+
+def waybill_key(order_no: str, logistics_code: str, logistics_no: str, buckets: int = BUCKETS) -> str:
+    """Where a waybill (which names no platform) waits until a list names it (see MATCH)."""
+    return "clr:w:{o%02d}:%s%s%s%s%s" % (bucket_of(order_no, buckets), order_no, SEP, logistics_code, SEP,
+                                         logistics_no)
+
+
+def order_keys_for(r: Any, order_no: str, buckets: int = BUCKETS) -> list[str]:
+    """Every platform's order key for an orderNo, for operators' commands that
+    are given an orderNo alone: a SCAN of the keyspace, not for the stream."""
+    tag = "{o%02d}" % bucket_of(order_no, buckets)
+    pattern = "clr:o:" + _glob_escape(tag) + ":*" + SEP + _glob_escape(order_no)
+    return sorted({(k.decode() if isinstance(k, bytes) else k) for k in r.scan_iter(match=pattern, count=1000)})
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\{}^" else c for c in text)
 
 
 def pending_key_for(order_key_: str) -> str:
@@ -397,7 +522,8 @@ def pending_key_for(order_key_: str) -> str:
 
 
 def pending_key(order_no: str, buckets: int = BUCKETS) -> str:
-    return pending_key_for(order_key(order_no, buckets))
+    """The pending set of an orderNo's orders and waybills."""
+    return "clr:p:{o%02d}" % bucket_of(order_no, buckets)
 
 
 def watermark_key(group: str) -> str:
@@ -526,7 +652,7 @@ class Scripts:
         self.finalize = _script(redis, FINALIZE)
 
 
-_MATCH_WIDTH = {b"A": 1, b"S": 1, b"C": 1, b"X": 1, b"N": 1, b"L": 1, b"D": 2, b"M": 10, b"R": 11}
+_MATCH_WIDTH = {b"A": 1, b"S": 1, b"C": 1, b"X": 1, b"N": 1, b"L": 1, b"D": 2, b"M": 11, b"R": 12}
 
 
 def match_replies(flat: list[Any]) -> list[list[Any]]:
@@ -668,7 +794,7 @@ return #new / 2
 # within the broker's retention (days), not months later.
 TAX_RECORD_TTL_S = 100 * 24 * 3600
 
-# logisticsNo / invtNo -> orderNo for trace and the gate, one call per slot bucket.
+# logisticsNo / invtNo -> order key for trace, one call per slot bucket.
 INDEX = """
 local ttl = tonumber(ARGV[1])
 for i = 1, #KEYS do
@@ -763,7 +889,7 @@ def area_key(area: str) -> str:
 
 
 def index_key(kind: str, value: str, buckets: int = BUCKETS) -> str:
-    """logisticsNo / invtNo → orderNo, for trace."""
+    """logisticsNo / invtNo → the order key, for trace."""
     return "clr:idx:{i%02d}:%s:%s" % (bucket_of(value, buckets), kind, value)
 
 

@@ -1,6 +1,6 @@
 """Parcel traceability (源头可溯、去向可查) from stored state, not by re-reading topics.
 
-Given an orderNo, logisticsNo or invtNo: the documents with their arrival times
+Given an orderNo (and its platform, when several used it), logisticsNo or invtNo: the documents with their arrival times
 and sources, the decision (rules, evidence, tax), an officer's review, the
 guarantee hold, the parcel's gate history (release, exit, cancel, return) and
 its returns. Personal data is never stored in clear, so none can be shown;
@@ -18,15 +18,22 @@ from streams import state
 DOC_NAMES = {"311": "order", "411": "payment", "511": "waybill", "621": "inventory list"}
 
 
-def resolve(r: Any, ident: str, buckets: int) -> str | None:
-    """The orderNo for an orderNo, logisticsNo or invtNo."""
-    if r.exists(state.order_key(ident, buckets)):
-        return ident
+def resolve(r: Any, ident: str, buckets: int, ebp: str | None = None) -> list[str]:
+    """The order keys for an orderNo (one per platform that declared it, or the
+    platform given), a logisticsNo or an invtNo."""
+    if ebp:
+        key = state.order_key(ebp, ident, buckets)
+        if r.exists(key):
+            return [key]
+    else:
+        keys = state.order_keys_for(r, ident, buckets)
+        if keys:
+            return keys
     for kind in ("ln", "inv"):
         found = r.get(state.index_key(kind, ident, buckets))
         if found:
-            return found.decode()
-    return None
+            return [found.decode()]
+    return []
 
 
 def _mask(value: Any) -> Any:
@@ -39,11 +46,14 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def lineage(r: Any, ident: str, buckets: int) -> dict[str, Any] | None:
-    order_no = resolve(r, ident, buckets)
-    if order_no is None:
+def lineage(r: Any, ident: str, buckets: int, ebp: str | None = None) -> dict[str, Any] | None:
+    keys = resolve(r, ident, buckets, ebp)
+    if not keys:
         return None
-    key = state.order_key(order_no, buckets)
+    if len(keys) > 1:  # several platforms used this orderNo: the caller names one
+        return {"orderNo": ident, "platforms": [state.platform_of(k) for k in keys]}
+    key = keys[0]
+    order_no = key.split(state.SEP, 1)[1]
     raw = {k.decode(): v for k, v in r.hgetall(key).items()}
     documents = []
     for t in ("311", "411", "511", "621"):
@@ -54,7 +64,7 @@ def lineage(r: Any, ident: str, buckets: int) -> dict[str, Any] | None:
                               "source": meta.get("src"), "sender": meta.get("snd") or None})
     decision = orjson.loads(raw["dec"]) if "dec" in raw else None
     final = orjson.loads(raw["final"]) if "final" in raw else None
-    out: dict[str, Any] = {"orderNo": order_no, "documents": documents,
+    out: dict[str, Any] = {"orderNo": order_no, "ebpCode": state.platform_of(key), "documents": documents,
                            "firstDocumentAt": int(raw["first"]) if "first" in raw else None}
     if decision:
         out["decision"] = _mask({k: decision.get(k) for k in (
@@ -75,7 +85,10 @@ def lineage(r: Any, ident: str, buckets: int) -> dict[str, Any] | None:
 
 
 def text(t: dict[str, Any]) -> str:
-    lines = [f"order {t['orderNo']}"]
+    if "platforms" in t:
+        return (f"order {t['orderNo']} was declared by several platforms ({', '.join(t['platforms'])}): "
+                "name one with --ebp")
+    lines = [f"order {t['orderNo']} (platform {t['ebpCode']})"]
     for d in t["documents"]:
         lines.append(f"  {d['arrived']}  {d['type']} {d['name']} ({d['format']}, {d['source']})")
     d = t.get("decision")

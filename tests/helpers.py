@@ -80,3 +80,15 @@ def order(seq: int = 1, scenario: str = "ok", **kw: Any) -> GeneratedOrder:
     import random
 
     return make_order(seq, random.Random(seq), scenario, **kw)
+
+
+def other_platform(o: GeneratedOrder, ebp: str, logistics_no: str) -> GeneratedOrder:
+    """The same orderNo declared by another platform, with its own waybill."""
+    other = dataclasses.replace(o, docs={t: (dict(head), [dict(x) for x in lines])
+                                         for t, (head, lines) in o.docs.items()}, logistics_no=logistics_no)
+    for t in ("311", "411", "621"):
+        other.docs[t][0]["ebpCode"] = ebp
+    for t in ("511", "621"):
+        other.docs[t][0]["logisticsNo"] = logistics_no
+    other.docs["411"][0]["payTransactionId"] = other.docs["311"][0]["payTransactionId"] = "PAY-" + ebp
+    return other

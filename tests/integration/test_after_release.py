@@ -18,7 +18,7 @@ from streams import state, trace
 from streams.gate import Gate
 from streams.pipeline import Pipeline
 from streams.simulator import cancel_document, refund_document, to_json
-from tests.helpers import CaptureSink, doc_records, order, record
+from tests.helpers import CaptureSink, doc_records, order, other_platform, record
 from tests.integration.worker import Reader
 from topics import registry
 
@@ -232,6 +232,22 @@ def test_trace_shows_what_happened(world):
     dumped = orjson.dumps(t).decode()
     assert buyer not in dumped, dumped[max(0, dumped.find(buyer) - 300):dumped.find(buyer) + 50]
     assert re.search(r"h:[0-9a-f]{6}", dumped) is None  # not even the keyed hashes
+
+
+def test_trace_tells_two_platforms_with_one_order_number_apart(world):
+    a = order(51)
+    b = other_platform(a, "4601XXXXZZ", "ZT0000000051")
+    world.run(doc_records(a) + doc_records(b))
+    assert {d["ebpCode"] for d in world.decisions()} == {"4601XXXXAA", "4601XXXXZZ"}
+    # By orderNo alone: both platforms are named, and one is chosen with ebp.
+    both = trace.lineage(world.r, a.order_no, state.BUCKETS)
+    assert both == {"orderNo": a.order_no, "platforms": ["4601XXXXAA", "4601XXXXZZ"]}
+    assert "--ebp" in trace.text(both)
+    t = trace.lineage(world.r, a.order_no, state.BUCKETS, "4601XXXXZZ")
+    assert t["ebpCode"] == "4601XXXXZZ" and t["decision"]["logisticsNo"] == "ZT0000000051"
+    # A logisticsNo leads to its own platform's order.
+    assert trace.lineage(world.r, a.logistics_no, state.BUCKETS)["ebpCode"] == "4601XXXXAA"
+    assert trace.lineage(world.r, "ZT0000000051", state.BUCKETS)["ebpCode"] == "4601XXXXZZ"
 
 
 def test_one_batch_charges_a_guarantor_once_per_list_in_turn(world):

@@ -284,7 +284,7 @@ def test_a_failover_loses_no_document_and_decides_each_order_once(replicated_clu
     cluster = replicated_cluster
     settings = settings_for(cluster.url, redis_cluster=True)
     orders = [order(950 + i) for i in range(16)]
-    keys = {o.order_no: state.order_key(o.order_no, settings.redis_buckets) for o in orders}
+    keys = {o.order_no: state.order_key(o.ebp_code, o.order_no, settings.redis_buckets) for o in orders}
     done, half = orders[:8], orders[8:]
     for group in (done, half):  # decided orders and half-matched ones live on the primary that fails
         assert any(cluster.owner(key_slot(keys[o.order_no].encode())) == 0 for o in group)

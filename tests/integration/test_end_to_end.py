@@ -90,7 +90,7 @@ def test_personal_data_never_leaves_in_clear(env):
     log = open(env.workers[0][2], "rb").read()
     assert not any(s in log for s in secrets)
     r = redis.Redis.from_url(env.settings.redis_url)
-    stored = b"".join(r.hgetall(state.order_key(o.order_no)).values())
+    stored = b"".join(r.hgetall(state.order_key(o.ebp_code, o.order_no)).values())
     assert stored and not any(s in stored for s in secrets)  # Redis keeps hashes only
 
 

@@ -15,7 +15,7 @@ from lxml import etree
 
 from streams import state
 from streams.pipeline import Pipeline
-from tests.helpers import CaptureSink, doc_records, order, record, run_pipeline, settings_for
+from tests.helpers import CaptureSink, doc_records, order, other_platform, record, run_pipeline, settings_for
 from topics import ceb, registry
 
 
@@ -154,7 +154,7 @@ def test_deleted_documents_leave_nothing_to_time_out(redis_url):
     statuses = [(r["entity"], r["returnStatus"], r["returnInfo"][:6]) for r in receipts_of(sink)]
     assert statuses.count(("PaymentReturn", "2", "删除申报成功")) == 1
     assert [s for s in statuses if s[1] == "100"] == [("PaymentReturn", "100", "删除申报失败")]
-    assert not redis.Redis.from_url(redis_url).exists(state.order_key(o.order_no, 16))
+    assert not redis.Redis.from_url(redis_url).exists(state.order_key(o.ebp_code, o.order_no, 16))
 
 
 def test_same_document_as_xml_then_json_is_a_duplicate_not_a_conflict(redis_url):
@@ -369,3 +369,46 @@ def test_batches_do_not_ask_redis_whether_scripts_exist_and_survive_a_script_flu
     assert counts["after"] == counts["before"]  # no SCRIPT EXISTS round trip per pipeline
     decisions = {d["orderNo"]: d["status"] for d in sink.decisions()}
     assert decisions == {o1.order_no: 800, o2.order_no: 800, o3.order_no: 800}
+
+
+def test_two_platforms_may_use_one_order_number(redis_url):
+    # orderNo is unique per platform only (DOMAIN.md §2.2): each platform's
+    # order is matched with its own payment, list and waybill (joined through
+    # the list's logisticsCode/logisticsNo) and decided once, whatever the
+    # interleaving, including the waybills arriving before either list.
+    a = order(30)
+    b = other_platform(a, "4601XXXXZZ", "ZT0000000030")
+    ra, rb = doc_records(a), doc_records(b)
+    by_type = {t: i for i, t in enumerate(a.docs)}
+    batches = [[rb[by_type["511"]], ra[by_type["511"]], ra[by_type["311"]]],
+               [rb[by_type["311"]], rb[by_type["411"]], ra[by_type["411"]]],
+               [rb[by_type["621"]]], [ra[by_type["621"]]]]
+    sink = run_pipeline(redis_url, batches)
+    decisions = {d["decisionId"]: d for d in sink.decisions()}
+    assert set(decisions) == {f"4601XXXXAA:{a.order_no}", f"4601XXXXZZ:{a.order_no}"}
+    assert {d["status"] for d in decisions.values()} == {800}
+    assert decisions[f"4601XXXXZZ:{a.order_no}"]["logisticsNo"] == "ZT0000000030"
+    assert sorted(k for k, _ in sink.on(registry.RELEASE)) == sorted([a.logistics_no, "ZT0000000030"])
+    statuses = [r["returnStatus"] for r in receipts_of(sink)]
+    assert "100" not in statuses and statuses.count("120") == 6 and statuses.count("800") == 2
+    # Each platform's resent list is answered with its own order's decision.
+    again = run_pipeline(redis_url, [[rb[by_type["621"]], ra[by_type["511"]]]])
+    assert again.decisions() == [] and {r["returnStatus"] for r in receipts_of(again)} == {"800", "120"}
+
+
+def test_a_waybill_no_list_names_times_out_on_its_own(redis_url):
+    # The list names another logisticsNo than the waybill carries: the order
+    # waits for the waybill its list named, and the waybill for a list that
+    # names it; both time out, each naming what it lacks.
+    o = order(31)
+    o.docs["621"][0]["logisticsNo"] = "YT-NOT-SENT"
+    sink = run_pipeline(redis_url, [doc_records(o)], match_timeout_s=0.0)
+    assert sink.decisions() == []
+    time.sleep(0.01)
+    swept = run_pipeline(redis_url, [], sweep=True, match_timeout_s=0.0)
+    decisions = {d["decisionId"]: d for d in swept.decisions()}
+    assert set(decisions) == {f"4601XXXXAA:{o.order_no}", f"waybill:4601XXXXLL:{o.logistics_no}"}
+    assert decisions[f"4601XXXXAA:{o.order_no}"]["missing"] == ["511"]
+    assert decisions[f"waybill:4601XXXXLL:{o.logistics_no}"]["missing"] == ["311", "411", "621"]
+    assert sorted((r["entity"], r["returnStatus"]) for r in receipts_of(swept)) == sorted(
+        [("OrderReturn", "100"), ("PaymentReturn", "100"), ("InventoryReturn", "100"), ("LogisticsReturn", "100")])

@@ -89,10 +89,10 @@ def test_replayed_traffic_decides_identically_and_counts_quota_once(redis_url):
     rules = engine()
     first = run_pipeline(redis_url, batches, rules=rules)
     r = redis.Redis.from_url(redis_url)
-    stored = {o.order_no: r.hget(state.order_key(o.order_no), "dec") for o in orders}
+    stored = {o.order_no: r.hget(state.order_key(o.ebp_code, o.order_no), "dec") for o in orders}
     replay = run_pipeline(redis_url, batches, rules=rules)
     assert replay.decisions() == []  # nothing decided twice
-    assert {o.order_no: r.hget(state.order_key(o.order_no), "dec") for o in orders} == stored
+    assert {o.order_no: r.hget(state.order_key(o.ebp_code, o.order_no), "dec") for o in orders} == stored
     # Quota is held by every order that may still be released (800, and 300/500 awaiting an officer).
     holding = [d for d in first.decisions() if d["status"] != 100]
     assert {d["status"] for d in holding} == {800, 300}  # the velocity rule sends the later ones to review
@@ -100,9 +100,10 @@ def test_replayed_traffic_decides_identically_and_counts_quota_once(redis_url):
     assert int(r.hget(key, "total")) == sum(round(float(d["dutiablePrice"]) * 100) for d in holding)
 
 
-def _review(order_no: str, result: str) -> InRecord:
+def _review(order_no: str, result: str, ebp: str = "4601XXXXAA") -> InRecord:
     return InRecord(registry.REVIEWS.name, 0, 1, order_no.encode(),
-                    orjson.dumps({"orderNo": order_no, "result": result, "officer": "officer-7", "note": "checked"}), 0)
+                    orjson.dumps({"ebpCode": ebp, "orderNo": order_no, "result": result, "officer": "officer-7",
+                                  "note": "checked"}), 0)
 
 
 def _dishonest(o):

@@ -70,73 +70,133 @@ def test_match_and_confirm_handle_more_items_than_one_chunk(redis_url):
     for i in range(1200):
         payload = b'{"n":%d}' % i
         args += ["311", payload, b"{}", hashlib.sha1(payload).hexdigest(), "1"]
-    replies = match(keys=[pending] + keys, args=args)
+    replies = match(keys=[pending] + [k for k in keys for _ in (0, 1)], args=args)
     assert replies == [b"A"] * 1200
     assert r.zcard(pending) == 1200 and r.zscore(pending, keys[0]) == 5 and r.zscore(pending, keys[-1]) == NOW
     assert confirm(keys=[pending] + keys, args=[60]) == 1200
     assert r.zcard(pending) == 0 and r.hget(keys[-1], "emit") == b"1" and 0 < r.ttl(keys[-1]) <= 60
 
 
+class Matcher:
+    """MATCH called as the worker calls it: per document its own key and its
+    second key (a 621's waybill key), here for orderNo `order_no` in bucket 1."""
+
+    def __init__(self, r: redis.Redis, order_no: str = "X1"):
+        self.r, self.script = r, r.register_script(state.MATCH)
+        self.order_no, self.pending = order_no, "clr:p:{o01}"
+
+    def order(self, ebp: str = "E1") -> str:
+        return f"clr:o:{{o01}}:{ebp}{state.SEP}{self.order_no}"
+
+    def waybill(self, logistics_no: str = "W1") -> str:
+        return f"clr:w:{{o01}}:{self.order_no}{state.SEP}L1{state.SEP}{logistics_no}"
+
+    def __call__(self, *docs: tuple, now: int = NOW) -> list[list]:
+        """docs: (type, body, appType="1", ebp="E1", waybill="W1")."""
+        keys: list[str] = [self.pending]
+        args: list[object] = [now, 3000]
+        for t, body, *rest in docs:
+            app, ebp, wb = (list(rest) + ["1", "E1", "W1"][len(rest):])[:3]
+            own = self.waybill(wb) if t == "511" else self.order(ebp)
+            keys += [own, self.waybill(wb) if t == "621" else own]
+            args += [t, body, b'{"at":%s}' % t.encode(), hashlib.sha1(body).hexdigest(), app]
+        return state.match_replies(self.script(keys=keys, args=args))
+
+
 def test_a_completed_match_returns_only_the_documents_this_call_did_not_store(redis_url):
     # The caller holds what it sent: a document stored by this very call comes
     # back as its position in the call, one stored by an earlier call comes
     # back whole, and a conflicting copy later in the call is not the one stored.
-    r = redis.Redis.from_url(redis_url)
-    match = r.register_script(state.MATCH)
-    pending, k = "clr:p:{o01}", "clr:o:{o01}:X1"
-
-    def doc(t: str, body: bytes, app: str = "1") -> list[object]:
-        return [t, body, b'{"at":%s}' % t.encode(), hashlib.sha1(body).hexdigest(), app]
-
-    assert match(keys=[pending, k, k], args=[NOW, 3000] + doc("311", b"order") + doc("411", b"pay")) == [b"A", b"A"]
-    args = [NOW + 10, 3000] + doc("511", b"waybill") + doc("511", b"other waybill") + doc("621", b"list")
-    replies = state.match_replies(match(keys=[pending, k, k, k], args=args))
+    match = Matcher(redis.Redis.from_url(redis_url))
+    k = match.order()
+    assert match(("311", b"order"), ("411", b"pay")) == [[b"A"], [b"A"]]
+    replies = match(("511", b"waybill"), ("511", b"other waybill"), ("621", b"list"), now=NOW + 10)
     assert replies[0] == [b"A"] and replies[1] == [b"C"]
-    assert int(replies[2][1]) == NOW  # the first arrival's time
-    assert replies[2][:1] + replies[2][2:] == [b"M", b"order", b'{"at":311}', b"pay", b'{"at":411}',
-                                               2, None, 4, None]  # KEYS[2] and KEYS[4] of the call
+    assert replies[2][1].decode() == k and int(replies[2][2]) == NOW  # the order, its first arrival
+    assert replies[2][:1] + replies[2][3:] == [b"M", b"order", b'{"at":311}', b"pay", b'{"at":411}',
+                                               1, None, 3, None]  # the 1st and 3rd documents of the call
     # An identical resend in a later call stores nothing: everything comes back.
-    replies = state.match_replies(match(keys=[pending, k], args=[NOW + 20, 3000] + doc("621", b"list")))
-    assert len(replies) == 1 and int(replies[0][1]) == NOW
-    assert replies[0][:1] + replies[0][2:] == [b"M", b"order", b'{"at":311}', b"pay", b'{"at":411}',
+    replies = match(("621", b"list"), now=NOW + 20)
+    assert len(replies) == 1 and int(replies[0][2]) == NOW
+    assert replies[0][:1] + replies[0][3:] == [b"M", b"order", b'{"at":311}', b"pay", b'{"at":411}',
                                                b"waybill", b'{"at":511}', b"list", b'{"at":621}']
 
 
 def test_a_change_replaces_and_a_delete_removes_a_document_before_the_decision(redis_url):
     r = redis.Redis.from_url(redis_url)
-    match = r.register_script(state.MATCH)
-    pending, k = "clr:p:{o02}", "clr:o:{o02}:X2"
-
-    def call(*docs: tuple[str, bytes, str], now: int = NOW) -> list[list]:
-        args: list[object] = [now, 3000]
-        for t, body, app in docs:
-            args += [t, body, b"{}", hashlib.sha1(body).hexdigest(), app]
-        return state.match_replies(match(keys=[pending] + [k] * len(docs), args=args))
-
-    assert call(("311", b"order v1", "1")) == [[b"A"]]
-    assert call(("311", b"order v2", "1")) == [[b"C"]]  # an add with other content conflicts
-    assert call(("311", b"order v2", "2")) == [[b"A"]]  # a change replaces
+    match = Matcher(r, "X2")
+    k, pending = match.order(), match.pending
+    assert match(("311", b"order v1", "1")) == [[b"A"]]
+    assert match(("311", b"order v2", "1")) == [[b"C"]]  # an add with other content conflicts
+    assert match(("311", b"order v2", "2")) == [[b"A"]]  # a change replaces
     assert r.hget(k, "d311") == b"order v2"
-    assert call(("411", b"pay", "1"), ("411", b"pay", "3"), ("411", b"pay", "3")) == [[b"A"], [b"X"], [b"N"]]
+    assert match(("411", b"pay", "1"), ("411", b"pay", "3"), ("411", b"pay", "3")) == [[b"A"], [b"X"], [b"N"]]
     assert r.hget(k, "d411") is None and r.zscore(pending, k) == NOW
     # The last document deleted: the order is forgotten, no timeout will decide it.
-    assert call(("311", b"order v2", "3")) == [[b"X"]]
+    assert match(("311", b"order v2", "3")) == [[b"X"]]
     assert not r.exists(k) and r.zscore(pending, k) is None
     # An add and its change in one call: the change is the document stored.
-    replies = call(("311", b"o1", "1"), ("311", b"o2", "2"), ("411", b"p", "1"), ("511", b"w", "1"),
-                   ("621", b"l", "1"), now=NOW + 5)
+    replies = match(("311", b"o1", "1"), ("311", b"o2", "2"), ("411", b"p", "1"), ("511", b"w", "1"),
+                    ("621", b"l", "1"), now=NOW + 5)
     assert [x[0] for x in replies] == [b"A", b"A", b"A", b"A", b"M"]
-    assert replies[4][2:] == [3, None, 4, None, 5, None, 6, None]
+    assert replies[4][3:] == [2, None, 3, None, 4, None, 5, None]
     assert r.hget(k, "d311") == b"o2"
     # Behind the document that completed the order, in the same call: too late.
-    k2 = "clr:o:{o02}:X3"
-    args: list[object] = [NOW, 3000]
-    for t, body, app in (("311", b"o", "1"), ("411", b"p", "1"), ("511", b"w", "1"), ("621", b"l", "1"),
-                         ("411", b"p2", "2"), ("311", b"o", "3")):
-        args += [t, body, b"{}", hashlib.sha1(body).hexdigest(), app]
-    replies = state.match_replies(match(keys=[pending] + [k2] * 6, args=args))
+    match = Matcher(r, "X3")
+    replies = match(("311", b"o"), ("411", b"p"), ("511", b"w"), ("621", b"l"), ("411", b"p2", "2"),
+                    ("311", b"o", "3"))
     assert [x[0] for x in replies] == [b"A", b"A", b"A", b"M", b"L", b"L"]
-    assert r.hget(k2, "d411") == b"p" and r.hget(k2, "d311") == b"o"
+    assert r.hget(match.order(), "d411") == b"p" and r.hget(match.order(), "d311") == b"o"
+
+
+def test_two_platforms_with_one_order_number_are_two_orders_joined_to_their_own_waybills(redis_url):
+    # orderNo is unique per platform only: E1 and E2 both declare X4, each with
+    # its own waybill (W1, W2), which names no platform and is joined through
+    # the list that names it, whichever arrives first.
+    r = redis.Redis.from_url(redis_url)
+    match = Matcher(r, "X4")
+    k1, k2, w1, w2 = match.order("E1"), match.order("E2"), match.waybill("W1"), match.waybill("W2")
+    replies = match(("511", b"w2", "1", "", "W2"), ("311", b"o1", "1", "E1"), ("311", b"o2", "1", "E2"),
+                    ("411", b"p1", "1", "E1"), ("411", b"p2", "1", "E2"), ("511", b"w1", "1", "", "W1"))
+    assert [x[0] for x in replies] == [b"A"] * 6  # not one duplicate
+    assert {m.decode() for m in r.zrange(match.pending, 0, -1)} == {k1, k2, w1, w2}
+    # E2's list claims W2, waiting under its own key since the first call.
+    replies = match(("621", b"l2", "1", "E2", "W2"), now=NOW + 5)
+    assert replies[0][:3] == [b"M", k2.encode(), str(NOW).encode()]
+    assert replies[0][3:] == [b"o2", b'{"at":311}', b"p2", b'{"at":411}', b"w2", b'{"at":511}', 1, None]
+    assert r.hget(w2, "owner").decode() == k2 and r.hget(w2, "d511") is None
+    assert r.zscore(match.pending, w2) is None and r.hget(k2, "w").decode() == w2
+    # E1's list claims W1 and completes E1's order, not E2's.
+    replies = match(("621", b"l1", "1", "E1", "W1"), now=NOW + 6)
+    assert replies[0][:2] == [b"M", k1.encode()] and replies[0][7] == b"w1"
+    # A replayed waybill goes to the order that owns it: an identical copy of a
+    # complete, undecided order gives the order again (crash recovery).
+    assert match(("511", b"w1", "1", "", "W1"))[0][:2] == [b"M", k1.encode()]
+    assert match(("511", b"w1 changed", "1", "", "W1")) == [[b"C"]]
+    # A third platform's list naming W1 does not take it: its order waits.
+    assert match(("621", b"l3", "1", "E3", "W1")) == [[b"A"]]
+    assert r.hget(w1, "owner").decode() == k1 and r.hget(k1, "d511") == b"w1"
+
+
+def test_a_list_that_names_another_waybill_or_is_deleted_gives_its_waybill_back(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    match = Matcher(r, "X5")
+    k, w1, w2 = match.order(), match.waybill("W1"), match.waybill("W2")
+    assert match(("311", b"o"), ("511", b"w1", "1", "", "W1"), ("621", b"l", "1", "E1", "W1")) == [[b"A"]] * 3
+    assert r.hget(k, "d511") == b"w1" and r.zscore(match.pending, w1) is None
+    # The list is changed to name W2: W1 waits under its own key again, and W2
+    # completes the order once it comes.
+    assert match(("621", b"l'", "2", "E1", "W2"), now=NOW + 5) == [[b"A"]]
+    assert r.hget(k, "d511") is None and r.hget(w1, "d511") == b"w1" and r.hget(w1, "owner") is None
+    assert r.zscore(match.pending, w1) == NOW + 5 and r.hget(w2, "owner").decode() == k
+    # Deleting the list gives W2 back too; the order waits with its other documents.
+    assert match(("511", b"w2", "1", "", "W2"), ("621", b"l'", "3", "E1", "W2"), now=NOW + 6) == [[b"A"], [b"X"]]
+    assert r.hget(w2, "d511") == b"w2" and r.hget(w2, "owner") is None and r.hget(k, "w") is None
+    assert set(r.hkeys(k)) == {b"first", b"d311", b"m311", b"h311"}
+    assert r.zscore(match.pending, w2) == NOW + 6 and r.zscore(match.pending, k) == NOW
+    # A lone waybill deleted is forgotten.
+    assert match(("511", b"w1", "3", "", "W1")) == [[b"X"]]
+    assert not r.exists(w1) and r.zscore(match.pending, w1) is None
 
 
 def test_tax_aggregate_counts_each_record_once_per_guarantor(redis_url):
