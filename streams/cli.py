@@ -204,6 +204,16 @@ def cmd_trace(args: argparse.Namespace) -> None:
     print(json.dumps(t, ensure_ascii=False, indent=1) if args.json else trace.text(t))
 
 
+def cmd_migrate_keys(args: argparse.Namespace) -> None:
+    from streams import migrate, state
+
+    settings = load_settings()
+    _need_services(settings)
+    done = migrate.migrate_order_keys(state.sync_client_for(settings), settings.redis_buckets, args.dry_run)
+    what = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(done.items())) or "nothing to migrate"
+    print(("would migrate: " if args.dry_run else "migrated: ") + what)
+
+
 def cmd_rules(args: argparse.Namespace) -> None:
     import json
 
@@ -402,6 +412,11 @@ def main(argv: list[str] | None = None) -> None:
     ru.add_argument("action", choices=["validate", "push", "schema"])
     ru.add_argument("file", nargs="?", default=None, help="default: config/rules/default.yaml")
     ru.set_defaults(func=cmd_rules)
+
+    mk = sub.add_parser("migrate-keys", help="match state of a version before the (ebpCode, orderNo) key: "
+                                             "run once with every worker stopped")
+    mk.add_argument("--dry-run", action="store_true", help="count what would change, change nothing")
+    mk.set_defaults(func=cmd_migrate_keys)
 
     ex = sub.add_parser("explain", help="why an order got its decision")
     ex.add_argument("order_no")

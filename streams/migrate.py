@@ -1,0 +1,145 @@
+"""`clearance migrate-keys`: match state from before the (ebpCode, orderNo) key.
+
+Up to the seventh session an order's hash was keyed by orderNo alone
+(clr:o:{oNN}:<orderNo>) and held the waybill too. Workers of the eighth
+session on key it by (ebpCode, orderNo) and keep a waybill that no list has
+named under its own key (state.MATCH). Without this migration, a document of
+an order matched under the old key would start a new match under the new one:
+a pending order would be decided twice (each half timing out), and a replay of
+a decided one would time out as a second decision.
+
+Run it once with every worker stopped (old and new), then start the new
+workers. It renames each old order hash to its new key (same slot bucket, so
+RENAME works on a cluster), links it to its list's waybill key, moves a
+waybill still waiting for its list to that key, and rewrites what refers to
+order keys: the pending sets, the decision's orderKey, the trace index, the
+annual-quota ledger fields and the guarantee's held lists. It is idempotent:
+keys already in the new form are left alone. The windowed risk counters keep
+old keys in their members; they only count, and age out within 30 days.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from streams import state
+
+TYPES = ("311", "411", "511", "621")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def migrate_order_keys(r: Any, buckets: int = state.BUCKETS, dry_run: bool = False) -> Counter[str]:
+    """Migrate every old-form order key; returns what it did, by kind."""
+    done: Counter[str] = Counter()
+    renamed: dict[str, str] = {}  # old order key -> new key
+    for raw in list(r.scan_iter(match="clr:o:*", count=1000)):
+        key = _text(raw)
+        parts = key.split(":", 3)
+        if len(parts) < 4 or state.SEP in parts[3]:
+            continue  # already keyed by (ebpCode, orderNo)
+        new = _migrate_order(r, key, parts[3], buckets, dry_run, done)
+        if new:
+            renamed[key] = new
+    if not renamed:
+        return done
+    _rewrite_references(r, renamed, buckets, dry_run, done)
+    return done
+
+
+def _migrate_order(r: Any, key: str, order_no: str, buckets: int, dry_run: bool,
+                   done: Counter[str]) -> str | None:
+    h = {_text(f): v for f, v in r.hgetall(key).items()}
+    docs = {t: orjson.loads(h["d" + t]) for t in TYPES if "d" + t in h}
+    decision = orjson.loads(h["dec"]) if "dec" in h else None
+    ebp = next((str(docs[t]["head"].get("ebpCode", "")) for t in ("311", "621", "411") if t in docs), "") \
+        or (decision or {}).get("ebpCode", "")
+    pending = state.pending_key(order_no, buckets)
+    score = r.zscore(pending, key)
+    if not ebp:
+        # Only a waybill, never matched: it waits under its own key now.
+        if "511" not in docs or decision is not None:
+            done["left_without_platform"] += 1
+            return None
+        wb = docs["511"]["head"]
+        target = state.waybill_key(order_no, str(wb.get("logisticsCode", "")), str(wb.get("logisticsNo", "")),
+                                   buckets)
+        done["waybills"] += 1
+        if not dry_run:
+            _move(r, key, target, pending, score, done)
+        return target
+    new = state.order_key(ebp, order_no, buckets)
+    done["orders"] += 1
+    if dry_run:
+        return new
+    if not _move(r, key, new, pending, score, done):
+        return None
+    for field in ("dec", "final"):  # the stored decisions name their order key
+        if field in h:
+            d = orjson.loads(h[field])
+            d["orderKey"] = new
+            r.hset(new, field, orjson.dumps(d))
+    listed = docs.get("621", {}).get("head") or decision or {}
+    if listed.get("logisticsNo") is not None:
+        w = state.waybill_key(order_no, str(listed.get("logisticsCode", "")), str(listed.get("logisticsNo", "")),
+                              buckets)
+        r.hset(new, "w", w)
+        r.hsetnx(w, "owner", new)
+        ttl = r.ttl(new)
+        if ttl and ttl > 0:
+            r.expire(w, ttl)
+    elif "511" in docs and decision is None:
+        # The waybill came before its list: it waits under its own key.
+        wb = docs["511"]["head"]
+        w = state.waybill_key(order_no, str(wb.get("logisticsCode", "")), str(wb.get("logisticsNo", "")), buckets)
+        first = h.get("first", b"0")
+        r.hset(w, mapping={"d511": h["d511"], "m511": h.get("m511", b"{}"), "h511": h.get("h511", b""),
+                           "first": first})
+        r.hdel(new, "d511", "m511", "h511")
+        r.zadd(pending, {w: int(first)}, nx=True)
+        done["waybills_split"] += 1
+    return new
+
+
+def _move(r: Any, key: str, new: str, pending: str, score: Any, done: Counter[str]) -> bool:
+    if not r.renamenx(key, new):  # the new key exists: a worker of the new version ran already
+        done["conflicts"] += 1
+        return False
+    if score is not None:
+        r.zrem(pending, key)
+        r.zadd(pending, {new: score})
+    return True
+
+
+def _rewrite_references(r: Any, renamed: dict[str, str], buckets: int, dry_run: bool,
+                        done: Counter[str]) -> None:
+    by_order_no = {old.split(":", 3)[3]: new for old, new in renamed.items() if new.startswith("clr:o:")}
+    # The trace index held orderNos; it holds order keys now.
+    for raw in list(r.scan_iter(match="clr:idx:*", count=1000)):
+        value = r.get(raw)
+        new = by_order_no.get(_text(value)) if value is not None else None
+        if new:
+            done["index_entries"] += 1
+            if not dry_run:
+                r.set(raw, new, keepttl=True)
+    # Ledger fields o:<order key> (each order's reservation, given back on a cancel).
+    for raw in list(r.scan_iter(match="clr:q:*", count=1000)):
+        for field, value in r.hgetall(raw).items():
+            old = _text(field)[2:] if _text(field).startswith("o:") else None
+            if old in renamed:
+                done["ledger_fields"] += 1
+                if not dry_run:
+                    r.hset(raw, "o:" + renamed[old], value)
+                    r.hdel(raw, field)
+    # Lists held for a guarantee top-up, by order key.
+    for raw in list(r.scan_iter(match="clr:g:*:held", count=1000)):
+        for member, score in r.zrange(raw, 0, -1, withscores=True):
+            if _text(member) in renamed:
+                done["held_lists"] += 1
+                if not dry_run:
+                    r.zrem(raw, member)
+                    r.zadd(raw, {renamed[_text(member)]: score})

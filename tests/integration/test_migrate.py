@@ -1,0 +1,96 @@
+"""`clearance migrate-keys`: state written under the orderNo-only key (up to the
+seventh session) carries on under the (ebpCode, orderNo) key, on a real Redis
+and a real Redis Cluster: pending orders complete once, decided ones stay
+decided, and what refers to an order key follows it."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from streams import migrate, state
+from streams.simulator import GeneratedOrder
+from tests.helpers import doc_records, order, run_pipeline
+from tests.integration.test_matching import receipts_of
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def where(request):
+    if request.param == "cluster":
+        return request.getfixturevalue("redis_cluster").url, True
+    return request.getfixturevalue("redis_url"), False
+
+
+def old_key(o: GeneratedOrder) -> str:
+    """The order's key up to the seventh session."""
+    return "clr:o:{o%02d}:%s" % (state.bucket_of(o.order_no), o.order_no)
+
+
+def to_old_layout(r, o: GeneratedOrder) -> None:
+    """Rewrite one order's state as the seventh session's workers kept it: one
+    hash per orderNo holding all four documents, with no waybill key, and
+    order keys that are that hash's name."""
+    new, old = state.order_key(o.ebp_code, o.order_no), old_key(o)
+    w = state.waybill_key(o.order_no, "4601XXXXLL", o.logistics_no)
+    pending = state.pending_key(o.order_no)
+    waiting = {f.decode(): v for f, v in r.hgetall(w).items() if f != b"owner"}
+    if waiting:  # a waybill that came before its list lived in the order's hash
+        r.hset(new, mapping={k: v for k, v in waiting.items() if k != "first"})
+        r.zrem(pending, w)
+    r.delete(w)
+    r.hdel(new, "w")
+    if r.hget(new, "dec"):
+        d = orjson.loads(r.hget(new, "dec"))
+        r.hset(new, "dec", orjson.dumps(dict(d, orderKey=old)))
+    r.rename(new, old)
+    score = r.zscore(pending, new)
+    if score is not None:
+        r.zrem(pending, new)
+        r.zadd(pending, {old: score})
+    for raw in r.scan_iter(match="clr:idx:*"):
+        if r.get(raw) == new.encode():
+            r.set(raw, o.order_no, keepttl=True)
+    for raw in r.scan_iter(match="clr:q:*"):
+        cents = r.hget(raw, "o:" + new)
+        if cents is not None:
+            r.hdel(raw, "o:" + new)
+            r.hset(raw, "o:" + old, cents)
+
+
+def test_migrated_state_carries_on_under_the_new_keys(where):
+    url, cluster = where
+    r = state.sync_client(url, cluster)
+    decided, waybill_first, list_first = order(61), order(62), order(63)
+    first = run_pipeline(url, [doc_records(decided), doc_records(waybill_first, ["311", "411", "511"]),
+                               doc_records(list_first, ["311", "621"])], redis_cluster=cluster)
+    (d,) = first.decisions()
+    assert d["status"] == 800
+    ledger = next(iter(r.scan_iter(match="clr:q:*")))
+    total = int(r.hget(ledger, "total"))
+    for o in (decided, waybill_first, list_first):
+        to_old_layout(r, o)
+    assert not any(state.SEP.encode() in k for k in r.scan_iter(match="clr:o:*"))
+    _, held = state.guarantee_keys("G1")
+    r.zadd(held, {old_key(decided): 5})  # a list held for a guarantee top-up, by its order key
+
+    would = migrate.migrate_order_keys(r, dry_run=True)
+    assert would == {"orders": 3, "index_entries": 2, "ledger_fields": 1, "held_lists": 1}
+    assert r.exists(old_key(decided))  # a dry run changes nothing
+    done = migrate.migrate_order_keys(r)
+    assert done == {"orders": 3, "waybills_split": 1, "index_entries": 2, "ledger_fields": 1, "held_lists": 1}
+    assert r.zrange(held, 0, -1, withscores=True) == [
+        (state.order_key(decided.ebp_code, decided.order_no).encode(), 5.0)]
+    assert migrate.migrate_order_keys(r) == {}  # once is enough
+    assert not any(r.exists(old_key(o)) for o in (decided, waybill_first, list_first))
+    assert r.hget(ledger, "o:" + state.order_key(decided.ebp_code, decided.order_no)) is not None
+    assert int(r.hget(ledger, "total")) == total
+
+    # The missing documents complete the pending orders, once each; the decided
+    # order's documents, replayed, are answered with its decision.
+    after = run_pipeline(url, [doc_records(waybill_first, ["621"]), doc_records(list_first, ["411", "511"])],
+                         redis_cluster=cluster)
+    assert sorted((x["orderNo"], x["status"]) for x in after.decisions()) == [
+        (waybill_first.order_no, 800), (list_first.order_no, 800)]
+    replay = run_pipeline(url, [doc_records(decided)], redis_cluster=cluster)
+    assert replay.decisions() == [] and {x["returnStatus"] for x in receipts_of(replay)} == {"120", "800"}
+    assert r.zcard(state.pending_key(waybill_first.order_no)) + r.zcard(state.pending_key(list_first.order_no)) \
+        == 0
