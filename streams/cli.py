@@ -94,7 +94,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
         pub.flush()
         print(f"published {args.file} to the CEB{args.type} topic")
         return
-    orders = list(generate(args.orders, seed=args.seed, start=args.start))
+    orders = list(generate(args.orders, seed=args.seed, start=args.start, platforms=args.platforms))
     pub.send(orders)
     pub.flush()
     print(f"published {len(orders)} orders: {pub.sent}")
@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     pb.add_argument("--format", choices=["json", "xml"], default="json")
     pb.add_argument("--batch", type=int, default=1, help="documents per record (1..100)")
     pb.add_argument("--duplicates", type=float, default=0.0, help="share of documents sent twice")
+    pb.add_argument("--platforms", type=int, default=1, choices=[1, 2, 3],
+                    help="platforms, each numbering its own orders (orderNos recur across them)")
     pb.add_argument("--file", help="publish this CEB file as one record instead")
     pb.add_argument("--type", choices=["311", "411", "511", "621"], default="311")
     pb.set_defaults(func=cmd_publish)

@@ -118,7 +118,9 @@ def run_demo(args: argparse.Namespace) -> int:
         started = time.monotonic()
         seq = 0
         expected: dict[str, Any] = {}
-        orders_iter = generate(10**9, seed=int(time.time()))
+        # Three platforms, each numbering its own orders: orderNos recur across
+        # them, and each platform's order is matched and decided on its own.
+        orders_iter = generate(10**9, seed=int(time.time()), platforms=3)
         next_report = started + 1
         rng = random.Random(1)
         while not stop.is_set() and time.monotonic() - started < args.duration:
@@ -126,7 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if due > 0:
                 batch = [next(orders_iter) for _ in range(due)]
                 for o in batch:
-                    expected[f"4601XXXXAA:{o.order_no}"] = o
+                    expected[f"{o.ebp_code}:{o.order_no}"] = o
                 pubs[rng.randrange(len(pubs))].send(batch)
                 seq += due
             if time.monotonic() >= next_report:
@@ -199,7 +201,9 @@ def _summary(expected: dict[str, Any], watcher: DecisionWatcher) -> int:
     wrong = [k for k, d in decided.items()
              if k in expected and (d["status"] == 100) != (expected[k].expected_status == 100)]
     undecided = [k for k in expected if k not in decided]
-    print(f"\nsummary: {len(expected)} orders published, {len(decided)} decided "
+    shared = Counter(o.order_no for o in expected.values())
+    print(f"\nsummary: {len(expected)} orders published by {len({k.split(':')[0] for k in expected})} platforms "
+          f"({sum(1 for n in shared.values() if n > 1)} orderNos used by more than one), {len(decided)} decided "
           f"({len(undecided)} still pending), {len(wrong)} with an unexpected status, "
           f"{watcher.duplicates} duplicate decision events", flush=True)
     for k in wrong[:5]:

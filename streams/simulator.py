@@ -46,6 +46,12 @@ GOODS = [("面霜", "3304990000", "50ml/瓶|品牌A", "116", Decimal("189.00"), 
          ("手表", "9102110000", "钢带|品牌E", "331", Decimal("1299.00"), Decimal("0.20")),
          ("口红", "3304100000", "3.5g/支|品牌F", "305", Decimal("230.00"), Decimal("0.05"))]
 _W = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+# Platforms: ebpCode, name, and the prefixes that keep their waybill and
+# payment numbers apart. Each numbers its own orders, so with several of them
+# the same orderNo is declared by more than one (it is unique per platform).
+PLATFORMS = [("4601XXXXAA", "示例跨境平台有限公司", "YT", "PAY"),
+             ("4601XXXXAB", "示例海淘平台有限公司", "ZT", "PBY"),
+             ("4601XXXXAC", "示例全球购平台有限公司", "ST", "PCY")]
 
 
 def resident_id(rng: random.Random) -> str:
@@ -77,7 +83,7 @@ def _money(d: Decimal) -> str:
 
 
 def make_order(seq: int, rng: random.Random, scenario: str = "ok", prefix: str = "HN",
-               buyer_id: str | None = None, day: str = "20261126") -> GeneratedOrder:
+               buyer_id: str | None = None, day: str = "20261126", platform: int = 0) -> GeneratedOrder:
     order_no = f"{prefix}{day}{seq:010d}"
     guid = lambda: str(uuid.UUID(int=rng.getrandbits(128))).upper()  # noqa: E731
     lines: list[tuple[int, str, str, str, str, Decimal, int]] = []
@@ -102,17 +108,18 @@ def make_order(seq: int, rng: random.Random, scenario: str = "ok", prefix: str =
     name = rng.choice(["张三", "李四", "王五", "赵六", "陈七"])
     phone = f"13{rng.randint(0, 999999999):09d}"
     address = f"海南省海口市美兰区示例路{rng.randint(1, 999)}号"
-    ebp, ebc, pay, logi, agent = "4601XXXXAA", "4601XXXXBB", "4403XXXXPP", "4601XXXXLL", "4601XXXXCC"
-    pay_tx = f"PAY{day}{seq:012d}"
-    logistics_no = f"YT{day}{seq:010d}"
+    ebp, ebp_name, ln_prefix, pay_prefix = PLATFORMS[platform]
+    ebc, pay, logi, agent = "4601XXXXBB", "4403XXXXPP", "4601XXXXLL", "4601XXXXCC"
+    pay_tx = f"{pay_prefix}{day}{seq:012d}"
+    logistics_no = f"{ln_prefix}{day}{seq:010d}"
     app_time = f"{day}101500"
 
     order_head = {
         "guid": guid(), "appType": "1", "appTime": app_time, "appStatus": "2", "orderType": "I",
-        "orderNo": order_no, "ebpCode": ebp, "ebpName": "示例跨境平台有限公司", "ebcCode": ebc,
+        "orderNo": order_no, "ebpCode": ebp, "ebpName": ebp_name, "ebcCode": ebc,
         "ebcName": "示例电商企业有限公司", "goodsValue": _money(goods_value), "freight": _money(freight),
         "discount": _money(discount), "taxTotal": _money(tax), "acturalPaid": _money(paid), "currency": "142",
-        "buyerRegNo": f"u{seq}", "buyerName": name, "buyerTelephone": phone, "buyerIdType": "1",
+        "buyerRegNo": f"u{seq}" if platform == 0 else f"u{platform}-{seq}", "buyerName": name, "buyerTelephone": phone, "buyerIdType": "1",
         "buyerIdNumber": buyer, "payCode": pay, "payName": "示例支付公司", "payTransactionId": pay_tx,
         "consignee": name, "consigneeTelephone": phone, "consigneeAddress": address,
     }
@@ -122,7 +129,7 @@ def make_order(seq: int, rng: random.Random, scenario: str = "ok", prefix: str =
     payment_head = {
         "guid": guid(), "appType": "1", "appTime": app_time, "appStatus": "2", "payCode": pay,
         "payName": "示例支付公司", "payTransactionId": pay_tx, "orderNo": order_no, "ebpCode": ebp,
-        "ebpName": "示例跨境平台有限公司", "payerIdType": "1", "payerIdNumber": buyer, "payerName": name,
+        "ebpName": ebp_name, "payerIdType": "1", "payerIdNumber": buyer, "payerName": name,
         "amountPaid": _money(paid), "currency": "142", "payTime": app_time,
     }
     weight = sum(weights, Decimal("0.10"))  # goods plus packaging
@@ -134,9 +141,9 @@ def make_order(seq: int, rng: random.Random, scenario: str = "ok", prefix: str =
     }
     inventory_head = {
         "guid": guid(), "appType": "1", "appTime": app_time, "appStatus": "2", "orderNo": order_no,
-        "ebpCode": ebp, "ebpName": "示例跨境平台有限公司", "ebcCode": ebc, "ebcName": "示例电商企业有限公司",
+        "ebpCode": ebp, "ebpName": ebp_name, "ebcCode": ebc, "ebcName": "示例电商企业有限公司",
         "logisticsNo": logistics_no, "logisticsCode": logi, "logisticsName": "示例物流公司",
-        "copNo": f"COP{seq:012d}", "assureCode": ebc, "emsNo": "T6401W000001", "ieFlag": "I",
+        "copNo": f"COP{seq:012d}" if platform == 0 else f"COP{platform}{seq:011d}", "assureCode": ebc, "emsNo": "T6401W000001", "ieFlag": "I",
         "declTime": day, "customsCode": "6401", "portCode": "6401", "buyerIdType": "1",
         "buyerIdNumber": buyer, "buyerName": name, "buyerTelephone": phone, "consigneeAddress": address,
         "agentCode": agent, "agentName": "示例报关公司", "areaCode": "4601XXXXWW", "areaName": "示例保税仓储公司",
@@ -171,12 +178,17 @@ def make_order(seq: int, rng: random.Random, scenario: str = "ok", prefix: str =
 
 
 def generate(n: int, seed: int = 1, mix: dict[str, float] | None = None, start: int = 0,
-             prefix: str = "HN") -> Iterator[GeneratedOrder]:
+             prefix: str = "HN", platforms: int = 1) -> Iterator[GeneratedOrder]:
+    """n orders; with several platforms, each order is one platform's next
+    order by its own numbering, so orderNos recur across platforms."""
     rng = random.Random(seed)
     mix = mix or SCENARIOS
     names, weights = list(mix), list(mix.values())
-    for i in range(start, start + n):
-        yield make_order(i, rng, rng.choices(names, weights)[0], prefix=prefix)
+    counters = [start] * min(max(platforms, 1), len(PLATFORMS))
+    for _ in range(n):
+        p = rng.randrange(len(counters)) if len(counters) > 1 else 0
+        seq, counters[p] = counters[p], counters[p] + 1
+        yield make_order(seq, rng, rng.choices(names, weights)[0], prefix=prefix, platform=p)
 
 
 # --------------------------------------------------------------------------- encoding

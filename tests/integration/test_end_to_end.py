@@ -32,7 +32,10 @@ def env(services):
 
 
 def test_xml_and_json_traffic_gets_exact_decisions_releases_and_receipts(env):
-    orders = list(generate(300, seed=11, prefix="E2E"))
+    # Three platforms, each numbering its own orders: many orderNos are
+    # declared by two or three platforms, each order decided on its own.
+    orders = list(generate(300, seed=11, prefix="E2E", platforms=3))
+    assert len({o.order_no for o in orders}) < 150 and len({o.logistics_no for o in orders}) == 300
     xml_pub = Publisher(env.settings, "xml", batch=50)
     json_pub = Publisher(env.settings, "json", batch=1)
     xml_pub.send(orders[:150])
@@ -45,7 +48,8 @@ def test_xml_and_json_traffic_gets_exact_decisions_releases_and_receipts(env):
     decisions = {d["decisionId"]: d for d in decisions_of(records)}
     assert len(records) == len(decisions) == len(orders)
     for o in orders:
-        d = decisions[f"4601XXXXAA:{o.order_no}"]
+        d = decisions[f"{o.ebp_code}:{o.order_no}"]
+        assert d["ebpCode"] == o.ebp_code and d.get("logisticsNo", o.logistics_no) == o.logistics_no
         assert d["status"] == o.expected_status, (o.scenario, d["reasons"])
         if o.expected_reason:
             assert o.expected_reason in {r["reason"] for r in d["reasons"]}
