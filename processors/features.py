@@ -157,8 +157,10 @@ def facts(case: Case, ref: Reference) -> dict[str, Any]:
     credits = [enterprises.get(str(c or ""), {}).get("credit", "unknown")
                for c in (inv.get("ebpCode"), inv.get("ebcCode"), pay_code, logistics_code)]
     codes = {inv.get("ebpCode"), inv.get("ebcCode"), pay_code, logistics_code, inv.get("agentCode")}
-    draw = int.from_bytes(hashlib.sha256(f"{ref.random_seed}:{order['head'].get('orderNo', '')}".encode())
-                          .digest()[:8], "big") / 2**64
+    # Drawn per (ebpCode, orderNo), the order's identity: platforms that share
+    # an orderNo are sampled independently.
+    draw = int.from_bytes(hashlib.sha256(f"{ref.random_seed}:{inv.get('ebpCode', '')}:{order['head'].get('orderNo', '')}"
+                                         .encode()).digest()[:8], "big") / 2**64
     out: dict[str, Any] = {
         "dutiable_price": float(price),
         "goods_value": float(goods_value),

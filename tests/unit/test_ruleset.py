@@ -155,6 +155,17 @@ def test_positive_list_and_remarks_from_goods_codes():
     assert facts_of(unlisted)["not_listed"] == ["87032319"]
 
 
+def test_the_random_draw_is_per_platform_and_order_and_repeats():
+    def platform(code):
+        def change(docs):
+            for t in ("311", "411", "621"):
+                docs[t][0]["ebpCode"] = code
+        return change
+    first, again = facts_of(platform("4601XXXXAB"))["random_draw"], facts_of(platform("4601XXXXAB"))["random_draw"]
+    assert first == again  # a replay draws the same
+    assert first != facts_of()["random_draw"]  # another platform's order with the same orderNo: its own draw
+
+
 def test_enterprise_credit_facts():
     def dishonest(docs):
         docs["621"][0]["ebcCode"] = "4601DISHON"
