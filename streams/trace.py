@@ -1,9 +1,9 @@
 """Parcel traceability (源头可溯、去向可查) from stored state, not by re-reading topics.
 
-Given an orderNo (and its platform, when several used it), logisticsNo or invtNo: the documents with their arrival times
-and sources, the decision (rules, evidence, tax), an officer's review, the
-guarantee hold, the parcel's gate history (release, exit, cancel, return) and
-its returns. Personal data is never stored in clear, so none can be shown;
+Given an orderNo (and its platform, when several used it), logisticsNo or
+invtNo: the documents with their arrival times and sources, the decision
+(rules, evidence, tax), an officer's review, the guarantee hold, the parcel's
+gate history (release, exit, cancel, return) and its returns. Personal data is never stored in clear, so none can be shown;
 hashes are masked too.
 """
 from __future__ import annotations
@@ -19,21 +19,17 @@ DOC_NAMES = {"311": "order", "411": "payment", "511": "waybill", "621": "invento
 
 
 def resolve(r: Any, ident: str, buckets: int, ebp: str | None = None) -> list[str]:
-    """The order keys for an orderNo (one per platform that declared it, or the
-    platform given), a logisticsNo or an invtNo."""
+    """The order keys for a logisticsNo or invtNo (by their index), or for an
+    orderNo: the platform's given, else one per platform that declared it (a
+    keyspace scan, tried last)."""
     if ebp:
         key = state.order_key(ebp, ident, buckets)
-        if r.exists(key):
-            return [key]
-    else:
-        keys = state.order_keys_for(r, ident, buckets)
-        if keys:
-            return keys
+        return [key] if r.exists(key) else []
     for kind in ("ln", "inv"):
         found = r.get(state.index_key(kind, ident, buckets))
         if found:
             return [found.decode()]
-    return []
+    return state.order_keys_for(r, ident, buckets)
 
 
 def _mask(value: Any) -> Any:
