@@ -455,8 +455,10 @@ class Pipeline:
         if to_emit or unreserve:
             pipe = self.batch()
             for tag, group in state.group_by_slot(to_emit, lambda e: e.order_key).items():
-                await self.scripts.confirm(keys=["clr:p:" + tag] + [e.order_key for e in group],
-                                           args=[self.settings.decided_ttl_s], client=pipe)
+                keys = ["clr:p:" + tag]
+                for e in group:
+                    keys += (e.order_key, self._waybill_key_of(e))
+                await self.scripts.confirm(keys=keys, args=[self.settings.decided_ttl_s], client=pipe)
             for group in state.group_by_slot(unreserve, self._ledger).values():
                 await self.scripts.unreserve(keys=[self._ledger(q) for q in group], args=[q.order for q in group],
                                              client=pipe)
@@ -487,6 +489,15 @@ class Pipeline:
             m.RULE_HITS.labels(rule).inc(n)
         for t, n in missing.items():
             m.TIMEOUTS.labels(t).inc(n)
+
+    def _waybill_key_of(self, e: _Emit) -> str:
+        """The waybill key an emitted order's list names (its own key without a list)."""
+        inv = e.docs.get("621")
+        if inv is None or not e.order_key.startswith("clr:o:"):
+            return e.order_key
+        h = inv["head"]
+        return state.waybill_key(str(h.get("orderNo", "")), str(h.get("logisticsCode", "")),
+                                 str(h.get("logisticsNo", "")), self.buckets)
 
     # ------------------------------------------------------------------ reviews
 

@@ -339,23 +339,23 @@ return out
 """
 
 # Emission confirmed: keep arrival metadata, digests and the inventory list
-# (duplicates, returns, trace),
-# drop the document bodies, leave the pending set, let the key expire.
+# (duplicates, returns, trace), drop the document bodies, leave the pending
+# set, let the key expire. KEYS: the pending set, then per order its key and
+# the waybill key its list names (the order key again when it has no list):
+# the waybill key keeps pointing to the order as long as the order lives.
 CONFIRM = MULTI + """
 local pending, ttl = KEYS[1], tonumber(ARGV[1])
 local done = {}
-for i = 2, #KEYS do
-  local k = KEYS[i]
+for i = 2, #KEYS, 2 do
+  local k, w = KEYS[i], KEYS[i + 1]
   redis.call('HSET', k, 'emit', 1)
   redis.call('HDEL', k, 'd311', 'd411', 'd511')
   redis.call('EXPIRE', k, ttl)
-  -- The waybill key its list named (same slot) keeps pointing here as long.
-  local w = redis.call('HGET', k, 'w')
-  if w then redis.call('EXPIRE', w, ttl) end
+  if w ~= k then redis.call('EXPIRE', w, ttl) end
   done[#done + 1] = k
 end
 multi('ZREM', pending, done)
-return #KEYS - 1
+return #done
 """
 
 # Reserve each order's dutiable price against its buyer's annual limit, once

@@ -138,7 +138,7 @@ def test_scripts_queue_on_a_batch_as_on_a_redis_py_pipeline(redis_url):
         r = aioredis.from_url(redis_url)
         scripts, client = state.Scripts(r), resp.Client.like(r)
         batch = resp.Batch(client)
-        await scripts.confirm(keys=["clr:p:{o00}", "clr:o:{o00}:X"], args=[60], client=batch)
+        await scripts.confirm(keys=["clr:p:{o00}", "clr:o:{o00}:X", "clr:o:{o00}:X"], args=[60], client=batch)
         replies = await batch.execute()
         await client.aclose()
         await r.aclose()

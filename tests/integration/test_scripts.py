@@ -73,7 +73,7 @@ def test_match_and_confirm_handle_more_items_than_one_chunk(redis_url):
     replies = match(keys=[pending] + [k for k in keys for _ in (0, 1)], args=args)
     assert replies == [b"A"] * 1200
     assert r.zcard(pending) == 1200 and r.zscore(pending, keys[0]) == 5 and r.zscore(pending, keys[-1]) == NOW
-    assert confirm(keys=[pending] + keys, args=[60]) == 1200
+    assert confirm(keys=[pending] + [k for k in keys for _ in (0, 1)], args=[60]) == 1200
     assert r.zcard(pending) == 0 and r.hget(keys[-1], "emit") == b"1" and 0 < r.ttl(keys[-1]) <= 60
 
 
@@ -176,6 +176,9 @@ def test_two_platforms_with_one_order_number_are_two_orders_joined_to_their_own_
     # A third platform's list naming W1 does not take it: its order waits.
     assert match(("621", b"l3", "1", "E3", "W1")) == [[b"A"]]
     assert r.hget(w1, "owner").decode() == k1 and r.hget(k1, "d511") == b"w1"
+    # Confirmed, E1's order expires, and the waybill key that points to it with it.
+    assert r.register_script(state.CONFIRM)(keys=[match.pending, k1, w1], args=[60]) == 1
+    assert 0 < r.ttl(k1) <= 60 and 0 < r.ttl(w1) <= 60 and r.hget(k1, "d511") is None
 
 
 def test_a_list_that_names_another_waybill_or_is_deleted_gives_its_waybill_back(redis_url):
