@@ -239,3 +239,19 @@ def test_guarantee_charges_in_turn_and_each_list_once(redis_url):
     assert {m.decode(): s for m, s in r.zrange(held, 0, -1, withscores=True)} == {"o:old": 1, "o:c": NOW}
     assert use(keys=[g, held], args=[NOW + 9, "c", 200, "o:c"]) == [0, 100]
     assert r.zscore(held, "o:c") == NOW
+
+
+def test_order_keys_for_an_order_number_match_it_literally(redis_url):
+    # An operator's lookup by orderNo alone scans for every platform's key of
+    # it; glob characters in an orderNo match only themselves (one slot bucket
+    # here, so that every key is a candidate).
+    r = redis.Redis.from_url(redis_url)
+    for ebp, order_no in (("E1", "A*B"), ("E2", "A*B"), ("E1", "AxB"), ("E1", "A[*]B"), ("E1", "A*B2"),
+                          ("E1", "A?B")):
+        r.hset(state.order_key(ebp, order_no, 1), "first", 1)
+    found = state.order_keys_for(r, "A*B", 1)
+    assert found == [state.order_key("E1", "A*B", 1), state.order_key("E2", "A*B", 1)]
+    assert [state.platform_of(k) for k in found] == ["E1", "E2"]
+    assert state.order_keys_for(r, "A[*]B", 1) == [state.order_key("E1", "A[*]B", 1)]
+    assert state.order_keys_for(r, "A?B", 1) == [state.order_key("E1", "A?B", 1)]
+    assert state.order_keys_for(r, "nothing", 1) == []
