@@ -24,9 +24,8 @@ from typing import Any
 
 import orjson
 
+from processors.documents import DOC_TYPES
 from streams import state
-
-TYPES = ("311", "411", "511", "621")
 
 
 def _text(value: Any) -> str:
@@ -54,7 +53,7 @@ def migrate_order_keys(r: Any, buckets: int = state.BUCKETS, dry_run: bool = Fal
 def _migrate_order(r: Any, key: str, order_no: str, buckets: int, dry_run: bool,
                    done: Counter[str]) -> str | None:
     h = {_text(f): v for f, v in r.hgetall(key).items()}
-    docs = {t: orjson.loads(h["d" + t]) for t in TYPES if "d" + t in h}
+    docs = {t: orjson.loads(h["d" + t]) for t in DOC_TYPES if "d" + t in h}
     decision = orjson.loads(h["dec"]) if "dec" in h else None
     ebp = next((str(docs[t]["head"].get("ebpCode", "")) for t in ("311", "621", "411") if t in docs), "") \
         or (decision or {}).get("ebpCode", "")

@@ -15,6 +15,7 @@ Waybill    clr:w:{oNN}:<orderNo>␟<logisticsCode>␟<logisticsNo>  hash  owner 
                                          the list that named it); d511/m511/h511, first while
                                          no list has named it
 Pending    clr:p:{oNN}             zset  order or waybill key -> first arrival ms (timeouts)
+(␟ stands for SEP, U+001F: see order_key.)
 Ledger     clr:q:{qNN}:<buyer>:<year> hash  o:<order key> -> cents reserved, total
 Serial     clr:seq:{<customsCode>}:<year>  counter for invtNo/preNo
 Features   clr:f:{fNN}:<family>:<entity>    zset  windowed counters for the risk rules
