@@ -20,7 +20,11 @@ DECISIONS = Counter("clearance_decisions_total", "Clearance decisions emitted", 
 RULE_HITS = Counter("clearance_rule_hits_total", "Rules that fired in emitted decisions", ["rule"])
 TIMEOUTS = Counter("clearance_match_timeouts_total", "Matches decided as timeouts, by missing document type",
                    ["missing"])
-PENDING = Gauge("clearance_pending_matches", "Orders waiting for their remaining documents")
+UNCLAIMED_WAYBILLS = Counter("clearance_waybills_unclaimed_total",
+                             "Waybills timed out with no list naming their logisticsCode/logisticsNo "
+                             "(a list naming another waybill number, or no list sent)")
+PENDING = Gauge("clearance_pending_matches",
+                "Orders waiting for their remaining documents (and waybills no list has named yet)")
 TIMEOUT_HOLD = Gauge("clearance_timeout_watermark_delay_seconds",
                      "How far the group's watermark (the match-timeout clock) trails the wall clock: "
                      "timeouts held back while some inbound partition lags")

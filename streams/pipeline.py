@@ -475,11 +475,15 @@ class Pipeline:
         outcomes: Counter[tuple[str, str, str]] = Counter()
         hits: Counter[str] = Counter()
         missing: Counter[str] = Counter()
+        unclaimed = 0
         for e in emitted:
             d = e.decision
             outcomes[(str(d["status"]), d["outcome"], d["lane"])] += 1
             hits.update(d["rules"])
-            missing.update(d.get("missing", ()))
+            if e.order_key.startswith("clr:w:"):  # a waybill alone, not an order's match
+                unclaimed += 1
+            else:
+                missing.update(d.get("missing", ()))
             rts = d["timestamps"].get("completingRecord")
             if rts:
                 m.LATENCY.observe(max(0, done - rts) / 1000)
@@ -489,6 +493,8 @@ class Pipeline:
             m.RULE_HITS.labels(rule).inc(n)
         for t, n in missing.items():
             m.TIMEOUTS.labels(t).inc(n)
+        if unclaimed:
+            m.UNCLAIMED_WAYBILLS.inc(unclaimed)
 
     def _waybill_key_of(self, e: _Emit) -> str:
         """The waybill key an emitted order's list names (its own key without a list)."""

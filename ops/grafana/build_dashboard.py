@@ -24,7 +24,8 @@ PANELS = [
                                                  ("max(clearance_pending_oldest_age_seconds)", "oldest age (s)"),
                                                  ("max(clearance_timeout_watermark_delay_seconds)",
                                                   "timeout clock delay (s)")], 12),
-    ("Match timeouts /s by missing document", "ops", [("sum by (missing) (rate(clearance_match_timeouts_total[5m]))", "CEB{{missing}}")], 12),
+    ("Match timeouts /s by missing document", "ops", [("sum by (missing) (rate(clearance_match_timeouts_total[5m]))", "CEB{{missing}}"),
+                                                       ("sum(rate(clearance_waybills_unclaimed_total[5m]))", "waybill no list named")], 12),
     ("Errors /s by reason", "ops", [("sum by (reason) (rate(clearance_errors_total[5m]))", "{{reason}}")], 12),
     ("Dead-letter records /s and dependency errors /s", "ops", [
         ("sum by (reason) (rate(clearance_deadletter_records_total[5m]))", "dead-letter {{reason}}"),

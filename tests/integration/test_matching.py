@@ -400,8 +400,15 @@ def test_a_waybill_no_list_names_times_out_on_its_own(redis_url):
     # The list names another logisticsNo than the waybill carries: the order
     # waits for the waybill its list named, and the waybill for a list that
     # names it; both time out, each naming what it lacks.
+    from prometheus_client import REGISTRY
+
+    def counted() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("clearance_waybills_unclaimed_total") or 0.0,
+                REGISTRY.get_sample_value("clearance_match_timeouts_total", {"missing": "621"}) or 0.0)
+
     o = order(31)
     o.docs["621"][0]["logisticsNo"] = "YT-NOT-SENT"
+    before = counted()
     sink = run_pipeline(redis_url, [doc_records(o)], match_timeout_s=0.0)
     assert sink.decisions() == []
     time.sleep(0.01)
@@ -410,5 +417,7 @@ def test_a_waybill_no_list_names_times_out_on_its_own(redis_url):
     assert set(decisions) == {f"4601XXXXAA:{o.order_no}", f"waybill:4601XXXXLL:{o.logistics_no}"}
     assert decisions[f"4601XXXXAA:{o.order_no}"]["missing"] == ["511"]
     assert decisions[f"waybill:4601XXXXLL:{o.logistics_no}"]["missing"] == ["311", "411", "621"]
+    # Counted as an unclaimed waybill, not as an order's match missing its list.
+    assert counted() == (before[0] + 1, before[1])
     assert sorted((r["entity"], r["returnStatus"]) for r in receipts_of(swept)) == sorted(
         [("OrderReturn", "100"), ("PaymentReturn", "100"), ("InventoryReturn", "100"), ("LogisticsReturn", "100")])
