@@ -205,6 +205,10 @@ def timeout_decision(order_key: str, docs: dict[str, dict[str, Any]], first_ms: 
         for f in _RELEASE_FIELDS:
             if f in inv:
                 decision[f] = inv[f]
+    elif "511" in docs:  # a waybill alone: its numbers, so that trace finds it by logisticsNo
+        for f in ("logisticsCode", "logisticsNo"):
+            if f in docs["511"]["head"]:
+                decision[f] = docs["511"]["head"][f]
     return decision
 
 

@@ -49,7 +49,10 @@ def lineage(r: Any, ident: str, buckets: int, ebp: str | None = None) -> dict[st
     if len(keys) > 1:  # several platforms used this orderNo: the caller names one
         return {"orderNo": ident, "platforms": [state.platform_of(k) for k in keys]}
     key = keys[0]
-    order_no = key.split(state.SEP, 1)[1]
+    if key.startswith("clr:w:"):  # a waybill no list named: it has no platform
+        order_no, ebp = key.split(":", 3)[3].split(state.SEP, 1)[0], ""
+    else:
+        order_no, ebp = key.split(state.SEP, 1)[1], state.platform_of(key)
     raw = {k.decode(): v for k, v in r.hgetall(key).items()}
     documents = []
     for t in ("311", "411", "511", "621"):
@@ -60,7 +63,7 @@ def lineage(r: Any, ident: str, buckets: int, ebp: str | None = None) -> dict[st
                               "source": meta.get("src"), "sender": meta.get("snd") or None})
     decision = orjson.loads(raw["dec"]) if "dec" in raw else None
     final = orjson.loads(raw["final"]) if "final" in raw else None
-    out: dict[str, Any] = {"orderNo": order_no, "ebpCode": state.platform_of(key), "documents": documents,
+    out: dict[str, Any] = {"orderNo": order_no, "ebpCode": ebp, "documents": documents,
                            "firstDocumentAt": int(raw["first"]) if "first" in raw else None}
     if decision:
         out["decision"] = _mask({k: decision.get(k) for k in (
@@ -84,7 +87,8 @@ def text(t: dict[str, Any]) -> str:
     if "platforms" in t:
         return (f"order {t['orderNo']} was declared by several platforms ({', '.join(t['platforms'])}): "
                 "name one with --ebp")
-    lines = [f"order {t['orderNo']} (platform {t['ebpCode']})"]
+    lines = [f"order {t['orderNo']} (platform {t['ebpCode']})" if t["ebpCode"] else
+             f"order {t['orderNo']}: a waybill no list named"]
     for d in t["documents"]:
         lines.append(f"  {d['arrived']}  {d['type']} {d['name']} ({d['format']}, {d['source']})")
     d = t.get("decision")

@@ -419,5 +419,13 @@ def test_a_waybill_no_list_names_times_out_on_its_own(redis_url):
     assert decisions[f"waybill:4601XXXXLL:{o.logistics_no}"]["missing"] == ["311", "411", "621"]
     # Counted as an unclaimed waybill, not as an order's match missing its list.
     assert counted() == (before[0] + 1, before[1])
+    # Trace finds the waybill by its number: what came, and its timeout.
+    from streams import trace
+
+    t = trace.lineage(redis.Redis.from_url(redis_url), o.logistics_no, 16)
+    assert (t["orderNo"], t["ebpCode"]) == (o.order_no, "")
+    assert [d["type"] for d in t["documents"]] == ["CEB511"]
+    assert t["decision"]["status"] == 100 and [r["reason"] for r in t["decision"]["reasons"]] == ["MATCH_TIMEOUT"]
+    assert "a waybill no list named" in trace.text(t)
     assert sorted((r["entity"], r["returnStatus"]) for r in receipts_of(swept)) == sorted(
         [("OrderReturn", "100"), ("PaymentReturn", "100"), ("InventoryReturn", "100"), ("LogisticsReturn", "100")])
