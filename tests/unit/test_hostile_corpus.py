@@ -121,6 +121,12 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
     ("escaped NUL in JSON", jdoc("311").replace(ORDER.order_no.encode(), ORDER.order_no.encode() + b"\\u0000"),
      ("311",), "invisible_characters"),
     ("BOM inside a value", jdoc("311", {"orderNo": "\ufeff" + ORDER.order_no}), ("311",), "invisible_characters"),
+    # The key separator (U+001F) cannot reach a Redis key: another platform's key is not forgeable.
+    ("key separator in ebpCode", jdoc("311", {"ebpCode": "4601XXXXAA\x1fX"}), ("311",), "invisible_characters"),
+    ("escaped key separator in orderNo", jdoc("411").replace(ORDER.order_no.encode(),
+                                                             ORDER.order_no.encode() + b"\\u001f"),
+     ("411",), "invisible_characters"),
+    ("key separator in logisticsNo (XML)", xdoc("511", {"logisticsNo": "YT1\x1fYT2"}), ("511",), "invisible_characters"),
     ("GBK bytes declared as UTF-8", xdoc("311").replace("示例".encode(), "示例".encode("gbk")), ("311",),
      "malformed_xml"),
 ]
