@@ -25,7 +25,8 @@ def test_two_workers_share_the_load_and_every_order_gets_one_decision(services):
         env.start_worker()
         env.start_worker()
         env.wait_assigned(expected_total=env.settings.partitions * len(registry.INBOUND), timeout=90)
-        orders = [o for o in generate(400, seed=21, prefix="TWO",
+        # Three platforms: orderNos recur across them, each platform's order decided once.
+        orders = [o for o in generate(400, seed=21, prefix="TWO", platforms=3,
                                       mix={"ok": 0.9, "amount_mismatch": 0.1})]
         pub = Publisher(env.settings, "json", batch=1, duplicate_rate=0.05)
         pub.send(orders)
@@ -34,7 +35,7 @@ def test_two_workers_share_the_load_and_every_order_gets_one_decision(services):
         ids = [orjson.loads(v)["decisionId"] for _, v in records]
         assert len(ids) == len(set(ids)) == len(orders)
         by_id = {orjson.loads(v)["decisionId"]: orjson.loads(v)["status"] for _, v in records}
-        assert all(by_id[f"4601XXXXAA:{o.order_no}"] == o.expected_status for o in orders)
+        assert all(by_id[f"{o.ebp_code}:{o.order_no}"] == o.expected_status for o in orders)
         assert consumed(env.metrics(0)) > 0 and consumed(env.metrics(1)) > 0
     finally:
         env.stop()
