@@ -64,9 +64,7 @@ def _migrate_order(r: Any, key: str, order_no: str, buckets: int, dry_run: bool,
         if "511" not in docs or decision is not None:
             done["left_without_platform"] += 1
             return None
-        wb = docs["511"]["head"]
-        target = state.waybill_key(order_no, str(wb.get("logisticsCode", "")), str(wb.get("logisticsNo", "")),
-                                   buckets)
+        target = state.waybill_key_of(order_no, docs["511"]["head"], buckets)
         done["waybills"] += 1
         if not dry_run:
             _move(r, key, target, pending, score, done)
@@ -84,8 +82,7 @@ def _migrate_order(r: Any, key: str, order_no: str, buckets: int, dry_run: bool,
             r.hset(new, field, orjson.dumps(d))
     listed = docs.get("621", {}).get("head") or decision or {}
     if listed.get("logisticsNo") is not None:
-        w = state.waybill_key(order_no, str(listed.get("logisticsCode", "")), str(listed.get("logisticsNo", "")),
-                              buckets)
+        w = state.waybill_key_of(order_no, listed, buckets)
         r.hset(new, "w", w)
         r.hsetnx(w, "owner", new)
         ttl = r.ttl(new)
@@ -93,8 +90,7 @@ def _migrate_order(r: Any, key: str, order_no: str, buckets: int, dry_run: bool,
             r.expire(w, ttl)
     elif "511" in docs and decision is None:
         # The waybill came before its list: it waits under its own key.
-        wb = docs["511"]["head"]
-        w = state.waybill_key(order_no, str(wb.get("logisticsCode", "")), str(wb.get("logisticsNo", "")), buckets)
+        w = state.waybill_key_of(order_no, docs["511"]["head"], buckets)
         first = h.get("first", b"0")
         r.hset(w, mapping={"d511": h["d511"], "m511": h.get("m511", b"{}"), "h511": h.get("h511", b""),
                            "first": first})

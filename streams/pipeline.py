@@ -77,14 +77,10 @@ def _keys(t: str, head: dict[str, Any], buckets: int) -> tuple[str, str]:
     """A document's two keys for MATCH (see there)."""
     order_no = str(head.get("orderNo", ""))
     if t == "511":
-        key = state.waybill_key(order_no, str(head.get("logisticsCode", "")), str(head.get("logisticsNo", "")),
-                                buckets)
+        key = state.waybill_key_of(order_no, head, buckets)
         return key, key
     key = state.order_key(str(head.get("ebpCode", "")), order_no, buckets)
-    if t == "621":
-        return key, state.waybill_key(order_no, str(head.get("logisticsCode", "")),
-                                      str(head.get("logisticsNo", "")), buckets)
-    return key, key
+    return key, state.waybill_key_of(order_no, head, buckets) if t == "621" else key
 
 
 @dataclass
@@ -501,9 +497,7 @@ class Pipeline:
         inv = e.docs.get("621")
         if inv is None or not e.order_key.startswith("clr:o:"):
             return e.order_key
-        h = inv["head"]
-        return state.waybill_key(str(h.get("orderNo", "")), str(h.get("logisticsCode", "")),
-                                 str(h.get("logisticsNo", "")), self.buckets)
+        return state.waybill_key_of(str(inv["head"].get("orderNo", "")), inv["head"], self.buckets)
 
     # ------------------------------------------------------------------ reviews
 

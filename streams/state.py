@@ -505,6 +505,12 @@ def waybill_key(order_no: str, logistics_code: str, logistics_no: str, buckets: 
                                          logistics_no)
 
 
+def waybill_key_of(order_no: str, named: dict[str, Any], buckets: int = BUCKETS) -> str:
+    """The waybill key of a waybill's head, or of the waybill a list's head (or
+    a decision) names by its logisticsCode/logisticsNo."""
+    return waybill_key(order_no, str(named.get("logisticsCode", "")), str(named.get("logisticsNo", "")), buckets)
+
+
 def order_keys_for(r: Any, order_no: str, buckets: int = BUCKETS) -> list[str]:
     """Every platform's order key for an orderNo, for operators' commands that
     are given an orderNo alone: a SCAN of the keyspace, not for the stream."""
