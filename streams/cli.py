@@ -210,8 +210,8 @@ def cmd_migrate_keys(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
     done = migrate.migrate_order_keys(state.sync_client_for(settings), settings.redis_buckets, args.dry_run)
-    what = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(done.items())) or "nothing to migrate"
-    print(("would migrate: " if args.dry_run else "migrated: ") + what)
+    what = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(done.items()))
+    print((("would migrate: " if args.dry_run else "migrated: ") + what) if what else "nothing to migrate")
 
 
 def cmd_rules(args: argparse.Namespace) -> None:

@@ -87,6 +87,9 @@ def test_explain_and_officer_review_from_the_command_line(env):
     # The orderNo is the platform's: another platform has no such order.
     other = env.cli("explain", o.order_no, "--ebp", "4601XXXXZZ")
     assert other.returncode != 0 and "no decision yet and no documents" in other.stderr
+    # State written by this version needs no migration.
+    migrate = env.cli("migrate-keys", "--dry-run")
+    assert migrate.returncode == 0 and migrate.stdout.strip() == "nothing to migrate", migrate.stderr
     assert "risk.dishonest_enterprise: DISHONEST_ENTERPRISE" in explain.stdout
     assert "any_dishonest = True" in explain.stdout
 
