@@ -46,7 +46,7 @@ def migrate_order_keys(r: Any, buckets: int = state.BUCKETS, dry_run: bool = Fal
             renamed[key] = new
     if not renamed:
         return done
-    _rewrite_references(r, renamed, buckets, dry_run, done)
+    _rewrite_references(r, renamed, dry_run, done)
     return done
 
 
@@ -110,9 +110,8 @@ def _move(r: Any, key: str, new: str, pending: str, score: Any, done: Counter[st
     return True
 
 
-def _rewrite_references(r: Any, renamed: dict[str, str], buckets: int, dry_run: bool,
-                        done: Counter[str]) -> None:
-    by_order_no = {old.split(":", 3)[3]: new for old, new in renamed.items() if new.startswith("clr:o:")}
+def _rewrite_references(r: Any, renamed: dict[str, str], dry_run: bool, done: Counter[str]) -> None:
+    by_order_no = {old.split(":", 3)[3]: new for old, new in renamed.items() if not state.is_waybill_key(new)}
     # The trace index held orderNos; it holds order keys now.
     for raw in list(r.scan_iter(match="clr:idx:*", count=1000)):
         value = r.get(raw)
@@ -124,7 +123,8 @@ def _rewrite_references(r: Any, renamed: dict[str, str], buckets: int, dry_run: 
     # Ledger fields o:<order key> (each order's reservation, given back on a cancel).
     for raw in list(r.scan_iter(match="clr:q:*", count=1000)):
         for field, value in r.hgetall(raw).items():
-            old = _text(field)[2:] if _text(field).startswith("o:") else None
+            name = _text(field)
+            old = name[2:] if name.startswith("o:") else None
             if old in renamed:
                 done["ledger_fields"] += 1
                 if not dry_run:

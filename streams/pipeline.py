@@ -476,7 +476,7 @@ class Pipeline:
             d = e.decision
             outcomes[(str(d["status"]), d["outcome"], d["lane"])] += 1
             hits.update(d["rules"])
-            if e.order_key.startswith("clr:w:"):  # a waybill alone, not an order's match
+            if state.is_waybill_key(e.order_key):  # a waybill alone, not an order's match
                 unclaimed += 1
             else:
                 missing.update(d.get("missing", ()))
@@ -495,7 +495,7 @@ class Pipeline:
     def _waybill_key_of(self, e: _Emit) -> str:
         """The waybill key an emitted order's list names (its own key without a list)."""
         inv = e.docs.get("621")
-        if inv is None or not e.order_key.startswith("clr:o:"):
+        if inv is None or state.is_waybill_key(e.order_key):
             return e.order_key
         return state.waybill_key_of(str(inv["head"].get("orderNo", "")), inv["head"], self.buckets)
 

@@ -494,9 +494,20 @@ def order_key(ebp_code: str, order_no: str, buckets: int = BUCKETS) -> str:
     return "clr:o:{o%02d}:%s%s%s" % (bucket_of(order_no, buckets), ebp_code, SEP, order_no)
 
 
+def is_waybill_key(key: str) -> bool:
+    """A waybill's own key (waybill_key), not an order's."""
+    return key.startswith("clr:w:")
+
+
 def platform_of(order_key_: str) -> str:
-    """The ebpCode in an order key."""
-    return order_key_.split(":", 3)[3].split(SEP, 1)[0]
+    """The ebpCode in an order key ("" for a waybill key: a waybill names no platform)."""
+    return "" if is_waybill_key(order_key_) else order_key_.split(":", 3)[3].split(SEP, 1)[0]
+
+
+def order_no_of(key: str) -> str:
+    """The orderNo in an order key or a waybill key."""
+    rest = key.split(":", 3)[3]
+    return rest.split(SEP, 1)[0] if is_waybill_key(key) else rest.split(SEP, 1)[1]
 
 
 def waybill_key(order_no: str, logistics_code: str, logistics_no: str, buckets: int = BUCKETS) -> str:
@@ -521,11 +532,6 @@ def order_keys_for(r: Any, order_no: str, buckets: int = BUCKETS) -> list[str]:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\{}^" else c for c in text)
-
-
-def pending_key_for(order_key_: str) -> str:
-    """The pending set in the same slot bucket as an order key."""
-    return "clr:p:" + order_key_.split(":", 3)[2]
 
 
 def pending_key(order_no: str, buckets: int = BUCKETS) -> str:

@@ -49,10 +49,7 @@ def lineage(r: Any, ident: str, buckets: int, ebp: str | None = None) -> dict[st
     if len(keys) > 1:  # several platforms used this orderNo: the caller names one
         return {"orderNo": ident, "platforms": [state.platform_of(k) for k in keys]}
     key = keys[0]
-    if key.startswith("clr:w:"):  # a waybill no list named: it has no platform
-        order_no, ebp = key.split(":", 3)[3].split(state.SEP, 1)[0], ""
-    else:
-        order_no, ebp = key.split(state.SEP, 1)[1], state.platform_of(key)
+    order_no, ebp = state.order_no_of(key), state.platform_of(key)  # ebp "": a waybill no list named
     raw = {k.decode(): v for k, v in r.hgetall(key).items()}
     documents = []
     for t in ("311", "411", "511", "621"):
