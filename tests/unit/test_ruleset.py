@@ -293,3 +293,50 @@ def test_all_and_any_short_circuit_like_python(values):
     assert ruleset._any_of(preds)({}) == any(values)
     first_true = values.index(True) if True in values else len(values) - 1
     assert called == list(range(first_true + 1))
+
+
+def _exact_tax(lines, freight, insured, full):
+    """The comprehensive tax in exact rational arithmetic, each line's taxes
+    rounded half-up to the cent: the oracle for tax.comprehensive_tax."""
+    from fractions import Fraction
+
+    def cents(x):
+        return Decimal((x * 100 + Fraction(1, 2)).__floor__()) / 100
+
+    goods = sum(Fraction(ln["value"]) for ln in lines)
+    extra = Fraction(freight) + Fraction(insured)
+    total = Decimal(0)
+    for ln in lines:
+        value = Fraction(ln["value"])
+        price = value + (extra * value / goods if goods else 0)
+        v, c, mfn = Fraction(ln["vat"]), Fraction(ln["consumption"]), Fraction(ln["mfn"])
+        if full:
+            customs = price * mfn
+            ct = (price + customs) * c / (1 - c)
+            vat = (price + customs + ct) * v
+        else:
+            customs, ct = Fraction(0), price / (1 - c) * c * Fraction(7, 10)
+            vat = (price + price / (1 - c) * c) * v * Fraction(7, 10)
+        total += cents(customs) + cents(ct) + cents(vat)
+    return total
+
+
+def test_comprehensive_tax_equals_exact_arithmetic_rounded_half_up():
+    # Ties at half a cent are common (a 30 % consumption rate on 1,780.75 gives
+    # exactly 534.225): each tax must be rounded from its exact value, not from
+    # a chain of 28-digit roundings that lands just below the half.
+    import random
+
+    rnd = random.Random(5)
+    for _ in range(3000):
+        lines = [{"gnum": str(j), "gcode": "x", "value": Decimal(rnd.randint(1, 500000)) / 100,
+                  "vat": Decimal(rnd.choice(["0.13", "0.09", "0"])),
+                  "consumption": Decimal(rnd.choice(["0", "0.15", "0.3", "0.05"])),
+                  "mfn": Decimal(rnd.choice(["0.01", "0.08", "0"]))} for j in range(rnd.randint(1, 3))]
+        freight, insured = Decimal(rnd.randint(0, 2000)) / 100, Decimal(rnd.choice([0, 150])) / 100
+        full = rnd.random() < 0.2
+        got = tax.comprehensive_tax(lines, freight, insured, full)
+        assert Decimal(got["taxTotal"]) == _exact_tax(lines, freight, insured, full), (lines, freight, insured, full)
+    t = tax.comprehensive_tax([{"gnum": "1", "gcode": "x", "value": Decimal("1780.75"), "vat": Decimal("0.13"),
+                                "consumption": Decimal("0.3"), "mfn": Decimal(0)}], Decimal(0), Decimal(0), False)
+    assert t["consumptionTax"] == "534.23"
