@@ -8,11 +8,10 @@ steps: `SpineRules.evaluate` gives the hits that need no shared state and
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from processors import compare
 from processors.documents import DOC_NAMES, DOC_TYPES
@@ -64,9 +63,10 @@ class SpineRules:
         return compare.compare(case) + single_limit(case)
 
 
-@dataclass(frozen=True)
-class QuotaRequest:
-    """One reservation against a buyer's annual ledger, counted once per order."""
+class QuotaRequest(NamedTuple):
+    """One reservation against a buyer's annual ledger, counted once per order.
+    (A named tuple: several are made per order, and a frozen dataclass costs
+    one interpreted setattr per field to build.)"""
 
     buyer: str  # keyed hash of the buyer ID number
     year: str
@@ -79,11 +79,14 @@ class QuotaRequest:
     code: str = "-621018"
 
 
-def quota_request(case: Case, order_key: str) -> QuotaRequest:
+ANNUAL_LIMIT_CENTS = int(ANNUAL_LIMIT * 100)
+
+
+def quota_request(case: Case, order_key: str, limit_cents: int = ANNUAL_LIMIT_CENTS) -> QuotaRequest:
     inv = case.docs["621"]["head"]
     year = (inv.get("declTime") or inv.get("appTime") or "")[:4]
     cents = int((case_price(case) * 100).to_integral_value())
-    return QuotaRequest(str(inv.get("buyerIdNumber", "")), year, order_key, cents, int(ANNUAL_LIMIT * 100))
+    return QuotaRequest(str(inv.get("buyerIdNumber", "")), year, order_key, cents, limit_cents)
 
 
 def quota_hit(req: QuotaRequest, used_before: int) -> Hit:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from processors import decide, tax
 from processors.compare import dec
@@ -76,8 +76,7 @@ class Reference:
     near_limit_band: tuple[float, float] = (4500.0, 5000.0)
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     """A cross-order counter to update and read for one order (see streams/state.py OBSERVE)."""
 
     family: str  # "buyer", "address", "phone", "buyer_addresses"
@@ -114,7 +113,8 @@ ZERO = Decimal(0)
 
 
 def facts(case: Case, ref: Reference) -> dict[str, Any]:
-    order, payment, waybill, inventory = (case.docs[t] for t in ("311", "411", "511", "621"))
+    docs = case.docs
+    order, payment, waybill, inventory = docs["311"], docs["411"], docs["511"], docs["621"]
     inv = inventory["head"]
     not_listed, excluded, bonded_only, quarantine, prohibited, origins = [], [], [], [], [], []
     ratios, expected_weight, goods_value = [], ZERO, ZERO
@@ -154,9 +154,18 @@ def facts(case: Case, ref: Reference) -> dict[str, Any]:
     gross, net = dec(inv, "grossWeight"), dec(inv, "netWeight")
     pay_code, logistics_code = payment["head"].get("payCode"), waybill["head"].get("logisticsCode")
     enterprises = ref.enterprises
-    credits = [enterprises.get(str(c or ""), {}).get("credit", "unknown")
-               for c in (inv.get("ebpCode"), inv.get("ebcCode"), pay_code, logistics_code)]
-    codes = {inv.get("ebpCode"), inv.get("ebcCode"), pay_code, logistics_code, inv.get("agentCode")}
+    credits = []
+    for c in (inv.get("ebpCode"), inv.get("ebcCode"), pay_code, logistics_code):
+        e = enterprises.get(str(c or ""))
+        credits.append(e["credit"] if e else "unknown")
+    negative, unregistered = [], []
+    for c in {inv.get("ebpCode"), inv.get("ebcCode"), pay_code, logistics_code, inv.get("agentCode")}:
+        if c:
+            e = enterprises.get(str(c))
+            if e is None:
+                unregistered.append(str(c))
+            elif e.get("negative"):
+                negative.append(str(c))
     # Drawn per (ebpCode, orderNo), the order's identity: platforms that share
     # an orderNo are sampled independently.
     draw = int.from_bytes(hashlib.sha256(f"{ref.random_seed}:{inv.get('ebpCode', '')}:{order['head'].get('orderNo', '')}"
@@ -185,8 +194,9 @@ def facts(case: Case, ref: Reference) -> dict[str, Any]:
         "logistics_credit": credits[3],
         "any_dishonest": "dishonest" in credits,
         "all_advanced": all(c == "advanced" for c in credits),
-        "negative_listed": sorted(str(c) for c in codes if c and enterprises.get(str(c), {}).get("negative")),
-        "unregistered": sorted(str(c) for c in codes if c and str(c) not in enterprises) if enterprises else [],
+        "negative_listed": sorted(negative),
+        # Without an enterprise register, nothing counts as unregistered.
+        "unregistered": sorted(unregistered) if enterprises else [],
         "random_draw": draw,
         "_tax": computed,
     }

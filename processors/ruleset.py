@@ -261,6 +261,7 @@ class Ledger:
     limit: Decimal
     reason: str
     code: str
+    limit_cents: int  # the amount ledger's limit as the reservation counts it
 
 
 def _outcome(o: Any, where: str) -> tuple[str, str, str, str]:
@@ -308,7 +309,7 @@ def compile_ruleset(doc: dict[str, Any]) -> "RuleEngine":
             raw = led.get("limit")
             raw = params.get(raw["param"]) if isinstance(raw, dict) and "param" in raw else raw
             limit = _number(raw, where + ".limit")
-        ledgers.append(Ledger(str(led["id"]), led["kind"], limit, reason, code))
+        ledgers.append(Ledger(str(led["id"]), led["kind"], limit, reason, code, int(limit * 100)))
     rules, seen = [], set()
     raw_rules = doc.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
@@ -375,17 +376,16 @@ class RuleEngine:
 
     def quota_requests(self, case: Case, order_key: str) -> list[decide.QuotaRequest]:
         out = []
+        base = decide.quota_request(case, order_key)
         for led in self.ledgers:
             if led.kind == "annual_amount":
-                base = decide.quota_request(case, order_key)
                 out.append(decide.QuotaRequest(base.buyer, base.year, base.order, base.amount,
-                                               int(led.limit * 100), rule=led.id, reason=led.reason, code=led.code))
+                                               led.limit_cents, "", led.id, led.reason, led.code))
             else:
-                out.extend(self._quantity_requests(case, order_key, led))
+                out.extend(self._quantity_requests(case, base, led))
         return out
 
-    def _quantity_requests(self, case: Case, order_key: str, led: Ledger) -> list[decide.QuotaRequest]:
-        base = decide.quota_request(case, order_key)
+    def _quantity_requests(self, case: Case, base: decide.QuotaRequest, led: Ledger) -> list[decide.QuotaRequest]:
         grams: dict[str, int] = {}
         caps: dict[str, Decimal] = {}
         for line in case.docs["621"]["lines"]:
