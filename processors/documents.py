@@ -9,6 +9,7 @@ makes on it is an equality, which a hash preserves, and nothing downstream
 from __future__ import annotations
 
 import hashlib
+import re
 import operator
 from typing import Any
 
@@ -77,3 +78,20 @@ def ebp_code(docs: dict[str, Document]) -> str:
         if t in docs:
             return str(docs[t]["head"].get("ebpCode", ""))
     return ""
+
+
+# Personal values in raw CEB text (XML elements or JSON members named as in
+# PII_FIELDS), and anything shaped like a resident ID number wherever it sits
+# (a malformed record may carry one under a misspelt name).
+_PII_NAMES = "|".join(sorted(PII_FIELDS, key=len, reverse=True))
+_PII_XML = re.compile(r"(<(?:[\w.-]+:)?(?:" + _PII_NAMES + r")\b[^>]*>)([^<]*)(</)")
+_PII_JSON = re.compile(r'("(?:' + _PII_NAMES + r')"\s*:\s*)("(?:[^"\\]|\\.)*"|[-\d.eE+]+)')
+_ID_LIKE = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+MASK = "***"
+
+
+def mask_personal(text: str) -> str:
+    """Raw CEB text (XML or JSON, well-formed or not) with personal values replaced by ***."""
+    text = _PII_XML.sub(lambda m: m.group(1) + MASK + m.group(3), text)
+    text = _PII_JSON.sub(lambda m: m.group(1) + '"' + MASK + '"', text)
+    return _ID_LIKE.sub(MASK, text)

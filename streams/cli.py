@@ -327,6 +327,56 @@ def cmd_bench(args: argparse.Namespace, rest: list[str]) -> None:
     throughput.main()
 
 
+def cmd_deadletter(args: argparse.Namespace) -> None:
+    from collections import Counter
+
+    from processors.documents import mask_personal
+    from streams import deadletter, state
+
+    settings = load_settings()
+    _need_services(settings)
+    letters = deadletter.read(settings)
+    since = int((time.time() - args.since_hours * 3600) * 1000) if args.since_hours else None
+    chosen = deadletter.select(letters, args.reason, args.source, args.id, since)
+    if args.action == "list":
+        for d in chosen[-args.limit:] if args.limit else chosen:
+            r = d.record
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(r.get("rejectedAt") or 0) / 1000))
+            print(f"{d.id:>10}  {at}  {r.get('reason', ''):24} {r.get('returnStatus', ''):>4}  {d.source:40} "
+                  f"{len(d.value):>8} B  {mask_personal(str(r.get('info', '')))[:80]}")
+        counts = Counter(str(d.record.get("reason")) for d in chosen)
+        summary = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+        print(f"{len(chosen)} dead letters" + (f" ({summary})" if summary else "")
+              + (f" of {len(letters)} in the topic" if len(chosen) != len(letters) else ""))
+        return
+    if args.action == "show":
+        if not args.id:
+            sys.exit("show which? name dead letters by partition:offset (from `clearance deadletter list`)")
+        if not chosen:
+            sys.exit("no dead letter matches (the id is partition:offset of the dead-letter topic, from `list`)")
+        for d in chosen:
+            r = d.record
+            print(f"dead letter {d.id}: {r.get('reason')} (returnStatus {r.get('returnStatus')}), "
+                  f"message type {r.get('messageType')}")
+            print(f"  from {d.source}, rejected at {r.get('rejectedAt')}, key {d.key!r}")
+            print(f"  info: {mask_personal(str(r.get('info', '')))}")
+            text = d.value.decode("utf-8", "replace")
+            # Personal data stays masked unless asked for: this output ends up in tickets.
+            print(text if args.reveal else mask_personal(text))
+        return
+    if not (args.reason or args.id or args.source or args.all):
+        sys.exit("replay what? name --reason, --id or --source, or --all")
+    result = deadletter.replay(settings, chosen, state.sync_client_for(settings), again=args.again,
+                               dry_run=args.dry_run)
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {len(result.sent)} dead letters to their inbound topics"
+          + (f"; {len(result.already)} replayed before (--again to send them again)" if result.already else ""))
+    for d, why in result.refused:
+        print(f"  not replayed {d.id}: {why}")
+    if result.refused:
+        sys.exit(1)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from streams.demo import run_demo
 
@@ -435,6 +485,19 @@ def main(argv: list[str] | None = None) -> None:
     rv.add_argument("--officer", default=os.environ.get("USER", ""))
     rv.add_argument("--note", default="")
     rv.set_defaults(func=cmd_review)
+
+    dl = sub.add_parser("deadletter", help="rejected input: list it, show one record, replay once the cause is fixed")
+    dl.add_argument("action", choices=["list", "show", "replay"])
+    dl.add_argument("id", nargs="*", help="dead letters by partition:offset (from list)")
+    dl.add_argument("--reason", action="append", help="only this reason (repeatable), e.g. internal_error")
+    dl.add_argument("--source", help="only records from this inbound topic (e.g. ceb.import.order)")
+    dl.add_argument("--since-hours", type=float, default=0, help="only records rejected in the last N hours")
+    dl.add_argument("--limit", type=int, default=0, help="list: the last N only")
+    dl.add_argument("--reveal", action="store_true", help="show: personal data in clear (masked by default)")
+    dl.add_argument("--all", action="store_true", help="replay: every dead letter (after a fix of our own)")
+    dl.add_argument("--again", action="store_true", help="replay: also those replayed before")
+    dl.add_argument("--dry-run", action="store_true", help="replay: say what would be sent, send nothing")
+    dl.set_defaults(func=cmd_deadletter)
 
     tp = sub.add_parser("top", help="live view of workers: documents/s, decisions/s, latency, lag, pending")
     tp.add_argument("urls", nargs="*", help="worker base URLs (default http://127.0.0.1:CLEARANCE_WEB_PORT)")

@@ -12,7 +12,6 @@ by whoever sees the order next (a replayed document or the timeout sweep).
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import os
@@ -28,6 +27,7 @@ from config.settings import Settings
 from processors import decide, receipts
 from processors.documents import DOC_TYPES, normalise
 from processors.rules import REJECT, REVIEW, Case, Hit, RuleSet
+from streams import deadletter
 from streams import metrics as m
 from streams import resp
 from streams import state
@@ -239,16 +239,9 @@ class Pipeline:
         sender = (rec.key or b"").decode("utf-8", "replace")[:64]
         out_receipts.append(receipts.error_receipt(sender, fmt, status, info, message_type,
                                                    f"{rec.topic}:{rec.partition}:{rec.offset}", now))
-        record = {
-            "source": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
-                       "timestamp": rec.timestamp_ms},
-            "reason": reason, "returnStatus": status, "info": info, "messageType": message_type,
-            "key": base64.b64encode(rec.key).decode() if rec.key else None,
-            "value": base64.b64encode(rec.value or b"").decode(),
-            "rejectedAt": now,
-        }
-        # Keyed by source partition so one sender's rejects stay in order.
-        self.sink.produce(self.t_deadletter, f"{rec.topic}:{rec.partition}", orjson.dumps(record))
+        record = deadletter.record(rec.topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key, rec.value or b"",
+                                   reason, status, info, message_type, now)
+        self.sink.produce(self.t_deadletter, f"{rec.topic}:{rec.partition}", record)
 
     def _on_match(self, d: _Doc, reply: list[Any], now: int, out_receipts: list[dict[str, Any]],
                   pending: dict[str, _Pending], reemit: dict[str, _Emit],

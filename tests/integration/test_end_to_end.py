@@ -141,3 +141,64 @@ def test_redis_memory_is_reported(env):
         time.sleep(1)
     assert found and float(found.group(1)) > 0
     assert re.search(r"^clearance_redis_maxmemory_bytes 0\.0$", text, re.MULTILINE)
+
+
+def test_dead_letters_are_listed_shown_masked_and_replayed_once(env):
+    from confluent_kafka import Producer
+
+    from streams import deadletter
+    from streams.simulator import to_json
+
+    rnd = random.Random(8)
+    refused, lost = make_order(990003, rnd, prefix="DLQ"), make_order(990004, rnd, prefix="DLQ")
+    buyer_id = refused.docs["311"][0]["buyerIdNumber"]
+    pub = Publisher(env.settings, "json", batch=1)
+    # A platform's order sent on the payment topic: the worker refuses it (wrong_topic).
+    pub.send_raw("411", "DLQSENDER", to_json("311", [refused.docs["311"]]))
+    pub.flush()
+    # An order dead-lettered by a bug of ours (internal_error), written as the worker writes it.
+    order_topic = env.topic(registry.ORDER)
+    producer = Producer(env.settings.librdkafka_config())
+    producer.produce(env.topic(registry.DEADLETTER), key=f"{order_topic}:0",
+                     value=deadletter.record(order_topic, 0, 12345, int(time.time() * 1000), b"AA",
+                                             to_json("311", [lost.docs["311"]]), "internal_error", "-9",
+                                             "internal error: KeyError", "Unknown", int(time.time() * 1000)))
+    # And one that claims to come from an output topic: never replayed there.
+    producer.produce(env.topic(registry.DEADLETTER), key="x",
+                     value=deadletter.record(env.topic(registry.RELEASE), 0, 1, 0, None, b"{}", "internal_error",
+                                             "-9", "internal error", "Unknown", 0))
+    producer.flush(10)
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        letters = list(deadletter.read(env.settings))
+        mine = [d for d in letters if d.key == b"DLQSENDER"]
+        if mine:
+            break
+        time.sleep(0.5)
+    assert mine and mine[0].record["reason"] == "wrong_topic"
+    listed = env.cli("deadletter", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert mine[0].id in listed.stdout and "wrong_topic" in listed.stdout and "2 internal_error" in listed.stdout
+    shown = env.cli("deadletter", "show", mine[0].id)
+    assert refused.order_no in shown.stdout and "***" in shown.stdout and buyer_id not in shown.stdout
+    assert buyer_id in env.cli("deadletter", "show", mine[0].id, "--reveal").stdout
+
+    hostile = [d for d in letters if d.record["source"]["topic"] == env.topic(registry.RELEASE)]
+    out = env.cli("deadletter", "replay", hostile[0].id)
+    assert out.returncode == 1 and "not an inbound topic" in out.stdout
+    assert env.cli("deadletter", "replay", "--reason", "internal_error", "--source", "ceb.import.order",
+                   "--dry-run").stdout.startswith("would replay 1 ")
+    # Its other three documents arrive and wait for it (replay within the match timeout, 4 s here).
+    for t in ("411", "511", "621"):
+        pub.send_raw(t, "AA", to_json(t, [lost.docs[t]]))
+    pub.flush()
+    out = env.cli("deadletter", "replay", "--reason", "internal_error", "--source", "ceb.import.order")
+    assert out.returncode == 0 and out.stdout.startswith("replayed 1 "), out.stdout + out.stderr
+    records = Reader(env, registry.DECISIONS).read_until(
+        lambda r: any(lost.order_no.encode() in v for _, v in r), timeout=60)
+    decided = [d for d in decisions_of(records) if d["orderNo"] == lost.order_no]
+    assert [d["status"] for d in decided] == [lost.expected_status], decided
+    assert not decided[0].get("missing")
+    again = env.cli("deadletter", "replay", "--reason", "internal_error", "--source", "ceb.import.order")
+    assert again.stdout.startswith("replayed 0 ") and "1 replayed before" in again.stdout
