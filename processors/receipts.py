@@ -92,6 +92,17 @@ def conflict_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> 
                             "the first stays authoritative", now_ms, pre_no=_pre_no_placeholder(doc, now_ms))
 
 
+def waybill_taken_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:
+    """A list naming a waybill that another order's list named first. The other
+    order is not named: it may be another platform's."""
+    h = doc["head"]
+    return document_receipt(doc, meta, "100",
+                            f"清单申报失败: waybill {h.get('logisticsCode', '')}/{h.get('logisticsNo', '')} is "
+                            "already named by the list of another order; the first list keeps it. Check the "
+                            "logisticsNo, or have the other list changed or deleted first", now_ms,
+                            pre_no=_pre_no_placeholder(doc, now_ms))
+
+
 def _pre_no_placeholder(doc: dict[str, Any], now_ms: int) -> str:
     # Before a decision there is no assigned preNo; the 622 schema still needs 18 chars.
     return str(doc["head"].get("preNo") or f"B{cst_stamp(now_ms, 8)}000000000")

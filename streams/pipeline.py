@@ -250,6 +250,9 @@ class Pipeline:
         if status == "C":
             m.DUPLICATES.labels("conflict").inc()
             out_receipts.append(receipts.conflict_receipt(d.doc, d.meta, now))
+        elif status == "O":
+            m.ERRORS.labels("waybill_taken").inc()
+            out_receipts.append(receipts.waybill_taken_receipt(d.doc, d.meta, now))
         elif status == "D":
             decision = orjson.loads(reply[1])
             if d.app in ("2", "3"):  # a change or delete of a decided order

@@ -78,7 +78,8 @@ end
 # the slot bucket of orderNo, so one call stays in one hash slot.
 #
 # The join: a 621 writes its order key as the waybill key's 'owner' (the first
-# list to name a waybill owns it) and notes the waybill key in the order
+# list to name a waybill owns it; a list of another order that names it later
+# is refused, 'O') and notes the waybill key in the order
 # ('w'); a waybill found waiting there moves into the order. A 511 whose
 # waybill key has an owner goes to that order; one without waits under its own
 # key, in the pending set like an order, and times out alone if no list ever
@@ -89,7 +90,8 @@ end
 # body's SHA-1 (hex; computed by the worker, whose SHA-1 is several times
 # cheaper than the script's and does not take Redis's one thread) and appType.
 # Per document, one flat reply for the whole call (match_replies() splits it):
-# 'A' new, 'S' identical duplicate, 'C' conflicting duplicate, 'D', dec
+# 'A' new, 'S' identical duplicate, 'C' conflicting duplicate, 'O' a list
+# naming a waybill another order's list named first (refused), 'D', dec
 # already decided, 'M', key, first, docs... complete (also when an identical
 # duplicate finds all four present and no decision yet: how a crash between
 # match and decision recovers), 'R', key, dec, first, docs... decided but
@@ -124,11 +126,11 @@ local function leave(k)
   waiting[k], gone[k] = nil, true
 end
 
--- Order k's list names waybill key w: k becomes its owner unless another
--- list named it first, and a waybill waiting there moves into k (its fields
--- are added to `set`, which the caller writes to k with its own document).
-local function claim(k, w, seen, set)
-  local wb = redis.call('HMGET', w, 'owner', 'dec', 'd511', 'm511', 'h511')
+-- Order k's list names waybill key w, which no other list owns (wb: w's
+-- owner, dec, d511, m511, h511): k becomes its owner, and a waybill waiting
+-- there moves into k (its fields are added to `set`, which the caller writes
+-- to k with its own document).
+local function claim(k, w, seen, set, wb)
   if wb[1] and wb[1] ~= k then return end
   if wb[2] or seen[5] or not wb[3] then
     if not wb[1] then redis.call('HSET', w, 'owner', k) end
@@ -140,6 +142,15 @@ local function claim(k, w, seen, set)
   seen[5] = wb[5]
   mine[k .. '511'], mine[w .. '511'] = mine[w .. '511'], nil
   leave(w)
+end
+
+-- Another order's list owns waybill key w? (Its fields are kept for claim():
+-- every list that joins a waybill key reads it here first.)
+local wbs = {}
+local function taken(k, w)
+  local wb = redis.call('HMGET', w, 'owner', 'dec', 'd511', 'm511', 'h511')
+  wbs[w] = wb
+  return wb[1] and wb[1] ~= k
 end
 
 -- The list of order k no longer names waybill key w: the waybill goes back
@@ -205,6 +216,10 @@ for i = 1, (#KEYS - 1) / 2 do
     end
   elseif cur and cur ~= digest and app ~= '2' then
     out[#out + 1] = 'C'
+  elseif t == '621' and seen[7] ~= aux and taken(k, aux) and cur ~= digest then
+    -- The waybill this list names is another order's (its list came first):
+    -- refused, stored nowhere, rather than left to time out waiting for it.
+    out[#out + 1] = 'O'
   else
     -- New, an identical copy, or a change (appType 2) replacing the stored one.
     -- A list that names a waybill key its order has not noted yet joins the
@@ -231,7 +246,7 @@ for i = 1, (#KEYS - 1) / 2 do
     seen[at] = digest
     if joins then
       if seen[7] then release(k, seen[7], seen) end
-      claim(k, aux, seen, set)
+      claim(k, aux, seen, set, wbs[aux])
       redis.call('HSET', k, unpack(set))
     end
     if seen[3] and seen[4] and seen[5] and seen[6] then
@@ -665,7 +680,7 @@ class Scripts:
         self.finalize = _script(redis, FINALIZE)
 
 
-_MATCH_WIDTH = {b"A": 1, b"S": 1, b"C": 1, b"X": 1, b"N": 1, b"L": 1, b"D": 2, b"M": 11, b"R": 12}
+_MATCH_WIDTH = {b"A": 1, b"S": 1, b"C": 1, b"O": 1, b"X": 1, b"N": 1, b"L": 1, b"D": 2, b"M": 11, b"R": 12}
 
 
 def match_replies(flat: list[Any]) -> list[list[Any]]:

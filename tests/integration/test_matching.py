@@ -396,6 +396,33 @@ def test_two_platforms_may_use_one_order_number(redis_url):
     assert again.decisions() == [] and {r["returnStatus"] for r in receipts_of(again)} == {"800", "120"}
 
 
+def test_a_list_naming_a_waybill_another_order_holds_is_refused_at_once(redis_url):
+    # Platform B's list names platform A's waybill (same orderNo): A's list
+    # named it first and keeps it. B's list gets a 100 receipt now instead of
+    # its order waiting for a waybill it cannot get; A's order is untouched.
+    from prometheus_client import REGISTRY
+
+    def taken() -> float:
+        return REGISTRY.get_sample_value("clearance_errors_total", {"reason": "waybill_taken"}) or 0.0
+
+    a = order(32)
+    b = other_platform(a, "4601XXXXZZ", "ZT0000000032")
+    b.docs["621"][0].update(logisticsNo=a.logistics_no, logisticsCode=a.docs["621"][0]["logisticsCode"])
+    before = taken()
+    by_type = {t: i for i, t in enumerate(a.docs)}
+    sink = run_pipeline(redis_url, [doc_records(a, ["311", "621"]), [doc_records(b)[by_type["621"]]],
+                                    doc_records(a, ["411", "511"])])
+    (d,) = sink.decisions()
+    assert (d["ebpCode"], d["status"]) == ("4601XXXXAA", 800)
+    assert taken() == before + 1
+    (refused,) = [r for r in receipts_of(sink) if r["returnStatus"] == "100"]
+    assert refused["entity"] == "InventoryReturn" and refused["ebpCode"] == "4601XXXXZZ"
+    assert a.logistics_no in refused["returnInfo"] and "another order" in refused["returnInfo"]
+    assert "4601XXXXAA" not in refused["returnInfo"]  # the other platform is not named
+    r = redis.Redis.from_url(redis_url)
+    assert not r.exists(state.order_key("4601XXXXZZ", b.order_no))
+
+
 def test_a_waybill_no_list_names_times_out_on_its_own(redis_url):
     # The list names another logisticsNo than the waybill carries: the order
     # waits for the waybill its list named, and the waybill for a list that

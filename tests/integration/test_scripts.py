@@ -173,9 +173,16 @@ def test_two_platforms_with_one_order_number_are_two_orders_joined_to_their_own_
     # complete, undecided order gives the order again (crash recovery).
     assert match(("511", b"w1", "1", "", "W1"))[0][:2] == [b"M", k1.encode()]
     assert match(("511", b"w1 changed", "1", "", "W1")) == [[b"C"]]
-    # A third platform's list naming W1 does not take it: its order waits.
-    assert match(("621", b"l3", "1", "E3", "W1")) == [[b"A"]]
+    # A third platform's list naming W1 does not take it: refused, stored
+    # nowhere, rather than left waiting for a waybill it will never get.
+    k3 = match.order("E3")
+    assert match(("311", b"o3", "1", "E3"), ("621", b"l3", "1", "E3", "W1")) == [[b"A"], [b"O"]]
     assert r.hget(w1, "owner").decode() == k1 and r.hget(k1, "d511") == b"w1"
+    assert set(r.hkeys(k3)) == {b"first", b"d311", b"m311", b"h311"} and r.zscore(match.pending, k3) == NOW
+    # Refused again when replayed, or sent as a change; a corrected list (its own waybill) is taken.
+    assert match(("621", b"l3", "1", "E3", "W1"), ("621", b"l3'", "2", "E3", "W1")) == [[b"O"], [b"O"]]
+    assert match(("621", b"l3", "1", "E3", "W3")) == [[b"A"]]
+    assert r.hget(match.waybill("W3"), "owner").decode() == k3 and r.hget(k3, "d621") == b"l3"
     # Confirmed, E1's order expires, and the waybill key that points to it with it.
     assert r.register_script(state.CONFIRM)(keys=[match.pending, k1, w1], args=[60]) == 1
     assert 0 < r.ttl(k1) <= 60 and 0 < r.ttl(w1) <= 60 and r.hget(k1, "d511") is None
