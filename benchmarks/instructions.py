@@ -2,6 +2,10 @@
 time on a shared machine drifts by ±20 % between runs (benchmarks/README.md),
 so two versions of the code compare to a fraction of a percent.
 
+rules   each step of deciding a complete order, per order (4 documents), pure
+        functions without Redis: compare, facts (with the tax), evaluate
+        (compare + facts + the rule set's conditions), observations (risk
+        counters to update), quota (ledger reservations), decision (the record)
 decode  decoding alone (ceb.decode: parse, validate, fields as dicts), and for
         XML its parts: lxml's parse, the XSD validation, the dicts from the
         tree (each part's count includes what it needs before it)
@@ -25,7 +29,7 @@ same workload on the same binaries fewer instructions is less CPU.
 
 Needs valgrind (Debian: apt-get install valgrind).
 
-Usage: python -m benchmarks.instructions [--orders 200] [--rules spine|FILE] [--parts decode,worker,redis]
+Usage: python -m benchmarks.instructions [--orders 200] [--rules spine|FILE] [--parts decode,rules,worker,redis]
                                          [--format json|xml]
                                          [--redis-workloads pipeline,match,observe,calls]
 """
@@ -185,6 +189,40 @@ def decode_run(stage: str, orders: int, fmt: str) -> None:
             ceb.xml_documents(root.findall(f"{{{ceb.NS}}}{kind.wrapper or kind.head}"), kind)
 
 
+RULE_STEPS = ("compare", "facts", "evaluate", "observations", "quota", "decision")
+
+
+def rules_run(step: str, orders: int, rules_arg: str) -> None:
+    """The measured program for one step of deciding an order, over `orders`
+    complete orders (pure functions: no Redis; risk counters absent, i.e. 0)."""
+    from processors import compare, features
+    from processors.documents import normalise
+    from processors.rules import Case
+    from streams.app import tune_gc
+    from topics import ceb
+
+    rules = _rules(rules_arg)
+    by_order: dict[str, dict[str, Any]] = {}
+    for batch in make_batches(MAX_ORDERS):  # decoded in full in every run: a constant
+        for rec in batch:
+            for raw in ceb.decode(rec.value or b"").documents:
+                doc = normalise(raw.kind, raw.head, raw.lines, b"k")
+                by_order.setdefault(doc["head"]["orderNo"], {})[raw.kind] = doc
+    cases = [(Case(docs, 0, 0, 0), "clr:o:{o00}:" + no) for no, docs in list(by_order.items())[:orders]]
+    hits = compare.compare(cases[0][0])
+    run: Callable[[Case, str], Any] = {
+        "compare": lambda c, k: compare.compare(c),
+        "facts": lambda c, k: features.facts(c, rules.reference),
+        "evaluate": lambda c, k: rules.evaluate(c),
+        "observations": lambda c, k: rules.observations(c, k),
+        "quota": lambda c, k: rules.quota_requests(c, k),
+        "decision": lambda c, k: decide.build_decision(c, k, hits, rules.version, "1" * 18, "2" * 18, 0),
+    }[step]
+    tune_gc()
+    for case, key in cases:
+        run(case, key)
+
+
 def _counted(argv: list[str]) -> int:
     out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
                           sys.executable, "-m", "benchmarks.instructions", *argv],
@@ -202,6 +240,12 @@ def _per_document(orders: int, argv: Callable[[int], list[str]]) -> float:
         raise SystemExit(f"--orders between 100 and {MAX_ORDERS // 3}")
     orders -= orders % 100  # whole batches of 100 orders
     return (_counted(argv(3 * orders)) - _counted(argv(orders))) / (4 * 2 * orders)
+
+
+def rules_instructions(orders: int, rules_arg: str) -> dict[str, float]:
+    """Per order (4 documents), each step of deciding it."""
+    return {step: 4 * _per_document(orders, lambda n: ["--rules-run", step, str(n), "--rules", rules_arg])
+            for step in RULE_STEPS}
 
 
 def decode_instructions(orders: int, fmt: str) -> dict[str, float]:
@@ -232,6 +276,7 @@ def main() -> None:
     ap.add_argument("--redis-workloads", default="pipeline,match,observe")
     ap.add_argument("--worker-run", nargs=2, metavar=("ORDERS", "REDIS_URL"), help=argparse.SUPPRESS)
     ap.add_argument("--decode-run", nargs=2, metavar=("STAGE", "ORDERS"), help=argparse.SUPPRESS)
+    ap.add_argument("--rules-run", nargs=2, metavar=("STEP", "ORDERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker_run:
         worker_run(int(args.worker_run[0]), args.worker_run[1], args.rules, args.format)
@@ -239,12 +284,18 @@ def main() -> None:
     if args.decode_run:
         decode_run(args.decode_run[0], int(args.decode_run[1]), args.format)
         return
+    if args.rules_run:
+        rules_run(args.rules_run[0], int(args.rules_run[1]), args.rules)
+        return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     parts = args.parts.split(",")
     if "decode" in parts:
         for stage, per_doc in decode_instructions(args.orders, args.format).items():
             print(f"decode    {per_doc:10,.0f} instructions per document ({args.format}: {stage})", flush=True)
+    if "rules" in parts:
+        for step, per_order in rules_instructions(args.orders, args.rules).items():
+            print(f"rules     {per_order:10,.0f} instructions per order ({step})", flush=True)
     if "worker" in parts:
         per_doc = worker_instructions(args.orders, args.rules, args.format)
         print(f"worker    {per_doc:10,.0f} instructions per document ({args.format}; {args.orders:,} and "
