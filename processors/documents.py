@@ -56,15 +56,27 @@ def resident_id_valid(number: str) -> bool:
     return _ID_CHECK[total % 11] == number[17].upper()
 
 
-def normalise(doc_type: str, head: dict[str, Any], lines: list[dict[str, Any]], key: bytes) -> Document:
-    """Drop empty fields and replace personal data by keyed hashes."""
+def normalise(doc_type: str, head: dict[str, Any], lines: list[dict[str, Any]], key: bytes,
+              memo: dict[str, str] | None = None) -> Document:
+    """Drop empty fields and replace personal data by keyed hashes.
+
+    `memo` (clear value -> hash) lets the documents of one batch share hashes:
+    an order's four documents repeat the buyer, payer and consignee (~16
+    personal fields, ~6 distinct values). The caller keeps it for one batch
+    only, so clear values are held no longer than the batch that carries them."""
     # Empty optional fields are rare: copy in C, filter only when there is one.
     out_head = {k: v for k, v in head.items() if v} if "" in head.values() else dict(head)
     for name in PII_FIELDS & out_head.keys():
         value = out_head[name]
         if name in ID_FIELDS:
             out_head[name + "Valid"] = resident_id_valid(value)
-        out_head[name] = pii_hash(value, key)
+        if memo is None:
+            out_head[name] = pii_hash(value, key)
+            continue
+        hashed = memo.get(value)
+        if hashed is None:
+            hashed = memo[value] = pii_hash(value, key)
+        out_head[name] = hashed
     out_lines = [{k: v for k, v in line.items() if v} if "" in line.values() else dict(line) for line in lines]
     return {"type": doc_type, "head": out_head, "lines": out_lines}
 

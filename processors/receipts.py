@@ -64,8 +64,10 @@ APP_TEXT = {"1": "新增", "2": "变更", "3": "删除"}  # appType: add, change
 
 def arrival_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:
     h = doc["head"]
+    # Only a list's receipt carries a preNo.
     return document_receipt(doc, meta, ACCEPTED, f"{APP_TEXT.get(h.get('appType'), '新增')}申报成功"
-                            f"[{h.get('guid', '')}]", now_ms, pre_no=_pre_no_placeholder(doc, now_ms))
+                            f"[{h.get('guid', '')}]", now_ms,
+                            pre_no=_pre_no_placeholder(doc, now_ms) if doc["type"] in LIST_DOCS else "")
 
 
 def nothing_to_delete_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:

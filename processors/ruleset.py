@@ -46,6 +46,16 @@ OPS: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
     "contains_any": ("list", lambda a, b: bool(set(a) & set(b))),
 }
 UNARY = {"is_true", "is_false", "not_empty", "empty"}
+# The leaf `fact op constant` written out, for each operator of OPS that has a
+# direct spelling (tests/unit/test_ruleset.py checks they agree with OPS).
+_INLINE: dict[str, Callable[[str, Any], Callable[[dict[str, Any]], Any]]] = {
+    "eq": lambda n, c: lambda f: f[n] == c, "ne": lambda n, c: lambda f: f[n] != c,
+    "gt": lambda n, c: lambda f: f[n] > c, "ge": lambda n, c: lambda f: f[n] >= c,
+    "lt": lambda n, c: lambda f: f[n] < c, "le": lambda n, c: lambda f: f[n] <= c,
+    "in": lambda n, c: lambda f: f[n] in c, "not_in": lambda n, c: lambda f: f[n] not in c,
+    "is_true": lambda n, _c: lambda f: f[n] is True, "is_false": lambda n, _c: lambda f: f[n] is False,
+    "not_empty": lambda n, _c: lambda f: bool(f[n]), "empty": lambda n, _c: lambda f: not f[n],
+}
 ID_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 REASON_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 CODE_RE = re.compile(r"^-\d{4,6}$")
@@ -227,7 +237,7 @@ def _compile(cond: Any, params: dict[str, Any], where: str, used: list[str]) -> 
         if "value" in cond:
             raise _fail(where + ".value", f"operator {op!r} takes no value")
         used.append(fact)
-        return lambda f: fn(f[fact], None)
+        return _INLINE[op](fact, None)
     if "value" not in cond:
         raise _fail(where + ".value", f"operator {op!r} needs a value")
     value = cond["value"]
@@ -238,7 +248,13 @@ def _compile(cond: Any, params: dict[str, Any], where: str, used: list[str]) -> 
         raise _fail(where + ".value", f"operator {op!r} needs a list")
     operand = _operand(value, params, where + ".value")
     used.append(fact)
-    return lambda f: fn(f[fact], operand(f))
+    if isinstance(value, dict) and "fact" in value:
+        return lambda f: fn(f[fact], operand(f))
+    # A literal or a parameter is the same for every order: bound once, and the
+    # comparison written out (OPS's functions say the same; a call per leaf less).
+    const = operand({})
+    inline = _INLINE.get(op)
+    return inline(fact, const) if inline else lambda f: fn(f[fact], const)
 
 
 @dataclass(frozen=True)

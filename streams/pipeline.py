@@ -153,9 +153,11 @@ class Pipeline:
         out_receipts: list[dict[str, Any]] = []
         docs: list[_Doc] = []
         counts: Counter[tuple[str, str]] = Counter()
+        pii_memo: dict[str, str] = {}  # this batch's personal values -> their hashes (normalise)
         for rec in records:
             m.RECORDS.labels(rec.topic).inc()
-            docs.extend(self._decode(rec, now, out_receipts, counts))
+            docs.extend(self._decode(rec, now, out_receipts, counts, pii_memo))
+        pii_memo.clear()
         m.BATCH_RECORDS.observe(len(records))
         after_docs = [d for d in docs if d.doc["type"] in AFTER_TYPES]
         if after_docs:
@@ -204,7 +206,7 @@ class Pipeline:
             self.next_offset[tp] = max(self.next_offset.get(tp, 0), rec.offset + 1)
 
     def _decode(self, rec: InRecord, now: int, out_receipts: list[dict[str, Any]],
-                counts: Counter[tuple[str, str]]) -> list[_Doc]:
+                counts: Counter[tuple[str, str]], pii_memo: dict[str, str] | None = None) -> list[_Doc]:
         spec = self.inbound.get(rec.topic)
         value = rec.value or b""
         try:
@@ -215,7 +217,7 @@ class Pipeline:
                     "src": f"{rec.topic}:{rec.partition}:{rec.offset}"}
             meta_raw = orjson.dumps(meta)
             for raw in msg.documents:
-                doc = normalise(raw.kind, raw.head, raw.lines, self.pii_key)
+                doc = normalise(raw.kind, raw.head, raw.lines, self.pii_key, pii_memo)
                 head = doc["head"]
                 key, aux = _keys(doc["type"], head, self.buckets)
                 out.append(_Doc(key, doc, meta, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), meta_raw,

@@ -507,6 +507,7 @@ def _check_dates(msg: DecodedMessage, now: float) -> None:
     appType is one of the three its documentation names."""
     # Fixed-width digit strings compare like the dates they spell.
     latest = datetime.fromtimestamp(now + FUTURE_TOLERANCE_S, _CST).strftime("%Y%m%d%H%M%S")
+    latest_of = {14: latest, 8: latest[:8]}
     for i, doc in enumerate(msg.documents, 1):
         app = doc.head.get("appType")
         if app is not None and app not in APP_TYPES:
@@ -519,7 +520,7 @@ def _check_dates(msg: DecodedMessage, now: float) -> None:
             if not _valid_date(text, length):
                 raise CebError(ERR_SCHEMA, "invalid_date", f"document {i}: {name} {text!r} is not a date "
                                f"({'YYYYMMDDhhmmss' if length == 14 else 'YYYYMMDD'})", KINDS[msg.kind].root)
-            if text > latest[:length]:
+            if text > latest_of[length]:
                 raise CebError(ERR_SCHEMA, "future_date", f"document {i}: {name} {text} is in the future",
                                KINDS[msg.kind].root)
 

@@ -15,3 +15,18 @@ def test_personal_values_are_masked_in_raw_text_of_either_form():
     # Malformed input keeps nothing shaped like an ID number, whatever it is called.
     assert mask_personal("{broken buyerIdNo=11010519491231002X logisticsNo=YT0000000000000001234")\
         == "{broken buyerIdNo=*** logisticsNo=YT0000000000000001234"
+
+
+def test_a_batch_memo_of_personal_hashes_changes_nothing_but_the_work():
+    from processors.documents import normalise
+
+    head = {"orderNo": "HN1", "buyerIdNumber": "11010519491231002X", "buyerName": "张三", "consignee": "张三",
+            "note": ""}
+    memo: dict[str, str] = {}
+    with_memo = normalise("311", head, [{"gnum": "1"}], b"k" * 32, memo)
+    assert with_memo == normalise("311", head, [{"gnum": "1"}], b"k" * 32)
+    assert with_memo["head"]["buyerName"] == with_memo["head"]["consignee"] != "张三"
+    assert with_memo["head"]["buyerIdNumberValid"] is True and "note" not in with_memo["head"]
+    assert len(memo) == 2  # the ID and the name, hashed once each
+    # Another key hashes differently even for a value seen before (the memo is per worker key and batch).
+    assert normalise("311", head, [], b"j" * 32)["head"]["buyerName"] != with_memo["head"]["buyerName"]

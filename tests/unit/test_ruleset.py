@@ -340,3 +340,27 @@ def test_comprehensive_tax_equals_exact_arithmetic_rounded_half_up():
     t = tax.comprehensive_tax([{"gnum": "1", "gcode": "x", "value": Decimal("1780.75"), "vat": Decimal("0.13"),
                                 "consumption": Decimal("0.3"), "mfn": Decimal(0)}], Decimal(0), Decimal(0), False)
     assert t["consumptionTax"] == "534.23"
+
+
+def test_written_out_conditions_agree_with_the_operators():
+    # A leaf comparing a fact with a constant is compiled to the comparison
+    # written out; it must say what OPS says, for every operator and value kind.
+    samples = {"number": [0, 1, 2.5, -1.0], "bool": [True, False], "string": ["a", "advanced", ""],
+               "list": [[], ["01012000"], ["a", "b"]]}
+    fact_of = {"number": "dutiable_price", "bool": "net_over_gross", "string": "ebp_credit", "list": "not_listed"}
+    for op, (kind, fn) in ruleset.OPS.items():
+        for fact_kind in ([kind] if kind != "any" else ["number", "string", "bool"]):
+            fact = fact_of[fact_kind]
+            for a in samples[fact_kind]:
+                if op in ruleset.UNARY:
+                    cases = [({"fact": fact, "op": op}, None)]
+                elif op == "contains_any":
+                    cases = [({"fact": fact, "op": op, "value": v}, v) for v in (["01012000", "x"], [])]
+                elif op in ("in", "not_in"):
+                    cases = [({"fact": fact, "op": op, "value": v}, v) for v in (samples[fact_kind][:2], [])]
+                else:
+                    cases = [({"fact": fact, "op": op, "value": v}, v) for v in samples[fact_kind]
+                             if not isinstance(v, bool) or kind != "number"]
+                for cond, b in cases:
+                    pred = ruleset._compile(cond, {}, "t", [])
+                    assert bool(pred({fact: a})) == bool(fn(a, b)), (op, a, b)
