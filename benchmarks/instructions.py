@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import glob
+import os
 import shutil
 import re
 import subprocess
@@ -198,7 +200,6 @@ def rules_run(step: str, orders: int, rules_arg: str) -> None:
     from processors import compare, features
     from processors.documents import normalise
     from processors.rules import Case
-    from streams.app import tune_gc
     from topics import ceb
 
     rules = _rules(rules_arg)
@@ -218,33 +219,38 @@ def rules_run(step: str, orders: int, rules_arg: str) -> None:
         "quota": lambda c, k: rules.quota_requests(c, k),
         "decision": lambda c, k: decide.build_decision(c, k, hits, rules.version, "1" * 18, "2" * 18, 0),
     }[step]
-    tune_gc()
+    # Steps are small (tens of thousands of instructions per order): a
+    # collection falling in one run and not the other would swamp them.
+    gc.collect()
+    gc.disable()
     for case, key in cases:
         run(case, key)
 
 
-def _counted(argv: list[str]) -> int:
+def _counted(argv: list[str], env: dict[str, str] | None = None) -> int:
     out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
                           sys.executable, "-m", "benchmarks.instructions", *argv],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
     if found is None:
         raise RuntimeError("cachegrind printed no instruction count:\n" + out.stderr[-2000:])
     return int(found.group(1).replace(",", ""))
 
 
-def _per_document(orders: int, argv: Callable[[int], list[str]]) -> float:
+def _per_document(orders: int, argv: Callable[[int], list[str]], env: dict[str, str] | None = None) -> float:
     """Instructions per document: runs of `orders` and 3 x `orders` orders differenced,
     so start-up, imports and test data cancel out."""
     if not 100 <= orders <= MAX_ORDERS // 3:
         raise SystemExit(f"--orders between 100 and {MAX_ORDERS // 3}")
     orders -= orders % 100  # whole batches of 100 orders
-    return (_counted(argv(3 * orders)) - _counted(argv(orders))) / (4 * 2 * orders)
+    return (_counted(argv(3 * orders), env) - _counted(argv(orders), env)) / (4 * 2 * orders)
 
 
 def rules_instructions(orders: int, rules_arg: str) -> dict[str, float]:
     """Per order (4 documents), each step of deciding it."""
-    return {step: 4 * _per_document(orders, lambda n: ["--rules-run", step, str(n), "--rules", rules_arg])
+    # One hash seed for both runs of a step: set and dict layouts then agree.
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    return {step: 4 * _per_document(orders, lambda n: ["--rules-run", step, str(n), "--rules", rules_arg], env)
             for step in RULE_STEPS}
 
 
