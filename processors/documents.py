@@ -9,8 +9,8 @@ makes on it is an equality, which a hash preserves, and nothing downstream
 from __future__ import annotations
 
 import hashlib
-import re
 import operator
+import re
 from typing import Any
 
 DOC_TYPES = ("311", "411", "511", "621")
