@@ -100,8 +100,10 @@ def read(settings: Settings, quiet_s: float = 1.0, timeout_s: float = 60.0) -> l
                     continue
                 last = time.monotonic()
                 try:
-                    rec = orjson.loads(msg.value())
+                    rec = orjson.loads(msg.value() or b"")
                 except orjson.JSONDecodeError:
+                    rec = None
+                if not isinstance(rec, dict) or not isinstance(rec.get("source", {}), dict):
                     rec = {"reason": "unreadable_dead_letter", "info": "not a dead-letter record"}
                 out.append(DeadLetter(msg.partition(), msg.offset(), rec))
                 if msg.offset() >= ends.get(msg.partition(), 0) - 1:

@@ -167,6 +167,7 @@ def test_dead_letters_are_listed_shown_masked_and_replayed_once(env):
     producer.produce(env.topic(registry.DEADLETTER), key="x",
                      value=deadletter.record(env.topic(registry.RELEASE), 0, 1, 0, None, b"{}", "internal_error",
                                              "-9", "internal error", "Unknown", 0))
+    producer.produce(env.topic(registry.DEADLETTER), key="junk", value=b"[1, 2]")  # not one of ours: listed as such
     producer.flush(10)
 
     deadline = time.monotonic() + 30
@@ -180,6 +181,7 @@ def test_dead_letters_are_listed_shown_masked_and_replayed_once(env):
     listed = env.cli("deadletter", "list")
     assert listed.returncode == 0, listed.stderr
     assert mine[0].id in listed.stdout and "wrong_topic" in listed.stdout and "2 internal_error" in listed.stdout
+    assert "1 unreadable_dead_letter" in listed.stdout
     shown = env.cli("deadletter", "show", mine[0].id)
     assert refused.order_no in shown.stdout and "***" in shown.stdout and buyer_id not in shown.stdout
     assert buyer_id in env.cli("deadletter", "show", mine[0].id, "--reveal").stdout
