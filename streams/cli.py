@@ -365,7 +365,7 @@ def cmd_deadletter(args: argparse.Namespace) -> None:
             print(text if args.reveal else mask_personal(text))
         return
     if not (args.reason or args.id or args.source or args.all):
-        sys.exit("replay what? name --reason, --id or --source, or --all")
+        sys.exit("replay what? name --reason, --source or dead-letter IDs (partition:offset), or --all")
     result = deadletter.replay(settings, chosen, state.sync_client_for(settings), again=args.again,
                                dry_run=args.dry_run)
     verb = "would replay" if args.dry_run else "replayed"
