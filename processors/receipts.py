@@ -64,15 +64,18 @@ APP_TEXT = {"1": "新增", "2": "变更", "3": "删除"}  # appType: add, change
 
 def arrival_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:
     h = doc["head"]
-    # Only a list's receipt carries a preNo.
     return document_receipt(doc, meta, ACCEPTED, f"{APP_TEXT.get(h.get('appType'), '新增')}申报成功"
-                            f"[{h.get('guid', '')}]", now_ms,
-                            pre_no=_pre_no_placeholder(doc, now_ms) if doc["type"] in LIST_DOCS else "")
+                            f"[{h.get('guid', '')}]", now_ms, pre_no=_undecided_pre_no(doc, now_ms))
+
+
+def refused_receipt(doc: dict[str, Any], meta: dict[str, Any], info: str, now_ms: int) -> Receipt:
+    """A 100 for a document refused before any decision (a list's carries the placeholder preNo)."""
+    return document_receipt(doc, meta, "100", info, now_ms, pre_no=_undecided_pre_no(doc, now_ms))
 
 
 def nothing_to_delete_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:
-    return document_receipt(doc, meta, "100", "删除申报失败: no document of this type and key was declared "
-                            "(or it was deleted already)", now_ms, pre_no=_pre_no_placeholder(doc, now_ms))
+    return refused_receipt(doc, meta, "删除申报失败: no document of this type and key was declared "
+                           "(or it was deleted already)", now_ms)
 
 
 def too_late_receipt(doc: dict[str, Any], meta: dict[str, Any], decision: dict[str, Any] | None,
@@ -89,20 +92,23 @@ def too_late_receipt(doc: dict[str, Any], meta: dict[str, Any], decision: dict[s
 
 def conflict_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:
     code = DUPLICATE_CODE[doc["type"]]
-    return document_receipt(doc, meta, "100",
-                            f"{code} 重复申报: a different document with the same key was declared first; "
-                            "the first stays authoritative", now_ms, pre_no=_pre_no_placeholder(doc, now_ms))
+    return refused_receipt(doc, meta, f"{code} 重复申报: a different document with the same key was declared "
+                           "first; the first stays authoritative", now_ms)
 
 
 def waybill_taken_receipt(doc: dict[str, Any], meta: dict[str, Any], now_ms: int) -> Receipt:
     """A list naming a waybill that another order's list named first. The other
     order is not named: it may be another platform's."""
     h = doc["head"]
-    return document_receipt(doc, meta, "100",
-                            f"清单申报失败: waybill {h.get('logisticsCode', '')}/{h.get('logisticsNo', '')} is "
-                            "already named by the list of another order; the first list keeps it. Check the "
-                            "logisticsNo, or have the other list changed or deleted first", now_ms,
-                            pre_no=_pre_no_placeholder(doc, now_ms))
+    return refused_receipt(doc, meta,
+                           f"清单申报失败: waybill {h.get('logisticsCode', '')}/{h.get('logisticsNo', '')} is "
+                           "already named by the list of another order; the first list keeps it. Check the "
+                           "logisticsNo, or have the other list changed or deleted first", now_ms)
+
+
+def _undecided_pre_no(doc: dict[str, Any], now_ms: int) -> str:
+    """The preNo of a receipt before any decision: only a list's receipt carries one."""
+    return _pre_no_placeholder(doc, now_ms) if doc["type"] in LIST_DOCS else ""
 
 
 def _pre_no_placeholder(doc: dict[str, Any], now_ms: int) -> str:
