@@ -10,6 +10,7 @@ network: a DOCTYPE is refused before parsing.
 """
 from __future__ import annotations
 
+import codecs
 import re
 import time
 import uuid
@@ -162,6 +163,26 @@ _SECURE_PARSER = etree.XMLParser(
     huge_tree=False, remove_comments=True, remove_pis=True,
 )
 _DOCTYPE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_XML_ENCODING = re.compile(rb"(?:\xef\xbb\xbf)?\s*<\?xml\s[^>]*?\bencoding\s*=\s*[\"']([^\"']*)")
+
+
+def _as_utf8(data: bytes) -> bytes:
+    """XML declared in another encoding (GBK, GB18030: legacy senders) as UTF-8,
+    its declaration changed to match, so that the scan for invisible characters,
+    which reads UTF-8, sees what the parser will (GB18030 can spell any of them)."""
+    declared = _XML_ENCODING.match(data)
+    if declared is None or declared.group(1).lower() in (b"utf-8", b"utf8"):
+        return data
+    name = declared.group(1)[:40].decode("ascii", "replace")
+    try:
+        text = data.decode(codecs.lookup(name).name)
+    except LookupError:
+        raise CebError(ERR_MALFORMED, "malformed_xml", f"XML declares an unknown encoding {name!r}") from None
+    except UnicodeDecodeError as exc:
+        raise CebError(ERR_MALFORMED, "malformed_xml", f"XML is not well-formed: not {name} ({exc})") from None
+    out = text.encode("utf-8")
+    declared = _XML_ENCODING.match(out)
+    return out if declared is None else out[:declared.start(1)] + b"UTF-8" + out[declared.end(1):]
 
 
 def _local(tag: Any) -> str:
@@ -442,24 +463,83 @@ def _canonical(fields: dict[str, str], decimals: tuple[str, ...]) -> dict[str, s
     return fields
 
 
-# Control and invisible format characters (zero-width, bidi overrides, BOM inside
-# text): never legitimate in a declaration, and the stuff of look-alike keys.
-# Searched in the UTF-8 bytes: U+200B–200F, U+202A–202E, U+2060–2064, U+FEFF.
-_INVISIBLE = re.compile(rb"\xe2\x80[\x8b-\x8f\xaa-\xae]|\xe2\x81[\xa0-\xa4]|\xef\xbb\xbf")
-_CONTROL_BYTES = bytes(range(0, 9)) + b"\x0b\x0c" + bytes(range(0x0e, 0x20)) + b"\x7f"
+# Characters never legitimate in a declaration, and the stuff of look-alike
+# keys and text that reads other than it is stored (Trojan Source,
+# CVE-2021-42574): Unicode's controls (Cc: NUL, the C0 and C1 sets, DEL) and
+# format characters (Cf: zero-width spaces and joiners, bidi marks, embeddings,
+# overrides and isolates, the BOM, the soft hyphen, tag characters, ...), and
+# the line and paragraph separators (Zl, Zp). Tab, LF and CR are layout.
+# Unicode 15.1's set; tests/unit/test_hostile_corpus.py checks it against
+# unicodedata. They are refused however they are spelt: raw UTF-8, a JSON
+# \u escape or an XML character reference (which the parser would turn into
+# the character itself).
+FORBIDDEN_RANGES = (
+    (0x0000, 0x0008), (0x000B, 0x000C), (0x000E, 0x001F), (0x007F, 0x009F), (0x00AD, 0x00AD),
+    (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891),
+    (0x08E2, 0x08E2), (0x180E, 0x180E), (0x200B, 0x200F), (0x2028, 0x202E), (0x2060, 0x2064),
+    (0x2066, 0x206F), (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD),
+    (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F),
+)
+FORBIDDEN_CHARS = frozenset(chr(c) for lo, hi in FORBIDDEN_RANGES for c in range(lo, hi + 1))
+_RAW_CONTROLS = bytes(c for c in range(0x80) if chr(c) in FORBIDDEN_CHARS)
+# The first UTF-8 byte of every forbidden character above U+007F. CJK text
+# (E3-E9) has none of them; full-width punctuation (EF) and quotes or dashes
+# (E2) do, and those are then looked at one by one.
+_LEAD_BYTES = bytes(sorted({ch.encode()[0] for ch in FORBIDDEN_CHARS if ord(ch) >= 0x80}))
+_SCANNED = _RAW_CONTROLS + _LEAD_BYTES
+# JSON escapes, read left to right so that an escaped backslash is not taken
+# for the start of an escape: \uXXXX (a surrogate pair with its partner) or
+# one character (\b and \f are controls).
+_JSON_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})(?:\\u([dD][c-fC-F][0-9a-fA-F]{2}))?|(.))", re.DOTALL)
+_CHAR_REF = re.compile(rb"&#(?:x([0-9a-fA-F]{1,8})|([0-9]{1,8}));")
 
 
-def _has_invisible(data: bytes) -> bool:
-    # C-speed prefilters; the regex runs only when a candidate byte sequence is there.
-    # A one-byte search is memchr: the lead bytes first (U+2xxx starts with E2, the
-    # BOM with EF; CJK text uses E3-E9), the two-byte sequences only if one is there.
-    if len(data.translate(None, _CONTROL_BYTES)) != len(data):
-        return True
-    if ((b"\xe2" in data and (b"\xe2\x80" in data or b"\xe2\x81" in data))
-            or (b"\xef" in data and b"\xef\xbb\xbf" in data)) and _INVISIBLE.search(data):
-        return True
-    return b"\\" in data and b"\\u" in data and _INVISIBLE_ESCAPED.search(data) is not None
-_INVISIBLE_ESCAPED = re.compile(rb"\\u(00[01][0-8bcefBCEF]|001[0-9a-fA-F]|007[fF]|200[b-fB-F]|202[a-eA-E]|206[0-4]|[fF][eE][fF][fF])")
+def _invisible(data: bytes, xml: bool) -> int | None:
+    """The first forbidden character found (its code point), else None."""
+    # One C pass (bytes.translate) finds the bytes a forbidden character can
+    # start with; escapes and references are looked for only where their
+    # introducer is (a memchr).
+    if len(data.translate(None, _SCANNED)) != len(data):
+        for c in _RAW_CONTROLS:
+            if c in data:
+                return c
+        found = _forbidden_utf8(data)
+        if found is not None:
+            return found
+    if xml:
+        if b"&#" in data:
+            for m in _CHAR_REF.finditer(data):
+                cp = int(m.group(1), 16) if m.group(1) else int(m.group(2))
+                if cp <= 0x10FFFF and chr(cp) in FORBIDDEN_CHARS:
+                    return cp
+    elif b"\\" in data:
+        for m in _JSON_ESCAPE.finditer(data):
+            if m.group(1) is None:
+                if m.group(3) in (b"b", b"f"):
+                    return 8 if m.group(3) == b"b" else 12
+                continue
+            cp = int(m.group(1), 16)
+            if m.group(2) and 0xD800 <= cp < 0xDC00:  # a surrogate pair
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (int(m.group(2), 16) - 0xDC00)
+            if chr(cp) in FORBIDDEN_CHARS:
+                return cp
+    return None
+
+
+def _forbidden_utf8(data: bytes) -> int | None:
+    """Each character that starts with one of the lead bytes, decoded and looked up.
+    In UTF-8 a byte from C2 up only ever starts a character."""
+    for lead in _LEAD_BYTES:
+        i = data.find(lead)
+        width = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+        while i >= 0:
+            ch = data[i:i + width].decode("utf-8", "replace")[:1]
+            if ch in FORBIDDEN_CHARS:
+                return ord(ch)
+            i = data.find(lead, i + 1)
+    return None
+
+
 DATE_FIELDS = {"appTime": 14, "payTime": 14, "declTime": 8, "ieDate": 8}  # YYYYMMDD[hhmmss]
 FUTURE_TOLERANCE_S = 24 * 3600
 
@@ -540,10 +620,15 @@ def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessag
                        f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
     head = data[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
     body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a leading BOM is allowed
-    if _has_invisible(body):
+    xml = head.startswith(b"<")
+    if xml:
+        data = body = _as_utf8(body)
+    found = _invisible(body, xml)
+    if found is not None:
         raise CebError(ERR_SCHEMA, "invisible_characters",
-                       "control or invisible Unicode characters (zero-width, bidi, NUL, ...) are not allowed")
-    msg = decode_xml(data, accepts) if head.startswith(b"<") else decode_json(data, accepts)
+                       f"control or invisible Unicode character U+{found:04X} is not allowed (controls, "
+                       "zero-width, bidi and other format characters, line separators)")
+    msg = decode_xml(data, accepts) if xml else decode_json(data, accepts)
     _check_dates(msg, time.time())
     return msg
 

@@ -129,6 +129,26 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
     ("key separator in logisticsNo (XML)", xdoc("511", {"logisticsNo": "YT1\x1fYT2"}), ("511",), "invisible_characters"),
     ("GBK bytes declared as UTF-8", xdoc("311").replace("示例".encode(), "示例".encode("gbk")), ("311",),
      "malformed_xml"),
+    # Spelt as an XML character reference, the parser would hand over the character itself.
+    ("zero-width space as a hex character reference", raw_order("&#x200B;"), ("311",), "invisible_characters"),
+    ("zero-width space as a decimal character reference", raw_order("&#8203;"), ("311",), "invisible_characters"),
+    ("bidi isolate as a character reference", raw_order("&#x2066;"), ("311",), "invisible_characters"),
+    ("DEL as a character reference", raw_order("&#127;"), ("311",), "invisible_characters"),
+    # Trojan Source (CVE-2021-42574) uses the isolates U+2066-2069 as well as the overrides.
+    ("bidi isolate in a name", jdoc("311", {"ebpName": "平台\u2067exe.gnp\u2069"}), ("311",), "invisible_characters"),
+    ("soft hyphen in orderNo (XML)", raw_order("\u00ad"), ("311",), "invisible_characters"),
+    ("C1 control NEL in orderNo", jdoc("311", {"orderNo": ORDER.order_no + "\u0085"}), ("311",),
+     "invisible_characters"),
+    ("line separator in an address", jdoc("311", {"consigneeAddress": "海口市\u2028龙华区"}), ("311",),
+     "invisible_characters"),
+    ("backspace as a JSON short escape", jdoc("311", {"orderNo": ORDER.order_no + "\b"}), ("311",),
+     "invisible_characters"),
+    ("tag character as an escaped surrogate pair", jdoc("311").replace(
+        ORDER.order_no.encode(), ORDER.order_no.encode() + b"\\udb40\\udc41"), ("311",), "invisible_characters"),
+    ("zero-width space in XML declared GB18030", xdoc("311", {"orderNo": ORDER.order_no + "\u200b"}).replace(
+        b'encoding="UTF-8"', b'encoding="GB18030"').decode().encode("gb18030"), ("311",), "invisible_characters"),
+    ("XML in an unknown encoding", xdoc("311").replace(b'encoding="UTF-8"', b'encoding="KLINGON"'), ("311",),
+     "malformed_xml"),
 ]
 
 
@@ -153,3 +173,23 @@ def test_xml_declared_in_gbk_is_read_as_gbk():
     data = xdoc("311").replace(b'encoding="UTF-8"', b'encoding="GBK"')
     data = data.decode("utf-8").encode("gbk")
     assert ceb.decode(data, ("311",)).documents[0].head["ebpName"] == ORDER.docs["311"][0]["ebpName"]
+
+
+@pytest.mark.parametrize("text", ["平台（海南）有限公司，自营", "海口市\u3000龙华区", "约翰·史密斯", "“正品”—保税仓…",
+                                  "¥100", "\u00a0", "𠀀", "C:\\bin\\file"])
+def test_ordinary_text_is_not_taken_for_invisible_characters(text):
+    # Full-width punctuation, the ideographic space, the middle dot of foreign
+    # names, quotes and dashes share lead bytes with forbidden characters; an
+    # escaped backslash before "b" or "f" is not a control.
+    for data in (jdoc("311", {"ebpName": text}), xdoc("311", {"ebpName": text})):
+        assert ceb.decode(data, ("311",)).documents[0].head["ebpName"] == text
+
+
+def test_the_forbidden_set_is_unicodes_controls_format_characters_and_separators():
+    import unicodedata
+
+    expected = {chr(c) for c in range(0x110000)
+                if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zl", "Zp") and chr(c) not in "\t\n\r"}
+    assert expected <= ceb.FORBIDDEN_CHARS
+    # The table is Unicode 15.1's; on an older unicodedata its newer entries are unassigned.
+    assert {unicodedata.category(ch) for ch in ceb.FORBIDDEN_CHARS - expected} <= {"Cn"}
