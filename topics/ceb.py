@@ -232,12 +232,13 @@ def xml_documents(wrappers: list[Any], kind: MessageKind) -> list[RawDocument]:
     # After validation the shape is known: the head first, then the lines.
     cut = len(NS) + 2
     head_dec, line_dec = decimal_names(kind.head), decimal_names(kind.lines)
+    head_int, line_int = int_names(kind.head), int_names(kind.lines)
     docs = []
     for w in wrappers:
         # A cancel (623) repeats its InvtCancel directly under the root.
         children = list(w) if kind.wrapper else [w]
-        head = _canonical({c.tag[cut:]: c.text or "" for c in children[0]}, head_dec)
-        lines = [_canonical({c.tag[cut:]: c.text or "" for c in line}, line_dec) for line in children[1:]]
+        head = _canonical({c.tag[cut:]: c.text or "" for c in children[0]}, head_dec, head_int)
+        lines = [_canonical({c.tag[cut:]: c.text or "" for c in line}, line_dec, line_int) for line in children[1:]]
         docs.append(RawDocument(kind.code, head, lines))
     return docs
 
@@ -453,14 +454,43 @@ def decimal_names(entity: str) -> tuple[str, ...]:
     return tuple(f.name for f in field_specs().get(entity, ()) if f.kind == "dec")
 
 
-def _canonical(fields: dict[str, str], decimals: tuple[str, ...]) -> dict[str, str]:
+@lru_cache(maxsize=None)
+def int_names(entity: str) -> tuple[str, ...]:
+    return tuple(f.name for f in field_specs().get(entity, ()) if f.kind == "int")
+
+
+def _canonical(fields: dict[str, str], decimals: tuple[str, ...], ints: tuple[str, ...]) -> dict[str, str]:
+    """XML numbers in the one spelling JSON's get. xs:decimal and xs:int collapse
+    whitespace and allow a sign and leading zeros, so " 1428.120", "+1" and
+    "01" are valid and must compare equal to "1428.12" and "1". The same
+    spellings recur (prices, "1", "0"): each is worked out once and remembered."""
     for name in decimals:
         text = fields.get(name)
         if text:
-            if text[0] == "-":
-                raise _negative(name, text)
-            fields[name] = canonical_decimal(text)
+            canonical = _XML_DECIMALS.get(text)
+            if canonical is None:
+                stripped = text.strip()
+                if stripped[:1] == "-":
+                    raise _negative(name, stripped)
+                canonical = _remember(_XML_DECIMALS, text, canonical_decimal(stripped))
+            fields[name] = canonical
+    for name in ints:
+        text = fields.get(name)
+        if text:
+            canonical = _XML_INTS.get(text)
+            fields[name] = canonical if canonical is not None else _remember(_XML_INTS, text, str(int(text)))
     return fields
+
+
+_XML_DECIMALS: dict[str, str] = {}  # spelling -> canonical text; only non-negative ones
+_XML_INTS: dict[str, str] = {}
+
+
+def _remember(memo: dict[str, str], spelling: str, canonical: str) -> str:
+    if len(memo) > 50_000:  # bounded: unique amounts must not grow it forever
+        memo.clear()
+    memo[spelling] = canonical
+    return canonical
 
 
 # Characters never legitimate in a declaration, and the stuff of look-alike

@@ -54,6 +54,26 @@ def test_decimals_are_canonical_across_forms():
     assert a == b.head["amountPaid"]
 
 
+@pytest.mark.parametrize("gnum,packno,amount", [("01", "+1", " 1428.12 "), ("+1", "001", "\n1428.120\t"),
+                                                 (" 1 ", " 1", "+1428.12")])
+def test_xml_numbers_in_any_xsd_spelling_decode_as_the_json_form_does(gnum, packno, amount):
+    # xs:int and xs:decimal collapse whitespace and allow a sign and leading
+    # zeros: "01", "+1" and " 1 " are the line number 1, as JSON's 1 or "1" is.
+    o = order(1)
+    for t, field, spelled in (("311", "gnum", gnum), ("511", "packNo", packno), ("411", "amountPaid", amount)):
+        head, lines = o.docs[t]
+        canonical = ceb.decode(to_json(t, [(head, lines)])).documents[0]
+        if field == "gnum":
+            lines = [dict(line, gnum=spelled) if line["gnum"] == "1" else line for line in lines]
+        else:
+            head = dict(head, **{field: spelled})
+        data = to_xml(t, [(head, lines)])
+        if spelled != spelled.strip():  # to_xml escapes text; whitespace goes in as written
+            assert spelled.encode() in data
+        got = ceb.decode(data).documents[0]
+        assert (got.head, got.lines) == (canonical.head, canonical.lines)
+
+
 def _error(data: bytes) -> ceb.CebError:
     with pytest.raises(ceb.CebError) as exc:
         ceb.decode(data)
