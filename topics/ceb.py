@@ -648,8 +648,11 @@ def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessag
     if len(data) > MAX_RECORD_BYTES:
         raise CebError(ERR_OVERSIZE, "record_too_large",
                        f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise CebError(ERR_MALFORMED, "not_utf8", "records are UTF-8 (XML may declare GBK or GB18030); "
+                       "this one starts with a UTF-16 byte order mark")
     head = data[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
-    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a leading BOM is allowed
+    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a leading BOM is allowed, in JSON too
     xml = head.startswith(b"<")
     if xml:
         data = body = _as_utf8(body)
@@ -658,7 +661,7 @@ def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessag
         raise CebError(ERR_SCHEMA, "invisible_characters",
                        f"control or invisible Unicode character U+{found:04X} is not allowed (controls, "
                        "zero-width, bidi and other format characters, line separators)")
-    msg = decode_xml(data, accepts) if xml else decode_json(data, accepts)
+    msg = decode_xml(data, accepts) if xml else decode_json(body, accepts)
     _check_dates(msg, time.time())
     return msg
 

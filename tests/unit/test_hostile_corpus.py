@@ -149,6 +149,9 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
         b'encoding="UTF-8"', b'encoding="GB18030"').decode().encode("gb18030"), ("311",), "invisible_characters"),
     ("XML in an unknown encoding", xdoc("311").replace(b'encoding="UTF-8"', b'encoding="KLINGON"'), ("311",),
      "malformed_xml"),
+    ("XML in UTF-16", xdoc("311").decode().replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16"),
+     ("311",), "not_utf8"),
+    ("JSON in UTF-16", jdoc("311").decode().encode("utf-16"), ("311",), "not_utf8"),
 ]
 
 
@@ -166,7 +169,9 @@ def test_hostile_input_is_refused_with_its_reason(name, data, accepts, reason):
 
 
 def test_a_leading_bom_is_fine():
+    # RFC 8259 lets a JSON reader ignore one; Windows tools write it.
     assert ceb.decode(b"\xef\xbb\xbf" + xdoc("411"), ("411",)).documents
+    assert ceb.decode(b"\xef\xbb\xbf" + jdoc("411"), ("411",)).documents == ceb.decode(jdoc("411")).documents
 
 
 def test_xml_declared_in_gbk_is_read_as_gbk():
