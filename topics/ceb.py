@@ -612,17 +612,40 @@ def _check_date(text: str, length: int) -> bool:
 APP_TYPES = frozenset({"1", "2", "3"})  # add, change, delete (the XSD says only: one character)
 
 
-def _check_dates(msg: DecodedMessage, now: float) -> None:
-    """What the schema cannot say: dates are real and not in the future, and
-    appType is one of the three its documentation names."""
+# The identifiers documents are matched and stored by. Padded with spaces
+# (" HN001", "HN001\u3000") one is another key that reads the same: the order
+# would wait for documents that name it unpadded and time out, saying nothing
+# of why. The schema's xs:string keeps the spaces, so they are refused here.
+KEY_FIELDS = ("orderNo", "ebpCode", "ebcCode", "payCode", "payTransactionId", "logisticsCode", "logisticsNo",
+              "agentCode", "copNo", "invtNo", "preNo")
+
+
+@lru_cache(maxsize=None)
+def _key_fields(code: str) -> tuple[str, ...]:
+    """The KEY_FIELDS a message type's head has."""
+    names = {f.name for f in field_specs().get(KINDS[code].head, ())}
+    return tuple(name for name in KEY_FIELDS if name in names)
+
+
+def _check_documents(msg: DecodedMessage, now: float) -> None:
+    """What the schema cannot say: dates are real and not in the future,
+    appType is one of the three its documentation names, and no identifier a
+    document is matched by starts or ends with a space."""
     # Fixed-width digit strings compare like the dates they spell.
     latest = datetime.fromtimestamp(now + FUTURE_TOLERANCE_S, _CST).strftime("%Y%m%d%H%M%S")
     latest_of = {14: latest, 8: latest[:8]}
+    keys = _key_fields(msg.kind)
     for i, doc in enumerate(msg.documents, 1):
-        app = doc.head.get("appType")
+        head = doc.head
+        app = head.get("appType")
         if app is not None and app not in APP_TYPES:
             raise CebError(ERR_SCHEMA, "invalid_app_type", f"document {i}: appType {app!r} is not 1 (add), "
                            "2 (change) or 3 (delete)", KINDS[msg.kind].root)
+        for name in keys:
+            value = head.get(name)
+            if value and value.strip() != value:
+                raise CebError(ERR_SCHEMA, "padded_identifier", f"document {i}: {name} {value!r} starts or ends "
+                               "with a space; identifiers are matched exactly", KINDS[msg.kind].root)
         for name, length in DATE_FIELDS.items():
             text = doc.head.get(name)
             if not text:
@@ -662,7 +685,7 @@ def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessag
                        f"control or invisible Unicode character U+{found:04X} is not allowed (controls, "
                        "zero-width, bidi and other format characters, line separators)")
     msg = decode_xml(data, accepts) if xml else decode_json(body, accepts)
-    _check_dates(msg, time.time())
+    _check_documents(msg, time.time())
     return msg
 
 

@@ -149,6 +149,12 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
         b'encoding="UTF-8"', b'encoding="GB18030"').decode().encode("gb18030"), ("311",), "invisible_characters"),
     ("XML in an unknown encoding", xdoc("311").replace(b'encoding="UTF-8"', b'encoding="KLINGON"'), ("311",),
      "malformed_xml"),
+    # A padded identifier is another key that reads the same.
+    ("orderNo with a leading space", jdoc("411", {"orderNo": " " + ORDER.order_no}), ("411",), "padded_identifier"),
+    ("logisticsNo with a trailing ideographic space (XML)", xdoc("511", {"logisticsNo": "YT1\u3000"}), ("511",),
+     "padded_identifier"),
+    ("ebpCode with a trailing tab (XML)", xdoc("621", {"ebpCode": ORDER.docs["621"][0]["ebpCode"] + "\t"}),
+     ("621",), "padded_identifier"),
     ("XML in UTF-16", xdoc("311").decode().replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16"),
      ("311",), "not_utf8"),
     ("JSON in UTF-16", jdoc("311").decode().encode("utf-16"), ("311",), "not_utf8"),
