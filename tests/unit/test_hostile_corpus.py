@@ -149,6 +149,17 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
         b'encoding="UTF-8"', b'encoding="GB18030"').decode().encode("gb18030"), ("311",), "invisible_characters"),
     ("XML in an unknown encoding", xdoc("311").replace(b'encoding="UTF-8"', b'encoding="KLINGON"'), ("311",),
      "malformed_xml"),
+    # A repeated member reads as its last value here and as its first elsewhere.
+    ("repeated member in a head", jdoc("411").replace(b'"amountPaid":', b'"amountPaid":"1","amountPaid":', 1),
+     ("411",), "duplicate_key"),
+    ("repeated member in a line", jdoc("311").replace(b'"qty":', b'"qty":"9","qty":', 1), ("311",), "duplicate_key"),
+    ("repeated head", jdoc("411")[:-1] + b',"PaymentHead":' + jdoc("411", {"amountPaid": "1"})[15:], ("411",),
+     "duplicate_key"),
+    ("repeated member, spaced and with a null elsewhere", jdoc("411").replace(
+        b'"amountPaid":', b'"note":null,"amountPaid" : "1", "amountPaid":', 1), ("411",), "duplicate_key"),
+    ("repeated member, an escaped colon elsewhere", jdoc("411").replace(
+        b'"amountPaid":', b'"amountPaid":"1","amountPaid":', 1).replace(b'"payName":"', b'"payName":"a\\u003a', 1),
+     ("411",), "duplicate_key"),
     # A padded identifier is another key that reads the same.
     ("orderNo with a leading space", jdoc("411", {"orderNo": " " + ORDER.order_no}), ("411",), "padded_identifier"),
     ("logisticsNo with a trailing ideographic space (XML)", xdoc("511", {"logisticsNo": "YT1\u3000"}), ("511",),
@@ -204,3 +215,15 @@ def test_the_forbidden_set_is_unicodes_controls_format_characters_and_separators
     assert expected <= ceb.FORBIDDEN_CHARS
     # The table is Unicode 15.1's; on an older unicodedata its newer entries are unassigned.
     assert {unicodedata.category(ch) for ch in ceb.FORBIDDEN_CHARS - expected} <= {"Cn"}
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.replace(b'"payName":"', b'"payName":"a:b\\u003ac ', 1),  # colons, one escaped, in a value
+    lambda d: d.replace(b'"payName":"', b'"note":null,"payName":"', 1),  # an explicit null
+    lambda d: orjson.dumps(orjson.loads(d), option=orjson.OPT_INDENT_2),  # pretty-printed
+    lambda d: d.replace(b'"payName":"', b'"payName":"\\\\u003a', 1),  # the text \u003a, not a colon
+])
+def test_records_without_a_repeated_member_decode(change):
+    data = change(jdoc("411"))
+    assert ceb.decode(data, ("411",)).documents[0].head["amountPaid"] == ceb.decode(jdoc("411")).documents[0].head[
+        "amountPaid"]
