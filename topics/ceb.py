@@ -558,7 +558,8 @@ def _remember(memo: dict[str, str], spelling: str, canonical: str) -> str:
 # format characters (Cf: zero-width spaces and joiners, bidi marks, embeddings,
 # overrides and isolates, the BOM, the soft hyphen, tag characters, ...), and
 # the line and paragraph separators (Zl, Zp). Tab, LF and CR are layout.
-# Unicode 15.1's set; tests/unit/test_hostile_corpus.py checks it against
+# Unicode 15.0's set (Python 3.11's unicodedata is 14.0, where U+13439-1343F
+# are unassigned); tests/unit/test_hostile_corpus.py checks it against
 # unicodedata. They are refused however they are spelt: raw UTF-8, a JSON
 # \u escape or an XML character reference (which the parser would turn into
 # the character itself).

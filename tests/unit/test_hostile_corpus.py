@@ -213,7 +213,7 @@ def test_the_forbidden_set_is_unicodes_controls_format_characters_and_separators
     expected = {chr(c) for c in range(0x110000)
                 if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zl", "Zp") and chr(c) not in "\t\n\r"}
     assert expected <= ceb.FORBIDDEN_CHARS
-    # The table is Unicode 15.1's; on an older unicodedata its newer entries are unassigned.
+    # The table is Unicode 15.0's; on an older unicodedata its newer entries are unassigned.
     assert {unicodedata.category(ch) for ch in ceb.FORBIDDEN_CHARS - expected} <= {"Cn"}
 
 
