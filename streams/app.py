@@ -25,6 +25,7 @@ from config.settings import Settings
 from streams import __version__
 from streams import metrics as m
 from streams import state
+from streams.auth import bearer_ok
 from streams.batching import overlapped, take_batches
 from streams.output import KafkaSink
 from streams.pipeline import InRecord, Pipeline
@@ -200,7 +201,7 @@ def create_app(settings: Settings) -> faust.App:
         token = os.environ.get("CLEARANCE_HTTP_TOKEN", "")
         if not token:
             return web.json({"error": "trace is disabled: set CLEARANCE_HTTP_TOKEN"}, status=403)
-        if request.headers.get("Authorization", "") != f"Bearer {token}":
+        if not bearer_ok(request.headers.get("Authorization"), token):
             return web.json({"error": "missing or wrong bearer token"}, status=401)
         from streams import trace
 
@@ -272,7 +273,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         token = os.environ.get("CLEARANCE_METRICS_TOKEN", "")
-        if token and request.headers.get("Authorization", "") != f"Bearer {token}":
+        if token and not bearer_ok(request.headers.get("Authorization"), token):
             return web.json({"error": "missing or wrong bearer token"}, status=401)
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

@@ -28,6 +28,7 @@ import orjson
 
 from config.settings import Settings
 from streams import state
+from streams.auth import bearer_ok
 from topics import registry
 
 log = logging.getLogger("clearance.gate")
@@ -142,7 +143,7 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1") -> ThreadingHTTPS
 
         def _authorised(self) -> bool:
             token = os.environ.get("CLEARANCE_GATE_TOKEN", "")
-            if token and self.headers.get("Authorization", "") != f"Bearer {token}":
+            if token and not bearer_ok(self.headers.get("Authorization"), token):
                 self._send(401, {"error": "missing or wrong bearer token"})
                 return False
             return True

@@ -142,3 +142,13 @@ def test_redis_memory_is_read_from_either_reply_form():
     assert memory_of({"used_memory": 1048576, "maxmemory": 0}) == (1048576, 0)
     assert memory_of({b"used_memory": b"2048", b"maxmemory": b"4096"}) == (2048, 4096)
     assert memory_of({}) == (0, 0)
+
+
+def test_bearer_tokens_match_exactly_whatever_the_header_holds():
+    from streams.auth import bearer_ok
+
+    assert bearer_ok("Bearer s3cret", "s3cret")
+    for header in (None, "", "s3cret", "Bearer s3cre", "Bearer s3cret ", "bearer s3cret", "Bearer s3cretX",
+                   "Bearer 秘密", "Bearer s3cr\udcff"):
+        assert not bearer_ok(header, "s3cret"), header
+    assert bearer_ok("Bearer 秘密", "秘密")  # any character, compared as bytes
