@@ -572,62 +572,62 @@ FORBIDDEN_RANGES = (
 )
 FORBIDDEN_CHARS = frozenset(chr(c) for lo, hi in FORBIDDEN_RANGES for c in range(lo, hi + 1))
 _RAW_CONTROLS = bytes(c for c in range(0x80) if chr(c) in FORBIDDEN_CHARS)
-# The first UTF-8 byte of every forbidden character above U+007F. CJK text
-# (E3-E9) has none of them; full-width punctuation (EF) and quotes or dashes
-# (E2) do, and those are then looked at one by one.
-_LEAD_BYTES = bytes(sorted({ch.encode()[0] for ch in FORBIDDEN_CHARS if ord(ch) >= 0x80}))
-_SCANNED = _RAW_CONTROLS + _LEAD_BYTES
-# JSON escapes, read left to right so that an escaped backslash is not taken
-# for the start of an escape: \uXXXX (a surrogate pair with its partner) or
-# one character (\b and \f are controls).
-_JSON_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})(?:\\u([dD][c-fC-F][0-9a-fA-F]{2}))?|(.))", re.DOTALL)
-_CHAR_REF = re.compile(rb"&#(?:x([0-9a-fA-F]{1,8})|([0-9]{1,8}));")
+_FORBIDDEN_TEXT = re.compile("[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in FORBIDDEN_RANGES) + "]")
 
 
-def _invisible(data: bytes, xml: bool) -> int | None:
-    """The first forbidden character found (its code point), else None."""
-    # One C pass (bytes.translate) finds the bytes a forbidden character can
-    # start with; escapes and references are looked for only where their
-    # introducer is (a memchr).
-    if len(data.translate(None, _SCANNED)) != len(data):
-        for c in _RAW_CONTROLS:
-            if c in data:
-                return c
-        found = _forbidden_utf8(data)
-        if found is not None:
-            return found
-    if xml:
-        if b"&#" in data:
-            for m in _CHAR_REF.finditer(data):
-                cp = int(m.group(1), 16) if m.group(1) else int(m.group(2))
-                if cp <= 0x10FFFF and chr(cp) in FORBIDDEN_CHARS:
-                    return cp
-    elif b"\\" in data:
-        for m in _JSON_ESCAPE.finditer(data):
-            if m.group(1) is None:
-                if m.group(3) in (b"b", b"f"):
-                    return 8 if m.group(3) == b"b" else 12
-                continue
-            cp = int(m.group(1), 16)
-            if m.group(2) and 0xD800 <= cp < 0xDC00:  # a surrogate pair
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (int(m.group(2), 16) - 0xDC00)
-            if chr(cp) in FORBIDDEN_CHARS:
-                return cp
+def _utf8_alternatives(tails: list[bytes]) -> bytes:
+    """A regex for any of `tails` (UTF-8 sequences), shared prefixes factored out."""
+    if all(len(t) == 1 for t in tails):
+        return b"[" + b"".join(re.escape(t) for t in sorted(tails)) + b"]"
+    by_first: dict[bytes, list[bytes]] = {}
+    for t in tails:
+        by_first.setdefault(t[:1], []).append(t[1:])
+    parts = [re.escape(first) + _utf8_alternatives(rest) for first, rest in sorted(by_first.items())]
+    return parts[0] if len(parts) == 1 else b"(?:" + b"|".join(parts) + b")"
+
+
+# Per first byte of the UTF-8 form of a forbidden character above U+007F, a
+# regex for the forbidden characters that start with it. CJK text (E3-E9) has
+# none of those bytes; full-width punctuation (EF) and quotes or dashes (E2)
+# do, and then only their own regex runs. Each is a C scan with a literal
+# first byte: a record made of nothing but such bytes costs tens of ms per
+# MiB, not a Python loop per character.
+_FAMILIES: tuple[tuple[int, Any], ...] = tuple(
+    (lead, re.compile(re.escape(bytes([lead])) + _utf8_alternatives(
+        [ch.encode()[1:] for ch in FORBIDDEN_CHARS if ord(ch) >= 0x80 and ch.encode()[0] == lead])))
+    for lead in sorted({ch.encode()[0] for ch in FORBIDDEN_CHARS if ord(ch) >= 0x80}))
+_SCANNED = _RAW_CONTROLS + bytes(lead for lead, _ in _FAMILIES)
+
+
+def _invisible(data: bytes) -> int | None:
+    """The first forbidden character in the raw bytes (its code point), else None."""
+    # One C pass (bytes.translate) finds the bytes a forbidden character can start with.
+    if len(data.translate(None, _SCANNED)) == len(data):
+        return None
+    for c in _RAW_CONTROLS:
+        if c in data:
+            return c
+    for lead, family in _FAMILIES:
+        if lead in data:
+            found = family.search(data)
+            if found is not None:
+                return ord(found.group().decode())
     return None
 
 
-def _forbidden_utf8(data: bytes) -> int | None:
-    """Each character that starts with one of the lead bytes, decoded and looked up.
-    In UTF-8 a byte from C2 up only ever starts a character."""
-    for lead in _LEAD_BYTES:
-        i = data.find(lead)
-        width = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
-        while i >= 0:
-            ch = data[i:i + width].decode("utf-8", "replace")[:1]
-            if ch in FORBIDDEN_CHARS:
-                return ord(ch)
-            i = data.find(lead, i + 1)
-    return None
+def _invisible_in_values(msg: DecodedMessage) -> int | None:
+    """A forbidden character the parser made from an escape (JSON \\u200b, \\b) or
+    a character reference (XML &#x200B;), found in the decoded text."""
+    parts = [msg.guid, msg.sender]
+    for doc in msg.documents:
+        parts += doc.head.values()
+        for line in doc.lines:
+            parts += line.values()
+    text = "".join(parts)
+    if text.isprintable():  # in C; false as well for spaces other than " " and for tab, LF, CR
+        return None
+    found = _FORBIDDEN_TEXT.search(text)
+    return None if found is None else ord(found.group())
 
 
 DATE_FIELDS = {"appTime": 14, "payTime": 14, "declTime": 8, "ieDate": 8}  # YYYYMMDD[hhmmss]
@@ -739,14 +739,22 @@ def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessag
     xml = head.startswith(b"<")
     if xml:
         data = body = _as_utf8(body)
-    found = _invisible(body, xml)
+    found = _invisible(body)
     if found is not None:
-        raise CebError(ERR_SCHEMA, "invisible_characters",
-                       f"control or invisible Unicode character U+{found:04X} is not allowed (controls, "
-                       "zero-width, bidi and other format characters, line separators)")
+        raise _invisible_error(found)
     msg = decode_xml(data, accepts) if xml else decode_json(body, accepts)
+    if (b"&#" if xml else b"\\") in body:  # a character reference or an escape may have made one
+        found = _invisible_in_values(msg)
+        if found is not None:
+            raise _invisible_error(found)
     _check_documents(msg, time.time())
     return msg
+
+
+def _invisible_error(code_point: int) -> CebError:
+    return CebError(ERR_SCHEMA, "invisible_characters",
+                    f"control or invisible Unicode character U+{code_point:04X} is not allowed (controls, "
+                    "zero-width, bidi and other format characters, line separators)")
 
 
 # --------------------------------------------------------------------------- receipts
