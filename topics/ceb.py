@@ -738,11 +738,11 @@ def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessag
     body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a leading BOM is allowed, in JSON too
     xml = head.startswith(b"<")
     if xml:
-        data = body = _as_utf8(body)
+        body = _as_utf8(body)
     found = _invisible(body)
     if found is not None:
         raise _invisible_error(found)
-    msg = decode_xml(data, accepts) if xml else decode_json(body, accepts)
+    msg = decode_xml(body, accepts) if xml else decode_json(body, accepts)
     if (b"&#" if xml else b"\\") in body:  # a character reference or an escape may have made one
         found = _invisible_in_values(msg)
         if found is not None:
