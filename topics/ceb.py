@@ -449,9 +449,7 @@ def _entity_dict(struct: Any, numeric: tuple[tuple[FieldSpec, dict[str, str]], .
             if spec.kind == "dec" and text[0] == "-":
                 raise _negative(spec.name, text)
             if value.__class__ is str:
-                if len(seen) > 50_000:  # bounded: unique amounts must not grow it forever
-                    seen.clear()
-                seen[value] = text
+                _remember(seen, value, text)
         out[spec.name] = text
     return out
 
