@@ -14,6 +14,7 @@ import codecs
 import json
 import re
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -674,6 +675,13 @@ APP_TYPES = frozenset({"1", "2", "3"})  # add, change, delete (the XSD says only
 # (" HN001", "HN001\u3000") one is another key that reads the same: the order
 # would wait for documents that name it unpadded and time out, saying nothing
 # of why. The schema's xs:string keeps the spaces, so they are refused here.
+# Spelt with a compatibility letter or digit (full-width "ＨＮ００１", the
+# ligature "ﬁ", circled or superscript digits, a CJK compatibility
+# ideograph) one reads as its plain twin to an officer and to every tool that
+# folds by NFKC, but is another key here: refused (_lookalike). Full-width
+# punctuation, which Chinese input methods type as a matter of course ("（一）"),
+# is left alone: it does not look like its ASCII twin. An ASCII identifier
+# (nearly all) costs one isascii().
 KEY_FIELDS = ("orderNo", "ebpCode", "ebcCode", "payCode", "payTransactionId", "logisticsCode", "logisticsNo",
               "agentCode", "copNo", "invtNo", "preNo")
 
@@ -685,10 +693,23 @@ def _key_fields(code: str) -> tuple[str, ...]:
     return tuple(name for name in KEY_FIELDS if name in names)
 
 
+def _lookalike(value: str) -> str:
+    """'X' -> 'Y' for the first compatibility letter or digit X of a value and
+    the plain Y it folds to under NFKC; "" if it has none."""
+    if unicodedata.normalize("NFKC", value) == value:
+        return ""
+    for c in value:
+        plain = unicodedata.normalize("NFKC", c)
+        if plain != c and plain.isalnum():
+            return f"{c!r} (U+{ord(c):04X}) for {plain!r}"
+    return ""
+
+
 def _check_documents(msg: DecodedMessage, now: float) -> None:
     """What the schema cannot say: dates are real and not in the future,
     appType is one of the three its documentation names, and no identifier a
-    document is matched by starts or ends with a space."""
+    document is matched by starts or ends with a space or is spelt in
+    compatibility characters."""
     # Fixed-width digit strings compare like the dates they spell.
     latest = datetime.fromtimestamp(now + FUTURE_TOLERANCE_S, _CST).strftime("%Y%m%d%H%M%S")
     latest_of = {14: latest, 8: latest[:8]}
@@ -701,9 +722,16 @@ def _check_documents(msg: DecodedMessage, now: float) -> None:
                            "2 (change) or 3 (delete)", KINDS[msg.kind].root)
         for name in keys:
             value = head.get(name)
-            if value and value.strip() != value:
+            if not value or value.isascii() and value.strip() == value:
+                continue
+            if value.strip() != value:
                 raise CebError(ERR_SCHEMA, "padded_identifier", f"document {i}: {name} {value!r} starts or ends "
                                "with a space; identifiers are matched exactly", KINDS[msg.kind].root)
+            twin = _lookalike(value)
+            if twin:
+                raise CebError(ERR_SCHEMA, "lookalike_identifier", f"document {i}: {name} {value!r} spells "
+                               f"{twin} in compatibility characters; identifiers are matched exactly, so send "
+                               "the plain form", KINDS[msg.kind].root)
         for name, length in DATE_FIELDS.items():
             text = doc.head.get(name)
             if not text:

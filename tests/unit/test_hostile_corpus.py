@@ -166,6 +166,15 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
      "padded_identifier"),
     ("ebpCode with a trailing tab (XML)", xdoc("621", {"ebpCode": ORDER.docs["621"][0]["ebpCode"] + "\t"}),
      ("621",), "padded_identifier"),
+    # Compatibility characters read as their plain twins but are other keys.
+    ("orderNo in full-width letters and digits", jdoc("411", {"orderNo": ORDER.order_no.translate(
+        {c: c + 0xFEE0 for c in range(0x21, 0x7F)})}), ("411",), "lookalike_identifier"),
+    ("one full-width digit in a logisticsNo (XML)", xdoc("511", {"logisticsNo": "YT１2345"}), ("511",),
+     "lookalike_identifier"),
+    ("a circled digit in payTransactionId", jdoc("411", {"payTransactionId": "PAY①"}), ("411",),
+     "lookalike_identifier"),
+    ("a CJK compatibility ideograph in ebcCode (XML)", xdoc("621", {"ebcCode": "4601\uf900"}), ("621",),
+     "lookalike_identifier"),
     ("XML in UTF-16", xdoc("311").decode().replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16"),
      ("311",), "not_utf8"),
     ("JSON in UTF-16", jdoc("311").decode().encode("utf-16"), ("311",), "not_utf8"),
@@ -183,6 +192,14 @@ def test_hostile_input_is_refused_with_its_reason(name, data, accepts, reason):
     assert exc.value.reason == reason, exc.value.info
     assert int(exc.value.status) < 0 and exc.value.info
     assert "root:" not in exc.value.info  # no file content ever leaks into a receipt
+
+
+def test_identifiers_in_chinese_are_plain_text():
+    # orderNo is C..60: a platform may number orders with Chinese text and the
+    # full-width punctuation Chinese input methods type; only compatibility
+    # letters and digits, which read as their plain twins, are refused.
+    for data in (jdoc("411", {"orderNo": "海南订单（一）001"}), xdoc("411", {"orderNo": "海南订单（一）001"})):
+        assert ceb.decode(data, ("411",)).documents[0].head["orderNo"] == "海南订单（一）001"
 
 
 def test_a_leading_bom_is_fine():
