@@ -43,6 +43,9 @@ class Settings:
     match_timeout_s: float = 1800.0
     # Decided orders stay in Redis this long so late duplicates are recognised.
     decided_ttl_s: int = 7 * 24 * 3600
+    # This processor's node id on the customs data exchange (DXP): the SenderId
+    # of receipts to senders that wrap their messages in DxpMsg (1-16 characters).
+    dxp_id: str = "DXPCLEARANCE0001"
     # Keyed hash for personal data (buyer/payer ID, names, phones, addresses).
     pii_key: str = "clearance-dev-key-change-me"
     # Slot buckets of the Redis keys (see streams/state.py); same on every worker.
@@ -96,6 +99,12 @@ class Settings:
         return conf
 
 
+def _dxp_id(value: str) -> str:
+    if not 1 <= len(value) <= 16 or not value.isascii() or not value.isalnum():
+        raise ValueError(f"CLEARANCE_DXP_ID must be 1-16 letters and digits (a DXP node id), not {value!r}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     e = os.environ if env is None else env
     return Settings(
@@ -116,6 +125,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         consumer_group=_env(e, "CLEARANCE_GROUP", "clearance-worker"),
         match_timeout_s=float(_env(e, "CLEARANCE_MATCH_TIMEOUT_S", "1800")),
         decided_ttl_s=int(_env(e, "CLEARANCE_DECIDED_TTL_S", str(7 * 24 * 3600))),
+        dxp_id=_dxp_id(_env(e, "CLEARANCE_DXP_ID", "DXPCLEARANCE0001")),
         pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
         redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),
         rules=_env(e, "CLEARANCE_RULES", ""),

@@ -229,6 +229,6 @@ class Aftercare:
                 m.DECISIONS.labels("800", "release", final["lane"]).inc()
         from topics import ceb
 
-        for key, value in ceb.encode_receipts(out_receipts):
+        for key, value in ceb.encode_receipts(out_receipts, self.p.settings.dxp_id):
             self.p.sink.produce(self.p.t_receipts, key, value)
         await self.p.sink.flush()

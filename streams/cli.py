@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> None:
     pb.add_argument("--orders", type=int, default=100)
     pb.add_argument("--start", type=int, default=0, help="first order sequence number")
     pb.add_argument("--seed", type=int, default=1)
-    pb.add_argument("--format", choices=["json", "xml"], default="json")
+    pb.add_argument("--format", choices=["json", "xml", "dxp"], default="json",
+                    help="dxp: CEB XML in the DxpMsg envelope of a terminal node")
     pb.add_argument("--batch", type=int, default=1, help="documents per record (1..100)")
     pb.add_argument("--duplicates", type=float, default=0.0, help="share of documents sent twice")
     pb.add_argument("--platforms", type=int, default=1, choices=[1, 2, 3],
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     d = sub.add_parser("demo", help="run everything embedded with live output")
     d.add_argument("--duration", type=float, default=60.0, help="seconds (Ctrl-C stops earlier)")
     d.add_argument("--rate", type=float, default=200.0, help="orders per second")
-    d.add_argument("--format", choices=["json", "xml", "mixed"], default="mixed")
+    d.add_argument("--format", choices=["json", "xml", "dxp", "mixed"], default="mixed")
     d.add_argument("--batch", type=int, default=20, help="documents per CEB message")
     d.add_argument("--workers", type=int, default=1)
     d.add_argument("--match-timeout", type=float, default=10.0)

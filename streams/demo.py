@@ -111,7 +111,7 @@ def run_demo(args: argparse.Namespace) -> int:
         procs.append(_spawn(["gate"], env, os.path.join(logdir, "gate.log")))
         watcher = DecisionWatcher(settings)
         watcher.start()
-        formats = ["json", "xml"] if args.format == "mixed" else [args.format]
+        formats = ["json", "xml", "dxp"] if args.format == "mixed" else [args.format]
         pubs = [Publisher(settings, f, args.batch, duplicate_rate=0.02) for f in formats]
         print("waiting for the worker to join its group ...", flush=True)
         _wait_ready(settings, stop)

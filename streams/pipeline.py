@@ -225,7 +225,7 @@ class Pipeline:
             counts[(msg.kind, msg.fmt)] += len(msg.documents)
             return out
         except ceb.CebError as exc:
-            self._reject(rec, exc.status, exc.reason, exc.info, exc.message_type, now, out_receipts)
+            self._reject(rec, exc.status, exc.reason, exc.info, exc.message_type, now, out_receipts, exc.envelope)
         except Exception as exc:  # a bug must not stop the stream: dead-letter the record
             log.exception("unexpected error decoding %s:%s:%s", rec.topic, rec.partition, rec.offset)
             self._reject(rec, "-9", "internal_error", f"internal error: {type(exc).__name__}", "Unknown",
@@ -233,14 +233,18 @@ class Pipeline:
         return []
 
     def _reject(self, rec: InRecord, status: str, reason: str, info: str, message_type: str, now: int,
-                out_receipts: list[dict[str, Any]]) -> None:
-        # The error receipt goes back in the form the sender used.
-        fmt = "xml" if (rec.value or b"")[:64].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<") else "json"
+                out_receipts: list[dict[str, Any]], envelope: ceb.Envelope | None = None) -> None:
+        # The error receipt goes back in the form the sender used: to the node
+        # that sent a DxpMsg, naming its CopMsgId, once the envelope was read.
+        value = rec.value or b""
+        fmt = "xml" if value[:64].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<") else "json"
+        if fmt == "xml" and (envelope is not None or b"DxpMsg" in value[:256]):
+            fmt = "dxp"
         m.ERRORS.labels(reason).inc()
         m.DEADLETTERS.labels(reason).inc()
-        sender = (rec.key or b"").decode("utf-8", "replace")[:64]
-        out_receipts.append(receipts.error_receipt(sender, fmt, status, info, message_type,
-                                                   f"{rec.topic}:{rec.partition}:{rec.offset}", now))
+        sender = envelope.sender_id if envelope else (rec.key or b"").decode("utf-8", "replace")[:64]
+        ori = envelope.cop_msg_id if envelope else f"{rec.topic}:{rec.partition}:{rec.offset}"
+        out_receipts.append(receipts.error_receipt(sender, fmt, status, info, message_type, ori, now))
         record = deadletter.record(rec.topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key, rec.value or b"",
                                    reason, status, info, message_type, now)
         self.sink.produce(self.t_deadletter, f"{rec.topic}:{rec.partition}", record)
@@ -440,7 +444,7 @@ class Pipeline:
                                   orjson.dumps(event))
             out_receipts.extend(receipts.decision_receipts(e.decision, e.docs, e.metas, now))
         receipt_counts = Counter((r["type"], r["body"]["returnStatus"]) for r in out_receipts)
-        for key, value in ceb.encode_receipts(out_receipts):
+        for key, value in ceb.encode_receipts(out_receipts, self.settings.dxp_id):
             self.sink.produce(self.t_receipts, key, value)
         await self.sink.flush()
         if len(after_pipe):
@@ -564,7 +568,7 @@ class Pipeline:
                                   for led in q.get("ledgers", [""])]
                 out_receipts.append(receipts.final_inventory_receipt(final, now))
                 m.DECISIONS.labels(str(final["status"]), final["outcome"], final["lane"]).inc()
-        for key, value in ceb.encode_receipts(out_receipts):
+        for key, value in ceb.encode_receipts(out_receipts, self.settings.dxp_id):
             self.sink.produce(self.t_receipts, key, value)
         await self.sink.flush()
         if len(after_pipe):

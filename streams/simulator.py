@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 import orjson
 
-from topics.ceb import KINDS, NS, field_specs
+from topics.ceb import DEFAULT_DXP_ID, KINDS, NS, dxp_wrap, field_specs
 
 SCENARIOS = {
     "ok": 0.80,
@@ -238,6 +238,18 @@ def to_xml(doc_type: str, docs: list[tuple[dict[str, str], list[dict[str, str]]]
     return "".join(parts).encode("utf-8")
 
 
+# The node a simulated sender's DxpMsg comes from (at most 16 characters), and
+# the receiving node it names: this processor's default (CLEARANCE_DXP_ID).
+def dxp_sender(doc_type: str) -> str:
+    return "DXP" + _SENDER[doc_type]
+
+
+def to_dxp(doc_type: str, docs: list[tuple[dict[str, str], list[dict[str, str]]]],
+           receiver: str = DEFAULT_DXP_ID) -> bytes:
+    """The CEB XML message of `to_xml` in the DxpMsg envelope of a terminal node."""
+    return dxp_wrap(to_xml(doc_type, docs), dxp_sender(doc_type), receiver, KINDS[doc_type].root)
+
+
 def to_json(doc_type: str, docs: list[tuple[dict[str, str], list[dict[str, str]]]]) -> bytes:
     kind = KINDS[doc_type]
     items = []
@@ -284,7 +296,7 @@ class Publisher:
                 self.producer.poll(0.05)
 
     def send(self, orders: list[GeneratedOrder]) -> None:
-        encode = to_xml if self.fmt == "xml" else to_json
+        encode = {"xml": to_xml, "dxp": to_dxp}.get(self.fmt, to_json)
         if self.batch <= 1:
             for o in orders:
                 types = list(o.docs)

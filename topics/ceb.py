@@ -10,6 +10,8 @@ network: a DOCTYPE is refused before parsing.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import json
 import re
@@ -31,6 +33,12 @@ NS = "http://www.chinaport.gov.cn/ceb"
 XS = "{http://www.w3.org/2001/XMLSchema}"
 XSD_DIR = Path(__file__).parent / "xsd"
 IMPORT_XSD = XSD_DIR / "ceb-import-202205.xsd"
+# The envelope a terminal node of the customs data exchange (DXP) wraps a CEB
+# message in: TransInfo names the message and its sender, Data holds the CEB
+# XML in Base64 (DOMAIN.md §1.1, "Three node levels").
+DXP_NS = "http://www.chinaport.gov.cn/dxp"
+DXP_XSD = XSD_DIR / "dxp-terminal-202205.xsd"
+DXP_ROOT = f"{{{DXP_NS}}}DxpMsg"
 
 MAX_DOCUMENTS = 100
 MAX_LINES = 99
@@ -66,6 +74,15 @@ ERR_HOSTILE = "-5"
 ERR_WRONG_TOPIC = "-6"
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """What a DxpMsg's TransInfo says of the message it carries."""
+
+    cop_msg_id: str  # the sender's id of the message: a CEB900 names it as oriCopMsgId
+    sender_id: str  # the sender's DXP node: receipts go back to it
+    msg_type: str  # e.g. CEB311Message; may be empty
+
+
 class CebError(Exception):
     """A message that cannot be accepted; carries the CEB900 status and a reason."""
 
@@ -75,6 +92,7 @@ class CebError(Exception):
         self.reason = reason
         self.info = info
         self.message_type = message_type
+        self.envelope: Envelope | None = None  # the DxpMsg the refused message came in, once read
 
 
 @dataclass
@@ -87,10 +105,11 @@ class RawDocument:
 @dataclass
 class DecodedMessage:
     kind: str
-    fmt: str  # "xml" or "json"
+    fmt: str  # "xml", "json" or "dxp" (CEB XML in a DxpMsg envelope)
     guid: str
-    sender: str  # BaseTransfer/copCode for XML, "" for JSON
+    sender: str  # BaseTransfer/copCode for XML, the envelope's SenderId for DXP, "" for JSON
     documents: list[RawDocument]
+    envelope: Envelope | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,12 @@ def import_schema() -> etree.XMLSchema:
     # access resolves it locally.
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     return etree.XMLSchema(etree.parse(str(IMPORT_XSD), parser))
+
+
+@lru_cache(maxsize=1)
+def dxp_schema() -> etree.XMLSchema:
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    return etree.XMLSchema(etree.parse(str(DXP_XSD), parser))
 
 
 @lru_cache(maxsize=1)
@@ -198,7 +223,10 @@ def _check_topic(kind: MessageKind, accepts: tuple[str, ...] | None) -> None:
                        kind.root)
 
 
-def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
+def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None,
+               envelope: Envelope | None = None) -> DecodedMessage:
+    """A CEB XML message, or a DxpMsg envelope around one (opened and its
+    message decoded in full). `envelope`: the one this message came in."""
     if b"<!" in data and _DOCTYPE.search(data):
         raise CebError(ERR_HOSTILE, "dtd_forbidden",
                        "DOCTYPE/ENTITY declarations are not allowed in CEB messages")
@@ -206,6 +234,11 @@ def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMe
         root = etree.fromstring(data, _SECURE_PARSER)
     except etree.XMLSyntaxError as exc:
         raise CebError(ERR_MALFORMED, "malformed_xml", f"XML is not well-formed: {exc}") from None
+    if root.tag == DXP_ROOT:
+        if envelope is not None:
+            raise CebError(ERR_SCHEMA, "envelope_invalid", "a DxpMsg's Data holds another DxpMsg; it must hold "
+                           "the CEB message itself")
+        return open_envelope(root, accepts)
     if root.tag.split("}")[0].lstrip("{") != NS:
         raise CebError(ERR_UNKNOWN_TYPE, "wrong_namespace",
                        f"root element {root.tag!r} is not in namespace {NS}")
@@ -227,6 +260,44 @@ def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMe
     cop = root.find(f"{{{NS}}}BaseTransfer/{{{NS}}}copCode")
     return DecodedMessage(kind.code, "xml", root.get("guid", ""), (cop.text or "") if cop is not None else "",
                           xml_documents(wrappers, kind))
+
+
+def open_envelope(root: Any, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
+    """The CEB message in a parsed DxpMsg: the envelope is validated against
+    its XSD, Data decoded from Base64 and the message in it decoded like any
+    record (every check, its own size limit). A refusal from here on carries
+    the envelope, so that its CEB900 goes back to the sender's node and names
+    its CopMsgId."""
+    schema = dxp_schema()
+    if not schema.validate(root):
+        err = schema.error_log.last_error
+        raise CebError(ERR_SCHEMA, "envelope_invalid",
+                       f"DxpMsg envelope fails its schema at line {err.line}: {err.message}")
+    info = root.find(f"{{{DXP_NS}}}TransInfo")
+    env = Envelope(*(info.findtext(f"{{{DXP_NS}}}{name}") or "" for name in ("CopMsgId", "SenderId", "MsgType")))
+    for value in env.__dict__.values():  # a character reference may have made one (receipts are keyed by SenderId)
+        found = None if value.isprintable() else _FORBIDDEN_TEXT.search(value)
+        if found is not None:
+            raise _invisible_error(ord(found.group()))
+    try:
+        # xs:base64Binary allows whitespace (senders wrap lines at 76); nothing else.
+        inner = base64.b64decode("".join((root.findtext(f"{{{DXP_NS}}}Data") or "").split()), validate=True)
+        if not inner.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+            raise CebError(ERR_SCHEMA, "envelope_invalid", "a DxpMsg's Data must hold a CEB XML message")
+        msg = decode(inner, accepts, env)
+        if env.msg_type and env.msg_type != KINDS[msg.kind].root:
+            raise CebError(ERR_SCHEMA, "envelope_mismatch", f"the envelope's MsgType {env.msg_type!r} is not "
+                           f"the message it carries ({KINDS[msg.kind].root})", KINDS[msg.kind].root)
+    except binascii.Error as exc:
+        err = CebError(ERR_SCHEMA, "envelope_invalid", f"a DxpMsg's Data is not Base64 ({exc})")
+        err.envelope = env
+        raise err from None
+    except CebError as exc:
+        exc.envelope = env
+        if exc.message_type == "Unknown" and env.msg_type in KIND_BY_ROOT:
+            exc.message_type = env.msg_type
+        raise
+    return msg
 
 
 def xml_documents(wrappers: list[Any], kind: MessageKind) -> list[RawDocument]:
@@ -749,11 +820,12 @@ def _negative(name: str, value: str) -> CebError:
     return CebError(ERR_SCHEMA, "negative_amount", f"{name} is negative ({value})")
 
 
-def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
+def decode(data: bytes, accepts: tuple[str, ...] | None = None, envelope: Envelope | None = None) -> DecodedMessage:
     """Decode one record: XML if it starts with '<' (after whitespace/BOM), else JSON.
 
     `accepts` lists the message types the record's topic takes; another type is
-    refused before its fields are looked at."""
+    refused before its fields are looked at. A DxpMsg envelope is opened and
+    the CEB message in it decoded (`envelope`: the one it came in)."""
     if len(data) > MAX_RECORD_BYTES:
         raise CebError(ERR_OVERSIZE, "record_too_large",
                        f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
@@ -768,12 +840,16 @@ def decode(data: bytes, accepts: tuple[str, ...] | None = None) -> DecodedMessag
     found = _invisible(body)
     if found is not None:
         raise _invisible_error(found)
-    msg = decode_xml(body, accepts) if xml else decode_json(body, accepts)
+    msg = decode_xml(body, accepts, envelope) if xml else decode_json(body, accepts)
+    if msg.envelope is not None and envelope is None:
+        return msg  # the message in the envelope was decoded, and checked, by the call that opened it
     if (b"&#" if xml else b"\\") in body:  # a character reference or an escape may have made one
         found = _invisible_in_values(msg)
         if found is not None:
             raise _invisible_error(found)
     _check_documents(msg, time.time())
+    if envelope is not None:
+        msg.fmt, msg.sender, msg.envelope = "dxp", envelope.sender_id, envelope
     return msg
 
 
@@ -789,11 +865,17 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def encode_receipts(receipts: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
+# Receipts to a DXP sender go out from this node id (CLEARANCE_DXP_ID).
+DEFAULT_DXP_ID = "DXPCLEARANCE0001"
+
+
+def encode_receipts(receipts: list[dict[str, Any]], dxp_id: str = DEFAULT_DXP_ID) -> list[tuple[str, bytes]]:
     """Group receipts per (sender, type, form) into CEB messages of ≤100 returns.
 
     XML receipts follow the XSD element order; JSON receipts are a list of
-    {"<Entity>": {...}} objects, the mirror of the inbound JSON form.
+    {"<Entity>": {...}} objects, the mirror of the inbound JSON form; a sender
+    that wrote DxpMsg envelopes gets its XML receipts in one, from `dxp_id` to
+    its node.
     """
     groups: dict[tuple[str, str, str, str], list[dict[str, str]]] = {}
     for r in receipts:
@@ -803,23 +885,41 @@ def encode_receipts(receipts: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
         for i in range(0, len(bodies), MAX_DOCUMENTS):
             chunk = bodies[i:i + MAX_DOCUMENTS]
             if fmt == "xml":
-                tags = _receipt_tags(entity)
-                parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<ceb:CEB{rtype}Message '
-                         f'guid="{str(uuid.uuid4()).upper()}" version="1.0" xmlns:ceb="{NS}">']
-                for body in chunk:
-                    parts.append(tags[0])
-                    for name, start, end in tags[1]:
-                        value = body.get(name)
-                        if value is not None:
-                            # Most values hold nothing to escape: checked before three replaces.
-                            parts += (start, _esc(value) if "&" in value or "<" in value or ">" in value
-                                      else value, end)
-                    parts.append(tags[2])
-                parts.append(f"</ceb:CEB{rtype}Message>")
-                out.append((to, "".join(parts).encode("utf-8")))
+                out.append((to, _xml_receipts(rtype, entity, chunk)))
+            elif fmt == "dxp":
+                out.append((to, dxp_wrap(_xml_receipts(rtype, entity, chunk), dxp_id, to, f"CEB{rtype}Message")))
             else:
                 out.append((to, orjson.dumps([{entity: b} for b in chunk])))
     return out
+
+
+def _xml_receipts(rtype: str, entity: str, bodies: list[dict[str, str]]) -> bytes:
+    tags = _receipt_tags(entity)
+    parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<ceb:CEB{rtype}Message '
+             f'guid="{str(uuid.uuid4()).upper()}" version="1.0" xmlns:ceb="{NS}">']
+    for body in bodies:
+        parts.append(tags[0])
+        for name, start, end in tags[1]:
+            value = body.get(name)
+            if value is not None:
+                # Most values hold nothing to escape: checked before three replaces.
+                parts += (start, _esc(value) if "&" in value or "<" in value or ">" in value else value, end)
+        parts.append(tags[2])
+    parts.append(f"</ceb:CEB{rtype}Message>")
+    return "".join(parts).encode("utf-8")
+
+
+def dxp_wrap(message: bytes, sender_id: str, receiver_id: str, msg_type: str, cop_msg_id: str = "") -> bytes:
+    """A CEB XML message in a DxpMsg envelope, as a terminal node sends it.
+    Node ids are at most 16 characters (the XSD); a longer or empty receiver
+    (a sender that could not be identified) is cut or named "unknown"."""
+    stamp = datetime.now(_CST).strftime("%Y-%m-%dT%H:%M:%S")
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<dxp:DxpMsg ver="1.0" xmlns:dxp="{DXP_NS}"><dxp:TransInfo>'
+            f"<dxp:CopMsgId>{_esc(cop_msg_id or str(uuid.uuid4()).upper())}</dxp:CopMsgId>"
+            f"<dxp:SenderId>{_esc(sender_id[:16])}</dxp:SenderId><dxp:ReceiverIds><dxp:ReceiverId>"
+            f"{_esc(receiver_id[:16] or 'unknown')}</dxp:ReceiverId></dxp:ReceiverIds>"
+            f"<dxp:CreatTime>{stamp}</dxp:CreatTime><dxp:MsgType>{_esc(msg_type)}</dxp:MsgType></dxp:TransInfo>"
+            f"<dxp:Data>{base64.b64encode(message).decode('ascii')}</dxp:Data></dxp:DxpMsg>").encode("utf-8")
 
 
 @lru_cache(maxsize=None)

@@ -1,6 +1,7 @@
 """End to end on the real embedded broker and Redis with real worker processes."""
 from __future__ import annotations
 
+import base64
 import random
 import re
 import time
@@ -11,7 +12,7 @@ import redis
 from lxml import etree
 
 from streams import state
-from streams.simulator import Publisher, generate, make_order
+from streams.simulator import Publisher, dxp_sender, generate, make_order, to_xml
 from tests.integration.worker import Env, Reader
 from topics import ceb, registry
 
@@ -71,6 +72,52 @@ def test_xml_and_json_traffic_gets_exact_decisions_releases_and_receipts(env):
         assert ceb.import_schema().validate(root)
     statuses_622 = [s for v in xml_622 for s in re.findall(rb"<ceb:returnStatus>(\d+)<", v)]
     assert b"800" in statuses_622 and b"2" in statuses_622
+
+
+def test_dxp_envelopes_are_opened_decided_and_answered_in_envelopes(env):
+    # Terminal nodes of the customs data exchange send CEB XML in a DxpMsg; the
+    # receipts go back to each sender's node in one, and a refused message's
+    # CEB900 names the CopMsgId it came with.
+    orders = list(generate(40, seed=21, prefix="DXPE2E"))
+    pub = Publisher(env.settings, "dxp", batch=20)
+    pub.send(orders)
+    bad = ceb.dxp_wrap(to_xml("311", [orders[0].docs["311"]]), "DXPBADNODE000001", env.settings.dxp_id,
+                       "CEB411Message", cop_msg_id="E2E-MISMATCH-1")
+    pub.send_raw("311", "anything", bad)
+    pub.flush()
+
+    records = Reader(env, registry.DECISIONS).read_until(
+        lambda r: sum(b"DXPE2E" in v for _, v in r) >= len(orders), timeout=90)
+    decisions = {d["decisionId"]: d for d in decisions_of(records) if d["orderNo"].startswith("DXPE2E")}
+    assert len(decisions) == len(orders)
+    for o in orders:
+        assert decisions[f"{o.ebp_code}:{o.order_no}"]["status"] == o.expected_status
+
+    nodes = {dxp_sender(t) for t in ("311", "411", "511", "621")} | {"DXPBADNODE000001"}
+    got = [(k, v) for k, v in Reader(env, registry.RECEIPTS).drain() if k in nodes]
+    assert {k for k, _ in got} == nodes
+    inner_by_type: dict[str, list] = {}
+    for key, v in got:
+        root = etree.fromstring(v, etree.XMLParser(resolve_entities=False, no_network=True))
+        assert ceb.dxp_schema().validate(root)
+        t = "{%s}TransInfo/{%s}" % (ceb.DXP_NS, ceb.DXP_NS)
+        assert root.findtext(t + "SenderId") == env.settings.dxp_id
+        assert root.findtext(t + "ReceiverIds/{%s}ReceiverId" % ceb.DXP_NS) == key
+        inner = etree.fromstring(base64.b64decode(root.findtext("{%s}Data" % ceb.DXP_NS)),
+                                 etree.XMLParser(resolve_entities=False, no_network=True))
+        assert ceb.import_schema().validate(inner)
+        assert root.findtext(t + "MsgType") == ceb._local(inner.tag)
+        inner_by_type.setdefault(ceb._local(inner.tag), []).append((key, inner))
+    assert {"CEB312Message", "CEB412Message", "CEB512Message", "CEB622Message", "CEB900Message"} <= set(inner_by_type)
+    released = sum(o.expected_status == 800 for o in orders)
+    statuses_622 = [e.text for _, i in inner_by_type["CEB622Message"] for e in i.iter("{%s}returnStatus" % ceb.NS)]
+    assert statuses_622.count("800") == released
+    [(key, error)] = inner_by_type["CEB900Message"]
+    assert key == "DXPBADNODE000001"
+    assert error.findtext(".//{%s}oriCopMsgId" % ceb.NS) == "E2E-MISMATCH-1"
+    assert "MsgType" in error.findtext(".//{%s}returnInfo" % ceb.NS)
+    dead = [orjson.loads(v) for _, v in Reader(env, registry.DEADLETTER).drain(1.0)]
+    assert "envelope_mismatch" in [d["reason"] for d in dead]
 
 
 def test_personal_data_never_leaves_in_clear(env):
