@@ -281,7 +281,9 @@ class Publisher:
         self.fmt, self.batch, self.duplicate_rate = fmt, batch, duplicate_rate
         self.rng = random.Random(seed)
         conf = settings.librdkafka_config()
-        conf.update({"linger.ms": "5", "compression.type": "lz4", "batch.num.messages": "10000"})
+        # A closed idle connection (the demo stopping its broker) is not news.
+        conf.update({"linger.ms": "5", "compression.type": "lz4", "batch.num.messages": "10000",
+                     "log.connection.close": "false"})
         self.producer = Producer(conf)
         self.topics = {t: registry.topic_name(registry.sender_topic(t), settings) for t in KINDS}
         self.sent: dict[str, int] = {t: 0 for t in KINDS}
