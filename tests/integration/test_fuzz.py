@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from streams.pipeline import Pipeline
 from tests.helpers import CaptureSink, doc_records, order, record, settings_for
-from topics import registry
+from streams.simulator import to_xml
+from topics import ceb, registry
 
 HEADS = ["OrderHead", "PaymentHead", "LogisticsHead", "InventoryHead", "InvtCancel", "InvtRefundHead"]
 TYPES = ["311", "411", "511", "621", "623", "625"]
@@ -43,6 +44,10 @@ hostile = st.one_of(
     mutated_document(),
     st.tuples(st.sampled_from(TYPES), st.text(max_size=60).map(
         lambda s: f'<ceb:CEB311Message xmlns:ceb="http://www.chinaport.gov.cn/ceb">{s}</ceb:CEB311Message>'.encode())),
+    # DxpMsg envelopes: anything in Data, anything in TransInfo around a valid message.
+    st.binary(max_size=300).map(lambda b: ("311", ceb.dxp_wrap(b, "DXPFUZZ", "DXPCLEARANCE0001", "CEB311Message"))),
+    st.tuples(st.text(max_size=20), st.text(max_size=20), st.text(max_size=20)).map(
+        lambda t: ("311", ceb.dxp_wrap(to_xml("311", [base.docs["311"]]), t[0], t[1], t[2], cop_msg_id=t[2] or "x"))),
 )
 seq = itertools.count(100)
 
