@@ -30,7 +30,7 @@ same workload on the same binaries fewer instructions is less CPU.
 Needs valgrind (Debian: apt-get install valgrind).
 
 Usage: python -m benchmarks.instructions [--orders 200] [--rules spine|FILE] [--parts decode,rules,worker,redis]
-                                         [--format json|xml]
+                                         [--format json|xml|dxp]
                                          [--redis-workloads pipeline,match,observe,calls]
 """
 from __future__ import annotations
@@ -166,7 +166,7 @@ def worker_run(orders: int, url: str, rules_arg: str, fmt: str) -> None:
 
 MAX_ORDERS = 3000
 
-DECODE_STAGES = {"json": ("decode",), "xml": ("decode", "parse", "parse+validate", "parse+dicts")}
+DECODE_STAGES = {"json": ("decode",), "dxp": ("decode",), "xml": ("decode", "parse", "parse+validate", "parse+dicts")}
 
 
 def decode_run(stage: str, orders: int, fmt: str) -> None:
@@ -278,7 +278,8 @@ def main() -> None:
     ap.add_argument("--rules", default="config/rules/default.yaml",
                     help='"spine" (comparison + limits) or a rule-set file (default: the full rule set)')
     ap.add_argument("--parts", default="worker,redis")
-    ap.add_argument("--format", choices=["json", "xml"], default="json", help="of the worker's messages")
+    ap.add_argument("--format", choices=["json", "xml", "dxp"], default="json",
+                    help="of the worker's messages (dxp: XML in DxpMsg envelopes)")
     ap.add_argument("--redis-workloads", default="pipeline,match,observe")
     ap.add_argument("--worker-run", nargs=2, metavar=("ORDERS", "REDIS_URL"), help=argparse.SUPPRESS)
     ap.add_argument("--decode-run", nargs=2, metavar=("STAGE", "ORDERS"), help=argparse.SUPPRESS)

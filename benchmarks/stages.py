@@ -7,7 +7,7 @@ memory, timing each stage in process CPU µs per document.
 The collector is tuned as the worker tunes it (streams.app.tune_gc) unless
 --default-gc is given.
 
-Usage: python -m benchmarks.stages [--orders 4000] [--format json|xml] [--rules spine|FILE] [--default-gc]
+Usage: python -m benchmarks.stages [--orders 4000] [--format json|xml|dxp] [--rules spine|FILE] [--default-gc]
        [--redis-commands]
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from processors import decide, ruleset
 from processors.documents import normalise
 from streams import embedded, state
 from streams.pipeline import InRecord, Pipeline
-from streams.simulator import generate, to_json, to_xml
+from streams.simulator import generate, to_dxp, to_json, to_xml
 from topics import ceb, registry
 
 
@@ -42,7 +42,7 @@ class MemorySink:
 def make_batches(orders: int, fmt: str = "json", prefix: str = "HN") -> list[list[InRecord]]:
     """Consumed batches of four 100-document messages (one per type) for the same
     100 orders, all of them clean: every order completes and is released."""
-    enc = to_xml if fmt == "xml" else to_json
+    enc = {"xml": to_xml, "dxp": to_dxp}.get(fmt, to_json)
     generated = list(generate(orders, seed=1, mix={"ok": 1.0}, prefix=prefix))
     offset = 0
     batches: list[list[InRecord]] = []
@@ -60,7 +60,7 @@ def make_batches(orders: int, fmt: str = "json", prefix: str = "HN") -> list[lis
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--orders", type=int, default=4000)
-    ap.add_argument("--format", choices=["json", "xml"], default="json")
+    ap.add_argument("--format", choices=["json", "xml", "dxp"], default="json")
     ap.add_argument("--rules", default="spine",
                     help='"spine" (comparison + limits) or a rule-set file (e.g. config/rules/default.yaml)')
     ap.add_argument("--default-gc", action="store_true", help="leave Python's collector as it is")

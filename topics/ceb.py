@@ -268,6 +268,13 @@ def open_envelope(root: Any, accepts: tuple[str, ...] | None = None) -> DecodedM
     record (every check, its own size limit). A refusal from here on carries
     the envelope, so that its CEB900 goes back to the sender's node and names
     its CopMsgId."""
+    # The schema sees Data empty: libxml2 checks Base64 a character at a time
+    # (~0.6 ms for a 100-document message), the strict decoder below in C.
+    # Child elements, which Data may not have, stay for the schema to refuse.
+    data_el = root.find(f"{{{DXP_NS}}}Data")
+    data = "" if data_el is None else data_el.text or ""
+    if data_el is not None:
+        data_el.text = None
     schema = dxp_schema()
     if not schema.validate(root):
         err = schema.error_log.last_error
@@ -281,14 +288,17 @@ def open_envelope(root: Any, accepts: tuple[str, ...] | None = None) -> DecodedM
             raise _invisible_error(ord(found.group()))
     try:
         # xs:base64Binary allows whitespace (senders wrap lines at 76); nothing else.
-        inner = base64.b64decode("".join((root.findtext(f"{{{DXP_NS}}}Data") or "").split()), validate=True)
+        b64 = data.encode("ascii")
+        if b"\n" in b64 or b" " in b64 or b"\r" in b64 or b"\t" in b64:
+            b64 = b64.translate(None, b" \t\r\n")
+        inner = binascii.a2b_base64(b64, strict_mode=True)
         if not inner.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
             raise CebError(ERR_SCHEMA, "envelope_invalid", "a DxpMsg's Data must hold a CEB XML message")
         msg = decode(inner, accepts, env)
         if env.msg_type and env.msg_type != KINDS[msg.kind].root:
             raise CebError(ERR_SCHEMA, "envelope_mismatch", f"the envelope's MsgType {env.msg_type!r} is not "
                            f"the message it carries ({KINDS[msg.kind].root})", KINDS[msg.kind].root)
-    except binascii.Error as exc:
+    except (binascii.Error, UnicodeEncodeError) as exc:
         err = CebError(ERR_SCHEMA, "envelope_invalid", f"a DxpMsg's Data is not Base64 ({exc})")
         err.envelope = env
         raise err from None

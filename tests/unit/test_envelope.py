@@ -60,6 +60,10 @@ INNER = to_xml("311", [ORDER.docs["311"]])
 REFUSED = [
     ("MsgType names another message", envelope(INNER, "CEB411Message"), "envelope_mismatch"),
     ("Data is not Base64", envelope(b"", data="PD94bWwg*notbase64*"), "envelope_invalid"),
+    ("Data in Chinese", envelope(b"", data="数据"), "envelope_invalid"),
+    ("Data with characters after its padding", envelope(b"", data="PD94bQ==PD94"), "envelope_invalid"),
+    ("Data with an element inside", envelope(b"", data="PD94<dxp:X>bWwg</dxp:X>"), "envelope_invalid"),
+    ("Data empty", envelope(b"", data=""), "envelope_invalid"),
     ("Data holds JSON", envelope(b'{"OrderHead": {}}'), "envelope_invalid"),
     ("Data holds another envelope", envelope(envelope(INNER)), "envelope_invalid"),
     ("no SenderId", envelope(INNER).replace(b"<dxp:SenderId>DXPENT0000000001</dxp:SenderId>", b""),
