@@ -360,7 +360,7 @@ def cmd_deadletter(args: argparse.Namespace) -> None:
                   f"message type {r.get('messageType')}")
             print(f"  from {d.source}, rejected at {r.get('rejectedAt')}, key {d.key!r}")
             print(f"  info: {mask_personal(str(r.get('info', '')))}")
-            text = d.value.decode("utf-8", "replace")
+            text = deadletter.readable(d.value)
             # Personal data stays masked unless asked for: this output ends up in tickets.
             print(text if args.reveal else mask_personal(text))
         return

@@ -11,6 +11,8 @@ the same replay again sends nothing twice unless asked to.
 from __future__ import annotations
 
 import base64
+import binascii
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,29 @@ from topics import registry
 # which topic. It lives a little longer than the topic keeps its records.
 REPLAYED_TTL_MS = registry.DEADLETTER.retention_ms + 5 * 24 * 3600 * 1000
 REPLAY_HEADER = "clearance-replay-of"
+
+
+# The Data of a DxpMsg envelope: the message it carries, in Base64. Found by
+# pattern, not by parsing: a dead letter is often not well-formed.
+_DXP_DATA = re.compile(rb"(<(?:[\w.-]+:)?Data\b[^>]*>)([^<]*)(</(?:[\w.-]+:)?Data>)")
+
+
+def readable(value: bytes) -> str:
+    """A rejected record as text for an operator: the message inside a DxpMsg
+    envelope shown decoded after the envelope (so that personal data in it can
+    be masked like any other), Data that is not Base64 summarised."""
+    found = _DXP_DATA.search(value) if b"DxpMsg" in value[:256] else None
+    if found is None:
+        return value.decode("utf-8", "replace")
+    try:
+        inner = binascii.a2b_base64(found.group(2))
+    except binascii.Error:
+        inner = None
+    shown = value[:found.start(2)] + b"..." + value[found.end(2):]
+    text = shown.decode("utf-8", "replace")
+    if inner is None:
+        return text + f"\n[Data: {len(found.group(2))} characters, not Base64]"
+    return text + "\n[Data, decoded from Base64:]\n" + inner.decode("utf-8", "replace")
 
 
 def record(topic: str, partition: int, offset: int, timestamp_ms: int, key: bytes | None, value: bytes,

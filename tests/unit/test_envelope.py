@@ -139,3 +139,17 @@ def test_receipts_to_a_dxp_sender_go_back_in_an_envelope_that_validates():
     _, inner = _opened(encoded[dxp_sender("311")])
     assert ceb._local(inner.tag) == "CEB312Message"
     assert inner.findtext(f".//{{{ceb.NS}}}orderNo") == ORDER.order_no
+
+
+def test_a_dead_envelope_is_shown_opened_so_its_personal_data_is_masked():
+    from processors.documents import mask_personal
+    from streams.deadletter import readable
+
+    buyer_id = ORDER.docs["311"][0]["buyerIdNumber"]
+    record = envelope(INNER, "CEB411Message")
+    assert buyer_id.encode() not in record  # in Base64, where no mask would find it
+    text = readable(record)
+    assert buyer_id in text and "<dxp:MsgType>CEB411Message</dxp:MsgType>" in text
+    assert buyer_id not in mask_personal(text) and ORDER.order_no in mask_personal(text)
+    assert "not Base64" in readable(envelope(b"", data="PD9"))
+    assert readable(INNER) == INNER.decode()
