@@ -144,6 +144,8 @@ def run_demo(args: argparse.Namespace) -> int:
         _report(time.monotonic() - started, pubs, watcher, services.redis_url)
         watcher.stop_flag.set()
         watcher.join(5)
+        forms = ", ".join(f"{sum(p.sent.values())} {p.fmt}" for p in pubs)
+        print(f"documents sent as {forms} (dxp: CEB XML in DxpMsg envelopes)", flush=True)
         return _summary(expected, watcher)
     finally:
         _stop_procs(procs)
