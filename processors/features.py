@@ -50,6 +50,9 @@ FACTS: dict[str, tuple[str, str]] = {
     "all_advanced": ("bool", "platform, seller, payment and logistics companies are all advanced-certified"),
     "negative_listed": ("list", "enterprise codes on the negative list"),
     "unregistered": ("list", "enterprise codes of the order not in the enterprise register (reference data)"),
+    "sender_unverified": ("list", "documents whose sender is not who their BaseTransfer names (R13): the "
+                                  "data-exchange node that sent a DxpMsg is not its dxpId, or is not a node the "
+                                  "register lists for its copCode"),
     "random_draw": ("number", "uniform [0,1) drawn from the order number and the rule set's seed"),
     "buyer_orders_24h": ("number", "the buyer's decided orders in the last 24 h, this one included"),
     "buyer_amount_24h": ("number", "the buyer's dutiable amount in the last 24 h (CNY)"),
@@ -103,6 +106,31 @@ def observations(case: Case, order_key: str, ref: Reference) -> list[Observation
 def _credit(ref: Reference, code: Any) -> str:
     e = ref.enterprises.get(str(code or ""))
     return str(e["credit"]) if e else "unknown"
+
+
+def sender_unverified(metas: dict[str, dict[str, Any]], enterprises: dict[str, Any]) -> list[str]:
+    """R13, "the BaseTransfer copCode must match the client's identity", per
+    document (its arrival metadata): a message in a DxpMsg envelope was sent
+    by the envelope's SenderId, which the exchange authenticated, so its
+    BaseTransfer dxpId (the sender's exchange user, as the message says) must
+    be that node; and where the enterprise register lists the nodes of the
+    BaseTransfer copCode (column dxp_nodes), the node must be one of them
+    (for bare XML, the node the message names). JSON says neither: nothing to
+    check."""
+    out = []
+    for t, meta in sorted(metas.items()):
+        fmt = meta.get("fmt")
+        if fmt != "dxp" and fmt != "xml":
+            continue
+        named = str(meta.get("dxp") or "")
+        node = str(meta.get("snd") or "") if fmt == "dxp" else named
+        if fmt == "dxp" and named and named != node:
+            out.append(f"{t}: sent by node {node}, BaseTransfer dxpId {named}")
+        cop = str(meta.get("cop") or "")
+        nodes = (enterprises.get(cop) or {}).get("nodes")
+        if nodes and node not in nodes:
+            out.append(f"{t}: node {node or '(none)'} is not one of copCode {cop}'s")
+    return out
 
 
 # Facts the adapter supplies from the cross-order counters (0 when absent).
@@ -197,6 +225,7 @@ def facts(case: Case, ref: Reference) -> dict[str, Any]:
         "negative_listed": sorted(negative),
         # Without an enterprise register, nothing counts as unregistered.
         "unregistered": sorted(unregistered) if enterprises else [],
+        "sender_unverified": sender_unverified(case.metas, enterprises) if case.metas else [],
         "random_draw": draw,
         "_tax": computed,
     }

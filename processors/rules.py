@@ -62,6 +62,9 @@ class Case:
     complete_ms: int
     complete_record_ms: int
     features: dict[str, Any] = field(default_factory=dict)
+    # Per document type, how it arrived (form, sender, BaseTransfer): the
+    # worker's arrival metadata.
+    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class RuleSet(Protocol):

@@ -150,8 +150,12 @@ def _reference(doc: dict[str, Any]) -> Reference:
         w = f"reference.enterprises.rows[{i}]"
         if r["credit"] not in ("advanced", "general", "dishonest"):
             raise _fail(w + ".credit", f"must be advanced, general or dishonest, got {r['credit']!r}")
+        # The data-exchange nodes the enterprise sends from (R13; optional,
+        # separated by ";"): empty means not known, and nothing is checked.
+        nodes = frozenset(n.strip() for n in str(r.get("dxp_nodes") or "").split(";") if n.strip())
         enterprises[str(r["code"])] = {"credit": r["credit"],
-                                       "negative": str(r.get("negative_list", "0")).strip() in ("1", "true")}
+                                       "negative": str(r.get("negative_list", "0")).strip() in ("1", "true"),
+                                       "nodes": nodes}
     band = ref.get("near_limit_band", [4500, 5000])
     if not (isinstance(band, list) and len(band) == 2):
         raise _fail("reference.near_limit_band", "expected [low, high]")

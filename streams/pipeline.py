@@ -215,6 +215,8 @@ class Pipeline:
             # Every document of a record arrived together: one arrival, shared (read only).
             meta = {"fmt": msg.fmt, "snd": msg.sender, "at": now, "rts": rec.timestamp_ms,
                     "src": f"{rec.topic}:{rec.partition}:{rec.offset}"}
+            if msg.cop_code or msg.dxp_id:  # an XML message's BaseTransfer: who says it sent it (R13)
+                meta["cop"], meta["dxp"] = msg.cop_code, msg.dxp_id
             meta_raw = orjson.dumps(meta)
             for raw in msg.documents:
                 doc = normalise(raw.kind, raw.head, raw.lines, self.pii_key, pii_memo)
@@ -403,7 +405,7 @@ class Pipeline:
     def _case(p: _Pending) -> Case:
         completing = max(p.metas.values(), key=lambda mt: mt.get("at", 0), default={})
         return Case(p.docs, p.first_ms, int(completing.get("at", p.first_ms)),
-                    int(completing.get("rts", p.first_ms)))
+                    int(completing.get("rts", p.first_ms)), metas=p.metas)
 
     # ------------------------------------------------------------------ emit
 

@@ -231,7 +231,7 @@ def to_xml(doc_type: str, docs: list[tuple[dict[str, str], list[dict[str, str]]]
         if kind.wrapper:
             parts.append(f"</ceb:{kind.wrapper}>")
     parts.append(f"<ceb:BaseTransfer><ceb:copCode>{_SENDER[doc_type]}</ceb:copCode><ceb:copName>示例企业</ceb:copName>"
-                 "<ceb:dxpMode>DXP</ceb:dxpMode><ceb:dxpId>DXPENT0000000001</ceb:dxpId></ceb:BaseTransfer>")
+                 f"<ceb:dxpMode>DXP</ceb:dxpMode><ceb:dxpId>{dxp_sender(doc_type)}</ceb:dxpId></ceb:BaseTransfer>")
     if doc_type in ("621", "623", "625"):  # the XSD requires a signature on these
         parts.append(_SIGNATURE)
     parts.append(f"</ceb:{kind.root}>")

@@ -110,6 +110,11 @@ class DecodedMessage:
     sender: str  # BaseTransfer/copCode for XML, the envelope's SenderId for DXP, "" for JSON
     documents: list[RawDocument]
     envelope: Envelope | None = None
+    # What an XML message's BaseTransfer says of its sender: the transmitting
+    # enterprise and its data-exchange node (R13 compares them with the node
+    # that sent it: processors/features.py, sender_unverified).
+    cop_code: str = ""
+    dxp_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -257,9 +262,9 @@ def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None,
         err = schema.error_log.last_error
         raise CebError(ERR_SCHEMA, "schema_invalid",
                        f"schema validation failed at line {err.line}: {err.message}", kind.root)
-    cop = root.find(f"{{{NS}}}BaseTransfer/{{{NS}}}copCode")
-    return DecodedMessage(kind.code, "xml", root.get("guid", ""), (cop.text or "") if cop is not None else "",
-                          xml_documents(wrappers, kind))
+    transfer = root.find(f"{{{NS}}}BaseTransfer")  # required by the XSD
+    cop, dxp = transfer.findtext(f"{{{NS}}}copCode") or "", transfer.findtext(f"{{{NS}}}dxpId") or ""
+    return DecodedMessage(kind.code, "xml", root.get("guid", ""), cop, xml_documents(wrappers, kind), None, cop, dxp)
 
 
 def open_envelope(root: Any, accepts: tuple[str, ...] | None = None) -> DecodedMessage:

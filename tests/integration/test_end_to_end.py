@@ -12,7 +12,7 @@ import redis
 from lxml import etree
 
 from streams import state
-from streams.simulator import Publisher, dxp_sender, generate, make_order, to_xml
+from streams.simulator import Publisher, dxp_sender, generate, make_order, to_dxp, to_xml
 from tests.integration.worker import Env, Reader
 from topics import ceb, registry
 
@@ -84,6 +84,12 @@ def test_dxp_envelopes_are_opened_decided_and_answered_in_envelopes(env):
     bad = ceb.dxp_wrap(to_xml("311", [orders[0].docs["311"]]), "DXPBADNODE000001", env.settings.dxp_id,
                        "CEB411Message", cop_msg_id="E2E-MISMATCH-1")
     pub.send_raw("311", "anything", bad)
+    # R13: a list sent from a node that is not the one its BaseTransfer names.
+    rogue = make_order(990003, random.Random(7), prefix="DXPROGUE")
+    for t in ("311", "411", "511"):
+        pub.send_raw(t, rogue.order_no, to_dxp(t, [rogue.docs[t]]))
+    pub.send_raw("621", "anything", ceb.dxp_wrap(to_xml("621", [rogue.docs["621"]]), "DXPROGUE00000001",
+                                                 env.settings.dxp_id, "CEB621Message"))
     pub.flush()
 
     records = Reader(env, registry.DECISIONS).read_until(
@@ -92,6 +98,9 @@ def test_dxp_envelopes_are_opened_decided_and_answered_in_envelopes(env):
     assert len(decisions) == len(orders)
     for o in orders:
         assert decisions[f"{o.ebp_code}:{o.order_no}"]["status"] == o.expected_status
+    flagged = Reader(env, registry.DECISIONS).read_until(lambda r: any(b"DXPROGUE" in v for _, v in r), timeout=60)
+    [held] = [d for d in decisions_of(flagged) if d["orderNo"] == rogue.order_no]
+    assert held["status"] == 300 and "SENDER_IDENTITY_MISMATCH" in {r["reason"] for r in held["reasons"]}
 
     nodes = {dxp_sender(t) for t in ("311", "411", "511", "621")} | {"DXPBADNODE000001"}
     got = [(k, v) for k, v in Reader(env, registry.RECEIPTS).drain() if k in nodes]

@@ -32,7 +32,7 @@ def decisions(sink):
 def test_decisions_record_rule_set_version_tax_and_lane(redis_url):
     o = order(1)
     (d,) = run_pipeline(redis_url, [doc_records(o)], rules=engine()).decisions()
-    assert (d["status"], d["lane"], d["ruleSetVersion"], d["final"]) == (800, "green", "2026.11-1", True)
+    assert (d["status"], d["lane"], d["ruleSetVersion"], d["final"]) == (800, "green", "2026.11-2", True)
     assert float(d["tax"]["taxTotal"]) > 0 and d["tax"]["lines"][0]["gcode"]
     assert d["receipt"]["to"] == "4601XXXXCC"
 

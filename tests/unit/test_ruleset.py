@@ -33,7 +33,7 @@ def refused(mutate) -> str:
 
 
 def test_default_rule_set_is_valid():
-    assert ENGINE.version == "2026.11-1"
+    assert ENGINE.version == "2026.11-2"
     assert {r.id for r in ENGINE.rules} >= {"policy.single_limit", "policy.positive_list", "risk.random_inspection"}
     assert [led.id for led in ENGINE.ledgers] == ["policy.annual_limit", "policy.annual_quantity_cap"]
 
@@ -99,6 +99,8 @@ BOUNDARIES = [
      {"trade_mode": "1210", "bonded_only_lines": ["03061790"]}),
     ("policy.buyer_id_check_digit", {"buyer_id_valid": False}, {"buyer_id_valid": True}),
     ("policy.enterprise_registered", {"unregistered": ["9999XXXX99"]}, {"unregistered": []}),
+    ("policy.sender_identity", {"sender_unverified": ["621: sent by node DXPX, BaseTransfer dxpId DXPY"]},
+     {"sender_unverified": []}),
     ("risk.prohibited_goods", {"prohibited_lines": ["93020000"]}, {"prohibited_lines": []}),
     ("risk.dishonest_enterprise", {"any_dishonest": True}, {"any_dishonest": False}),
     ("risk.negative_list", {"negative_listed": ["4601NEGLST"]}, {"negative_listed": []}),
@@ -175,6 +177,43 @@ def test_enterprise_credit_facts():
     def negative(docs):
         docs["511"][0]["logisticsCode"] = "4601NEGLST"
     assert facts_of(negative)["negative_listed"] == ["4601NEGLST"]
+
+
+def _sender_facts(metas: dict) -> list:
+    o = order(3)
+    docs = {t: normalise(t, h, lines, KEY) for t, (h, lines) in o.docs.items()}
+    return ENGINE.facts(Case(docs, 1, 2, 3, metas=metas))["sender_unverified"]
+
+
+def test_r13_the_node_that_sent_a_document_must_be_the_one_its_basetransfer_names():
+    # The register lists DXP4601XXXXCC as the agent 4601XXXXCC's node (config/reference/enterprises.csv).
+    agent = {"cop": "4601XXXXCC", "dxp": "DXP4601XXXXCC"}
+    assert _sender_facts({"621": {"fmt": "dxp", "snd": "DXP4601XXXXCC", **agent}}) == []
+    assert _sender_facts({"621": {"fmt": "xml", "snd": "4601XXXXCC", **agent}}) == []
+    # The envelope's sender (authenticated by the exchange) is not the node the message names.
+    assert _sender_facts({"621": {"fmt": "dxp", "snd": "DXPOTHER0000001", **agent}}) == [
+        "621: sent by node DXPOTHER0000001, BaseTransfer dxpId DXP4601XXXXCC",
+        "621: node DXPOTHER0000001 is not one of copCode 4601XXXXCC's"]
+    # A message naming another enterprise's node, in an envelope or bare.
+    foreign = {"cop": "4601XXXXCC", "dxp": "DXP4601XXXXAA"}
+    assert _sender_facts({"621": {"fmt": "dxp", "snd": "DXP4601XXXXAA", **foreign}}) == [
+        "621: node DXP4601XXXXAA is not one of copCode 4601XXXXCC's"]
+    assert _sender_facts({"411": {"fmt": "xml", "snd": "4601XXXXCC", **foreign}}) == [
+        "411: node DXP4601XXXXAA is not one of copCode 4601XXXXCC's"]
+    # Nothing to check: JSON names no sender; a copCode the register lists no node for; no metadata.
+    assert _sender_facts({"311": {"fmt": "json", "snd": ""}}) == []
+    assert _sender_facts({"311": {"fmt": "dxp", "snd": "DXPANY", "cop": "4601XXXXAB", "dxp": "DXPANY"}}) == []
+    assert _sender_facts({}) == []
+
+
+def test_the_register_reads_dxp_nodes_and_refuses_nothing_without_them():
+    doc = copy.deepcopy(DOC)
+    doc["reference"]["enterprises"]["rows"][0]["dxp_nodes"] = " DXPA ; DXPB;"
+    doc["reference"]["enterprises"]["rows"][1].pop("dxp_nodes", None)
+    ref = ruleset.compile_ruleset(doc).reference
+    rows = doc["reference"]["enterprises"]["rows"]
+    assert ref.enterprises[rows[0]["code"]]["nodes"] == {"DXPA", "DXPB"}
+    assert ref.enterprises[rows[1]["code"]]["nodes"] == frozenset()
 
 
 def test_invalid_check_digit_is_seen_before_hashing():
