@@ -56,7 +56,12 @@ def document_receipt(doc: dict[str, Any], meta: dict[str, Any], status: str, inf
     body["returnStatus"] = status
     body["returnTime"] = cst_stamp(now_ms)
     body["returnInfo"] = info[:1000] or "-"
-    return {"type": rtype, "to": sender(doc, meta), "fmt": meta.get("fmt", "json"), "entity": entity, "body": body}
+    to = sender(doc, meta)
+    receipt: Receipt = {"type": rtype, "to": to, "fmt": meta.get("fmt", "json"), "entity": entity, "body": body}
+    subscribers = meta.get("sub")
+    if subscribers:  # nodes the message subscribed to its receipts (BaseSubscribe)
+        receipt["cc"] = [node for node in subscribers if node != to]
+    return receipt
 
 
 APP_TEXT = {"1": "新增", "2": "变更", "3": "删除"}  # appType: add, change, delete
@@ -158,11 +163,13 @@ def error_receipt(to: str, fmt: str, status: str, info: str, message_type: str, 
     return {"type": "900", "to": to or "unknown", "fmt": fmt, "entity": "MessageReturn", "body": body}
 
 
-def receipt_address(doc: dict[str, Any], meta: dict[str, Any]) -> dict[str, str]:
+def receipt_address(doc: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """What a later 622 for this inventory list needs (kept on the decision, so an
     officer's result can be answered after the documents are gone)."""
     h = doc["head"]
-    out = {"to": sender(doc, meta), "fmt": str(meta.get("fmt", "json"))}
+    out: dict[str, Any] = {"to": sender(doc, meta), "fmt": str(meta.get("fmt", "json"))}
+    if meta.get("sub"):
+        out["sub"] = list(meta["sub"])
     for f in ("guid", "customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "orderNo"):
         if h.get(f):
             out[f] = str(h[f])
@@ -172,8 +179,8 @@ def receipt_address(doc: dict[str, Any], meta: dict[str, Any]) -> dict[str, str]
 def final_inventory_receipt(decision: dict[str, Any], now_ms: int) -> Receipt:
     """The 622 with the final status of a reviewed list."""
     addr = decision.get("receipt", {})
-    head = {k: v for k, v in addr.items() if k not in ("to", "fmt")}
+    head = {k: v for k, v in addr.items() if k not in ("to", "fmt", "sub")}
     doc = {"type": "621", "head": head, "lines": []}
-    return document_receipt(doc, {"snd": addr.get("to", ""), "fmt": addr.get("fmt", "json")},
+    return document_receipt(doc, {"snd": addr.get("to", ""), "fmt": addr.get("fmt", "json"), "sub": addr.get("sub")},
                             str(decision["status"]), decision_info(decision), now_ms,
                             decision.get("invtNo", ""), decision.get("preNo", ""))

@@ -217,6 +217,8 @@ class Pipeline:
                     "src": f"{rec.topic}:{rec.partition}:{rec.offset}"}
             if msg.cop_code or msg.dxp_id:  # an XML message's BaseTransfer: who says it sent it (R13)
                 meta["cop"], meta["dxp"] = msg.cop_code, msg.dxp_id
+            if msg.subscribers:  # nodes that get a copy of its receipts
+                meta["sub"] = list(msg.subscribers)
             meta_raw = orjson.dumps(meta)
             for raw in msg.documents:
                 doc = normalise(raw.kind, raw.head, raw.lines, self.pii_key, pii_memo)

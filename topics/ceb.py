@@ -115,6 +115,9 @@ class DecodedMessage:
     # that sent it: processors/features.py, sender_unverified).
     cop_code: str = ""
     dxp_id: str = ""
+    # Data-exchange nodes a BaseSubscribe with status RET or ALL names: they
+    # get a copy of every receipt to this message's documents.
+    subscribers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,23 @@ def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None,
                        f"schema validation failed at line {err.line}: {err.message}", kind.root)
     transfer = root.find(f"{{{NS}}}BaseTransfer")  # required by the XSD
     cop, dxp = transfer.findtext(f"{{{NS}}}copCode") or "", transfer.findtext(f"{{{NS}}}dxpId") or ""
-    return DecodedMessage(kind.code, "xml", root.get("guid", ""), cop, xml_documents(wrappers, kind), None, cop, dxp)
+    return DecodedMessage(kind.code, "xml", root.get("guid", ""), cop, xml_documents(wrappers, kind), None, cop, dxp,
+                          _subscribers(root))
+
+
+def _subscribers(root: Any) -> tuple[str, ...]:
+    """The nodes subscribed to the message's receipts: BaseSubscribe (at most 5)
+    with status RET (receipts) or ALL (data and receipts) on the data exchange.
+    A DATA subscription asks for the message itself, which the e-port's data
+    centre forwards, not customs. An address that cannot be a node id (over 16
+    characters, spaces) is left out: a receipt could not be addressed to it."""
+    out: list[str] = []
+    for sub in root.iterchildren(f"{{{NS}}}BaseSubscribe"):
+        status = (sub.findtext(f"{{{NS}}}status") or "").strip().upper()
+        address = (sub.findtext(f"{{{NS}}}dxpAddress") or "").strip()
+        if status in ("RET", "ALL") and 0 < len(address) <= 16 and " " not in address and address not in out:
+            out.append(address)
+    return tuple(out)
 
 
 def open_envelope(root: Any, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
@@ -703,7 +722,7 @@ def _invisible(data: bytes) -> int | None:
 def _invisible_in_values(msg: DecodedMessage) -> int | None:
     """A forbidden character the parser made from an escape (JSON \\u200b, \\b) or
     a character reference (XML &#x200B;), found in the decoded text."""
-    parts = [msg.guid, msg.sender]
+    parts = [msg.guid, msg.sender, *msg.subscribers]
     for doc in msg.documents:
         parts += doc.head.values()
         for line in doc.lines:
@@ -895,6 +914,8 @@ def encode_receipts(receipts: list[dict[str, Any]], dxp_id: str = DEFAULT_DXP_ID
     groups: dict[tuple[str, str, str, str], list[dict[str, str]]] = {}
     for r in receipts:
         groups.setdefault((r["to"], r["type"], r["fmt"], r["entity"]), []).append(r["body"])
+        for node in r.get("cc", ()):  # subscribers (BaseSubscribe): a copy, on the data exchange
+            groups.setdefault((node, r["type"], "dxp", r["entity"]), []).append(r["body"])
     out: list[tuple[str, bytes]] = []
     for (to, rtype, fmt, entity), bodies in groups.items():
         for i in range(0, len(bodies), MAX_DOCUMENTS):

@@ -88,6 +88,14 @@ def test_dxp_envelopes_are_opened_decided_and_answered_in_envelopes(env):
     rogue = make_order(990003, random.Random(7), prefix="DXPROGUE")
     for t in ("311", "411", "511"):
         pub.send_raw(t, rogue.order_no, to_dxp(t, [rogue.docs[t]]))
+    # BaseSubscribe: a node that asked for copies of an order's receipts (RET).
+    subscribed = make_order(990004, random.Random(8), prefix="DXPSUBSCR")
+    for t in ("411", "511", "621"):
+        pub.send_raw(t, subscribed.order_no, to_dxp(t, [subscribed.docs[t]]))
+    pub.send_raw("311", subscribed.order_no, ceb.dxp_wrap(to_xml("311", [subscribed.docs["311"]]).replace(
+        b"</ceb:BaseTransfer>", b"</ceb:BaseTransfer><ceb:BaseSubscribe><ceb:status>RET</ceb:status><ceb:dxpMode>"
+        b"DXP</ceb:dxpMode><ceb:dxpAddress>DXPAGENT00000001</ceb:dxpAddress></ceb:BaseSubscribe>", 1),
+        dxp_sender("311"), env.settings.dxp_id, "CEB311Message"))
     pub.send_raw("621", "anything", ceb.dxp_wrap(to_xml("621", [rogue.docs["621"]]), "DXPROGUE00000001",
                                                  env.settings.dxp_id, "CEB621Message"))
     pub.flush()
@@ -101,8 +109,10 @@ def test_dxp_envelopes_are_opened_decided_and_answered_in_envelopes(env):
     flagged = Reader(env, registry.DECISIONS).read_until(lambda r: any(b"DXPROGUE" in v for _, v in r), timeout=60)
     [held] = [d for d in decisions_of(flagged) if d["orderNo"] == rogue.order_no]
     assert held["status"] == 300 and "SENDER_IDENTITY_MISMATCH" in {r["reason"] for r in held["reasons"]}
+    Reader(env, registry.DECISIONS).read_until(lambda r: any(subscribed.order_no.encode() in v for _, v in r),
+                                               timeout=60)
 
-    nodes = {dxp_sender(t) for t in ("311", "411", "511", "621")} | {"DXPBADNODE000001"}
+    nodes = {dxp_sender(t) for t in ("311", "411", "511", "621")} | {"DXPBADNODE000001", "DXPAGENT00000001"}
     got = [(k, v) for k, v in Reader(env, registry.RECEIPTS).drain() if k in nodes]
     assert {k for k, _ in got} == nodes
     inner_by_type: dict[str, list] = {}
@@ -118,9 +128,13 @@ def test_dxp_envelopes_are_opened_decided_and_answered_in_envelopes(env):
         assert root.findtext(t + "MsgType") == ceb._local(inner.tag)
         inner_by_type.setdefault(ceb._local(inner.tag), []).append((key, inner))
     assert {"CEB312Message", "CEB412Message", "CEB512Message", "CEB622Message", "CEB900Message"} <= set(inner_by_type)
-    released = sum(o.expected_status == 800 for o in orders)
+    released = sum(o.expected_status == 800 for o in orders + [subscribed])
     statuses_622 = [e.text for _, i in inner_by_type["CEB622Message"] for e in i.iter("{%s}returnStatus" % ceb.NS)]
     assert statuses_622.count("800") == released
+    copies = [i for key, i in inner_by_type["CEB312Message"] if key == "DXPAGENT00000001"]
+    statuses = {e.findtext("{%s}returnStatus" % ceb.NS) for i in copies for e in i}
+    assert {e.findtext("{%s}orderNo" % ceb.NS) for i in copies for e in i} == {subscribed.order_no}
+    assert statuses == {"2", "120"}  # arrival, then matched: what its sender got
     [(key, error)] = inner_by_type["CEB900Message"]
     assert key == "DXPBADNODE000001"
     assert error.findtext(".//{%s}oriCopMsgId" % ceb.NS) == "E2E-MISMATCH-1"

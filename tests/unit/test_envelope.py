@@ -153,3 +153,44 @@ def test_a_dead_envelope_is_shown_opened_so_its_personal_data_is_masked():
     assert buyer_id not in mask_personal(text) and ORDER.order_no in mask_personal(text)
     assert "not Base64" in readable(envelope(b"", data="PD9"))
     assert readable(INNER) == INNER.decode()
+
+
+def _subscribed(message: bytes, *subs: tuple[str, str]) -> bytes:
+    # BaseSubscribe follows BaseTransfer in every CEB message (the XSD's sequence).
+    entries = "".join(f"<ceb:BaseSubscribe><ceb:status>{s}</ceb:status><ceb:dxpMode>DXP</ceb:dxpMode>"
+                      f"<ceb:dxpAddress>{a}</ceb:dxpAddress></ceb:BaseSubscribe>" for s, a in subs)
+    return message.replace(b"</ceb:BaseTransfer>", b"</ceb:BaseTransfer>" + entries.encode(), 1)
+
+
+def test_basesubscribe_names_the_nodes_that_get_copies_of_the_receipts():
+    message = _subscribed(INNER, ("RET", "DXPAGENT00000001"), ("DATA", "DXPDATA000000001"),
+                          ("ALL", "DXPBOTH000000001"), ("RET", "DXPAGENT00000001"),
+                          ("ret", "NOT-A-NODE-" + "X" * 20))  # the XSD allows five
+    for data in (message, envelope(message)):
+        msg = ceb.decode(data, ("311",))
+        assert msg.subscribers == ("DXPAGENT00000001", "DXPBOTH000000001")
+    assert ceb.decode(INNER).subscribers == ()
+    with pytest.raises(ceb.CebError) as exc:  # a character reference cannot smuggle in an invisible node
+        ceb.decode(_subscribed(INNER, ("RET", "DXPAGENT&#x200B;01")))
+    assert exc.value.reason == "invisible_characters"
+
+
+def test_subscribers_get_each_receipt_in_an_envelope_and_the_sender_its_own():
+    meta = {"fmt": "xml", "snd": "4601XXXXAA", "sub": ["DXPAGENT00000001", "4601XXXXAA"]}
+    doc = normalise("311", *ORDER.docs["311"], b"k")
+    arrival = receipts.arrival_receipt(doc, meta, 1_780_000_000_000)
+    assert arrival["cc"] == ["DXPAGENT00000001"]  # the sender is not sent its receipt twice
+    encoded = dict(ceb.encode_receipts([arrival], "DXPCUSTOMS000001"))
+    assert set(encoded) == {"4601XXXXAA", "DXPAGENT00000001"}
+    assert encoded["4601XXXXAA"].startswith(b"<?xml") and b"DxpMsg" not in encoded["4601XXXXAA"]
+    root, inner = _opened(encoded["DXPAGENT00000001"])
+    assert root.findtext(f"{{{ceb.DXP_NS}}}TransInfo/{{{ceb.DXP_NS}}}ReceiverIds/{{{ceb.DXP_NS}}}ReceiverId") \
+        == "DXPAGENT00000001"
+    assert inner.findtext(f".//{{{ceb.NS}}}orderNo") == ORDER.order_no
+    # A list's final 622, answered after an officer's review from what the decision kept.
+    inv = normalise("621", *ORDER.docs["621"], b"k")
+    decision = {"status": 800, "reasons": [], "invtNo": "640120260000000001", "preNo": "B20260101000000001",
+                "receipt": receipts.receipt_address(inv, {**meta, "snd": "4601XXXXCC"})}
+    final = receipts.final_inventory_receipt(decision, 1_780_000_000_000)
+    assert final["to"] == "4601XXXXCC" and final["cc"] == ["DXPAGENT00000001", "4601XXXXAA"]
+    assert "sub" not in final["body"]
