@@ -219,6 +219,8 @@ class Pipeline:
                 meta["cop"], meta["dxp"] = msg.cop_code, msg.dxp_id
             if msg.subscribers:  # nodes that get a copy of its receipts
                 meta["sub"] = list(msg.subscribers)
+            if msg.envelope is not None:  # the sender's id of the message: what it will ask about
+                meta["cmi"] = msg.envelope.cop_msg_id
             meta_raw = orjson.dumps(meta)
             for raw in msg.documents:
                 doc = normalise(raw.kind, raw.head, raw.lines, self.pii_key, pii_memo)

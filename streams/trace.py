@@ -55,9 +55,14 @@ def lineage(r: Any, ident: str, buckets: int, ebp: str | None = None) -> dict[st
     for t in ("311", "411", "511", "621"):
         if "m" + t in raw:
             meta = orjson.loads(raw["m" + t])
-            documents.append({"type": "CEB" + t, "name": DOC_NAMES[t], "arrivedAt": meta.get("at"),
-                              "arrived": stamp(meta.get("at", 0)), "format": meta.get("fmt"),
-                              "source": meta.get("src"), "sender": meta.get("snd") or None})
+            doc = {"type": "CEB" + t, "name": DOC_NAMES[t], "arrivedAt": meta.get("at"),
+                   "arrived": stamp(meta.get("at", 0)), "format": meta.get("fmt"),
+                   "source": meta.get("src"), "sender": meta.get("snd") or None}
+            # An XML message's BaseTransfer and subscribers; a DxpMsg's CopMsgId.
+            for name, field in (("copCode", "cop"), ("dxpId", "dxp"), ("subscribers", "sub"), ("copMsgId", "cmi")):
+                if meta.get(field):
+                    doc[name] = meta[field]
+            documents.append(doc)
     decision = orjson.loads(raw["dec"]) if "dec" in raw else None
     final = orjson.loads(raw["final"]) if "final" in raw else None
     out: dict[str, Any] = {"orderNo": order_no, "ebpCode": ebp, "documents": documents,
@@ -87,7 +92,8 @@ def text(t: dict[str, Any]) -> str:
     lines = [f"order {t['orderNo']} (platform {t['ebpCode']})" if t["ebpCode"] else
              f"order {t['orderNo']}: a waybill no list named"]
     for d in t["documents"]:
-        lines.append(f"  {d['arrived']}  {d['type']} {d['name']} ({d['format']}, {d['source']})")
+        lines.append(f"  {d['arrived']}  {d['type']} {d['name']} ({d['format']}, {d['source']}"
+                     + (f", message {d['copMsgId']} from node {d['sender']}" if d.get("copMsgId") else "") + ")")
     d = t.get("decision")
     if d:
         lines.append(f"  {stamp(d['timestamps']['decided'])}  decision {d['status']} {d['outcome']} "

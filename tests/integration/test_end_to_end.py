@@ -141,6 +141,13 @@ def test_dxp_envelopes_are_opened_decided_and_answered_in_envelopes(env):
     assert "MsgType" in error.findtext(".//{%s}returnInfo" % ceb.NS)
     dead = [orjson.loads(v) for _, v in Reader(env, registry.DEADLETTER).drain(1.0)]
     assert "envelope_mismatch" in [d["reason"] for d in dead]
+    # The trace names each document's message as its sender knows it, and who said they sent it.
+    traced = orjson.loads(env.cli("trace", subscribed.order_no, "--json").stdout)
+    by_type = {d["type"]: d for d in traced["documents"]}
+    assert by_type["CEB311"]["format"] == "dxp" and by_type["CEB311"]["copMsgId"]
+    assert by_type["CEB311"]["subscribers"] == ["DXPAGENT00000001"]
+    assert by_type["CEB621"]["sender"] == by_type["CEB621"]["dxpId"] == dxp_sender("621")
+    assert "message " + by_type["CEB311"]["copMsgId"] in env.cli("trace", subscribed.order_no).stdout
 
 
 def test_personal_data_never_leaves_in_clear(env):
