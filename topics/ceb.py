@@ -722,7 +722,7 @@ def _invisible(data: bytes) -> int | None:
 def _invisible_in_values(msg: DecodedMessage) -> int | None:
     """A forbidden character the parser made from an escape (JSON \\u200b, \\b) or
     a character reference (XML &#x200B;), found in the decoded text."""
-    parts = [msg.guid, msg.sender, *msg.subscribers]
+    parts = [msg.guid, msg.sender, msg.dxp_id, *msg.subscribers]
     for doc in msg.documents:
         parts += doc.head.values()
         for line in doc.lines:

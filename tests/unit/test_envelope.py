@@ -173,6 +173,9 @@ def test_basesubscribe_names_the_nodes_that_get_copies_of_the_receipts():
     with pytest.raises(ceb.CebError) as exc:  # a character reference cannot smuggle in an invisible node
         ceb.decode(_subscribed(INNER, ("RET", "DXPAGENT&#x200B;01")))
     assert exc.value.reason == "invisible_characters"
+    with pytest.raises(ceb.CebError) as exc:  # nor in the node the message says it comes from (R13)
+        ceb.decode(INNER.replace(b"</ceb:dxpId>", b"&#x2060;</ceb:dxpId>", 1))
+    assert exc.value.reason == "invisible_characters"
 
 
 def test_subscribers_get_each_receipt_in_an_envelope_and_the_sender_its_own():
