@@ -25,7 +25,7 @@ from typing import Any, Callable
 import orjson
 from hdrh.histogram import HdrHistogram
 
-from streams.simulator import EXPECTED, SCENARIOS, GeneratedOrder, to_json, to_xml
+from streams.simulator import EXPECTED, SCENARIOS, GeneratedOrder, to_dxp, to_json, to_xml
 
 ORDER_TYPES = ("311", "411", "511", "621")
 CLEAN = {"ok": 1.0}
@@ -76,7 +76,7 @@ def build(orders: list[GeneratedOrder], rate: float, per_record: int = 1, fmt: s
           duplicate_rate: float = 0.02, seed: int = 1, types: tuple[str, ...] = ORDER_TYPES) -> Workload:
     """Schedule `orders` at `rate` documents/s (duplicates included)."""
     rng = random.Random(seed)
-    enc = to_xml if fmt == "xml" else to_json
+    enc = {"xml": to_xml, "dxp": to_dxp}.get(fmt, to_json)
     sends: list[Send] = []
     completes: dict[str, float] = {}
     docs_of: dict[str, int] = {}

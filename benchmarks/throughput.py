@@ -255,7 +255,8 @@ class Bench:
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(prog="clearance bench")
     ap.add_argument("--configs", default="per-doc-json,batch100-json,batch100-xml",
-                    help="comma-separated: per-doc-json, per-doc-xml, batchN-json, batchN-xml (N ≤ 100)")
+                    help="comma-separated: per-doc-json, per-doc-xml, batchN-json, batchN-xml, batchN-dxp (N ≤ 100; "
+                         "dxp: CEB XML in DxpMsg envelopes)")
     ap.add_argument("--scenario", choices=["steps", "national-peak"], default="steps")
     ap.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",") if x], default=[25, 50, 75, 90, 100],
                     help='percentages of the sustainable rate ("" for none: saturation and probes only)')
