@@ -337,7 +337,7 @@ def cmd_deadletter(args: argparse.Namespace) -> None:
     _need_services(settings)
     letters = deadletter.read(settings)
     since = int((time.time() - args.since_hours * 3600) * 1000) if args.since_hours else None
-    chosen = deadletter.select(letters, args.reason, args.source, args.id, since)
+    chosen = deadletter.select(letters, args.reason, args.source, args.id, since, args.message)
     if args.action == "list":
         for d in chosen[-args.limit:] if args.limit else chosen:
             r = d.record
@@ -359,6 +359,8 @@ def cmd_deadletter(args: argparse.Namespace) -> None:
             print(f"dead letter {d.id}: {r.get('reason')} (returnStatus {r.get('returnStatus')}), "
                   f"message type {r.get('messageType')}")
             print(f"  from {d.source}, rejected at {r.get('rejectedAt')}, key {d.key!r}")
+            if r.get("envelope"):
+                print(f"  DxpMsg {r['envelope'].get('copMsgId')} from node {r['envelope'].get('senderId')}")
             print(f"  info: {mask_personal(str(r.get('info', '')))}")
             text = deadletter.readable(d.value)
             # Personal data stays masked unless asked for: this output ends up in tickets.
@@ -493,6 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     dl.add_argument("--reason", action="append", help="only this reason (repeatable), e.g. internal_error")
     dl.add_argument("--source", help="only records from this inbound topic (e.g. ceb.import.order)")
     dl.add_argument("--since-hours", type=float, default=0, help="only records rejected in the last N hours")
+    dl.add_argument("--message", help="only the record of this DxpMsg CopMsgId (a sender's CEB900 oriCopMsgId)")
     dl.add_argument("--limit", type=int, default=0, help="list: the last N only")
     dl.add_argument("--reveal", action="store_true", help="show: personal data in clear (masked by default)")
     dl.add_argument("--all", action="store_true", help="replay: every dead letter (after a fix of our own)")

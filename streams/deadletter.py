@@ -52,15 +52,21 @@ def readable(value: bytes) -> str:
 
 
 def record(topic: str, partition: int, offset: int, timestamp_ms: int, key: bytes | None, value: bytes,
-           reason: str, status: str, info: str, message_type: str, now_ms: int) -> bytes:
-    """The dead-letter record of one rejected inbound record."""
-    return orjson.dumps({
+           reason: str, status: str, info: str, message_type: str, now_ms: int,
+           envelope: dict[str, str] | None = None) -> bytes:
+    """The dead-letter record of one rejected inbound record; `envelope`: what
+    its DxpMsg said (copMsgId, senderId), when it could be read. A sender asks
+    about a refused message by its CopMsgId (its CEB900's oriCopMsgId)."""
+    out: dict[str, Any] = {
         "source": {"topic": topic, "partition": partition, "offset": offset, "timestamp": timestamp_ms},
         "reason": reason, "returnStatus": status, "info": info, "messageType": message_type,
         "key": base64.b64encode(key).decode() if key else None,
         "value": base64.b64encode(value).decode(),
         "rejectedAt": now_ms,
-    })
+    }
+    if envelope:
+        out["envelope"] = envelope
+    return orjson.dumps(out)
 
 
 @dataclass(frozen=True)
@@ -140,10 +146,13 @@ def read(settings: Settings, quiet_s: float = 1.0, timeout_s: float = 60.0) -> l
 
 
 def select(letters: list[DeadLetter], reasons: list[str] | None = None, source: str | None = None,
-           ids: list[str] | None = None, since_ms: int | None = None) -> list[DeadLetter]:
-    """The dead letters that match every filter given."""
+           ids: list[str] | None = None, since_ms: int | None = None,
+           message: str | None = None) -> list[DeadLetter]:
+    """The dead letters that match every filter given (`message`: a DxpMsg's CopMsgId)."""
     out = []
     for d in letters:
+        if message and (d.record.get("envelope") or {}).get("copMsgId") != message:
+            continue
         if reasons and d.record.get("reason") not in reasons:
             continue
         if source and not str(d.record.get("source", {}).get("topic", "")).endswith(source):

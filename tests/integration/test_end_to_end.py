@@ -141,6 +141,11 @@ def test_dxp_envelopes_are_opened_decided_and_answered_in_envelopes(env):
     assert "MsgType" in error.findtext(".//{%s}returnInfo" % ceb.NS)
     dead = [orjson.loads(v) for _, v in Reader(env, registry.DEADLETTER).drain(1.0)]
     assert "envelope_mismatch" in [d["reason"] for d in dead]
+    # A support desk finds the refused message by the CopMsgId its sender quotes.
+    listed = env.cli("deadletter", "list", "--message", "E2E-MISMATCH-1").stdout
+    assert "1 dead letters" in listed and "envelope_mismatch" in listed
+    dead_id = listed.split()[0]
+    assert "DxpMsg E2E-MISMATCH-1 from node DXPBADNODE000001" in env.cli("deadletter", "show", dead_id).stdout
     # The trace names each document's message as its sender knows it, and who said they sent it.
     traced = orjson.loads(env.cli("trace", subscribed.order_no, "--json").stdout)
     by_type = {d["type"]: d for d in traced["documents"]}
@@ -188,8 +193,9 @@ def test_bad_input_gets_error_receipt_and_dead_letter_and_the_worker_goes_on(env
     Reader(env, registry.DECISIONS).read_until(
         lambda r: any(good.order_no.encode() in v for _, v in r), timeout=60)
     dead = [orjson.loads(v) for _, v in Reader(env, registry.DEADLETTER).drain(1.0)]
-    reasons = [d["reason"] for d in dead if d["source"]["topic"].endswith("ceb.import.order")]
-    assert reasons[-4:] == ["invisible_characters", "malformed_xml", "dtd_forbidden", "wrong_topic"]
+    mine = base64.b64encode(b"BADSENDER").decode()
+    reasons = [d["reason"] for d in dead if d["source"]["topic"].endswith("ceb.import.order") and d["key"] == mine]
+    assert reasons == ["invisible_characters", "malformed_xml", "dtd_forbidden", "wrong_topic"]
     assert all(d["source"]["offset"] >= 0 and d["value"] for d in dead)
     errors = [v for k, v in Reader(env, registry.RECEIPTS).drain(1.0) if k == "BADSENDER"]
     returns = sum(len(orjson.loads(v)) if v.startswith(b"[") else v.count(b"<ceb:MessageReturn>") for v in errors)
