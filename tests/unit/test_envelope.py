@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import random
-from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -13,9 +12,10 @@ from lxml import etree
 from processors import receipts
 from processors.documents import normalise
 from streams.simulator import dxp_sender, make_order, to_dxp, to_xml
+from tests.conftest import FIXTURES
 from topics import ceb
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "ceb" / "samples" / "import"
+SAMPLES = FIXTURES / "ceb"  # the official import samples
 PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 ORDER = make_order(1, random.Random(1))
 
