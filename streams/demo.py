@@ -90,6 +90,7 @@ def run_demo(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(base, kafka_bootstrap=services.kafka_bootstrap, redis_url=services.redis_url,
                                    match_timeout_s=args.match_timeout)
     procs: list[subprocess.Popen[bytes]] = []
+    pubs: list[Publisher] = []
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -112,7 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
         watcher = DecisionWatcher(settings)
         watcher.start()
         formats = ["json", "xml", "dxp"] if args.format == "mixed" else [args.format]
-        pubs = [Publisher(settings, f, args.batch, duplicate_rate=0.02) for f in formats]
+        pubs.extend(Publisher(settings, f, args.batch, duplicate_rate=0.02) for f in formats)
         print("waiting for the worker to join its group ...", flush=True)
         _wait_ready(settings, stop)
         started = time.monotonic()
@@ -135,8 +136,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 _report(time.monotonic() - started, pubs, watcher, services.redis_url)
                 next_report += 1
             time.sleep(0.01)
-        for p in pubs:
-            p.flush()
+        for pub in pubs:
+            pub.flush()
+        del pub
         print("stopping: letting the worker drain ...", flush=True)
         drain_until = time.monotonic() + max(3.0, args.match_timeout + 3)
         while time.monotonic() < drain_until and len(watcher.decisions) < len(expected) and not _second_stop(stop):
@@ -148,6 +150,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"documents sent as {forms} (dxp: CEB XML in DxpMsg envelopes)", flush=True)
         return _summary(expected, watcher)
     finally:
+        # The publishers' producers go before the broker they would reconnect to.
+        pubs.clear()
         _stop_procs(procs)
         services.stop()
         print("all demo processes stopped", flush=True)
