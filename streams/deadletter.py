@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from config.settings import Settings
-from topics import registry
+from topics import ceb, registry
 
 # Hash per dead-letter topic: "partition:offset" -> when it was replayed (ms) and to
 # which topic. It lives a little longer than the topic keeps its records.
@@ -37,7 +37,7 @@ def readable(value: bytes) -> str:
     """A rejected record as text for an operator: the message inside a DxpMsg
     envelope shown decoded after the envelope (so that personal data in it can
     be masked like any other), Data that is not Base64 summarised."""
-    found = _DXP_DATA.search(value) if b"DxpMsg" in value[:256] else None
+    found = _DXP_DATA.search(value) if ceb.looks_enveloped(value) else None
     if found is None:
         return value.decode("utf-8", "replace")
     try:

@@ -244,7 +244,7 @@ class Pipeline:
         # that sent a DxpMsg, naming its CopMsgId, once the envelope was read.
         value = rec.value or b""
         fmt = "xml" if value[:64].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<") else "json"
-        if fmt == "xml" and (envelope is not None or b"DxpMsg" in value[:256]):
+        if fmt == "xml" and (envelope is not None or ceb.looks_enveloped(value)):
             fmt = "dxp"
         m.ERRORS.labels(reason).inc()
         m.DEADLETTERS.labels(reason).inc()

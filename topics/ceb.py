@@ -286,6 +286,12 @@ def _subscribers(root: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def looks_enveloped(record: bytes) -> bool:
+    """Whether a record that could not be decoded seems to be a DxpMsg: its
+    error receipt then goes back in one, and tools open it to show it."""
+    return b"DxpMsg" in record[:256]
+
+
 def open_envelope(root: Any, accepts: tuple[str, ...] | None = None) -> DecodedMessage:
     """The CEB message in a parsed DxpMsg: the envelope is validated against
     its XSD, Data decoded from Base64 and the message in it decoded like any
