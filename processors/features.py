@@ -116,20 +116,24 @@ def sender_unverified(metas: dict[str, dict[str, Any]], enterprises: dict[str, A
     be that node; and where the enterprise register lists the nodes of the
     BaseTransfer copCode (column dxp_nodes), the node must be one of them
     (for bare XML, the node the message names). JSON says neither: nothing to
-    check."""
+    check. A dxpId longer than a node id (16 characters, the envelope's
+    limit; the XSD allows 30) is another form of exchange user number (two
+    official samples carry EXP2016..., 19 characters): it is not compared."""
     out = []
     for t, meta in sorted(metas.items()):
         fmt = meta.get("fmt")
         if fmt != "dxp" and fmt != "xml":
             continue
         named = str(meta.get("dxp") or "")
+        if len(named) > 16:
+            named = ""
         node = str(meta.get("snd") or "") if fmt == "dxp" else named
         if fmt == "dxp" and named and named != node:
             out.append(f"{t}: sent by node {node}, BaseTransfer dxpId {named}")
         cop = str(meta.get("cop") or "")
         nodes = (enterprises.get(cop) or {}).get("nodes")
-        if nodes and node not in nodes:
-            out.append(f"{t}: node {node or '(none)'} is not one of copCode {cop}'s")
+        if nodes and node and node not in nodes:
+            out.append(f"{t}: node {node} is not one of copCode {cop}'s")
     return out
 
 

@@ -200,6 +200,13 @@ def test_r13_the_node_that_sent_a_document_must_be_the_one_its_basetransfer_name
         "621: node DXP4601XXXXAA is not one of copCode 4601XXXXCC's"]
     assert _sender_facts({"411": {"fmt": "xml", "snd": "4601XXXXCC", **foreign}}) == [
         "411: node DXP4601XXXXAA is not one of copCode 4601XXXXCC's"]
+    # A dxpId longer than a node id is another form of user number (the official samples' EXP2016...):
+    # not compared with the sending node, nor, in bare XML, with the register.
+    long_id = {"cop": "4601XXXXCC", "dxp": "EXP2016522002580001"}
+    assert _sender_facts({"621": {"fmt": "dxp", "snd": "DXP4601XXXXCC", **long_id}}) == []
+    assert _sender_facts({"621": {"fmt": "dxp", "snd": "DXPOTHER0000001", **long_id}}) == [
+        "621: node DXPOTHER0000001 is not one of copCode 4601XXXXCC's"]
+    assert _sender_facts({"621": {"fmt": "xml", "snd": "4601XXXXCC", **long_id}}) == []
     # Nothing to check: JSON names no sender; a copCode the register lists no node for; no metadata.
     assert _sender_facts({"311": {"fmt": "json", "snd": ""}}) == []
     assert _sender_facts({"311": {"fmt": "dxp", "snd": "DXPANY", "cop": "4601XXXXAB", "dxp": "DXPANY"}}) == []
