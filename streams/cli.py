@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -84,20 +85,38 @@ def cmd_topics(args: argparse.Namespace) -> None:
 
 def cmd_publish(args: argparse.Namespace) -> None:
     from streams.simulator import Publisher, generate
+    from topics import ceb
 
     settings = load_settings()
     _need_services(settings)
     pub = Publisher(settings, args.format, args.batch, duplicate_rate=args.duplicates)
     if args.file:
         data = open(args.file, "rb").read()
+        how = ""
+        if args.format == "dxp" and not ceb.looks_enveloped(data):
+            data, node = _in_envelope(data, args.node, settings.dxp_id)
+            how = f" in a DxpMsg from node {node}"
         pub.send_raw(args.type, os.path.basename(args.file), data)
         pub.flush()
-        print(f"published {args.file} to the CEB{args.type} topic")
+        print(f"published {args.file}{how} to the CEB{args.type} topic")
         return
     orders = list(generate(args.orders, seed=args.seed, start=args.start, platforms=args.platforms))
     pub.send(orders)
     pub.flush()
     print(f"published {len(orders)} orders: {pub.sent}")
+
+
+def _in_envelope(message: bytes, node: str | None, receiver: str) -> tuple[bytes, str]:
+    """A CEB XML file in the DxpMsg its sender's terminal node would send: from
+    `node`, else from the node its BaseTransfer dxpId names."""
+    from topics import ceb
+
+    named = re.search(rb"<(?:[\w.-]+:)?dxpId>([^<]{1,16})</", message)
+    root = re.search(rb"<(?:[\w.-]+:)?(CEB\d{3}Message)\b", message)
+    node = node or (named.group(1).decode("utf-8", "replace").strip() if named else "")
+    if not node:
+        sys.exit("--node: the file's BaseTransfer names no node id of 16 characters or less; say which node sends it")
+    return ceb.dxp_wrap(message, node, receiver, root.group(1).decode() if root else ""), node
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
@@ -410,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     pb.add_argument("--duplicates", type=float, default=0.0, help="share of documents sent twice")
     pb.add_argument("--platforms", type=int, default=1, choices=[1, 2, 3],
                     help="platforms, each numbering its own orders (orderNos recur across them)")
-    pb.add_argument("--file", help="publish this CEB file as one record instead")
+    pb.add_argument("--file", help="publish this CEB file as one record instead (--format dxp: in a DxpMsg)")
+    pb.add_argument("--node", help="--file --format dxp: the sending node (default: the file's BaseTransfer dxpId)")
     pb.add_argument("--type", choices=["311", "411", "511", "621"], default="311")
     pb.set_defaults(func=cmd_publish)
 

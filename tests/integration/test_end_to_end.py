@@ -155,6 +155,22 @@ def test_dxp_envelopes_are_opened_decided_and_answered_in_envelopes(env):
     assert "message " + by_type["CEB311"]["copMsgId"] in env.cli("trace", subscribed.order_no).stdout
 
 
+def test_an_official_sample_published_in_an_envelope_is_answered_in_one(env):
+    from tests.conftest import FIXTURES
+
+    out = env.cli("publish", "--file", str(FIXTURES / "ceb" / "CEB411Message.xml"), "--type", "411",
+                  "--format", "dxp")
+    assert out.returncode == 0 and "in a DxpMsg from node DXPLGS0000000001" in out.stdout, out.stderr
+    got = Reader(env, registry.RECEIPTS).read_until(lambda r: any(k == "DXPLGS0000000001" for k, _ in r), timeout=60)
+    [(_, v)] = [(k, v) for k, v in got if k == "DXPLGS0000000001"]
+    root = etree.fromstring(v, etree.XMLParser(resolve_entities=False, no_network=True))
+    inner = etree.fromstring(base64.b64decode(root.findtext("{%s}Data" % ceb.DXP_NS)))
+    assert ceb._local(inner.tag) == "CEB412Message" and inner.findtext(".//{%s}returnStatus" % ceb.NS) == "2"
+    # A file whose BaseTransfer names no node id short enough (the 311 sample's is 19 characters) needs --node.
+    refused = env.cli("publish", "--file", str(FIXTURES / "ceb" / "CEB311Message.xml"), "--format", "dxp")
+    assert refused.returncode != 0 and "--node" in refused.stderr
+
+
 def test_personal_data_never_leaves_in_clear(env):
     o = make_order(990001, random.Random(5), prefix="PII")
     pub = Publisher(env.settings, "json", batch=1)
