@@ -312,10 +312,9 @@ def open_envelope(root: Any, accepts: tuple[str, ...] | None = None) -> DecodedM
                        f"DxpMsg envelope fails its schema at line {err.line}: {err.message}")
     info = root.find(f"{{{DXP_NS}}}TransInfo")
     env = Envelope(*(info.findtext(f"{{{DXP_NS}}}{name}") or "" for name in ("CopMsgId", "SenderId", "MsgType")))
-    for value in env.__dict__.values():  # a character reference may have made one (receipts are keyed by SenderId)
-        found = None if value.isprintable() else _FORBIDDEN_TEXT.search(value)
-        if found is not None:
-            raise _invisible_error(ord(found.group()))
+    found = _invisible_in_text(env.__dict__.values())  # from a character reference (receipts are keyed by SenderId)
+    if found is not None:
+        raise _invisible_error(found)
     try:
         # xs:base64Binary allows whitespace (senders wrap lines at 76); nothing else.
         b64 = data.encode("ascii")
@@ -733,6 +732,11 @@ def _invisible_in_values(msg: DecodedMessage) -> int | None:
         parts += doc.head.values()
         for line in doc.lines:
             parts += line.values()
+    return _invisible_in_text(parts)
+
+
+def _invisible_in_text(parts: Any) -> int | None:
+    """The first forbidden character in decoded strings (its code point), else None."""
     text = "".join(parts)
     if text.isprintable():  # in C; false as well for spaces other than " " and for tab, LF, CR
         return None
