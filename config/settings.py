@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 
+# This processor's node id on the customs data exchange unless CLEARANCE_DXP_ID says otherwise.
+DEFAULT_DXP_ID = "DXPCLEARANCE0001"
+
+
 def _env(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "")
     return value if value != "" else default
@@ -45,7 +49,7 @@ class Settings:
     decided_ttl_s: int = 7 * 24 * 3600
     # This processor's node id on the customs data exchange (DXP): the SenderId
     # of receipts to senders that wrap their messages in DxpMsg (1-16 characters).
-    dxp_id: str = "DXPCLEARANCE0001"
+    dxp_id: str = DEFAULT_DXP_ID
     # Keyed hash for personal data (buyer/payer ID, names, phones, addresses).
     pii_key: str = "clearance-dev-key-change-me"
     # Slot buckets of the Redis keys (see streams/state.py); same on every worker.
@@ -125,7 +129,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         consumer_group=_env(e, "CLEARANCE_GROUP", "clearance-worker"),
         match_timeout_s=float(_env(e, "CLEARANCE_MATCH_TIMEOUT_S", "1800")),
         decided_ttl_s=int(_env(e, "CLEARANCE_DECIDED_TTL_S", str(7 * 24 * 3600))),
-        dxp_id=_dxp_id(_env(e, "CLEARANCE_DXP_ID", "DXPCLEARANCE0001")),
+        dxp_id=_dxp_id(_env(e, "CLEARANCE_DXP_ID", DEFAULT_DXP_ID)),
         pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
         redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),
         rules=_env(e, "CLEARANCE_RULES", ""),

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 import orjson
 
-from topics.ceb import DEFAULT_DXP_ID, KINDS, NS, dxp_wrap, field_specs
+from config.settings import DEFAULT_DXP_ID
+from topics.ceb import KINDS, NS, dxp_wrap, field_specs
 
 SCENARIOS = {
     "ok": 0.80,

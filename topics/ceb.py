@@ -29,6 +29,8 @@ import msgspec
 import orjson
 from lxml import etree
 
+from config.settings import DEFAULT_DXP_ID
+
 NS = "http://www.chinaport.gov.cn/ceb"
 XS = "{http://www.w3.org/2001/XMLSchema}"
 XSD_DIR = Path(__file__).parent / "xsd"
@@ -907,10 +909,6 @@ def _invisible_error(code_point: int) -> CebError:
 
 def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-# Receipts to a DXP sender go out from this node id (CLEARANCE_DXP_ID).
-DEFAULT_DXP_ID = "DXPCLEARANCE0001"
 
 
 def encode_receipts(receipts: list[dict[str, Any]], dxp_id: str = DEFAULT_DXP_ID) -> list[tuple[str, bytes]]:
