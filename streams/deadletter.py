@@ -53,7 +53,7 @@ def readable(value: bytes) -> str:
 
 def record(topic: str, partition: int, offset: int, timestamp_ms: int, key: bytes | None, value: bytes,
            reason: str, status: str, info: str, message_type: str, now_ms: int,
-           envelope: dict[str, str] | None = None) -> bytes:
+           envelope: ceb.Envelope | None = None) -> bytes:
     """The dead-letter record of one rejected inbound record; `envelope`: what
     its DxpMsg said (copMsgId, senderId), when it could be read. A sender asks
     about a refused message by its CopMsgId (its CEB900's oriCopMsgId)."""
@@ -64,8 +64,8 @@ def record(topic: str, partition: int, offset: int, timestamp_ms: int, key: byte
         "value": base64.b64encode(value).decode(),
         "rejectedAt": now_ms,
     }
-    if envelope:
-        out["envelope"] = envelope
+    if envelope is not None:
+        out["envelope"] = {"copMsgId": envelope.cop_msg_id, "senderId": envelope.sender_id}
     return orjson.dumps(out)
 
 

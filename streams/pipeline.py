@@ -252,9 +252,7 @@ class Pipeline:
         ori = envelope.cop_msg_id if envelope else f"{rec.topic}:{rec.partition}:{rec.offset}"
         out_receipts.append(receipts.error_receipt(sender, fmt, status, info, message_type, ori, now))
         record = deadletter.record(rec.topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key, rec.value or b"",
-                                   reason, status, info, message_type, now,
-                                   {"copMsgId": envelope.cop_msg_id, "senderId": envelope.sender_id} if envelope
-                                   else None)
+                                   reason, status, info, message_type, now, envelope)
         self.sink.produce(self.t_deadletter, f"{rec.topic}:{rec.partition}", record)
 
     def _on_match(self, d: _Doc, reply: list[Any], now: int, out_receipts: list[dict[str, Any]],
