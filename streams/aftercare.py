@@ -68,19 +68,28 @@ class Aftercare:
         """Produce the tax records of released lists; return the Redis calls to queue:
         one index call per slot bucket and one tax call per period for the whole batch,
         not a round of commands per order."""
-        index: dict[str, list[tuple[str, str]]] = {}
+        index: dict[str, list[tuple[str, str, str]]] = {}
         records = []
+        buckets = self.p.buckets
         for decision in decisions:
+            order_key = decision["orderKey"]
             for kind, value in (("ln", decision.get("logisticsNo")), ("inv", decision.get("invtNo"))):
                 if value:
-                    key = state.index_key(kind, value, self.p.buckets)
-                    index.setdefault(state.slot_tag(key), []).append((key, decision["orderKey"]))
+                    key = state.index_key(kind, value, buckets)
+                    index.setdefault(state.slot_tag(key), []).append((key, "", order_key))
+            # A waybill that timed out alone names no platform (its platform
+            # is ""): trace finds it by its logisticsNo, not among an orderNo's orders.
+            platform = state.platform_of(order_key)
+            if platform:
+                key = state.order_index_key(state.order_no_of(order_key), buckets)
+                index.setdefault(state.slot_tag(key), []).append((key, platform, order_key))
             if decision["status"] == RELEASE and decision.get("tax"):
                 record = aftercare.tax_record(decision, now)
                 self.p.sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))
                 records.append(record)
-        calls = [self.s.index(keys=[k for k, _ in group],
-                              args=[self.p.settings.decided_ttl_s * 5] + [o for _, o in group], client=pipe)
+        calls = [self.s.index(keys=[k for k, _, _ in group],
+                              args=[self.p.settings.decided_ttl_s * 5] + [x for _, f, o in group for x in (f, o)],
+                              client=pipe)
                  for group in index.values()]
         by_period: dict[str, list[dict[str, Any]]] = {}
         for record in records:

@@ -21,20 +21,24 @@ def _need_services(settings: Settings) -> None:
                  "`clearance services` starts embedded ones and prints them, `clearance demo` runs everything.")
 
 
-def _order_key(settings: Settings, order_no: str, ebp: str | None) -> str:
+def _order_key(settings: Settings, order_no: str, ebp: str | None, scan: bool = False) -> str:
     """The order key of an orderNo: of the platform given, or of the only
-    platform that declared it (a keyspace scan: operators' commands only)."""
+    platform that declared it (state.order_keys_for; `scan`: the keyspace too)."""
     from streams import state
 
     if ebp:
         return state.order_key(ebp, order_no, settings.redis_buckets)
-    keys = state.order_keys_for(state.sync_client_for(settings), order_no, settings.redis_buckets)
+    keys = state.order_keys_for(state.sync_client_for(settings), order_no, settings.redis_buckets, scan)
     if not keys:
-        sys.exit(f"{order_no}: no order with this number")
+        sys.exit(f"{order_no}: no order with this number" + ("" if scan else _SCAN_HINT))
     if len(keys) > 1:
         platforms = ", ".join(state.platform_of(k) for k in keys)
         sys.exit(f"{order_no}: declared by several platforms ({platforms}); name one with --ebp")
     return keys[0]
+
+
+_SCAN_HINT = (" (orders decided by a version before the orderNo index, within CLEARANCE_DECIDED_TTL_S of "
+              "upgrading, are found with --scan)")
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -217,9 +221,9 @@ def cmd_trace(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     _need_services(settings)
-    t = trace.lineage(state.sync_client_for(settings), args.ident, settings.redis_buckets, args.ebp)
+    t = trace.lineage(state.sync_client_for(settings), args.ident, settings.redis_buckets, args.ebp, args.scan)
     if t is None:
-        sys.exit(f"{args.ident}: no order, waybill or list with this number")
+        sys.exit(f"{args.ident}: no order, waybill or list with this number" + ("" if args.scan else _SCAN_HINT))
     print(json.dumps(t, ensure_ascii=False, indent=1) if args.json else trace.text(t))
 
 
@@ -272,7 +276,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
     r = state.sync_client_for(settings)
-    key = _order_key(settings, args.order_no, args.ebp)
+    key = _order_key(settings, args.order_no, args.ebp, args.scan)
     raw = r.hmget(key, "dec", "final", "first", "m311", "m411", "m511", "m621")
     if raw[0] is None:
         present = [t for t, v in zip(("311", "411", "511", "621"), raw[3:]) if v is not None]
@@ -322,7 +326,7 @@ def cmd_review(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
     result = "release" if args.release else "reject"
-    ebp = args.ebp or state.platform_of(_order_key(settings, args.order_no, None))
+    ebp = args.ebp or state.platform_of(_order_key(settings, args.order_no, None, args.scan))
     record = {"ebpCode": ebp, "orderNo": args.order_no, "result": result, "officer": args.officer, "note": args.note,
               "at": int(time.time() * 1000)}
     producer = Producer(settings.librdkafka_config())
@@ -404,6 +408,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     sys.exit(run_demo(args))
 
 
+def _scan_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scan", action="store_true",
+                        help="for an orderNo given alone, also search Redis's whole keyspace: orders decided before "
+                             "the orderNo index existed (minutes for millions of keys)")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="clearance", description="Real-time CBEC customs clearance processor")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -472,6 +482,7 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("ident", help="orderNo, logisticsNo or invtNo")
     tr.add_argument("--ebp", help="the platform's ebpCode, for an orderNo several platforms used")
     tr.add_argument("--json", action="store_true")
+    _scan_option(tr)
     tr.set_defaults(func=cmd_trace)
 
     d = sub.add_parser("demo", help="run everything embedded with live output")
@@ -497,6 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     ex.add_argument("order_no")
     ex.add_argument("--ebp", help="the platform's ebpCode (needed when several platforms used the orderNo)")
     ex.add_argument("--json", action="store_true", help="the stored decision record")
+    _scan_option(ex)
     ex.set_defaults(func=cmd_explain)
 
     rv = sub.add_parser("review", help="an officer's result for an order in manual review or inspection")
@@ -507,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     which.add_argument("--reject", action="store_true")
     rv.add_argument("--officer", default=os.environ.get("USER", ""))
     rv.add_argument("--note", default="")
+    _scan_option(rv)
     rv.set_defaults(func=cmd_review)
 
     dl = sub.add_parser("deadletter", help="rejected input: list it, show one record, replay once the cause is fixed")

@@ -114,6 +114,8 @@ def _rewrite_references(r: Any, renamed: dict[str, str], dry_run: bool, done: Co
     by_order_no = {old.split(":", 3)[3]: new for old, new in renamed.items() if not state.is_waybill_key(new)}
     # The trace index held orderNos; it holds order keys now.
     for raw in list(r.scan_iter(match="clr:idx:*", count=1000)):
+        if _text(raw).split(":", 4)[3] == "on":
+            continue  # the orderNo index (a hash) came after this key change: it holds order keys already
         value = r.get(raw)
         new = by_order_no.get(_text(value)) if value is not None else None
         if new:

@@ -537,12 +537,27 @@ def waybill_key_of(order_no: str, named: dict[str, Any], buckets: int = BUCKETS)
     return waybill_key(order_no, str(named.get("logisticsCode", "")), str(named.get("logisticsNo", "")), buckets)
 
 
-def order_keys_for(r: Any, order_no: str, buckets: int = BUCKETS) -> list[str]:
+def order_keys_for(r: Any, order_no: str, buckets: int = BUCKETS, scan: bool = False) -> list[str]:
     """Every platform's order key for an orderNo, for operators' commands that
-    are given an orderNo alone: a SCAN of the keyspace, not for the stream."""
+    are given an orderNo alone: the decided ones from the orderNo index (kept
+    with each decision, see order_index_key), the pending ones from the
+    pending set of the orderNo's slot bucket (a ZSCAN of that set only). With
+    `scan`, the whole keyspace as well: orders decided before the index
+    existed (minutes for millions of keys; never on a request path)."""
     tag = "{o%02d}" % bucket_of(order_no, buckets)
     pattern = "clr:o:" + _glob_escape(tag) + ":*" + SEP + _glob_escape(order_no)
-    return sorted({(k.decode() if isinstance(k, bytes) else k) for k in r.scan_iter(match=pattern, count=1000)})
+    found = {_text(k) for k in r.hvals(order_index_key(order_no, buckets))}
+    found.update(_text(member) for member, _ in r.zscan_iter(pending_key(order_no, buckets), match=pattern,
+                                                             count=1000))
+    if scan:
+        found.update(_text(k) for k in r.scan_iter(match=pattern, count=1000))
+    # An index entry can outlive its order (deleted by hand, or expired first
+    # within the same second): only keys that exist are orders. One or two.
+    return [k for k in sorted(found) if r.exists(k)]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _glob_escape(text: str) -> str:
@@ -822,11 +837,19 @@ return #new / 2
 # within the broker's retention (days), not months later.
 TAX_RECORD_TTL_S = 100 * 24 * 3600
 
-# logisticsNo / invtNo -> order key for trace, one call per slot bucket.
+# The trace indexes, one call per slot bucket. ARGV: the TTL, then per key a
+# field and a value: logisticsNo / invtNo -> order key (a string, field ""),
+# orderNo -> {ebpCode: order key} (a hash: several platforms may use one).
 INDEX = """
 local ttl = tonumber(ARGV[1])
 for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+  local k, field, value = KEYS[i], ARGV[2 * i], ARGV[2 * i + 1]
+  if field == '' then
+    redis.call('SET', k, value, 'EX', ttl)
+  else
+    redis.call('HSET', k, field, value)
+    redis.call('EXPIRE', k, ttl)
+  end
 end
 return #KEYS
 """
@@ -919,6 +942,12 @@ def area_key(area: str) -> str:
 def index_key(kind: str, value: str, buckets: int = BUCKETS) -> str:
     """logisticsNo / invtNo → the order key, for trace."""
     return "clr:idx:{i%02d}:%s:%s" % (bucket_of(value, buckets), kind, value)
+
+
+def order_index_key(order_no: str, buckets: int = BUCKETS) -> str:
+    """orderNo → {ebpCode: order key} of its decided orders: an orderNo is
+    unique per platform only, so it is a hash, not a string like index_key's."""
+    return index_key("on", order_no, buckets)
 
 
 def tax_period_key(period: str) -> str:

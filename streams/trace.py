@@ -18,10 +18,11 @@ from streams import state
 DOC_NAMES = {"311": "order", "411": "payment", "511": "waybill", "621": "inventory list"}
 
 
-def resolve(r: Any, ident: str, buckets: int, ebp: str | None = None) -> list[str]:
+def resolve(r: Any, ident: str, buckets: int, ebp: str | None = None, scan: bool = False) -> list[str]:
     """The order keys for a logisticsNo or invtNo (by their index), or for an
-    orderNo: the platform's given, else one per platform that declared it (a
-    keyspace scan, tried last)."""
+    orderNo: the platform's given, else one per platform that declared it (by
+    the orderNo index and the pending set, state.order_keys_for; with `scan`,
+    the keyspace too)."""
     if ebp:
         key = state.order_key(ebp, ident, buckets)
         return [key] if r.exists(key) else []
@@ -29,7 +30,7 @@ def resolve(r: Any, ident: str, buckets: int, ebp: str | None = None) -> list[st
         found = r.get(state.index_key(kind, ident, buckets))
         if found:
             return [found.decode()]
-    return state.order_keys_for(r, ident, buckets)
+    return state.order_keys_for(r, ident, buckets, scan)
 
 
 def _mask(value: Any) -> Any:
@@ -42,8 +43,8 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def lineage(r: Any, ident: str, buckets: int, ebp: str | None = None) -> dict[str, Any] | None:
-    keys = resolve(r, ident, buckets, ebp)
+def lineage(r: Any, ident: str, buckets: int, ebp: str | None = None, scan: bool = False) -> dict[str, Any] | None:
+    keys = resolve(r, ident, buckets, ebp, scan)
     if not keys:
         return None
     if len(keys) > 1:  # several platforms used this orderNo: the caller names one

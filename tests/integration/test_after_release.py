@@ -250,6 +250,30 @@ def test_trace_tells_two_platforms_with_one_order_number_apart(world):
     assert trace.lineage(world.r, "ZT0000000051", state.BUCKETS)["ebpCode"] == "4601XXXXZZ"
 
 
+def test_trace_finds_an_order_number_alone_by_its_index_and_the_pending_set(world):
+    # No keyspace scan: a decided order is in the orderNo index its decision
+    # wrote, an undecided one in its slot bucket's pending set.
+    a = order(53)
+    b = other_platform(a, "4601XXXXZZ", "ZT0000000053")
+    world.run(doc_records(b), doc_records(a, ["311", "411"]))
+    (d,) = world.decisions()
+    assert d["ebpCode"] == "4601XXXXZZ"
+    index = world.r.hgetall(state.order_index_key(a.order_no, state.BUCKETS))
+    assert index == {b"4601XXXXZZ": state.order_key("4601XXXXZZ", a.order_no, state.BUCKETS).encode()}
+    assert state.order_keys_for(world.r, a.order_no, state.BUCKETS) == sorted(
+        state.order_key(ebp, a.order_no, state.BUCKETS) for ebp in ("4601XXXXAA", "4601XXXXZZ"))
+    pending = trace.lineage(world.r, a.order_no, state.BUCKETS, "4601XXXXAA")
+    assert [x["type"] for x in pending["documents"]] == ["CEB311", "CEB411"] and "decision" not in pending
+    # Once A's order is decided too, both come from the index.
+    world.run(doc_records(a, ["511", "621"]))
+    assert len(world.r.hgetall(state.order_index_key(a.order_no, state.BUCKETS))) == 2
+    assert trace.lineage(world.r, a.order_no, state.BUCKETS)["platforms"] == ["4601XXXXAA", "4601XXXXZZ"]
+    # An order the index has lost (decided by a version before it) is found only with scan.
+    world.r.delete(state.order_index_key(a.order_no, state.BUCKETS))
+    assert state.order_keys_for(world.r, a.order_no, state.BUCKETS) == []
+    assert len(state.order_keys_for(world.r, a.order_no, state.BUCKETS, scan=True)) == 2
+
+
 def test_one_batch_charges_a_guarantor_once_per_list_in_turn(world):
     import random
 

@@ -46,8 +46,9 @@ def to_old_layout(r, o: GeneratedOrder) -> None:
     if score is not None:
         r.zrem(pending, new)
         r.zadd(pending, {old: score})
+    r.delete(state.order_index_key(o.order_no))  # that version kept no orderNo index
     for raw in r.scan_iter(match="clr:idx:*"):
-        if r.get(raw) == new.encode():
+        if r.type(raw) == b"string" and r.get(raw) == new.encode():
             r.set(raw, o.order_no, keepttl=True)
     for raw in r.scan_iter(match="clr:q:*"):
         cents = r.hget(raw, "o:" + new)

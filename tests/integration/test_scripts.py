@@ -249,16 +249,38 @@ def test_guarantee_charges_in_turn_and_each_list_once(redis_url):
 
 
 def test_order_keys_for_an_order_number_match_it_literally(redis_url):
-    # An operator's lookup by orderNo alone scans for every platform's key of
-    # it; glob characters in an orderNo match only themselves (one slot bucket
-    # here, so that every key is a candidate).
+    # An operator's lookup by orderNo alone reads the orderNo index and the
+    # pending set of its slot bucket, and with scan the keyspace; glob
+    # characters in an orderNo match only themselves (one slot bucket here,
+    # so that every key is a candidate).
     r = redis.Redis.from_url(redis_url)
-    for ebp, order_no in (("E1", "A*B"), ("E2", "A*B"), ("E1", "AxB"), ("E1", "A[*]B"), ("E1", "A*B2"),
-                          ("E1", "A?B")):
-        r.hset(state.order_key(ebp, order_no, 1), "first", 1)
+    keys = {(ebp, order_no): state.order_key(ebp, order_no, 1) for ebp, order_no in (
+        ("E1", "A*B"), ("E2", "A*B"), ("E1", "AxB"), ("E1", "A[*]B"), ("E1", "A*B2"), ("E1", "A?B"))}
+    for k in keys.values():
+        r.hset(k, "first", 1)
+    pending = state.pending_key("A*B", 1)
+    r.zadd(pending, {k: NOW for (ebp, _), k in keys.items() if ebp == "E1"})
+    index = r.register_script(state.INDEX)
+    assert index(keys=[state.order_index_key("A*B", 1)], args=[60, "E2", keys["E2", "A*B"]]) == 1
     found = state.order_keys_for(r, "A*B", 1)
-    assert found == [state.order_key("E1", "A*B", 1), state.order_key("E2", "A*B", 1)]
+    assert found == [keys["E1", "A*B"], keys["E2", "A*B"]]
     assert [state.platform_of(k) for k in found] == ["E1", "E2"]
-    assert state.order_keys_for(r, "A[*]B", 1) == [state.order_key("E1", "A[*]B", 1)]
-    assert state.order_keys_for(r, "A?B", 1) == [state.order_key("E1", "A?B", 1)]
+    assert state.order_keys_for(r, "A[*]B", 1) == [keys["E1", "A[*]B"]]
+    assert state.order_keys_for(r, "A?B", 1) == [keys["E1", "A?B"]]
     assert state.order_keys_for(r, "nothing", 1) == []
+    # Neither indexed nor pending: found only by a scan.
+    r.zrem(pending, keys["E1", "A*B"])
+    assert state.order_keys_for(r, "A*B", 1) == [keys["E2", "A*B"]]
+    assert state.order_keys_for(r, "A*B", 1, scan=True) == [keys["E1", "A*B"], keys["E2", "A*B"]]
+    # An index entry whose order is gone names nothing.
+    r.delete(keys["E2", "A*B"])
+    assert state.order_keys_for(r, "A*B", 1) == []
+
+
+def test_index_sets_strings_and_an_order_numbers_hash_with_one_expiry(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    ln, on = state.index_key("ln", "L1", 1), state.order_index_key("O1", 1)
+    index = r.register_script(state.INDEX)
+    assert index(keys=[ln, on, on], args=[60, "", "order-a", "E1", "order-a", "E2", "order-b"]) == 3
+    assert r.get(ln) == b"order-a" and r.hgetall(on) == {b"E1": b"order-a", b"E2": b"order-b"}
+    assert 0 < r.ttl(ln) <= 60 and 0 < r.ttl(on) <= 60
