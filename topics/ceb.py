@@ -797,8 +797,9 @@ APP_TYPES = frozenset({"1", "2", "3"})  # add, change, delete (the XSD says only
 # ideograph) one reads as its plain twin to an officer and to every tool that
 # folds by NFKC, but is another key here: refused (_lookalike). Full-width
 # punctuation, which Chinese input methods type as a matter of course ("（一）"),
-# is left alone: it does not look like its ASCII twin. An ASCII identifier
-# (nearly all) costs one isascii().
+# is left alone: it does not look like its ASCII twin. A letter or digit of
+# another script (Cyrillic "Н" for Latin "H") is refused too (_foreign_letter).
+# An ASCII identifier (nearly all) costs one isascii().
 KEY_FIELDS = ("orderNo", "ebpCode", "ebcCode", "payCode", "payTransactionId", "logisticsCode", "logisticsNo",
               "agentCode", "copNo", "invtNo", "preNo")
 
@@ -819,6 +820,27 @@ def _lookalike(value: str) -> str:
         plain = unicodedata.normalize("NFKC", c)
         if plain != c and plain.isalnum():
             return f"{c!r} (U+{ord(c):04X}) for {plain!r}"
+    return ""
+
+
+# Letters and digits an identifier may hold beyond ASCII: Chinese ones (the
+# unified ideographs of every extension, the ideographic 〇 and iteration mark
+# 々, and the Hangzhou numerals 〡-〩).
+_CHINESE = ("CJK UNIFIED IDEOGRAPH-", "IDEOGRAPHIC ", "HANGZHOU NUMERAL")
+
+
+def _foreign_letter(value: str) -> str:
+    """The first letter, digit or combining mark of a value that is neither
+    ASCII nor Chinese, named; "" if it has none. Cyrillic, Greek, Armenian,
+    Cherokee and the accented or IPA Latin letters hold look-alikes of ASCII
+    letters (Cyrillic "Н" and "О" in "НО01") that NFKC leaves as they are; a
+    combining mark changes a letter without a code point of its own."""
+    for c in value:
+        if c.isascii():
+            continue
+        category = unicodedata.category(c)
+        if category[0] == "M" or category[0] in "LN" and not unicodedata.name(c, "").startswith(_CHINESE):
+            return f"{c!r} (U+{ord(c):04X} {unicodedata.name(c, 'unnamed')})"
     return ""
 
 
@@ -849,6 +871,11 @@ def _check_documents(msg: DecodedMessage, now: float) -> None:
                 raise CebError(ERR_SCHEMA, "lookalike_identifier", f"document {i}: {name} {value!r} spells "
                                f"{twin} in compatibility characters; identifiers are matched exactly, so send "
                                "the plain form", KINDS[msg.kind].root)
+            foreign = _foreign_letter(value)
+            if foreign:
+                raise CebError(ERR_SCHEMA, "lookalike_identifier", f"document {i}: {name} {value!r} holds "
+                               f"{foreign}; an identifier's letters and digits are ASCII or Chinese, so that "
+                               "none passes for another", KINDS[msg.kind].root)
         for name, length in DATE_FIELDS.items():
             text = doc.head.get(name)
             if not text:

@@ -175,6 +175,17 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
      "lookalike_identifier"),
     ("a CJK compatibility ideograph in ebcCode (XML)", xdoc("621", {"ebcCode": "4601\uf900"}), ("621",),
      "lookalike_identifier"),
+    # Letters of other scripts that NFKC leaves alone read as ASCII ones.
+    ("a Cyrillic letter in an orderNo", jdoc("411", {"orderNo": "\u041d" + ORDER.order_no[1:]}), ("411",),
+     "lookalike_identifier"),
+    ("a Greek capital alpha in ebpCode (XML)", xdoc("621", {"ebpCode": "4601XXXX\u0391A"}), ("621",),
+     "lookalike_identifier"),
+    ("an accented letter in a logisticsNo", jdoc("511", {"logisticsNo": "YT12\u00e93"}), ("511",),
+     "lookalike_identifier"),
+    ("a combining acute accent on an ASCII letter (XML)", xdoc("511", {"logisticsNo": "YT12e\u03013"}), ("511",),
+     "lookalike_identifier"),
+    ("Arabic-Indic digits in payTransactionId", jdoc("411", {"payTransactionId": "PAY\u0661\u0662"}), ("411",),
+     "lookalike_identifier"),
     ("XML in UTF-16", xdoc("311").decode().replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16"),
      ("311",), "not_utf8"),
     ("JSON in UTF-16", jdoc("311").decode().encode("utf-16"), ("311",), "not_utf8"),
@@ -196,10 +207,18 @@ def test_hostile_input_is_refused_with_its_reason(name, data, accepts, reason):
 
 def test_identifiers_in_chinese_are_plain_text():
     # orderNo is C..60: a platform may number orders with Chinese text and the
-    # full-width punctuation Chinese input methods type; only compatibility
-    # letters and digits, which read as their plain twins, are refused.
-    for data in (jdoc("411", {"orderNo": "海南订单（一）001"}), xdoc("411", {"orderNo": "海南订单（一）001"})):
-        assert ceb.decode(data, ("411",)).documents[0].head["orderNo"] == "海南订单（一）001"
+    # full-width punctuation Chinese input methods type, the ideographic zero
+    # and the Hangzhou numerals; only compatibility letters and digits, which
+    # read as their plain twins, and letters of other scripts are refused.
+    for value in ("海南订单（一）001", "二〇二六年〡号", "𠀀-々"):
+        for data in (jdoc("411", {"orderNo": value}), xdoc("411", {"orderNo": value})):
+            assert ceb.decode(data, ("411",)).documents[0].head["orderNo"] == value
+
+
+def test_a_letter_of_another_script_is_named_in_the_receipt():
+    with pytest.raises(ceb.CebError) as exc:
+        ceb.decode(jdoc("411", {"orderNo": "\u041d" + ORDER.order_no[1:]}), ("411",))
+    assert "U+041D CYRILLIC CAPITAL LETTER EN" in exc.value.info and "orderNo" in exc.value.info
 
 
 def test_a_leading_bom_is_fine():
