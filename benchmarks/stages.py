@@ -8,7 +8,7 @@ The collector is tuned as the worker tunes it (streams.app.tune_gc) unless
 --default-gc is given.
 
 Usage: python -m benchmarks.stages [--orders 4000] [--format json|xml|dxp] [--rules spine|FILE] [--default-gc]
-       [--redis-commands]
+       [--redis-commands] [--redis-memory]
 """
 from __future__ import annotations
 
@@ -68,6 +68,9 @@ def main() -> None:
                     help="also list Redis's time per command (scripts and the commands they call)")
     ap.add_argument("--redis-cluster", action="store_true",
                     help="on a local three-node Redis Cluster: Redis's CPU per document on each node")
+    ap.add_argument("--redis-memory", action="store_true",
+                    help="also Redis's memory per decided order, by key family (MEMORY USAGE of every key; "
+                         "on the embedded Redis or an empty REDIS_URL)")
     args = ap.parse_args()
     base = load_settings()
     if args.redis_cluster:
@@ -96,7 +99,11 @@ def main() -> None:
         print(f"{args.format}: decode+validate {decode_us:.1f} µs/doc, normalise {normalise_us:.1f} µs/doc")
         rules = decide.SpineRules() if args.rules == "spine" else ruleset.load(args.rules)
         print(f"rules: {rules.version}")
+        sync = state.sync_client_for(settings)
+        used_before = int(sync.info("memory")["used_memory"])
         asyncio.run(_pipeline(settings, batches, n, rules, args.redis_commands))
+        if args.redis_memory:
+            redis_memory(sync, args.orders, int(sync.info("memory")["used_memory"]) - used_before)
     finally:
         services.stop()
 
@@ -163,6 +170,25 @@ async def _pipeline(settings: Settings, batches: list[list[InRecord]], n: int, r
             await r.aclose()
     await p.aclose()
     await client.aclose()
+
+
+def redis_memory(r: Any, orders: int, used: int) -> None:
+    """What the decided orders hold in Redis, per order: every order is decided
+    and confirmed, so this is the state kept for the retention
+    (CLEARANCE_DECIDED_TTL_S), by key family (clr:<family>:..., the trace
+    indexes by kind)."""
+    families: dict[str, list[int]] = {}
+    for raw in r.scan_iter(match="clr:*", count=1000):
+        parts = raw.decode().split(":")
+        family = parts[1] + (":" + parts[3] if parts[1] == "idx" else "")
+        entry = families.setdefault(family, [0, 0])
+        entry[0] += 1
+        entry[1] += r.memory_usage(raw, samples=0) or 0
+    total = sum(size for _, size in families.values())
+    print(f"  Redis memory per decided order: {used / orders:,.0f} bytes (used_memory's growth over the run), "
+          f"{total / orders:,.0f} in its keys (MEMORY USAGE), by family:")
+    for family, (keys, size) in sorted(families.items(), key=lambda kv: -kv[1][1]):
+        print(f"    clr:{family:12} {keys:8} keys {size / orders:8,.0f} bytes per order")
 
 
 def redis_cpu_seconds(info: dict[str, Any]) -> float:

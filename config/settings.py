@@ -14,6 +14,12 @@ from typing import Mapping
 # This processor's node id on the customs data exchange unless CLEARANCE_DXP_ID says otherwise.
 DEFAULT_DXP_ID = "DXPCLEARANCE0001"
 
+# A return may be applied for 30 days after release (processors/aftercare.py
+# RETURN_WINDOW_MS, GACC Ann. 2020 No. 45) and must find the order's list:
+# decided state is kept at least that long and a day, by default 35 days.
+MIN_DECIDED_TTL_S = 31 * 24 * 3600
+DEFAULT_DECIDED_TTL_S = 35 * 24 * 3600
+
 
 def _env(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "")
@@ -45,8 +51,11 @@ class Settings:
     consumer_group: str = "clearance-worker"
     # An incomplete match is decided as a timeout after this many seconds.
     match_timeout_s: float = 1800.0
-    # Decided orders stay in Redis this long so late duplicates are recognised.
-    decided_ttl_s: int = 7 * 24 * 3600
+    # Retention in Redis of a decided order (its decision, list and digests),
+    # its trace indexes and its parcel's gate state after exit, cancel or
+    # return: late duplicates are recognised, and a return (CEB625) finds the
+    # list it returns goods of, for the whole 30-day return window.
+    decided_ttl_s: int = DEFAULT_DECIDED_TTL_S
     # This processor's node id on the customs data exchange (DXP): the SenderId
     # of receipts to senders that wrap their messages in DxpMsg (1-16 characters).
     dxp_id: str = DEFAULT_DXP_ID
@@ -103,6 +112,14 @@ class Settings:
         return conf
 
 
+def _decided_ttl(value: str) -> int:
+    seconds = int(value)
+    if seconds < MIN_DECIDED_TTL_S:
+        raise ValueError(f"CLEARANCE_DECIDED_TTL_S must be at least {MIN_DECIDED_TTL_S} (31 days): a return may "
+                         f"come 30 days after release and needs the order's list; {seconds} is shorter")
+    return seconds
+
+
 def _dxp_id(value: str) -> str:
     if not 1 <= len(value) <= 16 or not value.isascii() or not value.isalnum():
         raise ValueError(f"CLEARANCE_DXP_ID must be 1-16 letters and digits (a DXP node id), not {value!r}")
@@ -128,7 +145,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         replication_factor=int(_env(e, "CLEARANCE_REPLICATION_FACTOR", "1")),
         consumer_group=_env(e, "CLEARANCE_GROUP", "clearance-worker"),
         match_timeout_s=float(_env(e, "CLEARANCE_MATCH_TIMEOUT_S", "1800")),
-        decided_ttl_s=int(_env(e, "CLEARANCE_DECIDED_TTL_S", str(7 * 24 * 3600))),
+        decided_ttl_s=_decided_ttl(_env(e, "CLEARANCE_DECIDED_TTL_S", str(DEFAULT_DECIDED_TTL_S))),
         dxp_id=_dxp_id(_env(e, "CLEARANCE_DXP_ID", DEFAULT_DXP_ID)),
         pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
         redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),

@@ -88,7 +88,7 @@ class Aftercare:
                 self.p.sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))
                 records.append(record)
         calls = [self.s.index(keys=[k for k, _, _ in group],
-                              args=[self.p.settings.decided_ttl_s * 5] + [x for _, f, o in group for x in (f, o)],
+                              args=[self.p.settings.decided_ttl_s] + [x for _, f, o in group for x in (f, o)],
                               client=pipe)
                  for group in index.values()]
         by_period: dict[str, list[dict[str, Any]]] = {}
@@ -132,7 +132,7 @@ class Aftercare:
             out_receipts.append(receipts.document_receipt(d.doc, d.meta, "100", why, now))
             return
         reply = await self.s.cancel(keys=[state.parcel_key(decision["logisticsNo"], self.p.buckets)],
-                                    args=[now, decision["orderNo"]])
+                                    args=[now, decision["orderNo"], self.p.settings.decided_ttl_s])
         status = int(reply[0])
         if status < 0:
             out_receipts.append(receipts.document_receipt(
@@ -170,7 +170,8 @@ class Aftercare:
         if not ok or decision is None:
             out_receipts.append(receipts.document_receipt(d.doc, d.meta, "100", why, now))
             return
-        reply = await self.s.ret(keys=[state.parcel_key(decision["logisticsNo"], self.p.buckets)], args=[now])
+        reply = await self.s.ret(keys=[state.parcel_key(decision["logisticsNo"], self.p.buckets)],
+                                 args=[now, self.p.settings.decided_ttl_s])
         status = int(reply[0])
         if status < 0:
             out_receipts.append(receipts.document_receipt(
@@ -224,7 +225,7 @@ class Aftercare:
                              timestamps=dict(decision["timestamps"], guaranteed=now))
                 final["reasons"] = [r for r in decision["reasons"] if r.get("rule") != "guarantee.balance"]
                 final["rules"] = sorted({r["rule"] for r in final["reasons"]})
-                if not int(await self.s.release_held(keys=[okey], args=[orjson.dumps(final)])):
+                if not int(await self.s.release_held(keys=[okey], args=[orjson.dumps(final), self.p.settings.decided_ttl_s])):
                     continue
                 self.p.sink.produce(self.p.t_decisions, final["decisionId"], orjson.dumps(final))
                 event = decide.release_event(final)

@@ -237,6 +237,17 @@ def cmd_migrate_keys(args: argparse.Namespace) -> None:
     print((("would migrate: " if args.dry_run else "migrated: ") + what) if what else "nothing to migrate")
 
 
+def cmd_migrate_retention(args: argparse.Namespace) -> None:
+    from streams import migrate, state
+
+    settings = load_settings()
+    _need_services(settings)
+    done = migrate.migrate_retention(state.sync_client_for(settings), settings.decided_ttl_s, int(time.time() * 1000),
+                                     args.dry_run)
+    what = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(done.items()))
+    print((("would change: " if args.dry_run else "changed: ") + what) if what else "nothing to change")
+
+
 def cmd_rules(args: argparse.Namespace) -> None:
     import json
 
@@ -503,6 +514,12 @@ def main(argv: list[str] | None = None) -> None:
                                              "run once with every worker stopped")
     mk.add_argument("--dry-run", action="store_true", help="count what would change, change nothing")
     mk.set_defaults(func=cmd_migrate_keys)
+
+    mr = sub.add_parser("migrate-retention", help="state of a version before the 35-day retention: keep decided "
+                                                   "orders through the return window, expire settled parcels "
+                                                   "(safe while workers run)")
+    mr.add_argument("--dry-run", action="store_true", help="count what would change, change nothing")
+    mr.set_defaults(func=cmd_migrate_retention)
 
     ex = sub.add_parser("explain", help="why an order got its decision")
     ex.add_argument("order_no")

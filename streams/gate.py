@@ -73,7 +73,8 @@ class Gate:
             if not ln:
                 continue
             if ev.get("status") == "revoked":
-                self.s.cancel(keys=[self.key(ln)], args=[ev.get("revokedAt", now), ev.get("orderNo", "")], client=pipe)
+                self.s.cancel(keys=[self.key(ln)], args=[ev.get("revokedAt", now), ev.get("orderNo", ""),
+                                                          self.settings.decided_ttl_s], client=pipe)
                 pipe.srem(state.area_key(ev.get("areaCode") or "-"), ln)
                 continue
             releases.append((ev, len(pipe)))
@@ -95,7 +96,7 @@ class Gate:
 
     def exit(self, logistics_no: str, gate: str) -> dict[str, Any]:
         now = int(time.time() * 1000)
-        reply = self.s.exit(keys=[self.key(logistics_no)], args=[gate, now])
+        reply = self.s.exit(keys=[self.key(logistics_no)], args=[gate, now, self.settings.decided_ttl_s])
         code, st = int(reply[0]), reply[1].decode()
         if code == 1:
             info = self.scan(logistics_no)

@@ -140,3 +140,44 @@ def _rewrite_references(r: Any, renamed: dict[str, str], dry_run: bool, done: Co
                 if not dry_run:
                     r.zrem(raw, member)
                     r.zadd(raw, {renamed[_text(member)]: score})
+
+
+def migrate_retention(r: Any, ttl_s: int, now_ms: int, dry_run: bool = False) -> Counter[str]:
+    """`clearance migrate-retention`: state kept by versions before the
+    twelfth session's retention (config/settings.py DEFAULT_DECIDED_TTL_S).
+    Those kept a decided order 7 days from its decision, too short for the
+    30-day return window, and a parcel's gate state forever. Decided orders
+    (and the waybill keys that point to them) are kept `ttl_s` from their
+    decision (`dect`) where that is longer than what they have left; exited,
+    cancelled and returned parcels without an expiry get `ttl_s` from their
+    last change (one already past it is deleted). Releasable parcels are kept
+    until they leave, as new workers keep them. Idempotent, and safe while
+    workers run: it only lengthens an order's life and sets expiries that
+    new workers would set."""
+    done: Counter[str] = Counter()
+    for raw in list(r.scan_iter(match="clr:o:*", count=1000)):
+        dect, w = r.hmget(raw, "dect", "w")
+        left = r.ttl(raw)
+        if dect is None or left < 0:  # undecided (no expiry until confirmed)
+            continue
+        target = int(_text(dect)) // 1000 + ttl_s - now_ms // 1000
+        if target <= left + 60:  # already kept as long (a minute for the clocks of the workers that set it)
+            continue
+        done["orders_kept_longer"] += 1
+        if not dry_run:
+            r.expire(raw, target)
+            if w is not None and _text(w) != _text(raw):
+                r.expire(w, target)
+    for raw in list(r.scan_iter(match="clr:parcel:*", count=1000)):
+        fields = {_text(k): _text(v) for k, v in r.hgetall(raw).items()}
+        if fields.get("state", "releasable") == "releasable" or r.ttl(raw) != -1:
+            continue
+        changed = max(int(fields.get(name) or 0) for name in ("exitedAt", "cancelledAt", "returnedAt"))
+        target = changed // 1000 + ttl_s - now_ms // 1000
+        done["parcels_expired" if target <= 0 else "parcels_given_expiry"] += 1
+        if not dry_run:
+            if target <= 0:
+                r.delete(raw)
+            else:
+                r.expire(raw, target)
+    return done

@@ -552,7 +552,8 @@ class Pipeline:
         fgroups = state.group_by_slot(finals, lambda kf: kf[0])
         raw = {key: orjson.dumps(final) for key, final in finals}  # stored and produced: serialised once
         for group in fgroups.values():
-            await self.scripts.finalize(keys=[k for k, _ in group], args=[raw[k] for k, _ in group], client=pipe)
+            await self.scripts.finalize(keys=[k for k, _ in group],
+                                        args=[self.settings.decided_ttl_s] + [raw[k] for k, _ in group], client=pipe)
         out_receipts = []
         unreserve: list[decide.QuotaRequest] = []
         after_pipe = self.batch()

@@ -475,14 +475,19 @@ return out
 """
 
 # Store final decisions once: per key {1} stored, {0, existing} finalised before.
+# ARGV: the retention, then the finals. A release after review starts the
+# 30-day return window later than the decision did: the order's retention
+# starts again with it.
 FINALIZE = """
+local ttl = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS do
   local k = KEYS[i]
   local existing = redis.call('HGET', k, 'final')
   if existing then out[i] = {0, existing}
   else
-    redis.call('HSET', k, 'final', ARGV[i])
+    redis.call('HSET', k, 'final', ARGV[i + 1])
+    redis.call('EXPIRE', k, ttl)
     out[i] = {1}
   end
 end
@@ -730,7 +735,10 @@ def split_docs(values: list[Any]) -> tuple[int, dict[str, bytes], dict[str, byte
 # --------------------------------------------------------------------------- after release
 
 # Parcel state at the gates: releasable → exited → returned, or cancelled.
-# The key is by waybill number, so a gate's scan is one lookup.
+# The key is by waybill number, so a gate's scan is one lookup. A releasable
+# parcel is kept until it leaves or is cancelled; each later state keeps it
+# for the retention (the last ARGV) from then: an exited parcel through its
+# 30-day return window, a returned or cancelled one for trace.
 PARCEL_RELEASE = """
 local k = KEYS[1]
 if redis.call('HSETNX', k, 'state', 'releasable') == 0 then return 0 end
@@ -744,6 +752,7 @@ local k = KEYS[1]
 local state = redis.call('HGET', k, 'state')
 if state == 'releasable' then
   redis.call('HSET', k, 'state', 'exited', 'gate', ARGV[1], 'exitedAt', ARGV[2])
+  redis.call('EXPIRE', k, tonumber(ARGV[3]))
   return {1, 'exited'}
 end
 if state == 'exited' then return {0, 'exited', redis.call('HGET', k, 'gate'), redis.call('HGET', k, 'exitedAt')} end
@@ -758,6 +767,7 @@ local state = redis.call('HGET', k, 'state')
 if state == 'exited' or state == 'returned' then return {-1, state} end
 if state == 'cancelled' then return {0, state} end
 redis.call('HSET', k, 'state', 'cancelled', 'cancelledAt', ARGV[1], 'orderNo', ARGV[2])
+redis.call('EXPIRE', k, tonumber(ARGV[3]))
 return {1, 'cancelled'}
 """
 
@@ -766,6 +776,7 @@ local k = KEYS[1]
 local state = redis.call('HGET', k, 'state')
 if state == 'exited' then
   redis.call('HSET', k, 'state', 'returned', 'returnedAt', ARGV[1])
+  redis.call('EXPIRE', k, tonumber(ARGV[2]))
   return {1, 'returned', redis.call('HGET', k, 'exitedAt')}
 end
 if state == 'returned' then return {0, 'returned'} end
@@ -927,6 +938,7 @@ local k = KEYS[1]
 local final = redis.call('HGET', k, 'final')
 if final and not string.find(final, '"status":599', 1, true) then return 0 end
 redis.call('HSET', k, 'final', ARGV[1])
+redis.call('EXPIRE', k, tonumber(ARGV[2]))
 return 1
 """
 

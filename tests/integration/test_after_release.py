@@ -14,6 +14,7 @@ import pytest
 
 from config.settings import Settings
 from processors import ruleset
+from processors.aftercare import RETURN_WINDOW_MS
 from streams import state, trace
 from streams.gate import Gate
 from streams.pipeline import Pipeline
@@ -181,6 +182,38 @@ def test_return_restores_quota_and_tax_once(world):
     assert int(world.r.hget(period, "4601XXXXBB:taxTotal")) == \
         charge[0]["cents"]["taxTotal"] + reversal[0]["cents"]["taxTotal"]
     assert world.gate.scan(o.logistics_no)["state"] == "returned"
+
+
+def test_decided_state_is_kept_through_the_return_window(world):
+    # A return may come 30 days after release and needs the order's decision
+    # and list: the order, its indexes and its exited parcel are kept for the
+    # retention; a releasable parcel is kept until it leaves.
+    o = order(31)
+    d = world.released_at_gate(o)
+    ttl = world.settings.decided_ttl_s
+    window_s = RETURN_WINDOW_MS // 1000
+    parcel = state.parcel_key(o.logistics_no)
+    assert window_s < world.r.ttl(d["orderKey"]) <= ttl
+    for key in (state.index_key("ln", o.logistics_no), state.index_key("inv", d["invtNo"]),
+                state.order_index_key(o.order_no)):
+        assert window_s < world.r.ttl(key) <= ttl
+    assert world.r.ttl(parcel) == -1  # releasable: no expiry
+    world.gate.exit(o.logistics_no, "G1")
+    assert window_s < world.r.ttl(parcel) <= ttl
+    world.r.expire(parcel, 60)
+    world.run([after_record("625", refund_document(o, d["invtNo"]))])
+    assert [r["returnStatus"] for r in world.receipts("InvtRefundReturn")] == ["399"]
+    assert window_s < world.r.ttl(parcel) <= ttl  # returned: kept for the retention from now
+
+
+def test_a_cancelled_parcel_expires_after_the_retention(world):
+    o = order(32)
+    d = world.released_at_gate(o)
+    world.run([after_record("623", cancel_document(o, d["invtNo"]))])
+    world.to_gate()
+    parcel = state.parcel_key(o.logistics_no)
+    assert world.gate.scan(o.logistics_no)["state"] == "cancelled"
+    assert 0 < world.r.ttl(parcel) <= world.settings.decided_ttl_s
 
 
 def test_return_of_more_than_was_declared_is_refused(world):

@@ -95,3 +95,36 @@ def test_migrated_state_carries_on_under_the_new_keys(where):
     assert replay.decisions() == [] and {x["returnStatus"] for x in receipts_of(replay)} == {"120", "800"}
     assert r.zcard(state.pending_key(waybill_first.order_no)) + r.zcard(state.pending_key(list_first.order_no)) \
         == 0
+
+
+def test_retention_migration_keeps_decided_orders_through_the_return_window(where):
+    # A version before the 35-day retention kept decided orders 7 days from
+    # their decision and settled parcels forever.
+    url, cluster = where
+    r = state.sync_client(url, cluster)
+    day = 86_400
+    o = order(64)
+    (d,) = run_pipeline(url, [doc_records(o)], redis_cluster=cluster).decisions()
+    key = d["orderKey"]
+    now_ms = int(r.hget(key, "dect"))
+    r.hset(key, "dect", now_ms - 10 * day * 1000)  # decided 10 days ago ...
+    r.expire(key, 7 * day - 10 * day + 5 * day)  # ... with the old 7 days (and some slack) to live
+    w = r.hget(key, "w").decode()
+    parcels = {name: state.parcel_key(f"RET-{name}") for name in ("old", "recent", "waiting", "kept")}
+    r.hset(parcels["old"], mapping={"state": "exited", "exitedAt": now_ms - 40 * day * 1000})
+    r.hset(parcels["recent"], mapping={"state": "returned", "exitedAt": now_ms - 3 * day * 1000,
+                                       "returnedAt": now_ms - day * 1000})
+    r.hset(parcels["waiting"], mapping={"state": "releasable", "releasedAt": now_ms - 50 * day * 1000})
+    r.hset(parcels["kept"], mapping={"state": "cancelled", "cancelledAt": now_ms})
+    r.expire(parcels["kept"], 99)
+    ttl = 35 * day
+
+    would = migrate.migrate_retention(r, ttl, now_ms, dry_run=True)
+    assert would == {"orders_kept_longer": 1, "parcels_expired": 1, "parcels_given_expiry": 1}
+    assert r.ttl(key) <= 2 * day and r.exists(parcels["old"])
+    assert migrate.migrate_retention(r, ttl, now_ms) == would
+    assert 24 * day < r.ttl(key) <= 25 * day and 24 * day < r.ttl(w) <= 25 * day
+    assert not r.exists(parcels["old"])
+    assert 33 * day < r.ttl(parcels["recent"]) <= 34 * day
+    assert r.ttl(parcels["waiting"]) == -1 and r.ttl(parcels["kept"]) <= 99
+    assert migrate.migrate_retention(r, ttl, now_ms) == {}  # idempotent

@@ -284,3 +284,23 @@ def test_index_sets_strings_and_an_order_numbers_hash_with_one_expiry(redis_url)
     assert index(keys=[ln, on, on], args=[60, "", "order-a", "E1", "order-a", "E2", "order-b"]) == 3
     assert r.get(ln) == b"order-a" and r.hgetall(on) == {b"E1": b"order-a", b"E2": b"order-b"}
     assert 0 < r.ttl(ln) <= 60 and 0 < r.ttl(on) <= 60
+
+
+def test_a_final_decision_starts_the_orders_retention_again(redis_url):
+    # A release after review or after a guarantee top-up opens the return
+    # window later than the decision did.
+    r = redis.Redis.from_url(redis_url)
+    k = state.order_key("E1", "RETAIN-1", 1)
+    r.hset(k, "dec", b'{"status":300}')
+    r.expire(k, 60)
+    finalize = r.register_script(state.FINALIZE)
+    assert finalize(keys=[k], args=[3600, b'{"status":800}']) == [[1]]
+    assert 60 < r.ttl(k) <= 3600 and r.hget(k, "final") == b'{"status":800}'
+    r.expire(k, 60)
+    assert finalize(keys=[k], args=[3600, b'{"status":100}']) == [[0, b'{"status":800}']]
+    assert r.ttl(k) <= 60  # a second result changes nothing
+    held = state.order_key("E1", "RETAIN-2", 1)
+    r.hset(held, mapping={"dec": b"{}", "final": b'{"status":599}'})
+    r.expire(held, 60)
+    assert r.register_script(state.RELEASE_HELD)(keys=[held], args=[b'{"status":800}', 3600]) == 1
+    assert 60 < r.ttl(held) <= 3600

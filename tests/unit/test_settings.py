@@ -1,0 +1,25 @@
+"""Settings from the environment: values that would break a deployment are refused at start."""
+from __future__ import annotations
+
+import pytest
+
+from config.settings import DEFAULT_DECIDED_TTL_S, MIN_DECIDED_TTL_S, load_settings
+from processors.aftercare import RETURN_WINDOW_MS
+
+
+def test_decided_state_outlives_the_return_window_by_default():
+    assert load_settings({}).decided_ttl_s == DEFAULT_DECIDED_TTL_S
+    assert MIN_DECIDED_TTL_S * 1000 > RETURN_WINDOW_MS
+    assert DEFAULT_DECIDED_TTL_S >= MIN_DECIDED_TTL_S
+
+
+def test_a_retention_shorter_than_the_return_window_is_refused():
+    with pytest.raises(ValueError, match="return"):
+        load_settings({"CLEARANCE_DECIDED_TTL_S": str(7 * 24 * 3600)})
+    assert load_settings({"CLEARANCE_DECIDED_TTL_S": str(MIN_DECIDED_TTL_S)}).decided_ttl_s == MIN_DECIDED_TTL_S
+
+
+@pytest.mark.parametrize("node", ["DXP-NODE", "A" * 17, "ＤＸＰ１"])
+def test_a_dxp_node_id_must_be_one_to_sixteen_ascii_letters_and_digits(node):
+    with pytest.raises(ValueError, match="CLEARANCE_DXP_ID"):
+        load_settings({"CLEARANCE_DXP_ID": node})
