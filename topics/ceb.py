@@ -831,16 +831,19 @@ _CHINESE = ("CJK UNIFIED IDEOGRAPH-", "IDEOGRAPHIC ", "HANGZHOU NUMERAL")
 
 def _foreign_letter(value: str) -> str:
     """The first letter, digit or combining mark of a value that is neither
-    ASCII nor Chinese, named; "" if it has none. Cyrillic, Greek, Armenian,
-    Cherokee and the accented or IPA Latin letters hold look-alikes of ASCII
-    letters (Cyrillic "Н" and "О" in "НО01") that NFKC leaves as they are; a
-    combining mark changes a letter without a code point of its own."""
+    ASCII nor Chinese, or private-use character, named; "" if it has none.
+    Cyrillic, Greek, Armenian, Cherokee and the accented or IPA Latin letters
+    hold look-alikes of ASCII letters (Cyrillic "Н" and "О" in "НО01") that
+    NFKC leaves as they are; a combining mark changes a letter without a code
+    point of its own; a private-use character looks like whatever a font
+    draws for it."""
     for c in value:
         if c.isascii():
             continue
         category = unicodedata.category(c)
-        if category[0] == "M" or category[0] in "LN" and not unicodedata.name(c, "").startswith(_CHINESE):
-            return f"{c!r} (U+{ord(c):04X} {unicodedata.name(c, 'unnamed')})"
+        if category[0] == "M" or category == "Co" or \
+                category[0] in "LN" and not unicodedata.name(c, "").startswith(_CHINESE):
+            return f"{c!r} (U+{ord(c):04X} {unicodedata.name(c, 'private use')})"
     return ""
 
 

@@ -186,6 +186,8 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
      "lookalike_identifier"),
     ("Arabic-Indic digits in payTransactionId", jdoc("411", {"payTransactionId": "PAY\u0661\u0662"}), ("411",),
      "lookalike_identifier"),
+    ("a private-use character in an orderNo (XML)", xdoc("311", {"orderNo": "HN\ue000001"}), ("311",),
+     "lookalike_identifier"),
     ("XML in UTF-16", xdoc("311").decode().replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16"),
      ("311",), "not_utf8"),
     ("JSON in UTF-16", jdoc("311").decode().encode("utf-16"), ("311",), "not_utf8"),
