@@ -4,6 +4,10 @@ and a real Redis Cluster: pending orders complete once, decided ones stay
 decided, and what refers to an order key follows it."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import orjson
 import pytest
 
@@ -128,3 +132,9 @@ def test_retention_migration_keeps_decided_orders_through_the_return_window(wher
     assert 33 * day < r.ttl(parcels["recent"]) <= 34 * day
     assert r.ttl(parcels["waiting"]) == -1 and r.ttl(parcels["kept"]) <= 99
     assert migrate.migrate_retention(r, ttl, now_ms) == {}  # idempotent
+    # The command an operator runs: the same function, on the Redis the environment names.
+    r.hset(parcels["old"], mapping={"state": "exited", "exitedAt": now_ms - 40 * day * 1000})
+    env = dict(os.environ, KAFKA_BOOTSTRAP="unused:9092", REDIS_URL=url, REDIS_CLUSTER="1" if cluster else "0")
+    run = subprocess.run([sys.executable, "-m", "streams.cli", "migrate-retention", "--dry-run"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "would change: 1 parcels expired", run.stderr
