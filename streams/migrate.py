@@ -28,16 +28,12 @@ from processors.documents import DOC_TYPES
 from streams import state
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def migrate_order_keys(r: Any, buckets: int = state.BUCKETS, dry_run: bool = False) -> Counter[str]:
     """Migrate every old-form order key; returns what it did, by kind."""
     done: Counter[str] = Counter()
     renamed: dict[str, str] = {}  # old order key -> new key
     for raw in list(r.scan_iter(match="clr:o:*", count=1000)):
-        key = _text(raw)
+        key = state.as_text(raw)
         parts = key.split(":", 3)
         if len(parts) < 4 or state.SEP in parts[3]:
             continue  # already keyed by (ebpCode, orderNo)
@@ -52,7 +48,7 @@ def migrate_order_keys(r: Any, buckets: int = state.BUCKETS, dry_run: bool = Fal
 
 def _migrate_order(r: Any, key: str, order_no: str, buckets: int, dry_run: bool,
                    done: Counter[str]) -> str | None:
-    h = {_text(f): v for f, v in r.hgetall(key).items()}
+    h = {state.as_text(f): v for f, v in r.hgetall(key).items()}
     docs = {t: orjson.loads(h["d" + t]) for t in DOC_TYPES if "d" + t in h}
     decision = orjson.loads(h["dec"]) if "dec" in h else None
     ebp = next((str(docs[t]["head"].get("ebpCode", "")) for t in ("311", "621", "411") if t in docs), "") \
@@ -114,10 +110,10 @@ def _rewrite_references(r: Any, renamed: dict[str, str], dry_run: bool, done: Co
     by_order_no = {old.split(":", 3)[3]: new for old, new in renamed.items() if not state.is_waybill_key(new)}
     # The trace index held orderNos; it holds order keys now.
     for raw in list(r.scan_iter(match="clr:idx:*", count=1000)):
-        if _text(raw).split(":", 4)[3] == "on":
+        if state.as_text(raw).split(":", 4)[3] == "on":
             continue  # the orderNo index (a hash) came after this key change: it holds order keys already
         value = r.get(raw)
-        new = by_order_no.get(_text(value)) if value is not None else None
+        new = by_order_no.get(state.as_text(value)) if value is not None else None
         if new:
             done["index_entries"] += 1
             if not dry_run:
@@ -125,7 +121,7 @@ def _rewrite_references(r: Any, renamed: dict[str, str], dry_run: bool, done: Co
     # Ledger fields o:<order key> (each order's reservation, given back on a cancel).
     for raw in list(r.scan_iter(match="clr:q:*", count=1000)):
         for field, value in r.hgetall(raw).items():
-            name = _text(field)
+            name = state.as_text(field)
             old = name[2:] if name.startswith("o:") else None
             if old in renamed:
                 done["ledger_fields"] += 1
@@ -135,11 +131,11 @@ def _rewrite_references(r: Any, renamed: dict[str, str], dry_run: bool, done: Co
     # Lists held for a guarantee top-up, by order key.
     for raw in list(r.scan_iter(match="clr:g:*:held", count=1000)):
         for member, score in r.zrange(raw, 0, -1, withscores=True):
-            if _text(member) in renamed:
+            if state.as_text(member) in renamed:
                 done["held_lists"] += 1
                 if not dry_run:
                     r.zrem(raw, member)
-                    r.zadd(raw, {renamed[_text(member)]: score})
+                    r.zadd(raw, {renamed[state.as_text(member)]: score})
 
 
 def migrate_retention(r: Any, ttl_s: int, now_ms: int, dry_run: bool = False) -> Counter[str]:
@@ -160,16 +156,16 @@ def migrate_retention(r: Any, ttl_s: int, now_ms: int, dry_run: bool = False) ->
         left = r.ttl(raw)
         if dect is None or left < 0:  # undecided (no expiry until confirmed)
             continue
-        target = int(_text(dect)) // 1000 + ttl_s - now_ms // 1000
+        target = int(state.as_text(dect)) // 1000 + ttl_s - now_ms // 1000
         if target <= left + 60:  # already kept as long (a minute for the clocks of the workers that set it)
             continue
         done["orders_kept_longer"] += 1
         if not dry_run:
             r.expire(raw, target)
-            if w is not None and _text(w) != _text(raw):
+            if w is not None and state.as_text(w) != state.as_text(raw):
                 r.expire(w, target)
     for raw in list(r.scan_iter(match="clr:parcel:*", count=1000)):
-        fields = {_text(k): _text(v) for k, v in r.hgetall(raw).items()}
+        fields = {state.as_text(k): state.as_text(v) for k, v in r.hgetall(raw).items()}
         if fields.get("state", "releasable") == "releasable" or r.ttl(raw) != -1:
             continue
         changed = max(int(fields.get(name) or 0) for name in ("exitedAt", "cancelledAt", "returnedAt"))

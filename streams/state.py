@@ -551,18 +551,19 @@ def order_keys_for(r: Any, order_no: str, buckets: int = BUCKETS, scan: bool = F
     existed (minutes for millions of keys; never on a request path)."""
     tag = "{o%02d}" % bucket_of(order_no, buckets)
     pattern = "clr:o:" + _glob_escape(tag) + ":*" + SEP + _glob_escape(order_no)
-    found = {_text(k) for k in r.hvals(order_index_key(order_no, buckets))}
-    found.update(_text(member) for member, _ in r.zscan_iter(pending_key(order_no, buckets), match=pattern,
+    found = {as_text(k) for k in r.hvals(order_index_key(order_no, buckets))}
+    found.update(as_text(member) for member, _ in r.zscan_iter(pending_key(order_no, buckets), match=pattern,
                                                              count=1000))
     if scan:
-        found.update(_text(k) for k in r.scan_iter(match=pattern, count=1000))
+        found.update(as_text(k) for k in r.scan_iter(match=pattern, count=1000))
     # An index entry can outlive its order (deleted by hand, or expired first
     # within the same second): only keys that exist are orders. One or two.
     return [k for k in sorted(found) if r.exists(k)]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def as_text(value: Any) -> str:
+    """A Redis reply's bytes (or a str already) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _glob_escape(text: str) -> str:
@@ -669,7 +670,7 @@ class _Lua:
     async def _load(self) -> None:
         generation = _GENERATION[0]
         sha = await self.redis.script_load(self.source)
-        self.sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+        self.sha = as_text(sha)
         self.generation = generation
 
 
