@@ -225,7 +225,8 @@ class Aftercare:
                              timestamps=dict(decision["timestamps"], guaranteed=now))
                 final["reasons"] = [r for r in decision["reasons"] if r.get("rule") != "guarantee.balance"]
                 final["rules"] = sorted({r["rule"] for r in final["reasons"]})
-                if not int(await self.s.release_held(keys=[okey], args=[orjson.dumps(final), self.p.settings.decided_ttl_s])):
+                if not int(await self.s.release_held(keys=[okey, state.decided_waybill_key(final, self.p.buckets)],
+                                                     args=[orjson.dumps(final), self.p.settings.decided_ttl_s])):
                     continue
                 self.p.sink.produce(self.p.t_decisions, final["decisionId"], orjson.dumps(final))
                 event = decide.release_event(final)

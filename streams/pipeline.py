@@ -461,7 +461,7 @@ class Pipeline:
             for tag, group in state.group_by_slot(to_emit, lambda e: e.order_key).items():
                 keys = ["clr:p:" + tag]
                 for e in group:
-                    keys += (e.order_key, self._waybill_key_of(e))
+                    keys += (e.order_key, state.decided_waybill_key(e.decision, self.buckets))
                 await self.scripts.confirm(keys=keys, args=[self.settings.decided_ttl_s], client=pipe)
             for group in state.group_by_slot(unreserve, self._ledger).values():
                 await self.scripts.unreserve(keys=[self._ledger(q) for q in group], args=[q.order for q in group],
@@ -499,13 +499,6 @@ class Pipeline:
             m.TIMEOUTS.labels(t).inc(n)
         if unclaimed:
             m.UNCLAIMED_WAYBILLS.inc(unclaimed)
-
-    def _waybill_key_of(self, e: _Emit) -> str:
-        """The waybill key an emitted order's list names (its own key without a list)."""
-        inv = e.docs.get("621")
-        if inv is None or state.is_waybill_key(e.order_key):
-            return e.order_key
-        return state.waybill_key_of(str(inv["head"].get("orderNo", "")), inv["head"], self.buckets)
 
     # ------------------------------------------------------------------ reviews
 
@@ -552,8 +545,9 @@ class Pipeline:
         fgroups = state.group_by_slot(finals, lambda kf: kf[0])
         raw = {key: orjson.dumps(final) for key, final in finals}  # stored and produced: serialised once
         for group in fgroups.values():
-            await self.scripts.finalize(keys=[k for k, _ in group],
-                                        args=[self.settings.decided_ttl_s] + [raw[k] for k, _ in group], client=pipe)
+            keys = [x for k, final in group for x in (k, state.decided_waybill_key(final, self.buckets))]
+            await self.scripts.finalize(keys=keys, args=[self.settings.decided_ttl_s] + [raw[k] for k, _ in group],
+                                        client=pipe)
         out_receipts = []
         unreserve: list[decide.QuotaRequest] = []
         after_pipe = self.batch()

@@ -474,20 +474,22 @@ end
 return out
 """
 
-# Store final decisions once: per key {1} stored, {0, existing} finalised before.
-# ARGV: the retention, then the finals. A release after review starts the
-# 30-day return window later than the decision did: the order's retention
-# starts again with it.
+# Store final decisions once: per order {1} stored, {0, existing} finalised
+# before. KEYS: per order its key and the waybill key its list names (as
+# CONFIRM's); ARGV: the retention, then the finals. A release after review
+# starts the 30-day return window later than the decision did: the order's
+# retention, and its waybill key's, start again with it.
 FINALIZE = """
 local ttl = tonumber(ARGV[1])
 local out = {}
-for i = 1, #KEYS do
-  local k = KEYS[i]
+for i = 1, #KEYS / 2 do
+  local k, w = KEYS[2 * i - 1], KEYS[2 * i]
   local existing = redis.call('HGET', k, 'final')
   if existing then out[i] = {0, existing}
   else
     redis.call('HSET', k, 'final', ARGV[i + 1])
     redis.call('EXPIRE', k, ttl)
+    if w ~= k then redis.call('EXPIRE', w, ttl) end
     out[i] = {1}
   end
 end
@@ -534,6 +536,15 @@ def waybill_key(order_no: str, logistics_code: str, logistics_no: str, buckets: 
     """Where a waybill (which names no platform) waits until a list names it (see MATCH)."""
     return "clr:w:{o%02d}:%s%s%s%s%s" % (bucket_of(order_no, buckets), order_no, SEP, logistics_code, SEP,
                                          logistics_no)
+
+
+def decided_waybill_key(decision: dict[str, Any], buckets: int = BUCKETS) -> str:
+    """The waybill key a decided order's list names; the order's own key when
+    it has none (a timeout without a list, or a waybill decided alone)."""
+    order_key_ = decision["orderKey"]
+    if not decision.get("logisticsNo") or is_waybill_key(order_key_):
+        return order_key_
+    return waybill_key_of(decision["orderNo"], decision, buckets)
 
 
 def waybill_key_of(order_no: str, named: dict[str, Any], buckets: int = BUCKETS) -> str:
@@ -935,11 +946,12 @@ return 1
 # A top-up releases a held list: overwrite its final decision only if that is
 # the held one (599), so a cancel or an earlier release is never undone.
 RELEASE_HELD = """
-local k = KEYS[1]
+local k, w = KEYS[1], KEYS[2]
 local final = redis.call('HGET', k, 'final')
 if final and not string.find(final, '"status":599', 1, true) then return 0 end
 redis.call('HSET', k, 'final', ARGV[1])
 redis.call('EXPIRE', k, tonumber(ARGV[2]))
+if w ~= k then redis.call('EXPIRE', w, tonumber(ARGV[2])) end
 return 1
 """
 

@@ -288,19 +288,31 @@ def test_index_sets_strings_and_an_order_numbers_hash_with_one_expiry(redis_url)
 
 def test_a_final_decision_starts_the_orders_retention_again(redis_url):
     # A release after review or after a guarantee top-up opens the return
-    # window later than the decision did.
+    # window later than the decision did: the order and the waybill key its
+    # list names are kept the retention from then.
     r = redis.Redis.from_url(redis_url)
-    k = state.order_key("E1", "RETAIN-1", 1)
+    k, w = state.order_key("E1", "RETAIN-1", 1), state.waybill_key("RETAIN-1", "L1", "W1", 1)
     r.hset(k, "dec", b'{"status":300}')
+    r.hset(w, "owner", k)
     r.expire(k, 60)
+    r.expire(w, 60)
     finalize = r.register_script(state.FINALIZE)
-    assert finalize(keys=[k], args=[3600, b'{"status":800}']) == [[1]]
-    assert 60 < r.ttl(k) <= 3600 and r.hget(k, "final") == b'{"status":800}'
+    assert finalize(keys=[k, w], args=[3600, b'{"status":800}']) == [[1]]
+    assert 60 < r.ttl(k) <= 3600 and 60 < r.ttl(w) <= 3600 and r.hget(k, "final") == b'{"status":800}'
     r.expire(k, 60)
-    assert finalize(keys=[k], args=[3600, b'{"status":100}']) == [[0, b'{"status":800}']]
+    assert finalize(keys=[k, w], args=[3600, b'{"status":100}']) == [[0, b'{"status":800}']]
     assert r.ttl(k) <= 60  # a second result changes nothing
-    held = state.order_key("E1", "RETAIN-2", 1)
+    held = state.order_key("E1", "RETAIN-2", 1)  # an order without a list: its own key twice
     r.hset(held, mapping={"dec": b"{}", "final": b'{"status":599}'})
     r.expire(held, 60)
-    assert r.register_script(state.RELEASE_HELD)(keys=[held], args=[b'{"status":800}', 3600]) == 1
+    assert r.register_script(state.RELEASE_HELD)(keys=[held, held], args=[b'{"status":800}', 3600]) == 1
     assert 60 < r.ttl(held) <= 3600
+
+
+def test_a_decided_orders_waybill_key_is_the_one_its_list_names():
+    decision = {"orderKey": state.order_key("E1", "O1"), "orderNo": "O1", "logisticsCode": "L1", "logisticsNo": "W1"}
+    assert state.decided_waybill_key(decision) == state.waybill_key("O1", "L1", "W1")
+    assert state.decided_waybill_key(dict(decision, logisticsNo="")) == decision["orderKey"]
+    alone = {"orderKey": state.waybill_key("O1", "L1", "W1"), "orderNo": "O1", "logisticsCode": "L1",
+             "logisticsNo": "W1"}
+    assert state.decided_waybill_key(alone) == alone["orderKey"]
