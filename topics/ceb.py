@@ -798,7 +798,7 @@ APP_TYPES = frozenset({"1", "2", "3"})  # add, change, delete (the XSD says only
 # folds by NFKC, but is another key here: refused (_lookalike). Full-width
 # punctuation, which Chinese input methods type as a matter of course ("（一）"),
 # is left alone: it does not look like its ASCII twin. A letter or digit of
-# another script (Cyrillic "Н" for Latin "H") is refused too (_foreign_letter).
+# another script (Cyrillic "Н" for Latin "H") is refused too.
 # An ASCII identifier (nearly all) costs one isascii().
 KEY_FIELDS = ("orderNo", "ebpCode", "ebcCode", "payCode", "payTransactionId", "logisticsCode", "logisticsNo",
               "agentCode", "copNo", "invtNo", "preNo")
@@ -811,39 +811,34 @@ def _key_fields(code: str) -> tuple[str, ...]:
     return tuple(name for name in KEY_FIELDS if name in names)
 
 
-def _lookalike(value: str) -> str:
-    """'X' -> 'Y' for the first compatibility letter or digit X of a value and
-    the plain Y it folds to under NFKC; "" if it has none."""
-    if unicodedata.normalize("NFKC", value) == value:
-        return ""
-    for c in value:
-        plain = unicodedata.normalize("NFKC", c)
-        if plain != c and plain.isalnum():
-            return f"{c!r} (U+{ord(c):04X}) for {plain!r}"
-    return ""
-
-
 # Letters and digits an identifier may hold beyond ASCII: Chinese ones (the
 # unified ideographs of every extension, the ideographic 〇 and iteration mark
 # 々, and the Hangzhou numerals 〡-〩).
 _CHINESE = ("CJK UNIFIED IDEOGRAPH-", "IDEOGRAPHIC ", "HANGZHOU NUMERAL")
 
 
-def _foreign_letter(value: str) -> str:
-    """The first letter, digit or combining mark of a value that is neither
-    ASCII nor Chinese, or private-use character, named; "" if it has none.
-    Cyrillic, Greek, Armenian, Cherokee and the accented or IPA Latin letters
-    hold look-alikes of ASCII letters (Cyrillic "Н" and "О" in "НО01") that
-    NFKC leaves as they are; a combining mark changes a letter without a code
-    point of its own; a private-use character looks like whatever a font
-    draws for it."""
+def _lookalike(value: str) -> str:
+    """How a non-ASCII identifier could pass for another, from its first such
+    character; "" if it cannot. A compatibility letter or digit reads as the
+    plain one NFKC folds it to. Other scripts' letters and digits, combining
+    marks and private-use characters are not folded, but Cyrillic, Greek,
+    Armenian, Cherokee and the accented or IPA Latin letters hold look-alikes
+    of ASCII letters (Cyrillic "Н" and "О" in "НО01"), a combining mark
+    changes a letter without a code point of its own, and a private-use
+    character looks like whatever a font draws for it: an identifier's
+    letters and digits are ASCII or Chinese."""
+    folds = unicodedata.normalize("NFKC", value) != value
     for c in value:
         if c.isascii():
             continue
+        plain = unicodedata.normalize("NFKC", c) if folds else c
+        if plain != c and plain.isalnum():
+            return f"spells {c!r} (U+{ord(c):04X}) for {plain!r} in compatibility characters; send the plain form"
         category = unicodedata.category(c)
         if category[0] == "M" or category == "Co" or \
                 category[0] in "LN" and not unicodedata.name(c, "").startswith(_CHINESE):
-            return f"{c!r} (U+{ord(c):04X} {unicodedata.name(c, 'private use')})"
+            return (f"holds {c!r} (U+{ord(c):04X} {unicodedata.name(c, 'private use')}); an identifier's letters "
+                    "and digits are ASCII or Chinese, so that none passes for another")
     return ""
 
 
@@ -869,16 +864,10 @@ def _check_documents(msg: DecodedMessage, now: float) -> None:
             if value.strip() != value:
                 raise CebError(ERR_SCHEMA, "padded_identifier", f"document {i}: {name} {value!r} starts or ends "
                                "with a space; identifiers are matched exactly", KINDS[msg.kind].root)
-            twin = _lookalike(value)
-            if twin:
-                raise CebError(ERR_SCHEMA, "lookalike_identifier", f"document {i}: {name} {value!r} spells "
-                               f"{twin} in compatibility characters; identifiers are matched exactly, so send "
-                               "the plain form", KINDS[msg.kind].root)
-            foreign = _foreign_letter(value)
-            if foreign:
-                raise CebError(ERR_SCHEMA, "lookalike_identifier", f"document {i}: {name} {value!r} holds "
-                               f"{foreign}; an identifier's letters and digits are ASCII or Chinese, so that "
-                               "none passes for another", KINDS[msg.kind].root)
+            how = _lookalike(value)
+            if how:
+                raise CebError(ERR_SCHEMA, "lookalike_identifier", f"document {i}: {name} {value!r} {how} "
+                               "(identifiers are matched exactly)", KINDS[msg.kind].root)
         for name, length in DATE_FIELDS.items():
             text = doc.head.get(name)
             if not text:
