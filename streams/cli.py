@@ -233,8 +233,13 @@ def cmd_migrate_keys(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
     done = migrate.migrate_order_keys(state.sync_client_for(settings), settings.redis_buckets, args.dry_run)
+    _report(done, "would migrate: " if args.dry_run else "migrated: ", "nothing to migrate")
+
+
+def _report(done: Any, lead: str, nothing: str) -> None:
+    """What a migration did (or would do), by kind."""
     what = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(done.items()))
-    print((("would migrate: " if args.dry_run else "migrated: ") + what) if what else "nothing to migrate")
+    print(lead + what if what else nothing)
 
 
 def cmd_migrate_retention(args: argparse.Namespace) -> None:
@@ -244,8 +249,7 @@ def cmd_migrate_retention(args: argparse.Namespace) -> None:
     _need_services(settings)
     done = migrate.migrate_retention(state.sync_client_for(settings), settings.decided_ttl_s, int(time.time() * 1000),
                                      args.dry_run)
-    what = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(done.items()))
-    print((("would change: " if args.dry_run else "changed: ") + what) if what else "nothing to change")
+    _report(done, "would change: " if args.dry_run else "changed: ", "nothing to change")
 
 
 def cmd_rules(args: argparse.Namespace) -> None:
