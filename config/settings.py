@@ -19,6 +19,10 @@ DEFAULT_DXP_ID = "DXPCLEARANCE0001"
 # decided state is kept at least that long and a day, by default 35 days.
 MIN_DECIDED_TTL_S = 31 * 24 * 3600
 DEFAULT_DECIDED_TTL_S = 35 * 24 * 3600
+# R9 (DOMAIN.md §2.1): a waybill number is unique per carrier for six months;
+# an order holds its waybill number and payment serial that long after its
+# decision (183 days), so a later order naming either is rejected.
+DEFAULT_UNIQUE_TTL_S = 183 * 24 * 3600
 
 
 def _env(env: Mapping[str, str], name: str, default: str) -> str:
@@ -56,6 +60,10 @@ class Settings:
     # return: late duplicates are recognised, and a return (CEB625) finds the
     # list it returns goods of, for the whole 30-day return window.
     decided_ttl_s: int = DEFAULT_DECIDED_TTL_S
+    # How long an order holds its waybill number (logisticsCode, logisticsNo)
+    # and payment serial (payCode, payTransactionId) against other orders
+    # (R9); a reject or a cancel gives them back at once.
+    unique_ttl_s: int = DEFAULT_UNIQUE_TTL_S
     # This processor's node id on the customs data exchange (DXP): the SenderId
     # of receipts to senders that wrap their messages in DxpMsg (1-16 characters).
     dxp_id: str = DEFAULT_DXP_ID
@@ -120,6 +128,13 @@ def _decided_ttl(value: str) -> int:
     return seconds
 
 
+def _positive(name: str, value: str) -> int:
+    seconds = int(value)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {seconds}")
+    return seconds
+
+
 def _dxp_id(value: str) -> str:
     if not 1 <= len(value) <= 16 or not value.isascii() or not value.isalnum():
         raise ValueError(f"CLEARANCE_DXP_ID must be 1-16 letters and digits (a DXP node id), not {value!r}")
@@ -146,6 +161,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         consumer_group=_env(e, "CLEARANCE_GROUP", "clearance-worker"),
         match_timeout_s=float(_env(e, "CLEARANCE_MATCH_TIMEOUT_S", "1800")),
         decided_ttl_s=_decided_ttl(_env(e, "CLEARANCE_DECIDED_TTL_S", str(DEFAULT_DECIDED_TTL_S))),
+        unique_ttl_s=_positive("CLEARANCE_UNIQUE_TTL_S", _env(e, "CLEARANCE_UNIQUE_TTL_S", str(DEFAULT_UNIQUE_TTL_S))),
         dxp_id=_dxp_id(_env(e, "CLEARANCE_DXP_ID", DEFAULT_DXP_ID)),
         pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
         redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),

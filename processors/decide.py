@@ -82,6 +82,47 @@ class QuotaRequest(NamedTuple):
 ANNUAL_LIMIT_CENTS = int(ANNUAL_LIMIT * 100)
 
 
+class Claim(NamedTuple):
+    """A number only one order may use (R9, DOMAIN.md §2.1): a waybill number
+    per carrier for six months, a payment serial per payment company. Each
+    order that can still be released claims its own; a number another order
+    holds rejects the later one with the official duplicate code."""
+
+    kind: str  # "waybill" or "payment"
+    issuer: str  # logisticsCode / payCode
+    number: str  # logisticsNo / payTransactionId
+
+
+# kind -> (document, issuer field, number field, rule, reason, official code, what the receipt says)
+_UNIQUE = {
+    "waybill": ("621", "logisticsCode", "logisticsNo", "keys.unique_waybill", "DUPLICATE_WAYBILL_NUMBER",
+                "-504015", "运单编号重复: waybill {issuer}/{number} is already declared for another order "
+                           "(a waybill number is unique per carrier for six months)"),
+    "payment": ("411", "payCode", "payTransactionId", "keys.unique_payment", "DUPLICATE_PAYMENT",
+                "-401007", "支付流水号重复: payment {issuer}/{number} is already declared for another order "
+                           "(a payment serial is unique per payment company)"),
+}
+
+
+def unique_claims(case: Case) -> list[Claim]:
+    """The numbers this order must hold alone (none that it does not carry)."""
+    out = []
+    for kind, (doc, issuer, number, *_rest) in _UNIQUE.items():
+        h = case.docs[doc]["head"]
+        value = h.get(number)
+        if value:
+            out.append(Claim(kind, str(h.get(issuer, "")), str(value)))
+    return out
+
+
+def duplicate_hit(claim: Claim, holder: str) -> Hit:
+    """The reject for a number another order holds. The receipt does not name
+    that order (it may be another platform's); the decision's evidence does."""
+    _doc, _i, _n, rule, reason, code, text = _UNIQUE[claim.kind]
+    return Hit(rule, reason, REJECT, text.format(issuer=claim.issuer, number=claim.number), code,
+               {"issuer": claim.issuer, "number": claim.number, "heldBy": holder})
+
+
 def quota_request(case: Case, order_key: str, limit_cents: int = ANNUAL_LIMIT_CENTS) -> QuotaRequest:
     inv = case.docs["621"]["head"]
     year = (inv.get("declTime") or inv.get("appTime") or "")[:4]

@@ -153,6 +153,8 @@ class Aftercare:
                 await self.p.scripts.unreserve(keys=[state.ledger_key(decision["buyer"], decision["quota"]["year"],
                                                                       self.p.buckets, led)],
                                                args=[decision["orderKey"]], client=pipe)
+            # The parcel does not leave: its waybill number and payment serial are free (R9).
+            await self.p.unclaim([(k, decision["orderKey"]) for k in decision.get("claims", ())], pipe)
             if decision["status"] == RELEASE and decision.get("tax"):
                 record = aftercare.tax_record(decision, now, "reversal", Decimal(1), "cancel")
                 sink.produce(self.t_tax, decision["invtNo"], orjson.dumps(record))

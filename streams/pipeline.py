@@ -97,6 +97,8 @@ class _Pending:
     quotas: list[decide.QuotaRequest] = field(default_factory=list)
     reserved: list[decide.QuotaRequest] = field(default_factory=list)
     quota_info: dict[str, Any] | None = None
+    wanted: list[decide.Claim] = field(default_factory=list)  # numbers to hold alone (R9)
+    claims: list[str] = field(default_factory=list)  # claim keys it holds
     decision: dict[str, Any] | None = None
 
 
@@ -329,6 +331,7 @@ class Pipeline:
             if decide.needs_quota(p.hits):
                 p.quotas = (rules.quota_requests(p.case, p.order_key) if hasattr(rules, "quota_requests")
                             else [decide.quota_request(p.case, p.order_key)])
+                p.wanted = decide.unique_claims(p.case)
 
         requests = [(p, q, self._ledger(q)) for p in complete for q in p.quotas]
         quota_groups = state.group_by_slot(requests, lambda pqk: pqk[2])
@@ -337,6 +340,9 @@ class Pipeline:
             inv = p.docs["621"]["head"]
             skey = state.serial_key(str(inv.get("customsCode", "0000")), decide.cst_stamp(now, 4))
             serial_groups.setdefault(skey, []).append(p)
+        claims = [(p, c, state.claim_key(c.kind, c.issuer, c.number, self.buckets)) for p in complete
+                  for c in p.wanted]
+        claim_groups = state.group_by_slot(claims, lambda pck: pck[2])
         serials: dict[str, int] = {}
         if quota_groups or serial_groups:
             pipe = self.batch()
@@ -347,6 +353,10 @@ class Pipeline:
                 await self.scripts.reserve(keys=[k for _p, _q, k in group], args=args, client=pipe)
             for skey, sgroup in serial_groups.items():
                 pipe.incrby(skey, len(sgroup))
+            for cgroup in claim_groups.values():
+                await self.scripts.claim(keys=[k for _p, _c, k in cgroup],
+                                         args=[self.settings.unique_ttl_s] + [p.order_key for p, _c, _k in cgroup],
+                                         client=pipe)
             replies = await pipe.execute()
             for group, reply in zip(quota_groups.values(), replies):
                 for (p, q, _k), (ok, used) in zip(group, state.pairs(reply)):
@@ -360,6 +370,12 @@ class Pipeline:
             for sgroup, last in zip(serial_groups.values(), replies[len(quota_groups):]):
                 for i, p in enumerate(sgroup):
                     serials[p.order_key] = int(last) - len(sgroup) + 1 + i
+            for cgroup, creplies in zip(claim_groups.values(), replies[len(quota_groups) + len(serial_groups):]):
+                for (p, c, k), holder in zip(cgroup, creplies):
+                    if holder == 1:
+                        p.claims.append(k)
+                    else:
+                        p.hits.append(decide.duplicate_hit(c, state.order_id(state.as_text(holder))))
 
         # The decision's own time: when the rules have answered, not when the batch began.
         decided = int(time.time() * 1000)
@@ -374,6 +390,10 @@ class Pipeline:
             p.decision = decide.build_decision(p.case, p.order_key, p.hits, rules.version,
                                                invt_no, pre_no, decided, p.quota_info)
             p.decision["receipt"] = receipts.receipt_address(p.docs["621"], p.metas.get("621", {}))
+            if p.claims and p.decision["status"] != REJECT:
+                # Held while the order may still leave; given back by a later reject or cancel.
+                # A reject now gives them back when it is stored (_emit).
+                p.decision["claims"] = p.claims
             if hasattr(rules, "decision_extras"):
                 p.decision.update(rules.decision_extras(p.case))
         await self.after.charge([p.decision for p in complete if p.decision is not None], now)
@@ -401,6 +421,12 @@ class Pipeline:
         """Commands for one round trip, EVALSHA and plain commands read raw."""
         return resp.Batch(self.batches)
 
+    async def unclaim(self, claims: list[tuple[str, str]], client: Any) -> None:
+        """Give back waybill numbers and payment serials, as (claim key, order
+        key), of orders that will not leave: only where that order still holds them."""
+        for group in state.group_by_slot(claims, lambda ko: ko[0]).values():
+            await self.scripts.unclaim(keys=[k for k, _o in group], args=[o for _k, o in group], client=client)
+
     def _ledger(self, q: decide.QuotaRequest | None) -> str:
         assert q is not None
         return state.ledger_key(q.buyer, q.year, self.buckets, q.ledger)
@@ -417,6 +443,7 @@ class Pipeline:
                     out_receipts: list[dict[str, Any]], now: int) -> None:
         to_emit: list[_Emit] = []
         unreserve: list[decide.QuotaRequest] = []
+        unclaim: list[tuple[str, str]] = []
         decided = [p for p in pending.values() if p.decision is not None]
         if decided:
             groups = state.group_by_slot(decided, lambda p: p.order_key)
@@ -433,10 +460,12 @@ class Pipeline:
                         to_emit.append(_Emit(p.order_key, p.decision, p.docs, p.metas, raw[p.order_key]))
                         if p.decision["status"] == REJECT:
                             unreserve.extend(p.reserved)  # a rejected list holds no quota
+                            unclaim += ((k, p.order_key) for k in p.claims)  # nor numbers
                     elif orjson.loads(reply)["status"] == REJECT:
                         # Another worker decided first and its reject stands: give
-                        # back the quota this batch reserved.
+                        # back the quota and numbers this batch took.
                         unreserve.extend(p.reserved)
+                        unclaim += ((k, p.order_key) for k in p.claims)
         to_emit.extend(reemit.values())
 
         after_pipe = self.batch()
@@ -456,7 +485,7 @@ class Pipeline:
         if len(after_pipe):
             await after_pipe.execute()
 
-        if to_emit or unreserve:
+        if to_emit or unreserve or unclaim:
             pipe = self.batch()
             for tag, group in state.group_by_slot(to_emit, lambda e: e.order_key).items():
                 keys = ["clr:p:" + tag]
@@ -466,6 +495,7 @@ class Pipeline:
             for group in state.group_by_slot(unreserve, self._ledger).values():
                 await self.scripts.unreserve(keys=[self._ledger(q) for q in group], args=[q.order for q in group],
                                              client=pipe)
+            await self.unclaim(unclaim, pipe)
             await pipe.execute()
         self._observe(to_emit, receipt_counts)
 
@@ -550,6 +580,7 @@ class Pipeline:
                                         client=pipe)
         out_receipts = []
         unreserve: list[decide.QuotaRequest] = []
+        unclaim: list[tuple[str, str]] = []
         after_pipe = self.batch()
         for group, replies in zip(fgroups.values(), await pipe.execute()):
             for (key, final), reply in zip(group, replies):
@@ -563,10 +594,12 @@ class Pipeline:
                 if event is not None:
                     self.sink.produce(self.t_release, event.get("logisticsNo") or final["orderNo"],
                                       orjson.dumps(event))
-                elif final.get("quota"):
-                    q = final["quota"]
-                    unreserve += [decide.QuotaRequest(final["buyer"], q["year"], key, 0, 0, ledger=led)
-                                  for led in q.get("ledgers", [""])]
+                elif final["status"] == REJECT:  # the officer's reject: quota and numbers go back
+                    if final.get("quota"):
+                        q = final["quota"]
+                        unreserve += [decide.QuotaRequest(final["buyer"], q["year"], key, 0, 0, ledger=led)
+                                      for led in q.get("ledgers", [""])]
+                    unclaim += ((k, key) for k in final.get("claims", ()))
                 out_receipts.append(receipts.final_inventory_receipt(final, now))
                 m.DECISIONS.labels(str(final["status"]), final["outcome"], final["lane"]).inc()
         for key, value in ceb.encode_receipts(out_receipts, self.settings.dxp_id):
@@ -574,11 +607,12 @@ class Pipeline:
         await self.sink.flush()
         if len(after_pipe):
             await after_pipe.execute()
-        if unreserve:
+        if unreserve or unclaim:
             pipe = self.batch()
             for group in state.group_by_slot(unreserve, self._ledger).values():
                 await self.scripts.unreserve(keys=[self._ledger(q) for q in group], args=[q.order for q in group],
                                              client=pipe)
+            await self.unclaim(unclaim, pipe)
             await pipe.execute()
 
     # ------------------------------------------------------------------ timeouts

@@ -111,8 +111,10 @@ def make_order(seq: int, rng: random.Random, scenario: str = "ok", prefix: str =
     address = f"海南省海口市美兰区示例路{rng.randint(1, 999)}号"
     ebp, ebp_name, ln_prefix, pay_prefix = PLATFORMS[platform]
     ebc, pay, logi, agent = "4601XXXXBB", "4403XXXXPP", "4601XXXXLL", "4601XXXXCC"
-    pay_tx = f"{pay_prefix}{day}{seq:012d}"
-    logistics_no = f"{ln_prefix}{day}{seq:010d}"
+    # Waybill numbers and payment serials are unique (R9): runs with another
+    # orderNo prefix get their own, as a platform's separate numbering would.
+    pay_tx = f"{pay_prefix}{prefix}{day}{seq:012d}"
+    logistics_no = f"{ln_prefix}{prefix}{day}{seq:010d}"
     app_time = f"{day}101500"
 
     order_head = {

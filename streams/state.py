@@ -19,6 +19,8 @@ Pending    clr:p:{oNN}             zset  order or waybill key -> first arrival m
 Ledger     clr:q:{qNN}:<buyer>:<year> hash  o:<order key> -> cents reserved, total
 Serial     clr:seq:{<customsCode>}:<year>  counter for invtNo/preNo
 Features   clr:f:{fNN}:<family>:<entity>    zset  windowed counters for the risk rules
+Claim      clr:u:{uNN}:<kind>:<issuer>␟<number>  string  the order key holding a waybill number
+                                         or payment serial (R9), for CLEARANCE_UNIQUE_TTL_S
 """
 from __future__ import annotations
 
@@ -416,6 +418,42 @@ end
 return n
 """
 
+# R9: a waybill number (per carrier, six months) and a payment serial (per
+# payment company) belong to one order. KEYS: claim keys of one slot bucket;
+# ARGV[1] the retention in seconds, then the claiming order key per claim.
+# Reply per claim: 1 when that order holds it (now, or already), else the
+# order key that does. Claims in one call are taken in order, so of two
+# orders of one batch naming one number the first keeps it.
+CLAIM = """
+local ttl = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if not cur then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+    out[i] = 1
+  elseif cur == ARGV[i + 1] then
+    out[i] = 1
+  else
+    out[i] = cur
+  end
+end
+return out
+"""
+
+# Give claims back (a reject, a cancel, a lost decision race): only where the
+# order named in ARGV still holds them.
+UNCLAIM = """
+local n = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('DEL', KEYS[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
 # Windowed cross-order counters for the risk rules. "buyer" keeps the buyer's
 # orders (member "orderKey|cents|nearLimit", first time kept, so a replay
 # counts once) for 7 days and returns 24 h and 7 d counts and sums; the other
@@ -600,6 +638,16 @@ def ledger_key(buyer: str, year: str, buckets: int = BUCKETS, ledger: str = "") 
     return key + ":" + ledger if ledger else key
 
 
+def claim_key(kind: str, issuer: str, number: str, buckets: int = BUCKETS) -> str:
+    """Who holds a waybill number or payment serial (CLAIM); the bucket comes from the number."""
+    return "clr:u:{u%02d}:%s:%s%s%s" % (bucket_of(number, buckets), kind, issuer, SEP, number)
+
+
+def order_id(order_key: str) -> str:
+    """ebpCode:orderNo of an order key, as a decisionId spells it."""
+    return order_key.split(":", 3)[3].replace(SEP, ":")
+
+
 def feature_key(family: str, entity: str, buckets: int = BUCKETS) -> str:
     return "clr:f:{f%02d}:%s:%s" % (bucket_of(entity, buckets), family, entity)
 
@@ -707,6 +755,8 @@ class Scripts:
         self.confirm = _script(redis, CONFIRM)
         self.reserve = _script(redis, RESERVE)
         self.unreserve = _script(redis, UNRESERVE)
+        self.claim = _script(redis, CLAIM)
+        self.unclaim = _script(redis, UNCLAIM)
         self.observe = _script(redis, OBSERVE)
         self.review = _script(redis, REVIEW)
         self.finalize = _script(redis, FINALIZE)

@@ -90,5 +90,5 @@ def other_platform(o: GeneratedOrder, ebp: str, logistics_no: str) -> GeneratedO
         other.docs[t][0]["ebpCode"] = ebp
     for t in ("511", "621"):
         other.docs[t][0]["logisticsNo"] = logistics_no
-    other.docs["411"][0]["payTransactionId"] = other.docs["311"][0]["payTransactionId"] = "PAY-" + ebp
+    other.docs["411"][0]["payTransactionId"] = other.docs["311"][0]["payTransactionId"] = f"PAY-{ebp}-{o.order_no}"
     return other

@@ -128,6 +128,7 @@ def test_batch_exit_lets_out_a_whole_area_in_one_call(world):
 def test_cancel_before_exit_holds_the_parcel_and_restores_quota(world):
     o = order(20)
     d = world.released_at_gate(o)
+    assert all(world.r.exists(k) for k in d["claims"])
     ledger = state.ledger_key(d["buyer"], "2026")
     assert int(world.r.hget(ledger, "total")) > 0
     cancel = after_record("623", cancel_document(o, d["invtNo"]))
@@ -142,6 +143,8 @@ def test_cancel_before_exit_holds_the_parcel_and_restores_quota(world):
     reversal = [t for t in world.on("clearance.tax") if t["kind"] == "reversal"]
     assert len(reversal) == 1 and reversal[0]["cents"]["taxTotal"] == -world.on("clearance.tax")[0]["cents"]["taxTotal"]
     assert world.gate.exit(o.logistics_no, "G1")["result"] == "refused"
+    # The cancelled list's waybill number and payment serial are free again (R9).
+    assert len(d["claims"]) == 2 and not any(world.r.exists(k) for k in d["claims"])
 
 
 def test_cancel_after_exit_is_refused_with_the_official_reason(world):

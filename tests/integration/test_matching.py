@@ -423,6 +423,83 @@ def test_a_list_naming_a_waybill_another_order_holds_is_refused_at_once(redis_ur
     assert not r.exists(state.order_key("4601XXXXZZ", b.order_no))
 
 
+def _reusing(a, seq: int, waybill: bool = False, payment: bool = False):
+    """Another order of the same platform that names a's waybill number or payment serial."""
+    b = order(seq)
+    if waybill:
+        for t in ("511", "621"):
+            b.docs[t][0]["logisticsNo"] = a.logistics_no
+    if payment:
+        for t in ("311", "411"):
+            b.docs[t][0]["payTransactionId"] = a.docs["411"][0]["payTransactionId"]
+    return b
+
+
+@pytest.mark.parametrize("kind,reason,code", [("waybill", "DUPLICATE_WAYBILL_NUMBER", "-504015"),
+                                              ("payment", "DUPLICATE_PAYMENT", "-401007")])
+def test_a_number_another_order_holds_rejects_the_later_order(redis_url, kind, reason, code):
+    # R9: a waybill number is unique per carrier for six months, a payment
+    # serial per payment company. The first order holds it; a later order
+    # naming it is rejected with the official duplicate code.
+    a = order(60)
+    b = _reusing(a, 61, waybill=kind == "waybill", payment=kind == "payment")
+    sink = run_pipeline(redis_url, [doc_records(a), doc_records(b)])
+    decisions = {d["orderNo"]: d for d in sink.decisions()}
+    assert decisions[a.order_no]["status"] == 800 and "claims" in decisions[a.order_no]
+    db = decisions[b.order_no]
+    assert db["status"] == 100 and "claims" not in db
+    (hit,) = [x for x in db["reasons"] if x["reason"] == reason]
+    assert hit["code"] == code and hit["evidence"]["heldBy"] == f"4601XXXXAA:{a.order_no}"
+    assert [k for k, _ in sink.on(registry.RELEASE)] == [a.logistics_no]
+    refused = [x for x in receipts_of(sink) if x["returnStatus"] == "100"]
+    assert len(refused) == 4 and all(code in x["returnInfo"] for x in refused)
+    # The sender learns the number is taken, not by which order (it may be another platform's).
+    assert all("another order" in x["returnInfo"] and hit["evidence"]["heldBy"] not in x["returnInfo"]
+               for x in refused)
+    r = redis.Redis.from_url(redis_url)
+    a_key = state.order_key("4601XXXXAA", a.order_no).encode()
+    waybill = state.claim_key("waybill", "4601XXXXLL", a.logistics_no)
+    payment = state.claim_key("payment", "4403XXXXPP", a.docs["411"][0]["payTransactionId"])
+    assert r.get(waybill) == a_key and r.get(payment) == a_key
+    assert 182 * 86400 < r.ttl(waybill) <= 183 * 86400
+    # The rejected order claimed its other number in the same call and gave it back, and its quota.
+    own = (state.claim_key("payment", "4403XXXXPP", b.docs["411"][0]["payTransactionId"]) if kind == "waybill"
+           else state.claim_key("waybill", "4601XXXXLL", b.logistics_no))
+    assert not r.exists(own)
+    assert int(r.hget(state.ledger_key(db["buyer"], "2026"), "total") or 0) == 0
+
+
+def test_two_orders_of_one_batch_naming_one_waybill_number(redis_url):
+    a = order(62)
+    b = _reusing(a, 63, waybill=True)
+    sink = run_pipeline(redis_url, [doc_records(a) + doc_records(b)])
+    decisions = sink.decisions()
+    assert sorted(d["status"] for d in decisions) == [100, 800]
+    (kept,) = [d for d in decisions if d["status"] == 800]
+    (refused,) = [d for d in decisions if d["status"] == 100]
+    assert [x["evidence"]["heldBy"] for x in refused["reasons"] if x["reason"] == "DUPLICATE_WAYBILL_NUMBER"] \
+        == [kept["decisionId"]]
+
+
+def test_numbers_of_a_rejected_order_are_free_for_another(redis_url):
+    # A rejected order holds no number: a corrected order may carry the same parcel and payment.
+    a = order(64, "amount_mismatch")
+    b = _reusing(a, 65, waybill=True, payment=True)
+    sink = run_pipeline(redis_url, [doc_records(a), doc_records(b)])
+    assert {d["orderNo"]: d["status"] for d in sink.decisions()} == {a.order_no: 100, b.order_no: 800}
+
+
+def test_a_replayed_order_keeps_its_own_numbers(redis_url):
+    a = order(66)
+    first = run_pipeline(redis_url, [doc_records(a)])
+    # A fresh pipeline decides nothing again; the numbers stay the order's.
+    again = run_pipeline(redis_url, [doc_records(a)])
+    assert [d["status"] for d in first.decisions()] == [800] and again.decisions() == []
+    r = redis.Redis.from_url(redis_url)
+    assert r.get(state.claim_key("waybill", "4601XXXXLL", a.logistics_no)) == \
+        state.order_key("4601XXXXAA", a.order_no).encode()
+
+
 def test_a_waybill_no_list_names_times_out_on_its_own(redis_url):
     # The list names another logisticsNo than the waybill carries: the order
     # waits for the waybill its list named, and the waybill for a list that

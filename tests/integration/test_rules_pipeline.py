@@ -125,13 +125,30 @@ def test_inspection_then_officer_release(redis_url):
     assert b'"returnStatus":"500"' in receipts and b'"returnStatus":"800"' in receipts
 
 
-def test_officer_reject_returns_the_quota(redis_url):
+def test_officer_reject_returns_the_quota_and_the_numbers(redis_url):
     o = _dishonest(order(501))
     sink = run_pipeline(redis_url, [doc_records(o)], rules=engine(), reviews=[[_review(o.order_no, "reject")]])
     first, final = sink.decisions()
     assert final["status"] == 100 and sink.on(registry.RELEASE) == []
     r = redis.Redis.from_url(redis_url)
     assert int(r.hget(state.ledger_key(first["buyer"], "2026"), "total")) == 0
+    # The inspected order held its waybill number and payment serial (R9) until the reject.
+    assert len(first["claims"]) == 2 and not any(r.exists(k) for k in first["claims"])
+
+
+def test_officer_release_held_for_the_guarantee_keeps_quota_and_numbers(redis_url):
+    # Released by the officer but held (599) for the guarantor's balance: a
+    # top-up may still release it, so its reservation and numbers stay.
+    r = redis.Redis.from_url(redis_url)
+    g, _held = state.guarantee_keys("4601XXXXBB")
+    r.hset(g, mapping={"balance": 100, "used": 0})  # ¥1.00 left
+    o = _dishonest(order(503))
+    sink = run_pipeline(redis_url, [doc_records(o)], rules=engine(), reviews=[[_review(o.order_no, "release")]])
+    first, final = sink.decisions()
+    assert (first["status"], final["status"]) == (500, 599)
+    assert int(r.hget(state.ledger_key(first["buyer"], "2026"), "total")) == \
+        round(float(first["dutiablePrice"]) * 100)
+    assert len(first["claims"]) == 2 and all(r.exists(k) for k in first["claims"])
 
 
 def test_review_of_a_released_order_changes_nothing(redis_url):

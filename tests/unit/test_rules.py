@@ -203,3 +203,22 @@ def test_invt_no_layout():
     invt, pre = decide.assign_numbers(inv, 42, 1_790_000_000_000)
     assert len(invt) == 18 and invt.startswith("6401") and invt[8] == "I" and invt.endswith("000000042")
     assert len(pre) == 18 and pre.startswith("B")
+
+
+def test_an_order_claims_its_waybill_number_and_payment_serial():
+    o = order(3)
+    claims = decide.unique_claims(case_of(o))
+    pay = o.docs["411"][0]
+    assert claims == [decide.Claim("waybill", o.docs["621"][0]["logisticsCode"], o.logistics_no),
+                      decide.Claim("payment", pay["payCode"], pay["payTransactionId"])]
+    # A number the order does not carry is not claimed.
+    assert [c.kind for c in decide.unique_claims(case_of(o, _set("411", "payTransactionId", "")))] == ["waybill"]
+
+
+@pytest.mark.parametrize("kind,reason,code", [("waybill", "DUPLICATE_WAYBILL_NUMBER", "-504015"),
+                                              ("payment", "DUPLICATE_PAYMENT", "-401007")])
+def test_a_number_held_by_another_order_rejects_with_the_official_code(kind, reason, code):
+    hit = decide.duplicate_hit(decide.Claim(kind, "4601XXXXLL", "YT123"), "4601XXXXAA:HN1")
+    assert (hit.status, hit.reason, hit.code) == (REJECT, reason, code)
+    assert "YT123" in hit.info and "HN1" not in hit.info  # the receipt's text names the number, not the holder
+    assert hit.evidence == {"issuer": "4601XXXXLL", "number": "YT123", "heldBy": "4601XXXXAA:HN1"}

@@ -23,3 +23,11 @@ def test_a_retention_shorter_than_the_return_window_is_refused():
 def test_a_dxp_node_id_must_be_one_to_sixteen_ascii_letters_and_digits(node):
     with pytest.raises(ValueError, match="CLEARANCE_DXP_ID"):
         load_settings({"CLEARANCE_DXP_ID": node})
+
+
+def test_numbers_are_held_six_months_unless_configured():
+    assert load_settings({}).unique_ttl_s == 183 * 24 * 3600
+    assert load_settings({"CLEARANCE_UNIQUE_TTL_S": "3600"}).unique_ttl_s == 3600
+    for bad in ("0", "-5"):
+        with pytest.raises(ValueError, match="CLEARANCE_UNIQUE_TTL_S"):
+            load_settings({"CLEARANCE_UNIQUE_TTL_S": bad})
