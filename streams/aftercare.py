@@ -132,14 +132,15 @@ class Aftercare:
             out_receipts.append(receipts.document_receipt(d.doc, d.meta, "100", why, now))
             return
         reply = await self.s.cancel(keys=[state.parcel_key(decision["logisticsNo"], self.p.buckets)],
-                                    args=[now, decision["orderNo"], self.p.settings.decided_ttl_s])
+                                    args=[now, decision["orderNo"], self.p.settings.decided_ttl_s,
+                                          decision.get("invtNo", "")])
         status = int(reply[0])
         if status < 0:
             out_receipts.append(receipts.document_receipt(
                 d.doc, d.meta, "100", f"-623005 清单状态不允许撤销: the parcel has {reply[1].decode()} the zone"
                 if reply[1] == b"exited" else f"-623005 清单状态不允许撤销 ({reply[1].decode()})", now))
             return
-        if status == 1:
+        if status >= 1:  # 2: and another list's parcel with this number may leave; see PARCEL_CANCEL
             cancelled = aftercare.cancel_decision(decision, str(d.doc["head"].get("reason", "")), now)
             sink = self.p.sink
             sink.produce(self.p.t_decisions, cancelled["decisionId"], orjson.dumps(cancelled))
@@ -148,7 +149,10 @@ class Aftercare:
                              orjson.dumps(aftercare.revocation_event(decision, now)))
             pipe = self.p.batch()
             pipe.execute_command("HSET", d.order_key, "final", orjson.dumps(cancelled))
-            pipe.execute_command("SREM", state.area_key(decision.get("areaCode", "-")), decision["logisticsNo"])
+            if status in (1, 2):  # 3: the parcel under this number is another list's
+                pipe.execute_command("SREM", state.area_key(decision.get("areaCode", "-")), decision["logisticsNo"])
+            if status == 2:
+                pipe.execute_command("SADD", state.area_key(state.as_text(reply[2]) or "-"), decision["logisticsNo"])
             for led in (decision.get("quota") or {}).get("ledgers", []):
                 await self.p.scripts.unreserve(keys=[state.ledger_key(decision["buyer"], decision["quota"]["year"],
                                                                       self.p.buckets, led)],

@@ -68,14 +68,16 @@ class Gate:
         pipe = state.script_pipeline(self.r)
         now = int(time.time() * 1000)
         releases = []  # (event, index of its release script's reply in the pipeline)
+        revocations = []  # likewise, of its cancel script's reply
         for ev in events:
             ln = ev.get("logisticsNo")
             if not ln:
                 continue
             if ev.get("status") == "revoked":
+                revocations.append((ev, len(pipe)))
                 self.s.cancel(keys=[self.key(ln)], args=[ev.get("revokedAt", now), ev.get("orderNo", ""),
-                                                          self.settings.decided_ttl_s], client=pipe)
-                pipe.srem(state.area_key(ev.get("areaCode") or "-"), ln)
+                                                          self.settings.decided_ttl_s, ev.get("invtNo", "")],
+                              client=pipe)
                 continue
             releases.append((ev, len(pipe)))
             self.s.release(keys=[self.key(ln)], args=[ev.get("orderNo", ""), ev.get("invtNo", ""),
@@ -89,6 +91,16 @@ class Gate:
             if res == 1:
                 new += 1
                 pipe.sadd(state.area_key(ev.get("areaCode") or "-"), ev["logisticsNo"])
+            elif res == -1:
+                log.warning("parcel %s: list %s was released with a waybill number another list's parcel holds; "
+                            "both are held until one of the lists is cancelled", ev["logisticsNo"], ev.get("invtNo"))
+        for ev, i in revocations:
+            code = int(results[i][0])
+            if code in (1, 2):  # its parcel is cancelled (3: the parcel is another list's)
+                pipe.srem(state.area_key(ev.get("areaCode") or "-"), ev["logisticsNo"])
+            if code == 2:  # and the other list's parcel, in conflict with it, may leave now
+                new += 1
+                pipe.sadd(state.area_key(state.as_text(results[i][2]) or "-"), ev["logisticsNo"])
         if new:
             pipe.incrby(RELEASED_COUNT, new)
         pipe.execute()

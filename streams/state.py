@@ -803,9 +803,26 @@ def split_docs(values: list[Any]) -> tuple[int, dict[str, bytes], dict[str, byte
 # 30-day return window, a returned or cancelled one for trace.
 PARCEL_RELEASE = """
 local k = KEYS[1]
-if redis.call('HSETNX', k, 'state', 'releasable') == 0 then return 0 end
-redis.call('HSET', k, 'orderNo', ARGV[1], 'invtNo', ARGV[2], 'areaCode', ARGV[3], 'billNo', ARGV[4],
-           'releasedAt', ARGV[5], 'seenAt', ARGV[6])
+local cur = redis.call('HMGET', k, 'state', 'invtNo')
+local st, held = cur[1], cur[2]
+if redis.call('HEXISTS', k, 'x:' .. ARGV[2]) == 1 then return 0 end  -- its list was cancelled first
+if st and held and held ~= '' and ARGV[2] ~= '' and held ~= ARGV[2] then
+  if st == 'cancelled' then
+    redis.call('DEL', k)  -- the number's earlier list was cancelled; this is another list's parcel
+    st = nil
+  else
+    -- Another list's parcel has this waybill number (two carriers' numbers
+    -- alike, or lists released before numbers were claimed): neither leaves
+    -- on it until one of the two lists is cancelled (PARCEL_CANCEL).
+    if st == 'releasable' then redis.call('HSET', k, 'state', 'conflict') end
+    redis.call('HSET', k, 'c:orderNo', ARGV[1], 'c:invtNo', ARGV[2], 'c:areaCode', ARGV[3], 'c:billNo', ARGV[4],
+               'c:releasedAt', ARGV[5])
+    return -1
+  end
+end
+if st then return 0 end
+redis.call('HSET', k, 'state', 'releasable', 'orderNo', ARGV[1], 'invtNo', ARGV[2], 'areaCode', ARGV[3],
+           'billNo', ARGV[4], 'releasedAt', ARGV[5], 'seenAt', ARGV[6])
 return 1
 """
 
@@ -823,12 +840,39 @@ return {-1, state or 'unknown'}
 
 # A cancel wins over a release the gate has not recorded yet: the parcel is
 # created as cancelled and the late release event cannot make it releasable.
+# ARGV: time, orderNo, retention, invtNo. The key is the waybill number, so a
+# cancel names its list: one of two lists in conflict (PARCEL_RELEASE) being
+# cancelled lets the other's parcel go (reply 2 and its area); a list whose
+# number another list's parcel holds is marked cancelled in that hash ('x:',
+# reply 3: that parcel stays as it is, in its area).
 PARCEL_CANCEL = """
 local k = KEYS[1]
-local state = redis.call('HGET', k, 'state')
-if state == 'exited' or state == 'returned' then return {-1, state} end
-if state == 'cancelled' then return {0, state} end
+local cur = redis.call('HMGET', k, 'state', 'invtNo', 'c:invtNo')
+local st, held, other = cur[1], cur[2], cur[3]
+local c = {'c:orderNo', 'c:invtNo', 'c:areaCode', 'c:billNo', 'c:releasedAt'}
+if other and ARGV[4] == other then
+  redis.call('HDEL', k, unpack(c))
+  redis.call('HSET', k, 'x:' .. ARGV[4], ARGV[1])  -- a replay of its release changes nothing
+  if st ~= 'conflict' then return {1, 'cancelled'} end
+  redis.call('HSET', k, 'state', 'releasable')
+  return {2, 'releasable', redis.call('HGET', k, 'areaCode')}
+end
+if st == 'conflict' and ARGV[4] == held then
+  local v = redis.call('HMGET', k, unpack(c))
+  redis.call('HDEL', k, unpack(c))
+  redis.call('HSET', k, 'x:' .. ARGV[4], ARGV[1])
+  redis.call('HSET', k, 'state', 'releasable', 'orderNo', v[1], 'invtNo', v[2], 'areaCode', v[3], 'billNo', v[4],
+             'releasedAt', v[5])
+  return {2, 'releasable', v[3]}
+end
+if held and ARGV[4] ~= '' and held ~= ARGV[4] then
+  if redis.call('HSETNX', k, 'x:' .. ARGV[4], ARGV[1]) == 0 then return {0, 'cancelled'} end
+  return {3, 'cancelled'}  -- the parcel (and its area's set) is the other list's
+end
+if st == 'exited' or st == 'returned' then return {-1, st} end
+if st == 'cancelled' then return {0, st} end
 redis.call('HSET', k, 'state', 'cancelled', 'cancelledAt', ARGV[1], 'orderNo', ARGV[2])
+if ARGV[4] ~= '' then redis.call('HSET', k, 'invtNo', ARGV[4]) end
 redis.call('EXPIRE', k, tonumber(ARGV[3]))
 return {1, 'cancelled'}
 """

@@ -341,3 +341,65 @@ def test_one_batch_charges_a_guarantor_once_per_list_in_turn(world):
         assert world.r.zcard(held) == 1
     finally:  # the guarantor is shared with the tests after this one: no guarantee account again
         world.r.delete(g, held)
+
+
+def _release(ln: str, invt: str, area: str = "AREA-B") -> dict:
+    """A release event of another list that names the same waybill number."""
+    return {"logisticsNo": ln, "orderNo": "OTHER-ORDER", "invtNo": invt, "areaCode": area, "billNo": "",
+            "status": 800, "releasedAt": 1}
+
+
+def _revoked(ln: str, invt: str, area: str = "AREA-B") -> dict:
+    return {"logisticsNo": ln, "orderNo": "OTHER-ORDER", "invtNo": invt, "status": "revoked", "revokedAt": 2,
+            "areaCode": area}
+
+
+def test_two_lists_with_one_waybill_number_hold_the_parcel_until_one_is_cancelled(world):
+    # Two carriers' numbers alike (or lists released before numbers were
+    # claimed): the gate cannot tell the parcels apart by the label, so
+    # neither leaves until one list is cancelled.
+    o = order(50)
+    d = world.released_at_gate(o)
+    ln = o.logistics_no
+    world.gate.record([_release(ln, "INVT-OTHER")])
+    world.gate.record([_release(ln, "INVT-OTHER")])  # a replayed event changes nothing more
+    info = world.gate.scan(ln)
+    assert (info["answer"], info["state"], info["invtNo"], info["c:invtNo"]) == \
+        ("hold", "conflict", d["invtNo"], "INVT-OTHER")
+    assert world.gate.exit(ln, "G1")["result"] == "refused"
+    assert world.gate.batch(d["areaCode"]) == [] and world.gate.batch("AREA-B") == []
+    # The other list is cancelled: this order's parcel may leave, and a replay of its release is ignored.
+    assert world.gate.record([_revoked(ln, "INVT-OTHER")]) == 1
+    world.gate.record([_release(ln, "INVT-OTHER")])
+    info = world.gate.scan(ln)
+    assert (info["answer"], info["invtNo"]) == ("release", d["invtNo"]) and "c:invtNo" not in info
+    assert world.gate.batch(d["areaCode"]) == [ln]
+    assert world.gate.exit(ln, "G1")["result"] == "exited"
+
+
+def test_cancelling_the_first_of_two_lists_lets_the_other_parcel_leave(world):
+    o = order(51)
+    d = world.released_at_gate(o)
+    ln = o.logistics_no
+    world.gate.record([_release(ln, "INVT-OTHER")])
+    world.run([after_record("623", cancel_document(o, d["invtNo"]))])  # the worker cancels o's list
+    assert [r["returnStatus"] for r in world.receipts("InvtCancelReturn")] == ["399"]
+    info = world.gate.scan(ln)
+    assert (info["answer"], info["invtNo"], info["areaCode"]) == ("release", "INVT-OTHER", "AREA-B")
+    assert world.gate.batch("AREA-B") == [ln]
+    world.to_gate()  # o's release and its revocation, replayed: nothing changes
+    assert world.gate.scan(ln)["invtNo"] == "INVT-OTHER" and world.gate.batch("AREA-B") == [ln]
+    assert world.gate.batch(d["areaCode"]) == []
+
+
+def test_a_list_cancelled_before_its_release_reaches_the_gate_does_not_block_another(world):
+    o = order(52)
+    d = world.released_at_gate(o)
+    ln = o.logistics_no
+    # The other list, of the same bonded area, is cancelled before its release reaches the gate.
+    world.gate.record([_revoked(ln, "INVT-LATE", d["areaCode"])])
+    world.gate.record([_release(ln, "INVT-LATE", d["areaCode"])])  # its release comes after its cancel
+    info = world.gate.scan(ln)
+    assert (info["answer"], info["invtNo"]) == ("release", d["invtNo"])
+    assert world.gate.batch(d["areaCode"]) == [ln]  # still in its area's set
+    assert world.gate.exit(ln, "G1")["result"] == "exited"
