@@ -344,7 +344,7 @@ class Pipeline:
                   for c in p.wanted]
         claim_groups = state.group_by_slot(claims, lambda pck: pck[2])
         serials: dict[str, int] = {}
-        if quota_groups or serial_groups:
+        if quota_groups or serial_groups or claim_groups:
             pipe = self.batch()
             for group in quota_groups.values():
                 args: list[Any] = [state.LEDGER_TTL_S]
