@@ -149,10 +149,8 @@ class Aftercare:
                              orjson.dumps(aftercare.revocation_event(decision, now)))
             pipe = self.p.batch()
             pipe.execute_command("HSET", d.order_key, "final", orjson.dumps(cancelled))
-            if status in (1, 2):  # 3: the parcel under this number is another list's
-                pipe.execute_command("SREM", state.area_key(decision.get("areaCode", "-")), decision["logisticsNo"])
-            if status == 2:
-                pipe.execute_command("SADD", state.area_key(state.as_text(reply[2]) or "-"), decision["logisticsNo"])
+            for op, area in state.cancel_area_moves(reply, decision.get("areaCode", "")):
+                pipe.execute_command(op, area, decision["logisticsNo"])
             for led in (decision.get("quota") or {}).get("ledgers", []):
                 await self.p.scripts.unreserve(keys=[state.ledger_key(decision["buyer"], decision["quota"]["year"],
                                                                       self.p.buckets, led)],

@@ -95,12 +95,9 @@ class Gate:
                 log.warning("parcel %s: list %s was released with a waybill number another list's parcel holds; "
                             "both are held until one of the lists is cancelled", ev["logisticsNo"], ev.get("invtNo"))
         for ev, i in revocations:
-            code = int(results[i][0])
-            if code in (1, 2):  # its parcel is cancelled (3: the parcel is another list's)
-                pipe.srem(state.area_key(ev.get("areaCode") or "-"), ev["logisticsNo"])
-            if code == 2:  # and the other list's parcel, in conflict with it, may leave now
-                new += 1
-                pipe.sadd(state.area_key(state.as_text(results[i][2]) or "-"), ev["logisticsNo"])
+            for op, area in state.cancel_area_moves(results[i], ev.get("areaCode", "")):
+                pipe.execute_command(op, area, ev["logisticsNo"])
+            new += int(results[i][0]) == 2  # the other list's parcel, in conflict with it, may leave now
         if new:
             pipe.incrby(RELEASED_COUNT, new)
         pipe.execute()

@@ -1058,6 +1058,18 @@ def area_key(area: str) -> str:
     return "clr:area:{" + area + "}"
 
 
+def cancel_area_moves(reply: list[Any], area: str) -> list[tuple[str, str]]:
+    """What a PARCEL_CANCEL reply means for the bonded areas' sets of releasable
+    parcels, as (SREM | SADD, area key): the cancelled list's parcel leaves its
+    area's set (codes 1 and 2), and on 2 the other list's parcel, released by
+    the cancel, joins its own. Code 3 leaves the other list's parcel as it is."""
+    code = int(reply[0])
+    moves = [("SREM", area_key(area or "-"))] if code in (1, 2) else []
+    if code == 2:
+        moves.append(("SADD", area_key(as_text(reply[2]) or "-")))
+    return moves
+
+
 def index_key(kind: str, value: str, buckets: int = BUCKETS) -> str:
     """logisticsNo / invtNo → the order key, for trace."""
     return "clr:idx:{i%02d}:%s:%s" % (bucket_of(value, buckets), kind, value)
