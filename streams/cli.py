@@ -252,6 +252,16 @@ def cmd_migrate_retention(args: argparse.Namespace) -> None:
     _report(done, "would change: " if args.dry_run else "changed: ", "nothing to change")
 
 
+def cmd_migrate_claims(args: argparse.Namespace) -> None:
+    from streams import migrate, state
+
+    settings = load_settings()
+    _need_services(settings)
+    done = migrate.migrate_claims(state.sync_client_for(settings), settings.unique_ttl_s, int(time.time() * 1000),
+                                  settings.redis_buckets, args.dry_run)
+    _report(done, "would claim: " if args.dry_run else "claimed: ", "nothing to claim")
+
+
 def cmd_rules(args: argparse.Namespace) -> None:
     import json
 
@@ -524,6 +534,12 @@ def main(argv: list[str] | None = None) -> None:
                                                    "(safe while workers run)")
     mr.add_argument("--dry-run", action="store_true", help="count what would change, change nothing")
     mr.set_defaults(func=cmd_migrate_retention)
+
+    mc = sub.add_parser("migrate-claims", help="decided orders of a version before one order per waybill "
+                                               "number and payment serial: claim their numbers (run once with "
+                                               "every worker stopped)")
+    mc.add_argument("--dry-run", action="store_true", help="count what would change, change nothing")
+    mc.set_defaults(func=cmd_migrate_claims)
 
     ex = sub.add_parser("explain", help="why an order got its decision")
     ex.add_argument("order_no")

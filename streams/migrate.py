@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from processors.documents import DOC_TYPES
+from processors.rules import REJECT
 from streams import state
 
 
@@ -176,4 +177,58 @@ def migrate_retention(r: Any, ttl_s: int, now_ms: int, dry_run: bool = False) ->
                 r.delete(raw)
             else:
                 r.expire(raw, target)
+    return done
+
+
+def migrate_claims(r: Any, ttl_s: int, now_ms: int, buckets: int = state.BUCKETS,
+                   dry_run: bool = False) -> Counter[str]:
+    """`clearance migrate-claims`: waybill numbers and payment serials of orders
+    decided before the thirteenth session, which claimed none (R9,
+    docs/matching.md). Each decided order still in Redis that may leave (not
+    rejected, not cancelled) claims its waybill number, and its payment serial
+    where its payment document is still kept (only until the decision is
+    out), for what is left of `ttl_s` from its decision, and its stored decisions name the claims, so that a
+    later cancel or officer's reject gives them back. Two old orders that
+    shared a number: the one found first keeps it (counted as a conflict; the
+    other stays as decided). Idempotent. Run it with every worker stopped, as
+    `migrate-keys`: it rewrites stored decisions."""
+    done: Counter[str] = Counter()
+    for raw in list(r.scan_iter(match="clr:o:*", count=1000)):
+        key = state.as_text(raw)
+        dec, final, dect, d621, d411 = r.hmget(key, "dec", "final", "dect", "d621", "d411")
+        if dec is None or d621 is None:
+            continue  # undecided, or a timeout that never had its list
+        stored = {field: orjson.loads(v) for field, v in (("dec", dec), ("final", final)) if v is not None}
+        decision = stored.get("final") or stored["dec"]
+        if decision["status"] == REJECT or "claims" in decision:
+            continue
+        left = int(state.as_text(dect or b"0")) // 1000 + ttl_s - now_ms // 1000
+        if left <= 0:
+            done["orders_past_the_retention"] += 1
+            continue
+        claims = []
+        # The payment document is dropped once its order's decision is out
+        # (state.CONFIRM): most old orders can claim only their waybill number.
+        for kind, doc, issuer, number in (("waybill", d621, "logisticsCode", "logisticsNo"),
+                                          ("payment", d411, "payCode", "payTransactionId")):
+            if doc is None:
+                continue
+            head = orjson.loads(doc)["head"]
+            if head.get(number):
+                claims.append(state.claim_key(kind, str(head.get(issuer, "")), str(head[number]), buckets))
+        held = []
+        for k in claims:
+            holder = r.get(k)
+            if holder is not None and state.as_text(holder) != key:
+                done["conflicts"] += 1  # another order (found first, or decided since) holds it
+                continue
+            held.append(k)
+            if not dry_run and holder is None:
+                r.set(k, key, nx=True, ex=left)
+        done["orders"] += 1
+        done["claims"] += len(held)
+        if held and not dry_run:
+            for field, d in stored.items():
+                d["claims"] = held
+                r.hset(key, field, orjson.dumps(d))
     return done

@@ -138,3 +138,47 @@ def test_retention_migration_keeps_decided_orders_through_the_return_window(wher
     run = subprocess.run([sys.executable, "-m", "streams.cli", "migrate-retention", "--dry-run"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "would change: 1 parcels expired", run.stderr
+
+
+def test_claims_migration_gives_decided_orders_their_numbers(where):
+    # Orders decided before one order per waybill number and payment serial
+    # (R9) claimed neither: the migration claims them for what is left of the
+    # six months, and names the claims in the stored decision for a later cancel.
+    from tests.integration.test_matching import _reusing
+
+    url, cluster = where
+    r = state.sync_client(url, cluster)
+    day = 86_400
+    a, old, rejected = order(70), order(71), order(72, "amount_mismatch")
+    sink = run_pipeline(url, [doc_records(a) + doc_records(old) + doc_records(rejected)], redis_cluster=cluster)
+    decisions = {d["orderNo"]: d for d in sink.decisions()}
+    for d in decisions.values():  # as the workers of a version before the claims left them
+        for k in d.get("claims", ()):
+            r.delete(k)
+        stored = orjson.loads(r.hget(d["orderKey"], "dec"))
+        stored.pop("claims", None)
+        r.hset(d["orderKey"], "dec", orjson.dumps(stored))
+    a_key = decisions[a.order_no]["orderKey"]
+    # The payment document is not kept after the decision: only the waybill number can be claimed.
+    claims = [k for k in decisions[a.order_no]["claims"] if ":waybill:" in k]
+    assert len(claims) == 1 and r.hget(a_key, "d411") is None
+    now_ms = int(r.hget(a_key, "dect"))
+    r.hset(decisions[old.order_no]["orderKey"], "dect", now_ms - 200 * day * 1000)  # past the six months
+    ttl = 183 * day
+
+    would = migrate.migrate_claims(r, ttl, now_ms, dry_run=True)
+    assert would == {"orders": 1, "claims": 1, "orders_past_the_retention": 1}
+    assert not any(r.exists(k) for k in claims)
+    assert migrate.migrate_claims(r, ttl, now_ms) == would
+    assert r.get(claims[0]) == a_key.encode() and 182 * day < r.ttl(claims[0]) <= 183 * day
+    assert orjson.loads(r.hget(a_key, "dec"))["claims"] == claims
+    assert migrate.migrate_claims(r, ttl, now_ms) == {"orders_past_the_retention": 1}  # idempotent
+    # A later order on a's waybill number is refused now.
+    later = run_pipeline(url, [doc_records(_reusing(a, 73, waybill=True))], redis_cluster=cluster)
+    assert [(d["status"], d["reasons"][-1]["reason"]) for d in later.decisions()] == \
+        [(100, "DUPLICATE_WAYBILL_NUMBER")]
+    # The command an operator runs: the same function, on the Redis the environment names.
+    env = dict(os.environ, KAFKA_BOOTSTRAP="unused:9092", REDIS_URL=url, REDIS_CLUSTER="1" if cluster else "0")
+    run = subprocess.run([sys.executable, "-m", "streams.cli", "migrate-claims", "--dry-run"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "would claim: 1 orders past the retention", run.stderr
