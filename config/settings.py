@@ -64,6 +64,11 @@ class Settings:
     # and payment serial (payCode, payTransactionId) against other orders
     # (R9); a reject or a cancel gives them back at once.
     unique_ttl_s: int = DEFAULT_UNIQUE_TTL_S
+    # Which numbers are held that way: "waybill", "payment" (both by default).
+    # A payment company that reports one serial for the orders a cart was
+    # split into would have every order after the first rejected: leave
+    # "payment" out for a zone where that is the practice.
+    unique_kinds: tuple[str, ...] = ("waybill", "payment")
     # This processor's node id on the customs data exchange (DXP): the SenderId
     # of receipts to senders that wrap their messages in DxpMsg (1-16 characters).
     dxp_id: str = DEFAULT_DXP_ID
@@ -135,6 +140,14 @@ def _positive(name: str, value: str) -> int:
     return seconds
 
 
+def _unique_kinds(value: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip() and k.strip() != "none")
+    unknown = set(kinds) - {"waybill", "payment"}
+    if unknown:
+        raise ValueError(f"CLEARANCE_UNIQUE_KINDS lists waybill and/or payment (or none), not {sorted(unknown)}")
+    return kinds
+
+
 def _dxp_id(value: str) -> str:
     if not 1 <= len(value) <= 16 or not value.isascii() or not value.isalnum():
         raise ValueError(f"CLEARANCE_DXP_ID must be 1-16 letters and digits (a DXP node id), not {value!r}")
@@ -162,6 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         match_timeout_s=float(_env(e, "CLEARANCE_MATCH_TIMEOUT_S", "1800")),
         decided_ttl_s=_decided_ttl(_env(e, "CLEARANCE_DECIDED_TTL_S", str(DEFAULT_DECIDED_TTL_S))),
         unique_ttl_s=_positive("CLEARANCE_UNIQUE_TTL_S", _env(e, "CLEARANCE_UNIQUE_TTL_S", str(DEFAULT_UNIQUE_TTL_S))),
+        unique_kinds=_unique_kinds(_env(e, "CLEARANCE_UNIQUE_KINDS", "waybill,payment")),
         dxp_id=_dxp_id(_env(e, "CLEARANCE_DXP_ID", DEFAULT_DXP_ID)),
         pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
         redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),

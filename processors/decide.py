@@ -104,10 +104,11 @@ _UNIQUE = {
 }
 
 
-def unique_claims(case: Case) -> list[Claim]:
-    """The numbers this order must hold alone (none that it does not carry)."""
+def unique_claims(case: Case, kinds: tuple[str, ...] = ("waybill", "payment")) -> list[Claim]:
+    """The numbers of these kinds this order must hold alone (none that it does not carry)."""
     out = []
-    for kind, (doc, issuer, number, *_rest) in _UNIQUE.items():
+    for kind in kinds:
+        doc, issuer, number, *_rest = _UNIQUE[kind]
         h = case.docs[doc]["head"]
         value = h.get(number)
         if value:

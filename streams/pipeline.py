@@ -331,7 +331,7 @@ class Pipeline:
             if decide.needs_quota(p.hits):
                 p.quotas = (rules.quota_requests(p.case, p.order_key) if hasattr(rules, "quota_requests")
                             else [decide.quota_request(p.case, p.order_key)])
-                p.wanted = decide.unique_claims(p.case)
+                p.wanted = decide.unique_claims(p.case, self.settings.unique_kinds)
 
         requests = [(p, q, self._ledger(q)) for p in complete for q in p.quotas]
         quota_groups = state.group_by_slot(requests, lambda pqk: pqk[2])

@@ -489,6 +489,18 @@ def test_numbers_of_a_rejected_order_are_free_for_another(redis_url):
     assert {d["orderNo"]: d["status"] for d in sink.decisions()} == {a.order_no: 100, b.order_no: 800}
 
 
+def test_a_zone_may_hold_waybill_numbers_alone_and_not_payment_serials(redis_url):
+    # A payment company that reports one serial for a cart split into orders:
+    # CLEARANCE_UNIQUE_KINDS=waybill lets both orders through.
+    a = order(67)
+    b = _reusing(a, 68, payment=True)
+    sink = run_pipeline(redis_url, [doc_records(a), doc_records(b)], unique_kinds=("waybill",))
+    assert [d["status"] for d in sink.decisions()] == [800, 800]
+    r = redis.Redis.from_url(redis_url)
+    assert not r.exists(state.claim_key("payment", "4403XXXXPP", a.docs["411"][0]["payTransactionId"]))
+    assert r.exists(state.claim_key("waybill", "4601XXXXLL", b.logistics_no))
+
+
 def test_a_replayed_order_keeps_its_own_numbers(redis_url):
     a = order(66)
     first = run_pipeline(redis_url, [doc_records(a)])

@@ -31,3 +31,11 @@ def test_numbers_are_held_six_months_unless_configured():
     for bad in ("0", "-5"):
         with pytest.raises(ValueError, match="CLEARANCE_UNIQUE_TTL_S"):
             load_settings({"CLEARANCE_UNIQUE_TTL_S": bad})
+
+
+def test_which_numbers_are_held_alone_can_be_chosen():
+    assert load_settings({}).unique_kinds == ("waybill", "payment")
+    assert load_settings({"CLEARANCE_UNIQUE_KINDS": "waybill"}).unique_kinds == ("waybill",)
+    assert load_settings({"CLEARANCE_UNIQUE_KINDS": "none"}).unique_kinds == ()
+    with pytest.raises(ValueError, match="CLEARANCE_UNIQUE_KINDS"):
+        load_settings({"CLEARANCE_UNIQUE_KINDS": "waybill,orders"})
