@@ -258,7 +258,7 @@ def cmd_migrate_claims(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
     done = migrate.migrate_claims(state.sync_client_for(settings), settings.unique_ttl_s, int(time.time() * 1000),
-                                  settings.redis_buckets, args.dry_run)
+                                  settings.redis_buckets, args.dry_run, settings.unique_kinds)
     _report(done, "would claim: " if args.dry_run else "claimed: ", "nothing to claim")
 
 

@@ -180,8 +180,8 @@ def migrate_retention(r: Any, ttl_s: int, now_ms: int, dry_run: bool = False) ->
     return done
 
 
-def migrate_claims(r: Any, ttl_s: int, now_ms: int, buckets: int = state.BUCKETS,
-                   dry_run: bool = False) -> Counter[str]:
+def migrate_claims(r: Any, ttl_s: int, now_ms: int, buckets: int = state.BUCKETS, dry_run: bool = False,
+                   kinds: tuple[str, ...] = ("waybill", "payment")) -> Counter[str]:
     """`clearance migrate-claims`: waybill numbers and payment serials of orders
     decided before the thirteenth session, which claimed none (R9,
     docs/matching.md). Each decided order still in Redis that may leave (not
@@ -211,7 +211,7 @@ def migrate_claims(r: Any, ttl_s: int, now_ms: int, buckets: int = state.BUCKETS
         # (state.CONFIRM): most old orders can claim only their waybill number.
         for kind, doc, issuer, number in (("waybill", d621, "logisticsCode", "logisticsNo"),
                                           ("payment", d411, "payCode", "payTransactionId")):
-            if doc is None:
+            if doc is None or kind not in kinds:
                 continue
             head = orjson.loads(doc)["head"]
             if head.get(number):
