@@ -106,10 +106,16 @@ _UNIQUE = {
 
 def unique_claims(case: Case, kinds: tuple[str, ...] = ("waybill", "payment")) -> list[Claim]:
     """The numbers of these kinds this order must hold alone (none that it does not carry)."""
+    return claims_of(case.docs, kinds)
+
+
+def claims_of(docs: dict[str, dict[str, Any]], kinds: tuple[str, ...]) -> list[Claim]:
+    """unique_claims from whichever of the documents are at hand (a decided
+    order keeps its list, not its payment: streams/migrate.py)."""
     out = []
     for kind in kinds:
         doc, issuer, number, *_rest = _UNIQUE[kind]
-        h = case.docs[doc]["head"]
+        h = docs[doc]["head"] if doc in docs else {}
         value = h.get(number)
         if value:
             out.append(Claim(kind, str(h.get(issuer, "")), str(value)))

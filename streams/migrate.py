@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from processors import decide
 from processors.documents import DOC_TYPES
 from processors.rules import REJECT
 from streams import state
@@ -187,8 +188,9 @@ def migrate_claims(r: Any, ttl_s: int, now_ms: int, buckets: int = state.BUCKETS
     docs/matching.md). Each decided order still in Redis that may leave (not
     rejected, not cancelled) claims its waybill number, and its payment serial
     where its payment document is still kept (only until the decision is
-    out), for what is left of `ttl_s` from its decision, and its stored decisions name the claims, so that a
-    later cancel or officer's reject gives them back. Two old orders that
+    out), for what is left of `ttl_s` from its decision, and its stored
+    decisions name the claims, so that a later cancel or officer's reject
+    gives them back. Two old orders that
     shared a number: the one found first keeps it (counted as a conflict; the
     other stays as decided). Idempotent. Run it with every worker stopped, as
     `migrate-keys`: it rewrites stored decisions."""
@@ -206,16 +208,10 @@ def migrate_claims(r: Any, ttl_s: int, now_ms: int, buckets: int = state.BUCKETS
         if left <= 0:
             done["orders_past_the_retention"] += 1
             continue
-        claims = []
         # The payment document is dropped once its order's decision is out
         # (state.CONFIRM): most old orders can claim only their waybill number.
-        for kind, doc, issuer, number in (("waybill", d621, "logisticsCode", "logisticsNo"),
-                                          ("payment", d411, "payCode", "payTransactionId")):
-            if doc is None or kind not in kinds:
-                continue
-            head = orjson.loads(doc)["head"]
-            if head.get(number):
-                claims.append(state.claim_key(kind, str(head.get(issuer, "")), str(head[number]), buckets))
+        docs = {t: orjson.loads(v) for t, v in (("621", d621), ("411", d411)) if v is not None}
+        claims = [state.claim_key(c.kind, c.issuer, c.number, buckets) for c in decide.claims_of(docs, kinds)]
         held = []
         for k in claims:
             holder = r.get(k)
