@@ -69,6 +69,12 @@ class Settings:
     # split into would have every order after the first rejected: leave
     # "payment" out for a zone where that is the practice.
     unique_kinds: tuple[str, ...] = ("waybill", "payment")
+    # XML signatures (ds:Signature): "verify" refuses a message whose signature
+    # does not verify (tampered, or not signed by the certificate it carries)
+    # and records the signing certificate for R13; "off" only checks, by the
+    # XSD, that 621/623/625 carry one (for senders still testing with the
+    # official samples, whose signatures are a copied placeholder).
+    signatures: str = "verify"
     # This processor's node id on the customs data exchange (DXP): the SenderId
     # of receipts to senders that wrap their messages in DxpMsg (1-16 characters).
     dxp_id: str = DEFAULT_DXP_ID
@@ -148,6 +154,12 @@ def _unique_kinds(value: str) -> tuple[str, ...]:
     return kinds
 
 
+def _signatures(value: str) -> str:
+    if value not in ("verify", "off"):
+        raise ValueError(f"CLEARANCE_SIGNATURES is verify or off, not {value!r}")
+    return value
+
+
 def _dxp_id(value: str) -> str:
     if not 1 <= len(value) <= 16 or not value.isascii() or not value.isalnum():
         raise ValueError(f"CLEARANCE_DXP_ID must be 1-16 letters and digits (a DXP node id), not {value!r}")
@@ -176,6 +188,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         decided_ttl_s=_decided_ttl(_env(e, "CLEARANCE_DECIDED_TTL_S", str(DEFAULT_DECIDED_TTL_S))),
         unique_ttl_s=_positive("CLEARANCE_UNIQUE_TTL_S", _env(e, "CLEARANCE_UNIQUE_TTL_S", str(DEFAULT_UNIQUE_TTL_S))),
         unique_kinds=_unique_kinds(_env(e, "CLEARANCE_UNIQUE_KINDS", "waybill,payment")),
+        signatures=_signatures(_env(e, "CLEARANCE_SIGNATURES", "verify")),
         dxp_id=_dxp_id(_env(e, "CLEARANCE_DXP_ID", DEFAULT_DXP_ID)),
         pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
         redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),

@@ -52,7 +52,8 @@ FACTS: dict[str, tuple[str, str]] = {
     "unregistered": ("list", "enterprise codes of the order not in the enterprise register (reference data)"),
     "sender_unverified": ("list", "documents whose sender is not who their BaseTransfer names (R13): the "
                                   "data-exchange node that sent a DxpMsg is not its dxpId, or is not a node the "
-                                  "register lists for its copCode"),
+                                  "register lists for its copCode, or the message was signed by a certificate "
+                                  "the register does not list for its copCode"),
     "random_draw": ("number", "uniform [0,1) drawn from the order number and the rule set's seed"),
     "buyer_orders_24h": ("number", "the buyer's decided orders in the last 24 h, this one included"),
     "buyer_amount_24h": ("number", "the buyer's dutiable amount in the last 24 h (CNY)"),
@@ -118,7 +119,10 @@ def sender_unverified(metas: dict[str, dict[str, Any]], enterprises: dict[str, A
     (for bare XML, the node the message names). JSON says neither: nothing to
     check. A dxpId longer than a node id (16 characters, the envelope's
     limit; the XSD allows 30) is another form of exchange user number (two
-    official samples carry EXP2016..., 19 characters): it is not compared."""
+    official samples carry EXP2016..., 19 characters): it is not compared.
+    A signed message (its signature verified at ingest, topics/xmlsig.py) must
+    be signed by a certificate the register lists for its copCode (column
+    certs), where it lists any."""
     out = []
     for t, meta in sorted(metas.items()):
         fmt = meta.get("fmt")
@@ -131,9 +135,14 @@ def sender_unverified(metas: dict[str, dict[str, Any]], enterprises: dict[str, A
         if fmt == "dxp" and named and named != node:
             out.append(f"{t}: sent by node {node}, BaseTransfer dxpId {named}")
         cop = str(meta.get("cop") or "")
-        nodes = (enterprises.get(cop) or {}).get("nodes")
+        registered = enterprises.get(cop) or {}
+        nodes = registered.get("nodes")
         if nodes and node and node not in nodes:
             out.append(f"{t}: node {node} is not one of copCode {cop}'s")
+        signer = str(meta.get("sig") or "")
+        certs = registered.get("certs")
+        if certs and signer and signer not in certs:
+            out.append(f"{t}: signed by certificate {signer[:16]}…, not one registered to copCode {cop}")
     return out
 
 

@@ -153,9 +153,16 @@ def _reference(doc: dict[str, Any]) -> Reference:
         # The data-exchange nodes the enterprise sends from (R13; optional,
         # separated by ";"): empty means not known, and nothing is checked.
         nodes = frozenset(n.strip() for n in str(r.get("dxp_nodes") or "").split(";") if n.strip())
+        # The certificates it signs with (R13; SHA-256 of each certificate's
+        # DER, ";"-separated; optional, empty: not checked).
+        certs = frozenset(c.strip().lower().replace(":", "") for c in str(r.get("certs") or "").split(";")
+                          if c.strip())
+        bad = [c for c in certs if len(c) != 64 or any(ch not in "0123456789abcdef" for ch in c)]
+        if bad:
+            raise _fail(w + ".certs", f"expected SHA-256 fingerprints (64 hex digits), got {bad[0]!r}")
         enterprises[str(r["code"])] = {"credit": r["credit"],
                                        "negative": str(r.get("negative_list", "0")).strip() in ("1", "true"),
-                                       "nodes": nodes}
+                                       "nodes": nodes, "certs": certs}
     band = ref.get("near_limit_band", [4500, 5000])
     if not (isinstance(band, list) and len(band) == 2):
         raise _fail("reference.near_limit_band", "expected [low, high]")

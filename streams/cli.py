@@ -262,6 +262,46 @@ def cmd_migrate_claims(args: argparse.Namespace) -> None:
     _report(done, "would claim: " if args.dry_run else "claimed: ", "nothing to claim")
 
 
+def cmd_signature(args: argparse.Namespace) -> None:
+    """Onboarding a signer: a certificate's fingerprint for the register
+    (enterprises.csv, column certs), or a signed message checked as the
+    worker checks it, with the certificate that signed it and whether the
+    register lists it for the message's copCode."""
+    import binascii
+
+    from processors import ruleset
+    from topics import ceb, xmlsig
+
+    data = open(args.file, "rb").read()
+    if b"-----BEGIN CERTIFICATE-----" in data or data[:1] == b"\x30":
+        der = data
+        if data[:1] != b"\x30":
+            body = data.split(b"-----BEGIN CERTIFICATE-----", 1)[1].split(b"-----END CERTIFICATE-----", 1)[0]
+            try:
+                der = binascii.a2b_base64(b"".join(body.split()))
+            except binascii.Error as exc:
+                sys.exit(f"not a PEM certificate: {exc}")
+        try:
+            cert = xmlsig.parse_certificate(der)
+        except xmlsig.SignatureError as exc:
+            sys.exit(exc.info)
+        print(f"{cert.fingerprint}  {cert.algorithm.upper()} key, valid {cert.not_before:%Y-%m-%d} to "
+              f"{cert.not_after:%Y-%m-%d}")
+        return
+    try:
+        msg = ceb.decode(data)
+    except ceb.CebError as exc:
+        sys.exit(f"refused ({exc.status} {exc.reason}): {exc.info}")
+    if not msg.signer:
+        sys.exit(f"CEB{msg.kind}: valid, but not signed")
+    rules = os.environ.get("CLEARANCE_RULES", "")
+    engine = ruleset.load(rules if rules and rules != "spine" else ruleset.DEFAULT_RULESET)
+    registered = engine.reference.enterprises.get(msg.cop_code, {}).get("certs") or frozenset()
+    verdict = ("registered to it" if msg.signer in registered else
+               "NOT one registered to it (R13)" if registered else "the register lists none for it: not checked")
+    print(f"CEB{msg.kind}: signature verifies; certificate {msg.signer}; copCode {msg.cop_code}: {verdict}")
+
+
 def cmd_rules(args: argparse.Namespace) -> None:
     import json
 
@@ -523,6 +563,10 @@ def main(argv: list[str] | None = None) -> None:
     ru.add_argument("action", choices=["validate", "push", "schema"])
     ru.add_argument("file", nargs="?", default=None, help="default: config/rules/default.yaml")
     ru.set_defaults(func=cmd_rules)
+
+    sg = sub.add_parser("signature", help="a certificate's fingerprint for the register, or check a signed message")
+    sg.add_argument("file", help="a certificate (PEM or DER) or a CEB XML message (bare or in a DxpMsg)")
+    sg.set_defaults(func=cmd_signature)
 
     mk = sub.add_parser("migrate-keys", help="match state of a version before the (ebpCode, orderNo) key: "
                                              "run once with every worker stopped")

@@ -126,6 +126,7 @@ class Pipeline:
         self.sink = sink
         self.rules: RuleSet = rules or decide.SpineRules()
         self.pii_key = settings.pii_key.encode()
+        self.signatures = settings.signatures == "verify"
         self.buckets = settings.redis_buckets
         self.inbound = registry.inbound_by_name(settings)
         t = registry.topic_name
@@ -212,13 +213,15 @@ class Pipeline:
         spec = self.inbound.get(rec.topic)
         value = rec.value or b""
         try:
-            msg = ceb.decode(value, spec.accepts if spec is not None else None)
+            msg = ceb.decode(value, spec.accepts if spec is not None else None, signatures=self.signatures)
             out = []
             # Every document of a record arrived together: one arrival, shared (read only).
             meta = {"fmt": msg.fmt, "snd": msg.sender, "at": now, "rts": rec.timestamp_ms,
                     "src": f"{rec.topic}:{rec.partition}:{rec.offset}"}
             if msg.cop_code or msg.dxp_id:  # an XML message's BaseTransfer: who says it sent it (R13)
                 meta["cop"], meta["dxp"] = msg.cop_code, msg.dxp_id
+            if msg.signer:  # the certificate whose signature verified (R13: is it the copCode's?)
+                meta["sig"] = msg.signer
             if msg.subscribers:  # nodes that get a copy of its receipts
                 meta["sub"] = list(msg.subscribers)
             if msg.envelope is not None:  # the sender's id of the message: what it will ask about

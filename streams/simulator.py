@@ -8,18 +8,22 @@ missing documents, duplicates.
 """
 from __future__ import annotations
 
+import base64
 import random
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     from config.settings import Settings
 
 import orjson
+from lxml import etree
 
 from config.settings import DEFAULT_DXP_ID
+from topics import xmlsig
 from topics.ceb import KINDS, NS, dxp_wrap, field_specs
 
 SCENARIOS = {
@@ -196,15 +200,23 @@ def generate(n: int, seed: int = 1, mix: dict[str, float] | None = None, start: 
 
 # --------------------------------------------------------------------------- encoding
 
-_SIGNATURE = (
-    '<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:SignedInfo>'
-    '<ds:CanonicalizationMethod Algorithm="http://www.w3.org/TR/2001/REC-xml-c14n-20010315"/>'
-    '<ds:SignatureMethod Algorithm="http://www.chinaport.gov.cn/2022/04/xmldsig#sm2-sm3"/>'
-    '<ds:Reference URI=""><ds:Transforms><ds:Transform '
-    'Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"/></ds:Transforms>'
-    '<ds:DigestMethod Algorithm="http://www.chinaport.gov.cn/2022/04/xmldsig#sm3"/>'
-    '<ds:DigestValue>AAAA</ds:DigestValue></ds:Reference></ds:SignedInfo>'
-    '<ds:SignatureValue>AAAA</ds:SignatureValue></ds:Signature>')
+# The simulated declaring agent's signing key and certificate (SM2-with-SM3,
+# made for the simulator; config/reference/enterprises.csv registers its
+# fingerprint for 4601XXXXCC): messages the XSD requires a signature on are
+# signed as an agent's UKey client would sign them.
+_SIGNER = orjson.loads((Path(__file__).with_name("simulator_signer.json")).read_bytes())
+_SIGNER_KEY = int(_SIGNER["privateKey"], 16)
+_SIGNER_CERT = base64.b64decode(_SIGNER["certificate"])
+SIGNED_TYPES = ("621", "623", "625")
+
+
+def sign(message: bytes) -> bytes:
+    """A CEB XML message with the simulated agent's enveloped signature appended."""
+    root = etree.fromstring(message)
+    xmlsig.sign_sm2(root, _SIGNER_KEY, _SIGNER_CERT, _SIGNER["keyName"])
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
 _SENDER = {"311": "4601XXXXAA", "411": "4403XXXXPP", "511": "4601XXXXLL", "621": "4601XXXXCC",
            "623": "4601XXXXCC", "625": "4601XXXXCC"}
 
@@ -213,8 +225,9 @@ def _esc(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def to_xml(doc_type: str, docs: list[tuple[dict[str, str], list[dict[str, str]]]]) -> bytes:
-    """One CEB message (≤100 documents) in XSD element order."""
+def to_xml(doc_type: str, docs: list[tuple[dict[str, str], list[dict[str, str]]]], signed: bool = True) -> bytes:
+    """One CEB message (≤100 documents) in XSD element order; a 621, 623 or 625
+    signed unless `signed` is false (the XSD then finds the signature missing)."""
     kind = KINDS[doc_type]
     specs = field_specs()
     head_order = [f.name for f in specs[kind.head]]
@@ -235,10 +248,9 @@ def to_xml(doc_type: str, docs: list[tuple[dict[str, str], list[dict[str, str]]]
             parts.append(f"</ceb:{kind.wrapper}>")
     parts.append(f"<ceb:BaseTransfer><ceb:copCode>{_SENDER[doc_type]}</ceb:copCode><ceb:copName>示例企业</ceb:copName>"
                  f"<ceb:dxpMode>DXP</ceb:dxpMode><ceb:dxpId>{dxp_sender(doc_type)}</ceb:dxpId></ceb:BaseTransfer>")
-    if doc_type in ("621", "623", "625"):  # the XSD requires a signature on these
-        parts.append(_SIGNATURE)
     parts.append(f"</ceb:{kind.root}>")
-    return "".join(parts).encode("utf-8")
+    out = "".join(parts).encode("utf-8")
+    return sign(out) if signed and doc_type in SIGNED_TYPES else out
 
 
 # The node a simulated sender's DxpMsg comes from (at most 16 characters), and

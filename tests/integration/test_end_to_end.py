@@ -155,20 +155,54 @@ def test_dxp_envelopes_are_opened_decided_and_answered_in_envelopes(env):
     assert "message " + by_type["CEB311"]["copMsgId"] in env.cli("trace", subscribed.order_no).stdout
 
 
-def test_an_official_sample_published_in_an_envelope_is_answered_in_one(env):
+def test_an_official_sample_published_in_an_envelope_is_answered_in_one(env, tmp_path):
     from tests.conftest import FIXTURES
 
-    out = env.cli("publish", "--file", str(FIXTURES / "ceb" / "CEB411Message.xml"), "--type", "411",
-                  "--format", "dxp")
+    def receipt_to(node: str, *, after: int = 0) -> etree._Element:
+        got = Reader(env, registry.RECEIPTS).read_until(
+            lambda r: sum(k == node for k, _ in r) > after, timeout=60)
+        v = [v for k, v in got if k == node][after]
+        root = etree.fromstring(v, etree.XMLParser(resolve_entities=False, no_network=True))
+        return etree.fromstring(base64.b64decode(root.findtext("{%s}Data" % ceb.DXP_NS)))
+
+    # The sample's signature is a placeholder copied into every official sample:
+    # verified, it is refused, in a CEB900 to the node that sent the envelope.
+    sample = FIXTURES / "ceb" / "CEB411Message.xml"
+    out = env.cli("publish", "--file", str(sample), "--type", "411", "--format", "dxp")
     assert out.returncode == 0 and "in a DxpMsg from node DXPLGS0000000001" in out.stdout, out.stderr
-    got = Reader(env, registry.RECEIPTS).read_until(lambda r: any(k == "DXPLGS0000000001" for k, _ in r), timeout=60)
-    [(_, v)] = [(k, v) for k, v in got if k == "DXPLGS0000000001"]
-    root = etree.fromstring(v, etree.XMLParser(resolve_entities=False, no_network=True))
-    inner = etree.fromstring(base64.b64decode(root.findtext("{%s}Data" % ceb.DXP_NS)))
+    refusal = receipt_to("DXPLGS0000000001")
+    assert ceb._local(refusal.tag) == "CEB900Message"
+    assert refusal.findtext(".//{%s}returnStatus" % ceb.NS) == "-1001"
+    # Without it (the XSD makes it optional on 411) the sample is accepted: a 412.
+    root = etree.parse(str(sample)).getroot()
+    root.remove(root.find("{http://www.w3.org/2000/09/xmldsig#}Signature"))
+    unsigned = tmp_path / "CEB411Message.xml"
+    unsigned.write_bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+    out = env.cli("publish", "--file", str(unsigned), "--type", "411", "--format", "dxp")
+    assert out.returncode == 0, out.stderr
+    inner = receipt_to("DXPLGS0000000001", after=1)
     assert ceb._local(inner.tag) == "CEB412Message" and inner.findtext(".//{%s}returnStatus" % ceb.NS) == "2"
     # A file whose BaseTransfer names no node id short enough (the 311 sample's is 19 characters) needs --node.
     refused = env.cli("publish", "--file", str(FIXTURES / "ceb" / "CEB311Message.xml"), "--format", "dxp")
     assert refused.returncode != 0 and "--node" in refused.stderr
+
+
+def test_a_signed_list_changed_on_the_way_is_refused_and_dead_lettered(env):
+    o = make_order(990003, random.Random(7), prefix="SIGNED")
+    signed = to_xml("621", [o.docs["621"]])
+    tampered = signed.replace(b"<ceb:grossWeight>", b"<ceb:grossWeight>9", 1)
+    pub = Publisher(env.settings, "json", batch=1)
+    pub.send_raw("621", "TAMPERED", tampered)
+    pub.send([o])  # the same order as JSON afterwards: the stream goes on
+    pub.flush()
+    Reader(env, registry.DECISIONS).read_until(lambda r: any(o.order_no.encode() in v for _, v in r), timeout=60)
+    dead = [orjson.loads(v) for _, v in Reader(env, registry.DEADLETTER).drain(1.0)]
+    mine = [d for d in dead if d["key"] == base64.b64encode(b"TAMPERED").decode()]
+    assert [(d["reason"], d["returnStatus"]) for d in mine] == [("digest_mismatch", "-1004")]
+    assert base64.b64decode(mine[0]["value"]) == tampered
+    errors = [v for k, v in Reader(env, registry.RECEIPTS).drain(1.0) if k == "TAMPERED"]
+    assert len(errors) == 1 and b"<ceb:returnStatus>-1004</ceb:returnStatus>" in errors[0]
+    assert b"not what was signed" in errors[0]
 
 
 def test_personal_data_never_leaves_in_clear(env):

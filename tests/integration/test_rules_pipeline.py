@@ -155,3 +155,26 @@ def test_review_of_a_released_order_changes_nothing(redis_url):
     o = order(502)
     sink = run_pipeline(redis_url, [doc_records(o)], rules=engine(), reviews=[[_review(o.order_no, "reject")]])
     assert [d["status"] for d in sink.decisions()] == [800]
+
+
+def test_a_list_signed_by_a_certificate_not_registered_to_its_sender_goes_to_review(redis_url):
+    # The simulator's agent signs every 621; the register below lists another
+    # certificate for its copCode, as if the card had been replaced.
+    doc = copy.deepcopy(DOC)
+    doc["parameters"].update({"random_inspection_rate": 0, "random_inspection_rate_aeo": 0, "post_audit_rate": 0})
+    agent = next(r for r in doc["reference"]["enterprises"]["rows"] if r["code"] == "4601XXXXCC")
+    registered = agent["certs"]
+    agent["certs"] = "ab" * 32
+    signed, other = order(31), order(32)
+    batches = [doc_records(signed, ["311", "411", "511"]) + doc_records(signed, ["621"], fmt="xml"),
+               doc_records(other)]  # JSON carries no signature: nothing to hold to the register
+    got = decisions(run_pipeline(redis_url, batches, rules=ruleset.compile_ruleset(doc)))
+    held = got[signed.order_no]
+    assert held["status"] == 300 and "SENDER_IDENTITY_MISMATCH" in {r["reason"] for r in held["reasons"]}
+    assert got[other.order_no]["status"] == 800
+    agent["certs"] = registered  # the demo certificate registered: the same list is released
+    again = order(33)
+    got = decisions(run_pipeline(redis_url, [doc_records(again, ["311", "411", "511"]) +
+                                             doc_records(again, ["621"], fmt="xml")],
+                                 rules=ruleset.compile_ruleset(doc)))
+    assert got[again.order_no]["status"] == 800

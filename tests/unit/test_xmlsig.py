@@ -1,0 +1,209 @@
+"""XML signatures: SM2-with-SM3 and RSA verified against signatures made by
+other implementations (OpenSSL, signxml), and every way a signed message can
+be altered refused with its own code."""
+from __future__ import annotations
+
+import base64
+import random
+import time
+
+import pytest
+from lxml import etree
+
+from config.settings import load_settings
+from processors import features, ruleset
+from streams import simulator
+from streams.simulator import make_order, to_xml
+from tests.conftest import FIXTURES
+from topics import ceb, xmlsig
+
+DS = "{%s}" % xmlsig.DS_NS
+ORDERS = [make_order(i, random.Random(i), prefix="SIG") for i in range(1, 4)]
+DEMO_CERT = base64.b64decode(simulator._SIGNER["certificate"])
+DEMO_FINGERPRINT = "a6e39b2f8a18f6edde871490e5fceae6790a0c67da6dff05056ce56fc436c06f"
+
+# Made with OpenSSL 3.0.19 by the demo signer's key:
+#   openssl pkeyutl -sign -rawin -digest sm3 -pkeyopt distid:1234567812345678 -inkey KEY -in MSG
+OPENSSL_MESSAGE = b"SignedInfo bytes for the test"
+OPENSSL_SM2_SIGNATURE = bytes.fromhex(
+    "304502205e4e08fef603c6e719ae13ebc7c74f345f87b9110d3a0fc331fb16c65365c980022100c82560fded4371caeeba"
+    "cfb35b379ae2e209a4d4873c5bfd89e62dce1927b423")
+
+
+def signed_621() -> bytes:
+    return to_xml("621", [o.docs["621"] for o in ORDERS])
+
+
+def refused(data: bytes) -> ceb.CebError:
+    with pytest.raises(ceb.CebError) as exc:
+        ceb.decode(data)
+    return exc.value
+
+
+def test_the_certificate_is_read_and_its_own_openssl_signature_verifies():
+    cert = xmlsig.parse_certificate(DEMO_CERT)
+    assert cert.algorithm == "sm2" and cert.fingerprint == DEMO_FINGERPRINT
+    assert cert.not_before.year == 2026 and cert.not_after.year == 2046
+    # The certificate is self-signed by OpenSSL (SM2-with-SM3, ID 1234567812345678): its
+    # signature over tbsCertificate is an SM2 signature this module did not make.
+    _, start, end = xmlsig._tlv(DEMO_CERT, 0)
+    (_, ts, te), _, (_, bs, be) = xmlsig._children(DEMO_CERT, start, end)
+    tbs = DEMO_CERT[start:te]
+    r, s = xmlsig._sm2_rs(DEMO_CERT[bs + 1:be])
+    assert xmlsig.sm2_verify(cert.key, tbs, r, s)
+    assert not xmlsig.sm2_verify(cert.key, tbs + b"\0", r, s)
+
+
+def test_an_openssl_sm2_signature_verifies_and_a_changed_message_does_not():
+    key = xmlsig.parse_certificate(DEMO_CERT).key
+    r, s = xmlsig._sm2_rs(OPENSSL_SM2_SIGNATURE)
+    assert xmlsig.sm2_verify(key, OPENSSL_MESSAGE, r, s)
+    assert not xmlsig.sm2_verify(key, OPENSSL_MESSAGE + b".", r, s)
+    assert not xmlsig.sm2_verify(key, OPENSSL_MESSAGE, r, (s + 1) % xmlsig.N)
+    assert not xmlsig.sm2_verify(key, OPENSSL_MESSAGE, r, s, uid=b"ALICE123@YAHOO.COM")  # another signer ID
+    assert not xmlsig.sm2_verify(key, OPENSSL_MESSAGE, 0, s)
+
+
+def test_sm2_signatures_made_here_verify_in_both_encodings():
+    d = random.Random(3).randrange(1, xmlsig.N)
+    r, s = xmlsig.sm2_sign(d, b"message")
+    point = xmlsig.sm2_public(d)
+    assert xmlsig._on_curve(point)
+    assert xmlsig.sm2_verify(point, b"message", r, s)
+    raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    assert xmlsig._sm2_rs(raw) == (r, s)
+    assert xmlsig._sm2_rs(OPENSSL_SM2_SIGNATURE)[0] == int.from_bytes(OPENSSL_SM2_SIGNATURE[4:36], "big")
+    with pytest.raises(ValueError):
+        xmlsig._sm2_rs(b"\x30\x03\x02\x01\x01")
+
+
+def test_a_message_signed_by_signxml_with_rsa_sha256_verifies():
+    # Signed with signxml 5.2.0 (enveloped, C14N 1.0, RSA-SHA256) in a scratch
+    # environment, from the simulator's unsigned 621: an independent XML-DSig.
+    data = (FIXTURES / "xmlsig" / "signxml-rsa-sha256-621.xml").read_bytes()
+    msg = ceb.decode(data)
+    assert msg.kind == "621" and len(msg.documents) == 2 and len(msg.signer) == 64
+    err = refused(data.replace(b"<ceb:qty>", b"<ceb:qty>1", 1))
+    assert (err.status, err.reason, err.message_type) == ("-1004", "digest_mismatch", "CEB621Message")
+
+
+def test_the_simulator_signs_as_the_register_expects():
+    msg = ceb.decode(signed_621())
+    assert msg.signer == DEMO_FINGERPRINT and msg.cop_code == "4601XXXXCC"
+    assert ceb.decode(to_xml("311", [ORDERS[0].docs["311"]])).signer == ""  # optional there, not signed
+
+
+def test_a_changed_document_is_refused_as_not_what_was_signed():
+    data = signed_621()
+    name = ORDERS[0].docs["621"][0]["buyerName"].encode()
+    err = refused(data.replace(name, "张三丰".encode(), 1))
+    assert (err.status, err.reason) == ("-1004", "digest_mismatch")
+    assert "not what was signed" in err.info
+
+
+def test_a_digest_made_to_match_fails_the_signature():
+    root = etree.fromstring(signed_621())
+    root.find(f".//{{{ceb.NS}}}InventoryHead/{{{ceb.NS}}}grossWeight").text = "0.01"
+    sig = root.find(DS + "Signature")
+    sig.find(f".//{DS}DigestValue").text = base64.b64encode(
+        xmlsig._sm3(xmlsig.signed_content(root, sig))).decode()
+    err = refused(etree.tostring(root))
+    assert (err.status, err.reason) == ("-1004", "signature_mismatch")
+
+
+def test_a_signature_by_another_key_under_the_demo_certificate_is_refused():
+    root = etree.fromstring(to_xml("621", [ORDERS[0].docs["621"]], signed=False))
+    xmlsig.sign_sm2(root, 12345678987654321, DEMO_CERT)
+    err = refused(etree.tostring(root))
+    assert (err.status, err.reason) == ("-1004", "signature_mismatch")
+
+
+def test_an_expired_certificate_and_unsupported_algorithms_are_refused():
+    root = etree.fromstring(signed_621())
+    with pytest.raises(xmlsig.SignatureError) as exc:
+        xmlsig.verify(root, time.mktime((2047, 1, 1, 0, 0, 0, 0, 0, 0)))
+    assert (exc.value.status, exc.value.reason) == ("-1002", "certificate_expired")
+    method = root.find(f".//{DS}SignatureMethod")
+    method.set("Algorithm", "http://www.w3.org/2000/09/xmldsig#dsa-sha1")
+    err = refused(etree.tostring(root))
+    assert (err.status, err.reason) == ("-1001", "signature_unsupported")
+    method.set("Algorithm", xmlsig.RSA_SHA1)  # an RSA method with the SM2 certificate
+    assert refused(etree.tostring(root)).reason == "signature_invalid"
+
+
+def test_a_signature_without_a_certificate_or_with_a_partial_reference_is_refused():
+    root = etree.fromstring(signed_621())
+    root.find(f".//{DS}Reference").set("URI", "#part")
+    assert refused(etree.tostring(root)).reason == "signature_unsupported"
+    root = etree.fromstring(signed_621())
+    cert = root.find(f".//{DS}X509Data")
+    cert.getparent().remove(cert)
+    err = refused(etree.tostring(root))
+    assert (err.status, err.reason) == ("-1001", "signature_invalid") and "X509Certificate" in err.info
+    root = etree.fromstring(signed_621())
+    root.find(f".//{DS}X509Certificate").text = base64.b64encode(b"\x30\x03\x02\x01\x01").decode()
+    assert refused(etree.tostring(root)).reason == "certificate_invalid"
+
+
+def test_text_around_the_signature_and_processing_instructions_are_part_of_what_was_signed():
+    unsigned = to_xml("621", [ORDERS[0].docs["621"]], signed=False)
+    root = etree.fromstring(unsigned.replace(b"</ceb:BaseTransfer>", b"</ceb:BaseTransfer><?audit step=1?>\n  "))
+    xmlsig.sign_sm2(root, simulator._SIGNER_KEY, DEMO_CERT)
+    data = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    assert b"<?audit step=1?>\n  <ds:Signature" in data
+    assert ceb.decode(data).signer == DEMO_FINGERPRINT  # the PI is read back for the digest
+    assert refused(data.replace(b"step=1", b"step=2")).reason == "digest_mismatch"
+    assert refused(data.replace(b"?>\n  <ds:Signature", b"?>\n<ds:Signature")).reason == "digest_mismatch"
+    assert refused(data.replace(b"</ds:Signature>", b"</ds:Signature>\n")).reason == "digest_mismatch"
+    # The enveloped transform removes the element and keeps the text after it.
+    sig = root.find(DS + "Signature")
+    sig.tail = "\n"
+    assert xmlsig.signed_content(root, sig).endswith(b"  \n</ceb:CEB621Message>")
+    assert sig.tail == "\n" and root[-1] is sig
+    # Comments are outside what URI="" signs: one added after signing changes nothing.
+    assert ceb.decode(data.replace(b"<ceb:BaseTransfer>", b"<!-- routed --><ceb:BaseTransfer>")).signer
+
+
+def test_the_official_samples_carry_a_placeholder_signature_that_verification_refuses():
+    # All of them carry the same DigestValue and SignatureValue, an SM2 method
+    # over an RSA certificate: copied into each sample, made for none.
+    values = set()
+    for name in ("CEB311Message", "CEB621Message", "CEB623Message", "CEB625Message"):
+        data = (FIXTURES / "ceb" / f"{name}.xml").read_bytes()
+        values.add(etree.fromstring(data).findtext(f".//{DS}DigestValue"))
+        err = refused(data)
+        assert (err.status, err.reason, err.message_type) == ("-1001", "signature_invalid", name)
+        assert ceb.decode(data, signatures=False).kind == name[3:6]
+    assert len(values) == 1
+
+
+def test_the_setting_is_verify_by_default_and_refuses_other_values():
+    assert load_settings({}).signatures == "verify"
+    assert load_settings({"CLEARANCE_SIGNATURES": "off"}).signatures == "off"
+    with pytest.raises(ValueError, match="CLEARANCE_SIGNATURES"):
+        load_settings({"CLEARANCE_SIGNATURES": "maybe"})
+
+
+def test_r13_holds_the_signing_certificate_to_the_register():
+    register = {"4601XXXXCC": {"nodes": frozenset(), "certs": frozenset({DEMO_FINGERPRINT})},
+                "4601XXXXDD": {"nodes": frozenset(), "certs": frozenset()}}
+    meta = {"fmt": "xml", "cop": "4601XXXXCC", "dxp": "DXP4601XXXXCC", "sig": DEMO_FINGERPRINT}
+    assert features.sender_unverified({"621": meta}, register) == []
+    other = {**meta, "sig": "0" * 64}
+    assert features.sender_unverified({"621": other}, register) == [
+        "621: signed by certificate 0000000000000000…, not one registered to copCode 4601XXXXCC"]
+    assert features.sender_unverified({"621": {**other, "cop": "4601XXXXDD"}}, register) == []  # none registered
+    assert features.sender_unverified({"621": {k: v for k, v in other.items() if k != "sig"}}, register) == []
+
+
+def test_the_register_loads_fingerprints_and_refuses_malformed_ones():
+    rules = ruleset.load(ruleset.DEFAULT_RULESET)
+    assert rules.reference.enterprises["4601XXXXCC"]["certs"] == frozenset({DEMO_FINGERPRINT})
+    assert rules.reference.enterprises["4601XXXXAA"]["certs"] == frozenset()
+    doc = ruleset.load_file(ruleset.DEFAULT_RULESET)
+    row = doc["reference"]["enterprises"]["rows"][0]
+    row["certs"] = "A6:E3" + DEMO_FINGERPRINT[4:].upper() + " ; "  # colons and case as tools print them
+    assert ruleset.compile_ruleset(doc).reference.enterprises[row["code"]]["certs"] == {DEMO_FINGERPRINT}
+    row["certs"] = "abc"
+    with pytest.raises(ruleset.RuleSetError, match="certs"):
+        ruleset.compile_ruleset(doc)
