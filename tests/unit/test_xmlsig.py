@@ -207,3 +207,22 @@ def test_the_register_loads_fingerprints_and_refuses_malformed_ones():
     row["certs"] = "abc"
     with pytest.raises(ruleset.RuleSetError, match="certs"):
         ruleset.compile_ruleset(doc)
+
+
+def test_the_signature_command_prints_fingerprints_and_checks_messages(tmp_path, capsys, monkeypatch):
+    from streams import cli
+
+    monkeypatch.delenv("CLEARANCE_RULES", raising=False)
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(DEMO_CERT) + b"-----END CERTIFICATE-----\n"
+    for name, data in (("demo.pem", pem), ("demo.der", DEMO_CERT)):
+        (tmp_path / name).write_bytes(data)
+        cli.main(["signature", str(tmp_path / name)])
+        assert capsys.readouterr().out.startswith(DEMO_FINGERPRINT + "  SM2 key, valid 2026-11-28 to 2046-11-23")
+    (tmp_path / "621.xml").write_bytes(signed_621())
+    cli.main(["signature", str(tmp_path / "621.xml")])
+    assert f"certificate {DEMO_FINGERPRINT}; copCode 4601XXXXCC: registered to it" in capsys.readouterr().out
+    cli.main(["signature", str(FIXTURES / "xmlsig" / "signxml-rsa-sha256-621.xml")])
+    assert "NOT one registered to it (R13)" in capsys.readouterr().out
+    (tmp_path / "bad.xml").write_bytes(signed_621().replace(b"<ceb:qty>", b"<ceb:qty>1", 1))
+    with pytest.raises(SystemExit, match="-1004 digest_mismatch"):
+        cli.main(["signature", str(tmp_path / "bad.xml")])
