@@ -211,10 +211,12 @@ SIGNED_TYPES = ("621", "623", "625")
 
 
 def sign(message: bytes) -> bytes:
-    """A CEB XML message with the simulated agent's enveloped signature appended."""
+    """A CEB XML message with the simulated agent's enveloped signature
+    appended, written in canonical form as the official samples are (the
+    receiver then need not canonicalise it again: topics/xmlsig.py)."""
     root = etree.fromstring(message)
     xmlsig.sign_sm2(root, _SIGNER_KEY, _SIGNER_CERT, _SIGNER["keyName"])
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + etree.tostring(root, method="c14n")
 
 
 _SENDER = {"311": "4601XXXXAA", "411": "4403XXXXPP", "511": "4601XXXXLL", "621": "4601XXXXCC",

@@ -296,7 +296,7 @@ def _verify_signature(data: bytes, root: Any, kind: MessageKind) -> str:
     if data.count(b"<?") > (1 if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<?xml") else 0):
         root = etree.fromstring(data, _PI_PARSER)
     try:
-        signer = xmlsig.verify(root, time.time())
+        signer = xmlsig.verify(root, time.time(), data)
     except xmlsig.SignatureError as exc:
         raise CebError(exc.status, exc.reason, exc.info, kind.root) from None
     return "" if signer is None else signer.fingerprint

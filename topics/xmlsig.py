@@ -23,6 +23,7 @@ import binascii
 import datetime as dt
 import functools
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -385,10 +386,45 @@ def signed_content(root: Any, sig: Any) -> bytes:
         sig.tail = tail
 
 
-def verify(root: Any, now: float) -> Signer | None:
+def _as_sent(raw: bytes, sig: Any) -> bytes | None:
+    """The message as sent, without its Signature element, when that can be
+    cut from the bytes for certain: then, if its digest is the signed one,
+    those bytes are the canonical form that was signed, and canonicalising
+    the tree again (most of a verification's cost) is not needed. Senders that
+    write the canonical form, as the official samples are written, take this
+    path; for any other the digest differs and the caller canonicalises.
+
+    For certain means: no comment, CDATA section or processing instruction
+    (where a '<' need not start a tag), so every '<' starts markup, and the
+    Signature's start and end tags, with the prefix the parsed element has,
+    each occur once: they are that element's. A message with a second
+    element spelt the same way is canonicalised instead."""
+    if b"<!--" in raw or b"<![CDATA[" in raw or b"/>" in raw:  # a self-closing tag is never canonical
+        return None
+    start = raw.find(b"<?")
+    body_from = 0
+    if start != -1:
+        if not raw.startswith(b"<?xml") or raw.find(b"<?", 1) != -1:
+            return None
+        body_from = raw.find(b"?>") + 2
+    prefix = (sig.prefix + ":") if sig.prefix else ""
+    # Not SignatureValue nor SignatureMethod: the name ends where the tag's does.
+    opens = [m.start() for m in re.finditer(re.escape(f"<{prefix}Signature".encode()) + rb"[\s>]", raw)]
+    close_tag = f"</{prefix}Signature>".encode()
+    if len(opens) != 1 or opens[0] < body_from or raw.count(close_tag) != 1:
+        return None
+    first = opens[0]
+    end = raw.find(close_tag) + len(close_tag)
+    if end < first:
+        return None
+    return (raw[body_from:first].lstrip(b" \t\r\n") + raw[end:]).rstrip(b" \t\r\n")
+
+
+def verify(root: Any, now: float, raw: bytes | None = None) -> Signer | None:
     """Verify the enveloped signature of a parsed CEB message, if it has one:
     the Signer, or SignatureError. `now` (epoch seconds) is held against the
-    certificate's validity."""
+    certificate's validity; `raw`, the UTF-8 bytes the tree was parsed from,
+    spares canonicalising a message sent in canonical form."""
     sig = root.find(_q("Signature"))
     if sig is None:
         return None
@@ -421,8 +457,12 @@ def verify(root: Any, now: float) -> Signer | None:
     if not cert.not_before <= when <= cert.not_after:
         raise SignatureError(ERR_EXPIRED, "certificate_expired",
                              f"the signer's certificate is valid {cert.not_before:%Y-%m-%d} to {cert.not_after:%Y-%m-%d}")
-    content = signed_content(root, sig)
-    if hashlib.new(digest, content).digest() != expected:
+    as_sent = None if raw is None else _as_sent(raw, sig)
+    if as_sent is None or hashlib.new(digest, as_sent).digest() != expected:
+        content = signed_content(root, sig)
+    else:
+        content = as_sent
+    if content is not as_sent and hashlib.new(digest, content).digest() != expected:
         raise SignatureError(ERR_MISMATCH, "digest_mismatch",
                              "the message is not what was signed: its digest differs from the signature's DigestValue")
     signed_info = etree.tostring(info, method="c14n", with_comments=c14n == C14N_COMMENTS)

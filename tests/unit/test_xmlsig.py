@@ -226,3 +226,37 @@ def test_the_signature_command_prints_fingerprints_and_checks_messages(tmp_path,
     (tmp_path / "bad.xml").write_bytes(signed_621().replace(b"<ceb:qty>", b"<ceb:qty>1", 1))
     with pytest.raises(SystemExit, match="-1004 digest_mismatch"):
         cli.main(["signature", str(tmp_path / "bad.xml")])
+
+
+def test_a_message_sent_in_canonical_form_is_digested_as_sent_and_anything_else_is_canonicalised():
+    data = signed_621()
+    root = etree.fromstring(data)
+    sig = root.find(DS + "Signature")
+    assert xmlsig._as_sent(data, sig) == xmlsig.signed_content(root, sig)  # the simulator writes C14N
+    assert xmlsig._as_sent(etree.tostring(root), sig) is None  # self-closing tags: never canonical
+    # A space before the root tag's ">" is well-formed and not canonical: cut
+    # from the bytes, the message's digest differs, and it verifies canonicalised.
+    spaced = data.replace(b'version="1.0">', b'version="1.0" >', 1)
+    assert spaced != data and xmlsig._as_sent(spaced, sig) != xmlsig.signed_content(root, sig)
+    assert ceb.decode(spaced).signer == DEMO_FINGERPRINT
+    # A second element spelt like the signature: cut from the bytes is not for certain.
+    at = data.index(b"<ds:Signature")
+    extra = data[:at] + b"<ceb:ExtendMessage><ds:Signature xmlns:ds=\"urn:x\"></ds:Signature></ceb:ExtendMessage>"
+    assert xmlsig._as_sent(extra + data[at:], sig) is None
+
+
+def test_markup_hidden_in_a_comment_cannot_move_what_the_digest_covers():
+    # A subscription inserted before the signature, behind a comment that
+    # spells the signature's start tag: cut naively from the first
+    # "<ds:Signature", the bytes hashed would be the signed ones while the
+    # message read would copy every receipt to the intruder's node.
+    data = signed_621()
+    sub = (b"<ceb:BaseSubscribe><ceb:status>RET</ceb:status><ceb:dxpMode>DXP</ceb:dxpMode>"
+           b"<ceb:dxpAddress>DXPINTRUDER00001</ceb:dxpAddress></ceb:BaseSubscribe>")
+    at = data.index(b"<ds:Signature")
+    forged = data[:at] + b"<!--<ds:Signature>-->" + sub + data[at:]
+    root = etree.fromstring(forged, ceb._SECURE_PARSER)
+    assert ceb.import_schema().validate(root)  # it reaches the signature check
+    assert xmlsig._as_sent(forged, root.find(DS + "Signature")) is None
+    err = refused(forged)
+    assert (err.status, err.reason) == ("-1004", "digest_mismatch")
