@@ -23,7 +23,6 @@ import binascii
 import datetime as dt
 import functools
 import hashlib
-import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -399,7 +398,7 @@ def _as_sent(raw: bytes, sig: Any) -> bytes | None:
     Signature's start and end tags, with the prefix the parsed element has,
     each occur once: they are that element's. A message with a second
     element spelt the same way is canonicalised instead."""
-    if b"<!--" in raw or b"<![CDATA[" in raw or b"/>" in raw:  # a self-closing tag is never canonical
+    if b"<!" in raw:  # a comment or CDATA section (a DOCTYPE never gets here)
         return None
     start = raw.find(b"<?")
     body_from = 0
@@ -408,12 +407,18 @@ def _as_sent(raw: bytes, sig: Any) -> bytes | None:
             return None
         body_from = raw.find(b"?>") + 2
     prefix = (sig.prefix + ":") if sig.prefix else ""
-    # Not SignatureValue nor SignatureMethod: the name ends where the tag's does.
-    opens = [m.start() for m in re.finditer(re.escape(f"<{prefix}Signature".encode()) + rb"[\s>]", raw)]
+    tag = f"<{prefix}Signature".encode()
+    first = -1
+    at = raw.find(tag, body_from)
+    while at != -1:
+        if raw[at + len(tag):at + len(tag) + 1] in (b">", b" ", b"\t", b"\n", b"\r"):  # not SignatureValue
+            if first != -1:
+                return None
+            first = at
+        at = raw.find(tag, at + 1)
     close_tag = f"</{prefix}Signature>".encode()
-    if len(opens) != 1 or opens[0] < body_from or raw.count(close_tag) != 1:
+    if first == -1 or raw.count(close_tag) != 1:
         return None
-    first = opens[0]
     end = raw.find(close_tag) + len(close_tag)
     if end < first:
         return None
