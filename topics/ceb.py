@@ -293,7 +293,7 @@ def _verify_signature(data: bytes, root: Any, kind: MessageKind) -> str:
     if root.find(f"{{{xmlsig.DS_NS}}}Signature") is None:
         return ""
     # Processing instructions in the message are part of what was signed.
-    if data.find(b"<?", 1 if data.startswith(b"<?xml") else 0) != -1:
+    if data.find(b"<?", 1 if xmlsig.has_declaration(data) else 0) != -1:
         root = etree.fromstring(data, _PI_PARSER)
     try:
         signer = xmlsig.verify(root, time.time(), data)

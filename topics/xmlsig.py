@@ -357,7 +357,7 @@ def _algorithm(el: Any, allowed: dict[str, Any] | tuple[str, ...], what: str) ->
     return alg
 
 
-def signed_content(root: Any, sig: Any) -> bytes:
+def signed_content(root: Any, sig: Any, document: bool = True) -> bytes:
     """The message as the enveloped-signature transform sees it: the whole
     document without the Signature element (the text around it stays) and
     without comments (XML-DSig §4.4.3.2: URI="" leaves them out, whatever the
@@ -374,7 +374,9 @@ def signed_content(root: Any, sig: Any) -> bytes:
     index = parent.index(sig)
     parent.remove(sig)
     try:
-        return etree.tostring(root, method="c14n", with_comments=False)
+        # The document (XML-DSig's URI=""): C14N keeps the processing
+        # instructions before and after the root element.
+        return etree.tostring(root.getroottree() if document else root, method="c14n", with_comments=False)
     finally:
         if tail:
             if prev is not None:
@@ -383,6 +385,12 @@ def signed_content(root: Any, sig: Any) -> bytes:
                 parent.text = parent.text[:len(parent.text) - len(tail)] or None
         parent.insert(index, sig)
         sig.tail = tail
+
+
+def has_declaration(raw: bytes) -> bool:
+    """Whether the bytes start with an XML declaration (not a processing
+    instruction whose target starts with "xml")."""
+    return raw.startswith(b"<?xml") and raw[5:6] in (b" ", b"\t", b"\n", b"\r")
 
 
 def _as_sent(raw: bytes, sig: Any) -> bytes | None:
@@ -400,12 +408,10 @@ def _as_sent(raw: bytes, sig: Any) -> bytes | None:
     element spelt the same way is canonicalised instead."""
     if b"<!" in raw:  # a comment or CDATA section (a DOCTYPE never gets here)
         return None
-    start = raw.find(b"<?")
-    body_from = 0
-    if start != -1:
-        if not raw.startswith(b"<?xml") or raw.find(b"<?", 1) != -1:
-            return None
-        body_from = raw.find(b"?>") + 2
+    declared = has_declaration(raw)
+    if raw.find(b"<?", 1 if declared else 0) != -1:
+        return None
+    body_from = raw.find(b"?>") + 2 if declared else 0
     prefix = (sig.prefix + ":") if sig.prefix else ""
     tag = f"<{prefix}Signature".encode()
     first = -1
@@ -464,12 +470,14 @@ def verify(root: Any, now: float, raw: bytes | None = None) -> Signer | None:
                              f"the signer's certificate is valid {cert.not_before:%Y-%m-%d} to {cert.not_after:%Y-%m-%d}")
     as_sent = None if raw is None else _as_sent(raw, sig)
     if as_sent is None or hashlib.new(digest, as_sent).digest() != expected:
-        content = signed_content(root, sig)
-    else:
-        content = as_sent
-    if content is not as_sent and hashlib.new(digest, content).digest() != expected:
-        raise SignatureError(ERR_MISMATCH, "digest_mismatch",
-                             "the message is not what was signed: its digest differs from the signature's DigestValue")
+        forms = [signed_content(root, sig)]
+        if root.getprevious() is not None or root.getnext() is not None:
+            # Some signers (signxml) digest the root element alone, without the
+            # processing instructions around it, which carry nothing read here.
+            forms.append(signed_content(root, sig, document=False))
+        if all(hashlib.new(digest, content).digest() != expected for content in forms):
+            raise SignatureError(ERR_MISMATCH, "digest_mismatch", "the message is not what was signed: its "
+                                 "digest differs from the signature's DigestValue")
     signed_info = etree.tostring(info, method="c14n", with_comments=c14n == C14N_COMMENTS)
     try:
         ok = (sm2_verify(cert.key, signed_info, *_sm2_rs(value)) if kind == "sm2"

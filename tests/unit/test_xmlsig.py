@@ -260,3 +260,23 @@ def test_markup_hidden_in_a_comment_cannot_move_what_the_digest_covers():
     assert xmlsig._as_sent(forged, root.find(DS + "Signature")) is None
     err = refused(forged)
     assert (err.status, err.reason) == ("-1004", "digest_mismatch")
+
+
+def test_a_processing_instruction_before_the_root_is_not_taken_for_the_declaration():
+    unsigned = to_xml("621", [ORDERS[0].docs["621"]], signed=False)
+    body = unsigned[unsigned.index(b"?>") + 2:].lstrip()
+    root = etree.fromstring(b"<?xml-stylesheet href=\"a.xsl\"?>\n" + body)
+    xmlsig.sign_sm2(root, simulator._SIGNER_KEY, DEMO_CERT)
+    # Signed with the stylesheet PI in the document: C14N keeps a PI outside the root.
+    data = etree.tostring(root.getroottree())
+    assert data.startswith(b"<?xml-stylesheet") and not xmlsig.has_declaration(data)
+    assert ceb.decode(data).signer == DEMO_FINGERPRINT
+    assert refused(data.replace(b"a.xsl", b"b.xsl")).reason == "digest_mismatch"
+    # signxml digests the root element alone: accepted too; the PIs around the
+    # root are then not covered (nothing here reads them), those inside are.
+    signxml = (FIXTURES / "xmlsig" / "signxml-rsa-sha256-621-pis.xml").read_bytes()
+    assert b"<?xml-stylesheet" in signxml and b"<?audit step=1?>" in signxml
+    assert len(ceb.decode(signxml).signer) == 64
+    assert ceb.decode(signxml.replace(b"list.xsl", b"other.xsl")).signer
+    assert refused(signxml.replace(b"step=1", b"step=2")).reason == "digest_mismatch"
+    assert xmlsig.has_declaration(b'<?xml version="1.0"?><a/>') and not xmlsig.has_declaration(b"<?xmlfoo?><a/>")
