@@ -50,10 +50,35 @@ def tax_record(decision: dict[str, Any], now_ms: int, kind: str = "charge", frac
     }
 
 
-def cancel_check(decision: dict[str, Any] | None) -> tuple[bool, str]:
-    """May this list be cancelled (before exit)? (ok, reason if not)."""
+# What a cancel (623) or return (625) must say as the list it undoes did.
+# R12: it references the original invtNo; and it names the same parcel,
+# seller, declaring agent and buyer (compared as hashes, as stored). One that
+# does not is about another list, or from someone the list is not theirs:
+# refused as "list not found", without saying whose list it would be.
+REFERENCE_FIELDS = (("logisticsNo", "waybill number"), ("logisticsCode", "carrier"), ("ebcCode", "seller"),
+                    ("agentCode", "declaring agent"), ("buyerIdNumber", "buyer"))
+
+
+def reference_mismatch(head: dict[str, Any], decision: dict[str, Any], inventory: dict[str, Any] | None) -> str:
+    """"" if the request names this order's list as the list did, else what differs."""
+    if str(head.get("invtNo", "")) != str(decision.get("invtNo", "")):
+        return f"invtNo {head.get('invtNo', '')} is not this order's list"
+    listed = (inventory or {}).get("head") or {}
+    for name, what in REFERENCE_FIELDS:
+        if name in listed and str(head.get(name, "")) != str(listed[name]):
+            return f"its {what} ({name}) is not the list's"
+    return ""
+
+
+def cancel_check(decision: dict[str, Any] | None, head: dict[str, Any],
+                 inventory: dict[str, Any] | None) -> tuple[bool, str]:
+    """May this list be cancelled (before exit) by this request (its head)?
+    (ok, reason if not)."""
     if decision is None:
         return False, "-623003 撤销申请单对应的清单不存在 (list not found)"
+    differs = reference_mismatch(head, decision, inventory)
+    if differs:
+        return False, f"-623003 撤销申请单对应的清单不存在 (list not found: {differs})"
     if decision.get("event") == "cancel":
         return True, ""
     if decision["status"] == 100:
@@ -61,11 +86,15 @@ def cancel_check(decision: dict[str, Any] | None) -> tuple[bool, str]:
     return True, ""
 
 
-def refund_check(decision: dict[str, Any] | None, inventory: dict[str, Any] | None,
+def refund_check(decision: dict[str, Any] | None, inventory: dict[str, Any] | None, head: dict[str, Any],
                  refund_lines: list[dict[str, Any]], now_ms: int) -> tuple[bool, str, Decimal, Decimal]:
-    """(ok, reason, refunded value in CNY, fraction of the list's value) for a return."""
+    """(ok, reason, refunded value in CNY, fraction of the list's value) for a
+    return (its head and lines)."""
     if decision is None or inventory is None:
         return False, "-625209 退货申请单对应的清单不存在 (list not found)", Decimal(0), Decimal(0)
+    differs = reference_mismatch(head, decision, inventory)
+    if differs:
+        return False, f"-625209 退货申请单对应的清单不存在 (list not found: {differs})", Decimal(0), Decimal(0)
     if decision["status"] != RELEASE:
         return False, "-625005 清单未放行，不能退货 (the list was not released)", Decimal(0), Decimal(0)
     if now_ms - released_at(decision) > RETURN_WINDOW_MS:

@@ -120,13 +120,13 @@ class Aftercare:
         for d, (dec, final, inv) in zip(docs, looked):
             decision = orjson.loads(final or dec) if (final or dec) else None
             if d.doc["type"] == "623":
-                await self._cancel(d, decision, now, out_receipts)
+                await self._cancel(d, decision, orjson.loads(inv) if inv else None, now, out_receipts)
             else:
                 await self._return(d, decision, orjson.loads(inv) if inv else None, now, out_receipts)
 
-    async def _cancel(self, d: Any, decision: dict[str, Any] | None, now: int,
+    async def _cancel(self, d: Any, decision: dict[str, Any] | None, inventory: dict[str, Any] | None, now: int,
                       out_receipts: list[dict[str, Any]]) -> None:
-        ok, why = aftercare.cancel_check(decision)
+        ok, why = aftercare.cancel_check(decision, d.doc["head"], inventory)
         if not ok or decision is None:
             m.REVIEWS.labels("cancel_refused").inc()
             out_receipts.append(receipts.document_receipt(d.doc, d.meta, "100", why, now))
@@ -170,7 +170,7 @@ class Aftercare:
 
     async def _return(self, d: Any, decision: dict[str, Any] | None, inventory: dict[str, Any] | None, now: int,
                       out_receipts: list[dict[str, Any]]) -> None:
-        ok, why, value, fraction = aftercare.refund_check(decision, inventory, d.doc["lines"], now)
+        ok, why, value, fraction = aftercare.refund_check(decision, inventory, d.doc["head"], d.doc["lines"], now)
         if not ok or decision is None:
             out_receipts.append(receipts.document_receipt(d.doc, d.meta, "100", why, now))
             return

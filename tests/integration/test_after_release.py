@@ -164,6 +164,27 @@ def test_cancel_of_an_unknown_list(world):
     assert receipt["returnStatus"] == "100" and receipt["returnInfo"].startswith("-623003")
 
 
+def test_a_cancel_naming_another_list_or_from_another_agent_is_refused(world):
+    o, other = order(23), order(24)
+    world.run(doc_records(o), doc_records(other))
+    d, d_other = sorted(world.decisions(), key=lambda x: x["orderNo"] != o.order_no)
+    world.to_gate()
+    ledger = state.ledger_key(d["buyer"], "2026")
+    total = int(world.r.hget(ledger, "total"))
+    wrong_list = after_record("623", cancel_document(o, d_other["invtNo"]))  # R12: the original invtNo
+    head, lines = cancel_document(o, d["invtNo"])
+    not_theirs = after_record("623", (dict(head, agentCode="4601XXXXZZ"), lines))
+    world.run([wrong_list, not_theirs])
+    receipts = world.receipts("InvtCancelReturn")
+    assert [(r["returnStatus"], r["returnInfo"][:7]) for r in receipts] == [("100", "-623003")] * 2
+    assert "is not this order's list" in receipts[0]["returnInfo"]
+    assert "declaring agent" in receipts[1]["returnInfo"] and d_other["invtNo"] not in receipts[1]["returnInfo"]
+    world.to_gate()
+    assert world.gate.scan(o.logistics_no)["answer"] == "release"
+    assert int(world.r.hget(ledger, "total")) == total
+    assert not [x for x in world.decisions() if x.get("event") == "cancel"]
+
+
 def test_return_restores_quota_and_tax_once(world):
     o = order(30)
     d = world.released_at_gate(o)

@@ -41,3 +41,30 @@ def test_a_reversal_counts_in_the_period_of_the_cancel_or_return():
     d = released(ms(2026, 11, 3))
     record = aftercare.tax_record(d, ms(2026, 12, 1), "reversal", Decimal("0.5"), "R1")
     assert record["period"] == "2026-12-1" and record["cents"]["taxTotal"] == -455
+
+
+LIST = {"head": {"logisticsNo": "YT1", "logisticsCode": "L1", "ebcCode": "E1", "agentCode": "A1",
+                 "buyerIdNumber": "h:buyer"}, "lines": [{"gnum": "1", "gcode": "3304990000", "qty": "2",
+                                                          "price": "10", "totalPrice": "20"}]}
+REQUEST = {"invtNo": "I1", **LIST["head"]}
+
+
+def test_a_cancel_or_return_must_name_the_list_as_the_list_did():
+    d = {**released(ms(2026, 11, 20)), "status": 800}
+    now = ms(2026, 11, 21)
+    assert aftercare.cancel_check(d, REQUEST, LIST) == (True, "")
+    assert aftercare.refund_check(d, LIST, REQUEST, [{"gnum": "1", "gcode": "3304990000", "qty": "1"}], now)[:2] == \
+        (True, "")
+    for change, why in ((("invtNo", "I2"), "invtNo I2 is not this order's list"),
+                        (("agentCode", "A2"), "its declaring agent (agentCode) is not the list's"),
+                        (("buyerIdNumber", "h:other"), "its buyer (buyerIdNumber) is not the list's"),
+                        (("logisticsNo", "YT2"), "its waybill number (logisticsNo) is not the list's")):
+        other = dict(REQUEST, **dict([change]))
+        assert aftercare.cancel_check(d, other, LIST) == (
+            False, f"-623003 撤销申请单对应的清单不存在 (list not found: {why})")
+        ok, reason, value, _ = aftercare.refund_check(d, LIST, other, [{"gnum": "1", "gcode": "3304990000",
+                                                                       "qty": "1"}], now)
+        assert (ok, reason, value) == (False, f"-625209 退货申请单对应的清单不存在 (list not found: {why})", 0)
+    # The invtNo is compared however much of the list's head is kept.
+    assert aftercare.cancel_check(d, dict(REQUEST, invtNo="I2"), None)[0] is False
+    assert aftercare.cancel_check(d, REQUEST, None) == (True, "")
