@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from processors import aftercare, decide, receipts
+from processors import aftercare, decide, features, receipts
 from processors.rules import RELEASE
 from streams import metrics as m
 from streams import state
@@ -119,10 +119,25 @@ class Aftercare:
         looked = await pipe.execute()
         for d, (dec, final, inv) in zip(docs, looked):
             decision = orjson.loads(final or dec) if (final or dec) else None
+            unverified = self._sender_unverified(d)
+            if unverified:
+                # R13 as for a list: no rule to send a cancel or a return to
+                # review, so one from a node or card not its sender's is refused.
+                m.REVIEWS.labels("cancel_refused" if d.doc["type"] == "623" else "return_refused").inc()
+                out_receipts.append(receipts.document_receipt(
+                    d.doc, d.meta, "100", f"R13 发送方身份不符 (the sender is not who its BaseTransfer names: "
+                    f"{unverified})", now))
+                continue
             if d.doc["type"] == "623":
                 await self._cancel(d, decision, orjson.loads(inv) if inv else None, now, out_receipts)
             else:
                 await self._return(d, decision, orjson.loads(inv) if inv else None, now, out_receipts)
+
+    def _sender_unverified(self, d: Any) -> str:
+        reference = getattr(self.p.rules, "reference", None)  # the spine's rules have no register
+        if reference is None or not d.meta:
+            return ""
+        return "; ".join(features.sender_unverified({d.doc["type"]: d.meta}, reference.enterprises))
 
     async def _cancel(self, d: Any, decision: dict[str, Any] | None, inventory: dict[str, Any] | None, now: int,
                       out_receipts: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ from processors.aftercare import RETURN_WINDOW_MS
 from streams import state, trace
 from streams.gate import Gate
 from streams.pipeline import Pipeline
-from streams.simulator import cancel_document, refund_document, to_json
+from streams.simulator import cancel_document, refund_document, to_json, to_xml
 from tests.helpers import CaptureSink, doc_records, order, other_platform, record
 from tests.integration.worker import Reader
 from topics import registry
@@ -80,6 +80,17 @@ class World:
         for t, _k, v in self.sink.records:
             if t.endswith("ceb.receipts") and not v.startswith(b"<"):
                 out += [i[entity] for i in orjson.loads(v) if entity in i]
+        return out
+
+    def xml_receipts(self, entity):
+        """The returns of XML receipts (to senders of XML) as field -> text."""
+        from lxml import etree
+
+        out = []
+        for t, _k, v in self.sink.records:
+            if t.endswith("ceb.receipts") and v.startswith(b"<"):
+                for el in etree.fromstring(v).iter("{http://www.chinaport.gov.cn/ceb}" + entity):
+                    out.append({etree.QName(c).localname: c.text for c in el})
         return out
 
 
@@ -183,6 +194,28 @@ def test_a_cancel_naming_another_list_or_from_another_agent_is_refused(world):
     assert world.gate.scan(o.logistics_no)["answer"] == "release"
     assert int(world.r.hget(ledger, "total")) == total
     assert not [x for x in world.decisions() if x.get("event") == "cancel"]
+
+
+def test_a_signed_cancel_is_held_to_the_register_of_certificates(world):
+    o, other = order(25), order(26)
+    world.run(doc_records(o), doc_records(other))
+    d, d_other = sorted(world.decisions(), key=lambda x: x["orderNo"] != o.order_no)
+    world.to_gate()
+    signed = record("623", to_xml("623", [cancel_document(o, d["invtNo"])]))  # signed by the demo agent
+    doc = copy.deepcopy(DOC)
+    agent = next(r for r in doc["reference"]["enterprises"]["rows"] if r["code"] == "4601XXXXCC")
+    agent["certs"] = "cd" * 32  # the agent's card is another one: this signature is not the agent's
+    shipped, world.engine = world.engine, ruleset.compile_ruleset(doc)
+    world.run([signed])
+    (refused,) = world.xml_receipts("InvtCancelReturn")
+    assert refused["returnStatus"] == "100" and refused["returnInfo"].startswith("R13 ")
+    assert "not one registered to copCode 4601XXXXCC" in refused["returnInfo"]
+    world.engine = shipped  # the register lists the demo card: the same cancel is accepted
+    world.run([record("623", to_xml("623", [cancel_document(other, d_other["invtNo"])]))])
+    assert world.xml_receipts("InvtCancelReturn")[-1]["returnStatus"] == "399"
+    world.to_gate()
+    assert world.gate.scan(o.logistics_no)["answer"] == "release"
+    assert world.gate.scan(other.logistics_no)["answer"] == "hold"
 
 
 def test_return_restores_quota_and_tax_once(world):
