@@ -67,6 +67,8 @@ class Signer:
 
 def _tlv(data: bytes, i: int) -> tuple[int, int, int]:
     """(tag, start of contents, end of contents) of the DER element at i."""
+    if i + 2 > len(data):
+        raise ValueError("DER element cut short")
     tag = data[i]
     n = data[i + 1]
     i += 2

@@ -8,6 +8,8 @@ import random
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from config.settings import load_settings
@@ -280,3 +282,26 @@ def test_a_processing_instruction_before_the_root_is_not_taken_for_the_declarati
     assert ceb.decode(signxml.replace(b"list.xsl", b"other.xsl")).signer
     assert refused(signxml.replace(b"step=1", b"step=2")).reason == "digest_mismatch"
     assert xmlsig.has_declaration(b'<?xml version="1.0"?><a/>') and not xmlsig.has_declaration(b"<?xmlfoo?><a/>")
+
+
+@given(st.binary(max_size=64), st.integers(0, len(DEMO_CERT) - 1), st.integers(0, 64))
+@settings(max_examples=300, deadline=None)
+def test_a_damaged_certificate_is_refused_as_unreadable_never_with_another_error(junk, at, cut):
+    # Bytes replaced, inserted or cut anywhere in the certificate's DER.
+    for damaged in (DEMO_CERT[:at] + junk + DEMO_CERT[at + len(junk):], DEMO_CERT[:at] + junk + DEMO_CERT[at:],
+                    DEMO_CERT[:max(at - cut, 0)], junk):
+        try:
+            cert = xmlsig.parse_certificate(damaged)
+        except xmlsig.SignatureError as exc:
+            assert (exc.status, exc.reason) == ("-1001", "certificate_invalid")
+        else:  # a change the parser does not read (a name, an extension) or none at all
+            assert cert.algorithm in ("sm2", "rsa")
+
+
+@given(st.binary(max_size=80))
+@settings(max_examples=300, deadline=None)
+def test_any_signature_value_is_refused_with_a_receipt(value):
+    root = etree.fromstring(signed_621())
+    root.find(f".//{DS}SignatureValue").text = base64.b64encode(value).decode()
+    err = refused(etree.tostring(root))
+    assert err.status in ("-1001", "-1004") and err.reason in ("signature_invalid", "signature_mismatch")
