@@ -207,7 +207,7 @@ def create_app(settings: Settings) -> faust.App:
 
         r = state.sync_client_for(settings)
         t = await asyncio.to_thread(trace.lineage, r, ident, settings.redis_buckets,
-                                    request.query.get("ebp") or None)
+                                    request.query.get("ebp") or None, False, request.query.get("pay") or None)
         if t is None:
             return web.json({"error": f"{ident}: not found"}, status=404)
         return web.json(t)

@@ -221,7 +221,11 @@ def cmd_trace(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     _need_services(settings)
-    t = trace.lineage(state.sync_client_for(settings), args.ident, settings.redis_buckets, args.ebp, args.scan)
+    t = trace.lineage(state.sync_client_for(settings), args.ident, settings.redis_buckets, args.ebp, args.scan,
+                      args.pay)
+    if t is None and args.pay:
+        sys.exit(f"{args.ident}: no order holds this payment serial of {args.pay} (a rejected or cancelled order, "
+                 "or one decided before the claims, holds none)")
     if t is None:
         sys.exit(f"{args.ident}: no order, waybill or list with this number" + ("" if args.scan else _SCAN_HINT))
     print(json.dumps(t, ensure_ascii=False, indent=1) if args.json else trace.text(t))
@@ -544,8 +548,9 @@ def main(argv: list[str] | None = None) -> None:
     tx.set_defaults(func=cmd_tax)
 
     tr = sub.add_parser("trace", help="lineage of an order, waybill or list: documents, rules, decision, gate")
-    tr.add_argument("ident", help="orderNo, logisticsNo or invtNo")
+    tr.add_argument("ident", help="orderNo, logisticsNo or invtNo (or a payTransactionId, with --pay)")
     tr.add_argument("--ebp", help="the platform's ebpCode, for an orderNo several platforms used")
+    tr.add_argument("--pay", help="the payCode of the payment company whose payTransactionId IDENT is")
     tr.add_argument("--json", action="store_true")
     _scan_option(tr)
     tr.set_defaults(func=cmd_trace)

@@ -18,11 +18,17 @@ from streams import state
 DOC_NAMES = {"311": "order", "411": "payment", "511": "waybill", "621": "inventory list"}
 
 
-def resolve(r: Any, ident: str, buckets: int, ebp: str | None = None, scan: bool = False) -> list[str]:
+def resolve(r: Any, ident: str, buckets: int, ebp: str | None = None, scan: bool = False,
+            pay: str | None = None) -> list[str]:
     """The order keys for a logisticsNo or invtNo (by their index), or for an
     orderNo: the platform's given, else one per platform that declared it (by
     the orderNo index and the pending set, state.order_keys_for; with `scan`,
-    the keyspace too)."""
+    the keyspace too). With `pay` (a payCode), `ident` is that payment
+    company's payTransactionId: the order that holds it (R9's claim; a
+    rejected or cancelled order holds none)."""
+    if pay:
+        found = r.get(state.claim_key("payment", pay, ident, buckets))
+        return [state.as_text(found)] if found and r.exists(state.as_text(found)) else []
     if ebp:
         key = state.order_key(ebp, ident, buckets)
         return [key] if r.exists(key) else []
@@ -43,8 +49,9 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def lineage(r: Any, ident: str, buckets: int, ebp: str | None = None, scan: bool = False) -> dict[str, Any] | None:
-    keys = resolve(r, ident, buckets, ebp, scan)
+def lineage(r: Any, ident: str, buckets: int, ebp: str | None = None, scan: bool = False,
+            pay: str | None = None) -> dict[str, Any] | None:
+    keys = resolve(r, ident, buckets, ebp, scan, pay)
     if not keys:
         return None
     if len(keys) > 1:  # several platforms used this orderNo: the caller names one

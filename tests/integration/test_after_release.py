@@ -316,6 +316,12 @@ def test_trace_shows_what_happened(world):
         assert t is not None and t["orderNo"] == o.order_no
     assert [x["type"] for x in t["documents"]] == ["CEB311", "CEB411", "CEB511", "CEB621"]
     assert t["decision"]["status"] == 800 and t["parcel"]["state"] == "exited" and t["parcel"]["gate"] == "G3"
+    # By payment serial, of the payment company that issued it (the order's R9 claim).
+    pay = o.docs["411"][0]
+    by_serial = trace.lineage(world.r, pay["payTransactionId"], state.BUCKETS, pay=pay["payCode"])
+    assert by_serial is not None and by_serial["orderNo"] == o.order_no
+    assert trace.lineage(world.r, pay["payTransactionId"], state.BUCKETS, pay="4403XXXXQQ") is None
+    assert trace.lineage(world.r, o.order_no, state.BUCKETS, pay=pay["payCode"]) is None
     text = trace.text(t)
     assert "exited at gate G3" in text and "decision 800 release" in text
     buyer = o.docs["311"][0]["buyerIdNumber"]
