@@ -203,8 +203,8 @@ _SECURE_PARSER = etree.XMLParser(
     resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
     huge_tree=False, remove_comments=True, remove_pis=True,
 )
-# The same, keeping processing instructions: C14N keeps those inside the
-# message, so a signed message that has any is verified from this parse.
+# The same, keeping processing instructions: C14N keeps them (in the message
+# and around it), so a signed message that has any is verified from this parse.
 _PI_PARSER = etree.XMLParser(
     resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
     huge_tree=False, remove_comments=True, remove_pis=False,
