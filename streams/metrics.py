@@ -60,3 +60,7 @@ RETRIES = Counter("clearance_batch_retries_total", "Batches retried after a Redi
 RULESET_INFO = Gauge("clearance_ruleset_info", "Rule set in force (value 1)", ["version"])
 RULESET_LOADS = Counter("clearance_ruleset_loads_total", "Rule sets received, by result", ["result"])
 REVIEWS = Counter("clearance_reviews_total", "Officer review results processed", ["result"])
+SIGNER_EXPIRY = Gauge("clearance_signing_certificate_expiry_timestamp_seconds",
+                      "When the certificate an enterprise last signed with expires (Unix time); only "
+                      "certificates the enterprise register lists for that copCode, so the label set is the "
+                      "register's", ["cop_code"])

@@ -222,6 +222,7 @@ class Pipeline:
                 meta["cop"], meta["dxp"] = msg.cop_code, msg.dxp_id
             if msg.signer:  # the certificate whose signature verified (R13: is it the copCode's?)
                 meta["sig"] = msg.signer
+                self._signer_seen(msg)
             if msg.subscribers:  # nodes that get a copy of its receipts
                 meta["sub"] = list(msg.subscribers)
             if msg.envelope is not None:  # the sender's id of the message: what it will ask about
@@ -242,6 +243,15 @@ class Pipeline:
             self._reject(rec, "-9", "internal_error", f"internal error: {type(exc).__name__}", "Unknown",
                          now, out_receipts)
         return []
+
+    def _signer_seen(self, msg: ceb.DecodedMessage) -> None:
+        # When a registered card expires, every list its enterprise signs is
+        # refused: exported for an alert weeks before. Registered cards only:
+        # a copCode is the sender's word, and the label set stays the register's.
+        reference = getattr(self.rules, "reference", None)
+        registered = reference.enterprises.get(msg.cop_code, {}).get("certs") if reference else None
+        if registered and msg.signer in registered:
+            m.SIGNER_EXPIRY.labels(msg.cop_code).set(msg.signer_expires)
 
     def _reject(self, rec: InRecord, status: str, reason: str, info: str, message_type: str, now: int,
                 out_receipts: list[dict[str, Any]], envelope: ceb.Envelope | None = None) -> None:

@@ -122,8 +122,10 @@ class DecodedMessage:
     # get a copy of every receipt to this message's documents.
     subscribers: tuple[str, ...] = ()
     # SHA-256 of the certificate that signed an XML message whose signature
-    # verified (topics/xmlsig.py); "" if unsigned or not verified.
+    # verified (topics/xmlsig.py), "" if unsigned or not verified; and when
+    # that certificate expires (Unix time, 0 if none).
     signer: str = ""
+    signer_expires: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -280,26 +282,26 @@ def decode_xml(data: bytes, accepts: tuple[str, ...] | None = None,
                        f"schema validation failed at line {err.line}: {err.message}", kind.root)
     transfer = root.find(f"{{{NS}}}BaseTransfer")  # required by the XSD
     cop, dxp = transfer.findtext(f"{{{NS}}}copCode") or "", transfer.findtext(f"{{{NS}}}dxpId") or ""
-    signer = _verify_signature(data, root, kind) if signatures else ""
+    signer = _verify_signature(data, root, kind) if signatures else None
     return DecodedMessage(kind.code, "xml", root.get("guid", ""), cop, xml_documents(wrappers, kind), None, cop, dxp,
-                          _subscribers(root), signer)
+                          _subscribers(root), signer.fingerprint if signer else "",
+                          signer.not_after if signer else 0.0)
 
 
-def _verify_signature(data: bytes, root: Any, kind: MessageKind) -> str:
-    """The fingerprint of the certificate that signed a schema-valid message,
-    "" if it carries no signature (the XSD requires one on 621/623/625). A
-    signature that does not verify refuses the message: it is not what its
-    sender signed, or not signed by the certificate it names."""
+def _verify_signature(data: bytes, root: Any, kind: MessageKind) -> xmlsig.Signer | None:
+    """Who signed a schema-valid message, None if it carries no signature
+    (the XSD requires one on 621/623/625). A signature that does not verify
+    refuses the message: it is not what its sender signed, or not signed by
+    the certificate it names."""
     if root.find(f"{{{xmlsig.DS_NS}}}Signature") is None:
-        return ""
+        return None
     # Processing instructions in the message are part of what was signed.
     if data.find(b"<?", 1 if xmlsig.has_declaration(data) else 0) != -1:
         root = etree.fromstring(data, _PI_PARSER)
     try:
-        signer = xmlsig.verify(root, time.time(), data)
+        return xmlsig.verify(root, time.time(), data)
     except xmlsig.SignatureError as exc:
         raise CebError(exc.status, exc.reason, exc.info, kind.root) from None
-    return "" if signer is None else signer.fingerprint
 
 
 def _subscribers(root: Any) -> tuple[str, ...]:

@@ -61,6 +61,7 @@ class Signer:
     fingerprint: str  # SHA-256 of the certificate's DER, lower-case hex
     algorithm: str  # "sm2" or "rsa"
     key_name: str  # KeyInfo/KeyName as sent (a card or certificate number), "" if none
+    not_after: float  # when the certificate expires (Unix time)
 
 
 # --------------------------------------------------------------------------- DER
@@ -490,7 +491,7 @@ def verify(root: Any, now: float, raw: bytes | None = None) -> Signer | None:
         raise SignatureError(ERR_MISMATCH, "signature_mismatch",
                              "the signature does not verify with the key of the certificate it carries")
     key_name = key_info.findtext(_q("KeyName")) or ""
-    return Signer(cert.fingerprint, kind, key_name.strip()[:64])
+    return Signer(cert.fingerprint, kind, key_name.strip()[:64], cert.not_after.timestamp())
 
 
 def sign_sm2(root: Any, d: int, cert_der: bytes, key_name: str = "") -> None:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 
 import orjson
 import redis
 
 from processors import ruleset
-from streams import state
+from streams import metrics, state
 from streams.pipeline import InRecord
 from streams.simulator import resident_id
 from tests.helpers import doc_records, order, run_pipeline
@@ -166,15 +167,20 @@ def test_a_list_signed_by_a_certificate_not_registered_to_its_sender_goes_to_rev
     registered = agent["certs"]
     agent["certs"] = "ab" * 32
     signed, other = order(31), order(32)
+    expiry = metrics.SIGNER_EXPIRY.labels("4601XXXXCC")
+    expiry.set(1)
     batches = [doc_records(signed, ["311", "411", "511"]) + doc_records(signed, ["621"], fmt="xml"),
                doc_records(other)]  # JSON carries no signature: nothing to hold to the register
     got = decisions(run_pipeline(redis_url, batches, rules=ruleset.compile_ruleset(doc)))
     held = got[signed.order_no]
     assert held["status"] == 300 and "SENDER_IDENTITY_MISMATCH" in {r["reason"] for r in held["reasons"]}
     assert got[other.order_no]["status"] == 800
+    assert expiry._value.get() == 1  # an unregistered card's expiry is not exported
     agent["certs"] = registered  # the demo certificate registered: the same list is released
     again = order(33)
     got = decisions(run_pipeline(redis_url, [doc_records(again, ["311", "411", "511"]) +
                                              doc_records(again, ["621"], fmt="xml")],
                                  rules=ruleset.compile_ruleset(doc)))
     assert got[again.order_no]["status"] == 800
+    # The registered card's expiry (the demo certificate: 2046-11-23), for the alert weeks before.
+    assert time.gmtime(expiry._value.get())[:3] == (2046, 11, 23)
