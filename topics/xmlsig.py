@@ -128,9 +128,12 @@ class Certificate:
         return hashlib.sha256(self.der).hexdigest()
 
 
+@functools.lru_cache(maxsize=256)
 def parse_certificate(der: bytes) -> Certificate:
     """The public key and validity of an X.509 certificate (RFC 5280); nothing
-    else of it is needed to verify a signature."""
+    else of it is needed to verify a signature. Kept for the certificates
+    last seen: an agent signs every message with the same one, and reading
+    it (two dates parsed) is ~0.1 ms of the ~2.6 ms a verification takes."""
     try:
         tag, s, e = _tlv(der, 0)
         tbs_tag, ts, te = _children(der, s, e)[0]
