@@ -399,7 +399,25 @@ def has_declaration(raw: bytes) -> bool:
     return raw.startswith(b"<?xml") and raw[5:6] in (b" ", b"\t", b"\n", b"\r")
 
 
-def _as_sent(raw: bytes, sig: Any) -> bytes | None:
+# The CEB parser's settings (topics/ceb.py), keeping processing instructions:
+# C14N keeps them, in the message and around it, so a signed message that has
+# any is canonicalised from this parse.
+_PI_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+    huge_tree=False, remove_comments=True, remove_pis=False,
+)
+
+
+def _prolog_end(raw: bytes) -> int | None:
+    """Where the message starts after its XML declaration; None if it has a
+    processing instruction anywhere (one scan of the bytes)."""
+    declared = has_declaration(raw)
+    if raw.find(b"<?", 1 if declared else 0) != -1:
+        return None
+    return raw.find(b"?>") + 2 if declared else 0
+
+
+def _as_sent(raw: bytes, sig: Any, body_from: int) -> bytes | None:
     """The message as sent, without its Signature element, when that can be
     cut from the bytes for certain: then, if its digest is the signed one,
     those bytes are the canonical form that was signed, and canonicalising
@@ -408,16 +426,13 @@ def _as_sent(raw: bytes, sig: Any) -> bytes | None:
     path; for any other the digest differs and the caller canonicalises.
 
     For certain means: no comment, CDATA section or processing instruction
-    (where a '<' need not start a tag), so every '<' starts markup, and the
-    Signature's start and end tags, with the prefix the parsed element has,
-    each occur once: they are that element's. A message with a second
+    (where a '<' need not start a tag; `body_from` comes from _prolog_end,
+    which found no processing instruction), so every '<' starts markup, and
+    the Signature's start and end tags, with the prefix the parsed element
+    has, each occur once: they are that element's. A message with a second
     element spelt the same way is canonicalised instead."""
     if b"<!" in raw:  # a comment or CDATA section (a DOCTYPE never gets here)
         return None
-    declared = has_declaration(raw)
-    if raw.find(b"<?", 1 if declared else 0) != -1:
-        return None
-    body_from = raw.find(b"?>") + 2 if declared else 0
     prefix = (sig.prefix + ":") if sig.prefix else ""
     tag = f"<{prefix}Signature".encode()
     first = -1
@@ -445,6 +460,12 @@ def verify(root: Any, now: float, raw: bytes | None = None) -> Signer | None:
     sig = root.find(_q("Signature"))
     if sig is None:
         return None
+    body_from = None if raw is None else _prolog_end(raw)
+    if raw is not None and body_from is None:
+        # Processing instructions are part of what was signed, and the CEB
+        # parser dropped them: read the message again with them.
+        root = etree.fromstring(raw, _PI_PARSER)
+        sig = root.find(_q("Signature"))
     info = _one(sig, "SignedInfo", "SignedInfo")
     c14n = _algorithm(_one(info, "CanonicalizationMethod", "CanonicalizationMethod"), (C14N, C14N_COMMENTS),
                       "canonicalization")
@@ -474,7 +495,7 @@ def verify(root: Any, now: float, raw: bytes | None = None) -> Signer | None:
     if not cert.not_before <= when <= cert.not_after:
         raise SignatureError(ERR_EXPIRED, "certificate_expired",
                              f"the signer's certificate is valid {cert.not_before:%Y-%m-%d} to {cert.not_after:%Y-%m-%d}")
-    as_sent = None if raw is None else _as_sent(raw, sig)
+    as_sent = None if raw is None or body_from is None else _as_sent(raw, sig, body_from)
     if as_sent is None or hashlib.new(digest, as_sent).digest() != expected:
         forms = [signed_content(root, sig)]
         if root.getprevious() is not None or root.getnext() is not None:

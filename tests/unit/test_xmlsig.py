@@ -234,17 +234,17 @@ def test_a_message_sent_in_canonical_form_is_digested_as_sent_and_anything_else_
     data = signed_621()
     root = etree.fromstring(data)
     sig = root.find(DS + "Signature")
-    assert xmlsig._as_sent(data, sig) == xmlsig.signed_content(root, sig)  # the simulator writes C14N
-    assert xmlsig._as_sent(etree.tostring(root), sig) != xmlsig.signed_content(root, sig)  # self-closing tags
+    assert xmlsig._as_sent(data, sig, xmlsig._prolog_end(data)) == xmlsig.signed_content(root, sig)  # the simulator writes C14N
+    assert xmlsig._as_sent(etree.tostring(root), sig, 0) != xmlsig.signed_content(root, sig)  # self-closing tags
     # A space before the root tag's ">" is well-formed and not canonical: cut
     # from the bytes, the message's digest differs, and it verifies canonicalised.
     spaced = data.replace(b'version="1.0">', b'version="1.0" >', 1)
-    assert spaced != data and xmlsig._as_sent(spaced, sig) != xmlsig.signed_content(root, sig)
+    assert spaced != data and xmlsig._as_sent(spaced, sig, xmlsig._prolog_end(spaced)) != xmlsig.signed_content(root, sig)
     assert ceb.decode(spaced).signer == DEMO_FINGERPRINT
     # A second element spelt like the signature: cut from the bytes is not for certain.
     at = data.index(b"<ds:Signature")
     extra = data[:at] + b"<ceb:ExtendMessage><ds:Signature xmlns:ds=\"urn:x\"></ds:Signature></ceb:ExtendMessage>"
-    assert xmlsig._as_sent(extra + data[at:], sig) is None
+    assert xmlsig._as_sent(extra + data[at:], sig, xmlsig._prolog_end(data)) is None
 
 
 def test_markup_hidden_in_a_comment_cannot_move_what_the_digest_covers():
@@ -259,7 +259,7 @@ def test_markup_hidden_in_a_comment_cannot_move_what_the_digest_covers():
     forged = data[:at] + b"<!--<ds:Signature>-->" + sub + data[at:]
     root = etree.fromstring(forged, ceb._SECURE_PARSER)
     assert ceb.import_schema().validate(root)  # it reaches the signature check
-    assert xmlsig._as_sent(forged, root.find(DS + "Signature")) is None
+    assert xmlsig._as_sent(forged, root.find(DS + "Signature"), xmlsig._prolog_end(forged)) is None
     err = refused(forged)
     assert (err.status, err.reason) == ("-1004", "digest_mismatch")
 
