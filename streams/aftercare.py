@@ -134,10 +134,10 @@ class Aftercare:
                 await self._return(d, decision, orjson.loads(inv) if inv else None, now, out_receipts)
 
     def _sender_unverified(self, d: Any) -> str:
-        reference = getattr(self.p.rules, "reference", None)  # the spine's rules have no register
-        if reference is None or not d.meta:
+        register = self.p.register()
+        if not register or not d.meta:
             return ""
-        return "; ".join(features.sender_unverified({d.doc["type"]: d.meta}, reference.enterprises))
+        return "; ".join(features.sender_unverified({d.doc["type"]: d.meta}, register))
 
     async def _cancel(self, d: Any, decision: dict[str, Any] | None, inventory: dict[str, Any] | None, now: int,
                       out_receipts: list[dict[str, Any]]) -> None:

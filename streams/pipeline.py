@@ -244,12 +244,17 @@ class Pipeline:
                          now, out_receipts)
         return []
 
+    def register(self) -> dict[str, Any]:
+        """The enterprise register of the rule set in force ({} for the
+        spine's rules, which have none)."""
+        reference = getattr(self.rules, "reference", None)
+        return reference.enterprises if reference is not None else {}
+
     def _signer_seen(self, msg: ceb.DecodedMessage) -> None:
         # When a registered card expires, every list its enterprise signs is
         # refused: exported for an alert weeks before. Registered cards only:
         # a copCode is the sender's word, and the label set stays the register's.
-        reference = getattr(self.rules, "reference", None)
-        registered = reference.enterprises.get(msg.cop_code, {}).get("certs") if reference else None
+        registered = self.register().get(msg.cop_code, {}).get("certs")
         if registered and msg.signer in registered:
             m.SIGNER_EXPIRY.labels(msg.cop_code).set(msg.signer_expires)
 
