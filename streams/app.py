@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> faust.App:
         old = holder.get("rules")
         holder["rules"] = rules
         if "p" in holder:
-            holder["p"].rules = rules
+            holder["p"].use_rules(rules)
         if old is not None and old.version != rules.version:
             m.RULESET_INFO.remove(old.version)
             log.warning("rule set %s in force (was %s)", rules.version, old.version)

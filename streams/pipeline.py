@@ -125,6 +125,7 @@ class Pipeline:
         self.batches.require_replicas(settings.redis_wait_replicas, settings.redis_wait_ms)
         self.sink = sink
         self.rules: RuleSet = rules or decide.SpineRules()
+        self.exported_signers: dict[str, str] = {}  # copCode -> the card whose expiry is exported
         self.pii_key = settings.pii_key.encode()
         self.signatures = settings.signatures == "verify"
         self.buckets = settings.redis_buckets
@@ -257,6 +258,19 @@ class Pipeline:
         registered = self.register().get(msg.cop_code, {}).get("certs")
         if registered and msg.signer in registered:
             m.SIGNER_EXPIRY.labels(msg.cop_code).set(msg.signer_expires)
+            self.exported_signers[msg.cop_code] = msg.signer
+
+    def use_rules(self, rules: RuleSet) -> None:
+        """Put a new rule set in force for the next batch. An exported expiry
+        whose card the new register no longer lists for its copCode is
+        withdrawn: a card taken off the register would otherwise keep its
+        label, and its alert, until the worker restarts."""
+        self.rules = rules
+        register = self.register()
+        for cop, signer in list(self.exported_signers.items()):
+            if signer not in register.get(cop, {}).get("certs", ()):
+                del self.exported_signers[cop]
+                m.SIGNER_EXPIRY.remove(cop)
 
     def _reject(self, rec: InRecord, status: str, reason: str, info: str, message_type: str, now: int,
                 out_receipts: list[dict[str, Any]], envelope: ceb.Envelope | None = None) -> None:

@@ -184,3 +184,43 @@ def test_a_list_signed_by_a_certificate_not_registered_to_its_sender_goes_to_rev
     assert got[again.order_no]["status"] == 800
     # The registered card's expiry (the demo certificate: 2046-11-23), for the alert weeks before.
     assert time.gmtime(expiry._value.get())[:3] == (2046, 11, 23)
+
+
+def _exported_expiries() -> dict[str, float]:
+    return {s.labels["cop_code"]: s.value for fam in metrics.SIGNER_EXPIRY.collect() for s in fam.samples}
+
+
+def test_a_card_taken_off_the_register_stops_being_exported(redis_url):
+    # A live rule-set push that no longer lists the agent's card withdraws the
+    # exported expiry (and so its alert); one that still lists it keeps it.
+    import asyncio
+
+    from streams.pipeline import Pipeline
+    from tests.helpers import CaptureSink, settings_for
+
+    doc = copy.deepcopy(DOC)
+    agent = next(r for r in doc["reference"]["enterprises"]["rows"] if r["code"] == "4601XXXXCC")
+    registered = ruleset.compile_ruleset(doc)
+    agent["certs"] = "ab" * 32
+    replaced = ruleset.compile_ruleset(doc)
+    metrics.SIGNER_EXPIRY.clear()
+
+    async def go() -> list[dict[str, float]]:
+        settings = settings_for(redis_url)
+        client = state.async_client(redis_url)
+        p = Pipeline(settings, client, CaptureSink(), registered)
+        seen = []
+        await p.process(doc_records(order(34), ["621"], fmt="xml"))
+        seen.append(_exported_expiries())
+        p.use_rules(registered)  # the same register again: nothing changes
+        seen.append(_exported_expiries())
+        p.use_rules(replaced)
+        seen.append(_exported_expiries())
+        await p.aclose()
+        await client.aclose()
+        return seen
+
+    signed, same, after = asyncio.run(go())
+    assert time.gmtime(signed["4601XXXXCC"])[:3] == (2046, 11, 23)
+    assert same == signed
+    assert "4601XXXXCC" not in after
