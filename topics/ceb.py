@@ -206,6 +206,7 @@ _SECURE_PARSER = etree.XMLParser(
     huge_tree=False, remove_comments=True, remove_pis=True,
 )
 _DOCTYPE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_ENC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._\-]*")
 _XML_ENCODING = re.compile(rb"(?:\xef\xbb\xbf)?\s*<\?xml\s[^>]*?\bencoding\s*=\s*[\"']([^\"']*)")
 
 
@@ -218,6 +219,10 @@ def _as_utf8(data: bytes) -> bytes:
         return data
     name = declared.group(1)[:40].decode("ascii", "replace")
     try:
+        # XML's EncName is [A-Za-z][A-Za-z0-9._-]*; anything else (a NUL, which
+        # codecs.lookup raises ValueError for) is no encoding at all.
+        if not _ENC_NAME.fullmatch(name):
+            raise LookupError(name)
         text = data.decode(codecs.lookup(name).name)
     except LookupError:
         raise CebError(ERR_MALFORMED, "malformed_xml", f"XML declares an unknown encoding {name!r}") from None

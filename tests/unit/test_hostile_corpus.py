@@ -149,6 +149,9 @@ CASES: list[tuple[str, bytes, tuple[str, ...], str]] = [
         b'encoding="UTF-8"', b'encoding="GB18030"').decode().encode("gb18030"), ("311",), "invisible_characters"),
     ("XML in an unknown encoding", xdoc("311").replace(b'encoding="UTF-8"', b'encoding="KLINGON"'), ("311",),
      "malformed_xml"),
+    # Not an encoding name at all (a NUL made codecs.lookup raise ValueError: an internal error).
+    ("XML encoding name with a NUL", xdoc("311").replace(b'encoding="UTF-8"', b'encoding="\x00UTF-8"'), ("311",),
+     "malformed_xml"),
     # A repeated member reads as its last value here and as its first elsewhere.
     ("repeated member in a head", jdoc("411").replace(b'"amountPaid":', b'"amountPaid":"1","amountPaid":', 1),
      ("411",), "duplicate_key"),
