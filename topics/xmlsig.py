@@ -496,16 +496,25 @@ def verify(root: Any, now: float, raw: bytes | None = None) -> Signer | None:
         raise SignatureError(ERR_EXPIRED, "certificate_expired",
                              f"the signer's certificate is valid {cert.not_before:%Y-%m-%d} to {cert.not_after:%Y-%m-%d}")
     as_sent = None if raw is None or body_from is None else _as_sent(raw, sig, body_from)
-    if as_sent is None or hashlib.new(digest, as_sent).digest() != expected:
-        forms = [signed_content(root, sig)]
-        if root.getprevious() is not None or root.getnext() is not None:
-            # Some signers (signxml) digest the root element alone, without the
-            # processing instructions around it, which carry nothing read here.
-            forms.append(signed_content(root, sig, document=False))
-        if all(hashlib.new(digest, content).digest() != expected for content in forms):
-            raise SignatureError(ERR_MISMATCH, "digest_mismatch", "the message is not what was signed: its "
-                                 "digest differs from the signature's DigestValue")
-    signed_info = etree.tostring(info, method="c14n", with_comments=c14n == C14N_COMMENTS)
+    try:
+        if as_sent is None or hashlib.new(digest, as_sent).digest() != expected:
+            forms = [signed_content(root, sig)]
+            if root.getprevious() is not None or root.getnext() is not None:
+                # Some signers (signxml) digest the root element alone, without the
+                # processing instructions around it, which carry nothing read here.
+                forms.append(signed_content(root, sig, document=False))
+            if all(hashlib.new(digest, content).digest() != expected for content in forms):
+                raise SignatureError(ERR_MISMATCH, "digest_mismatch", "the message is not what was signed: its "
+                                     "digest differs from the signature's DigestValue")
+        signed_info = etree.tostring(info, method="c14n", with_comments=c14n == C14N_COMMENTS)
+    except etree.C14NError:
+        # A well-formed, schema-valid message that C14N 1.0 refuses to
+        # canonicalise: a namespace declared with a relative URI (xmlns:a="b"),
+        # which the recommendation makes an error. No signer can have signed
+        # its canonical form, and no digest can be checked.
+        raise SignatureError(ERR_INVALID, "signature_invalid", "the message has no canonical form (C14N 1.0 "
+                             "refuses it, e.g. for a namespace declared with a relative URI): its signature "
+                             "cannot be verified") from None
     try:
         ok = (sm2_verify(cert.key, signed_info, *_sm2_rs(value)) if kind == "sm2"
               else rsa_verify(cert.key, signed_info, value, sig_digest))

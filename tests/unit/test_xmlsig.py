@@ -103,6 +103,16 @@ def test_a_changed_document_is_refused_as_not_what_was_signed():
     assert "not what was signed" in err.info
 
 
+def test_a_message_with_no_canonical_form_is_refused_with_a_receipt():
+    # A relative namespace URI is well-formed and schema-valid, but C14N 1.0
+    # refuses it: no signer can have signed its canonical form (found by
+    # fuzzing; lxml's C14NError had become an internal error).
+    data = signed_621().replace(b"<ceb:CEB621Message ", b'<ceb:CEB621Message xmlns:a="b" ', 1)
+    err = refused(data)
+    assert (err.status, err.reason) == ("-1001", "signature_invalid")
+    assert "canonical form" in err.info
+
+
 def test_a_digest_made_to_match_fails_the_signature():
     root = etree.fromstring(signed_621())
     root.find(f".//{{{ceb.NS}}}InventoryHead/{{{ceb.NS}}}grossWeight").text = "0.01"
