@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import operator
 import re
 from dataclasses import dataclass
@@ -104,9 +105,12 @@ def _fail(where: str, msg: str) -> RuleSetError:
 
 def _number(value: Any, where: str) -> Decimal:
     try:
-        return Decimal(str(value))
+        number = Decimal(str(value))
     except Exception:
         raise _fail(where, f"expected a number, got {value!r}") from None
+    if not number.is_finite():  # NaN compares with nothing, Infinity has no cents
+        raise _fail(where, f"expected a finite number, got {value!r}")
+    return number
 
 
 def _reference(doc: dict[str, Any]) -> Reference:
@@ -120,6 +124,8 @@ def _reference(doc: dict[str, Any]) -> Reference:
         if not isinstance(out, list):
             raise _fail(f"reference.{name}", "expected {rows: [...]} or {file: ...}")
         for i, row in enumerate(out):
+            if not isinstance(row, dict):
+                raise _fail(f"reference.{name}.rows[{i}]", "expected a mapping of column: value")
             missing = [c for c in required if c not in row]
             if missing:
                 raise _fail(f"reference.{name}.rows[{i}]", f"missing column(s) {missing}")
@@ -175,18 +181,26 @@ def _reference(doc: dict[str, Any]) -> Reference:
 
     return Reference(positive, goods, enterprises, frozenset(codes("high_risk_countries")),
                      tuple(codes("quarantine_hs_prefixes")), tuple(codes("prohibited_hs_prefixes")),
-                     str(doc.get("seed", "")), (float(band[0]), float(band[1])))
+                     str(doc.get("seed", "")),
+                     (float(_number(band[0], "reference.near_limit_band[0]")),
+                      float(_number(band[1], "reference.near_limit_band[1]"))))
+
+
+def _is_name(value: Any) -> bool:
+    # A name is looked up in a table: anything but a string (a list, a
+    # mapping) is refused as unknown, not raised as unhashable.
+    return isinstance(value, str)
 
 
 def _operand(value: Any, params: dict[str, Any], where: str) -> Callable[[Facts], Any]:
     if isinstance(value, dict):
         if set(value) == {"param"}:
-            if value["param"] not in params:
+            if not _is_name(value["param"]) or value["param"] not in params:
                 raise _fail(where, f"unknown parameter {value['param']!r}")
             const = params[value["param"]]
             return lambda f: const
         if set(value) == {"fact"}:
-            if value["fact"] not in FACTS:
+            if not _is_name(value["fact"]) or value["fact"] not in FACTS:
                 raise _fail(where, f"unknown fact {value['fact']!r}")
             name = value["fact"]
             return lambda f: f[name]
@@ -236,9 +250,9 @@ def _compile(cond: Any, params: dict[str, Any], where: str, used: list[str]) -> 
     if unknown:
         raise _fail(where, f"unknown key(s) {sorted(unknown)}")
     fact, op = cond.get("fact"), cond.get("op")
-    if fact not in FACTS:
+    if not _is_name(fact) or fact not in FACTS:
         raise _fail(where + ".fact", f"unknown fact {fact!r}")
-    if op not in OPS:
+    if not _is_name(op) or op not in OPS:
         raise _fail(where + ".op", f"unknown operator {op!r} (expected one of {', '.join(OPS)})")
     kind, fn = OPS[op]
     fact_type = FACTS[fact][0]
@@ -252,18 +266,28 @@ def _compile(cond: Any, params: dict[str, Any], where: str, used: list[str]) -> 
     if "value" not in cond:
         raise _fail(where + ".value", f"operator {op!r} needs a value")
     value = cond["value"]
-    if kind == "number" and not isinstance(value, dict) and (isinstance(value, bool)
-                                                            or not isinstance(value, (int, float))):
-        raise _fail(where + ".value", f"operator {op!r} compares numbers, got {value!r}")
-    if op in ("in", "not_in", "contains_any") and not isinstance(value, (list, dict)):
-        raise _fail(where + ".value", f"operator {op!r} needs a list")
     operand = _operand(value, params, where + ".value")
+    listed = op in ("in", "not_in", "contains_any")
     used.append(fact)
     if isinstance(value, dict) and "fact" in value:
+        other = FACTS[value["fact"]][0]
+        if (kind == "number" and other != "number") or (listed and other != "list"):
+            raise _fail(where + ".value", f"operator {op!r} needs a {'list' if listed else 'number'} "
+                        f"fact; {value['fact']!r} is a {other}")
         return lambda f: fn(f[fact], operand(f))
     # A literal or a parameter is the same for every order: bound once, and the
     # comparison written out (OPS's functions say the same; a call per leaf less).
+    # Its type is checked here, a parameter's too: a comparison that cannot be
+    # made would fail for every order, and each would go to manual review.
     const = operand({})
+    shown = f"{value['param']!r} is {const!r}" if isinstance(value, dict) else f"got {value!r}"
+    if kind == "number" and (isinstance(const, bool) or not isinstance(const, (int, float))
+                             or not math.isfinite(const)):
+        raise _fail(where + ".value", f"operator {op!r} compares numbers, {shown}")
+    if listed and not isinstance(const, list):
+        raise _fail(where + ".value", f"operator {op!r} needs a list, {shown}")
+    if op == "contains_any" and not all(isinstance(x, (str, int, float)) for x in const):
+        raise _fail(where + ".value", f"operator {op!r} needs a list of codes or numbers, {shown}")
     inline = _INLINE.get(op)
     return inline(fact, const) if inline else lambda f: fn(f[fact], const)
 
@@ -298,7 +322,7 @@ def _outcome(o: Any, where: str) -> tuple[str, str, str, str]:
     if unknown:
         raise _fail(where, f"unknown key(s) {sorted(unknown)}")
     lane, reason, code = o.get("lane"), o.get("reason"), str(o.get("code", ""))
-    if lane not in LANE_STATUS:
+    if not _is_name(lane) or lane not in LANE_STATUS:
         raise _fail(where + ".lane", f"must be one of {', '.join(LANE_STATUS)}, got {lane!r}")
     if not isinstance(reason, str) or not REASON_RE.match(reason):
         raise _fail(where + ".reason", f"an UPPER_SNAKE reason code is required, got {reason!r}")
@@ -334,7 +358,7 @@ def compile_ruleset(doc: dict[str, Any]) -> "RuleEngine":
         limit = Decimal(0)
         if led["kind"] == "annual_amount":
             raw = led.get("limit")
-            raw = params.get(raw["param"]) if isinstance(raw, dict) and "param" in raw else raw
+            raw = params.get(raw["param"]) if isinstance(raw, dict) and _is_name(raw.get("param")) else raw
             limit = _number(raw, where + ".limit")
         ledgers.append(Ledger(str(led["id"]), led["kind"], limit, reason, code, int(limit * 100)))
     rules, seen = [], set()

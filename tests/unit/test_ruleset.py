@@ -6,7 +6,7 @@ import copy
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors import ruleset, tax
@@ -67,6 +67,28 @@ def _rule(doc, rid):
     (lambda d: d["reference"]["enterprises"]["rows"][0].update(credit="AAA"),
      "reference.enterprises.rows[0].credit"),
     (lambda d: d["ledgers"][0].update(kind="monthly"), "ledger 'policy.annual_limit'.kind"),
+    # Found by fuzzing the loader: each raised TypeError (a traceback in
+    # `clearance rules validate`), or compiled and then failed every order.
+    (lambda d: d["reference"]["positive_list"]["rows"].__setitem__(1, None),
+     "reference.positive_list.rows[1]: expected a mapping"),
+    (lambda d: d["reference"].update(near_limit_band=[None, 5000]), "reference.near_limit_band[0]: expected a number"),
+    (lambda d: _rule(d, "risk.undervaluation")["when"].update(value={"param": []}),
+     "rule 'risk.undervaluation'.when.value: unknown parameter []"),
+    (lambda d: _rule(d, "risk.undervaluation")["when"].update(fact={}), "rule 'risk.undervaluation'.when.fact"),
+    (lambda d: _rule(d, "risk.undervaluation")["when"].update(op=[]), "rule 'risk.undervaluation'.when.op"),
+    (lambda d: _rule(d, "risk.undervaluation")["outcome"].update(lane=[]), "rule 'risk.undervaluation'.outcome.lane"),
+    (lambda d: d["ledgers"][0].update(limit={"param": []}), "ledger 'policy.annual_limit'.limit: expected a number"),
+    (lambda d: d["parameters"].update(price_ratio_floor="low"),
+     "rule 'risk.undervaluation'.when.value: operator 'lt' compares numbers, 'price_ratio_floor' is 'low'"),
+    (lambda d: d["parameters"].update(post_audit_rate=float("nan")), "operator 'lt' compares numbers"),
+    (lambda d: d["parameters"].update(annual_limit=float("inf")), "ledger 'policy.annual_limit'.limit: expected a finite"),
+    (lambda d: d["reference"]["positive_list"]["rows"][0].update(consumption_rate="NaN"),
+     "reference.positive_list.rows[0].consumption_rate: expected a finite number"),
+    (lambda d: _rule(d, "risk.undervaluation")["when"].update(value={"fact": "not_listed"}),
+     "operator 'lt' needs a number fact; 'not_listed' is a list"),
+    (lambda d: _rule(d, "policy.positive_list").update(when={"fact": "not_listed", "op": "contains_any",
+                                                             "value": [["33041000"]]}),
+     "operator 'contains_any' needs a list of codes or numbers"),
 ])
 def test_invalid_rule_sets_are_refused_naming_rule_and_field(mutate, needle):
     assert needle in refused(mutate)
@@ -410,3 +432,55 @@ def test_written_out_conditions_agree_with_the_operators():
                 for cond, b in cases:
                     pred = ruleset._compile(cond, {}, "t", [])
                     assert bool(pred({fact: a})) == bool(fn(a, b)), (op, a, b)
+
+
+def _places(value, path=()):
+    # Every place in a rule-set document a value could be changed, but only a
+    # few rows of each reference table: their rows are alike.
+    if path:
+        yield path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _places(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:3]):
+            yield from _places(v, path + (i,))
+
+
+PLACES = list(_places(DOC))
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(), st.text(max_size=12),
+                     st.sampled_from(["NaN", "Infinity", "1e999", "-1", "0", "0.5", ""]))
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                       max_leaves=6)
+_CASES = None
+
+
+def _cases() -> list[Case]:
+    global _CASES
+    if _CASES is None:
+        _CASES = [Case({t: normalise(t, h, lines, KEY) for t, (h, lines) in order(i).docs.items()}, 1, 2, 3)
+                  for i in (1, 2)]
+    return _CASES
+
+
+@settings(max_examples=400, deadline=None)
+@given(place=st.sampled_from(PLACES), value=_values)
+def test_any_changed_value_is_refused_precisely_or_compiles_into_rules_that_run(place, value):
+    # What an analyst may push: refused with a RuleSetError (a clear message,
+    # the one in force stays), or compiled into rules that decide an order.
+    # Never another exception, and never rules that fail on every order.
+    doc = copy.deepcopy(DOC)
+    target = doc
+    for key in place[:-1]:
+        target = target[key]
+    target[place[-1]] = value
+    try:
+        engine = ruleset.compile_ruleset(doc)
+    except ruleset.RuleSetError:
+        return
+    for case in _cases():
+        case.features.pop("_facts", None)
+        engine.evaluate(case)
+        engine.quota_requests(case, "clr:o:{o00}:x")
+        engine.observations(case, "clr:o:{o00}:x")
