@@ -79,6 +79,10 @@ class RulesFeed(threading.Thread):
                 except (ValueError, TypeError) as exc:
                     m.RULESET_LOADS.labels("rejected").inc()
                     log.error("rule set at offset %d rejected, the one in force stays: %s", msg.offset(), exc)
+                except Exception:  # a loader bug must not end the feed: later rule sets still load
+                    m.RULESET_LOADS.labels("rejected").inc()
+                    log.exception("rule set at offset %d could not be compiled, the one in force stays",
+                                  msg.offset())
                 else:
                     latest = engine
                 if msg.offset() + 1 >= high:
