@@ -17,15 +17,18 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.simulator import to_dxp, to_json, to_xml
+from streams.simulator import cancel_document, refund_document, to_dxp, to_json, to_xml
 from tests.helpers import order
 from topics import ceb
 
 EXAMPLES = int(os.environ.get("MUTATION_EXAMPLES", "600"))
 BASE = order(1)
 SIGNED_621 = to_xml("621", [BASE.docs["621"]], signed=True)
+INVT_NO = "640120260000000001"
 SEEDS = [to_xml("311", [BASE.docs["311"]]), SIGNED_621, to_dxp("411", [BASE.docs["411"]]),
-         to_xml("511", [BASE.docs["511"]]), to_json("311", [BASE.docs["311"]]), to_json("621", [BASE.docs["621"]])]
+         to_xml("511", [BASE.docs["511"]]), to_json("311", [BASE.docs["311"]]), to_json("621", [BASE.docs["621"]]),
+         to_dxp("621", [BASE.docs["621"]]), to_xml("623", [cancel_document(BASE, INVT_NO)]),
+         to_xml("625", [refund_document(BASE, INVT_NO)]), to_json("623", [cancel_document(BASE, INVT_NO)])]
 # Syntax that changes how the bytes around it are read.
 PIECES = [b"<!-- x -->", b"<?pi x?>", b"<![CDATA[a]]>", b"&amp;", b"&#x41;", b"&#0;", b"&#xD800;", b"\r\n", b" ",
           b"\t", b"\x00", b"\xff", b"\xc3", b"\xef\xbb\xbf", b"\xe2\x80\xae", b'xmlns:a="b" ',
