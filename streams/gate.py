@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from config.settings import Settings
 from streams import state
@@ -159,8 +160,26 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1") -> ThreadingHTTPS
             return True
 
         def do_GET(self) -> None:  # noqa: N802
-            if not self._authorised():
-                return
+            self._answer(self._get)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._answer(self._post)
+
+        def _answer(self, route: Any) -> None:
+            # A gate reads an answer it cannot get as "hold": say why, in JSON,
+            # rather than close the connection on it.
+            try:
+                if self._authorised():
+                    route()
+            except RedisError as exc:
+                log.warning("gate API: Redis unavailable (%s)", type(exc).__name__)
+                self._send(503, {"error": f"clearance state unavailable ({type(exc).__name__}); hold the parcel "
+                                          "and ask again"})
+            except Exception:
+                log.exception("gate API: %s %s failed", self.command, self.path[:200])
+                self._send(500, {"error": "internal error; hold the parcel and ask again"})
+
+        def _get(self) -> None:
             url = urllib.parse.urlparse(self.path)
             q = dict(urllib.parse.parse_qsl(url.query))
             if url.path.startswith("/scan/"):
@@ -170,9 +189,7 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1") -> ThreadingHTTPS
             else:
                 self._send(404, {"error": "GET /scan/<logisticsNo> or /batch?area=A"})
 
-        def do_POST(self) -> None:  # noqa: N802
-            if not self._authorised():
-                return
+        def _post(self) -> None:
             url = urllib.parse.urlparse(self.path)
             q = dict(urllib.parse.parse_qsl(url.query))
             if not q.get("gate"):
