@@ -205,7 +205,9 @@ def create_app(settings: Settings) -> faust.App:
             return web.json({"error": "missing or wrong bearer token"}, status=401)
         from streams import trace
 
-        r = state.sync_client_for(settings)
+        if "trace_redis" not in holder:  # one client (and pool) for every request, not one each
+            holder["trace_redis"] = state.sync_client_for(settings)
+        r = holder["trace_redis"]
         t = await asyncio.to_thread(trace.lineage, r, ident, settings.redis_buckets,
                                     request.query.get("ebp") or None, False, request.query.get("pay") or None)
         if t is None:
