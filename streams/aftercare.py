@@ -63,6 +63,7 @@ class Aftercare:
                 "evidence": {"remaining": str(Decimal(int(remaining)) / 100), "tax": d["tax"]["taxTotal"]}}]
             d["rules"] = sorted(set(d["rules"]) | {"guarantee.balance"})
             m.ERRORS.labels("guarantee_insufficient").inc()
+            m.GUARANTEE_HELD.labels(d["assureCode"]).inc()
 
     def on_emitted(self, decisions: list[dict[str, Any]], pipe: Any, now: int) -> list[Any]:
         """Produce the tax records of released lists; return the Redis calls to queue:

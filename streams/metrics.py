@@ -60,6 +60,10 @@ RETRIES = Counter("clearance_batch_retries_total", "Batches retried after a Redi
 RULESET_INFO = Gauge("clearance_ruleset_info", "Rule set in force (value 1)", ["version"])
 RULESET_LOADS = Counter("clearance_ruleset_loads_total", "Rule sets received, by result", ["result"])
 REVIEWS = Counter("clearance_reviews_total", "Officer review results processed", ["result"])
+GUARANTEE_HELD = Counter("clearance_guarantee_held_total",
+                         "Lists held (599) because their guarantor's remaining guarantee did not cover their tax; "
+                         "only a guarantor with an account holds lists, so the label set is the accounts'",
+                         ["assure_code"])
 SIGNER_EXPIRY = Gauge("clearance_signing_certificate_expiry_timestamp_seconds",
                       "When the certificate an enterprise last signed with expires (Unix time); only "
                       "certificates the enterprise register lists for that copCode, so the label set is the "

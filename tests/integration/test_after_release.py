@@ -15,7 +15,7 @@ import pytest
 from config.settings import Settings
 from processors import ruleset
 from processors.aftercare import RETURN_WINDOW_MS
-from streams import state, trace
+from streams import metrics, state, trace
 from streams.gate import Gate
 from streams.pipeline import Pipeline
 from streams.simulator import cancel_document, refund_document, to_json, to_xml
@@ -287,9 +287,12 @@ def test_guarantee_shortfall_holds_a_list_and_a_topup_releases_it(world):
     g, held = state.guarantee_keys("4601XXXXBB")
     world.r.hset(g, mapping={"balance": 100, "used": 0})  # ¥1.00 left
     o = order(40)
+    counted = metrics.GUARANTEE_HELD.labels("4601XXXXBB")
+    before = counted._value.get()
     world.run(doc_records(o))
     (d,) = world.decisions()
     assert d["status"] == 599 and "GUARANTEE_INSUFFICIENT" in {r["reason"] for r in d["reasons"]}
+    assert counted._value.get() == before + 1  # ClearanceGuaranteeExhausted, by guarantor
     assert world.on("clearance.release") == [] and world.on("clearance.tax") == []
     assert world.r.zcard(held) == 1
     world.r.hincrby(g, "balance", 1_000_000)
