@@ -41,6 +41,10 @@ PANELS = [
     ("Receipts /s by type and status", "ops", [("sum by (type, status) (rate(clearance_receipts_total[1m]))", "{{type}} {{status}}")], 8),
     ("Redis memory (used and maxmemory)", "bytes", [("max(clearance_redis_used_memory_bytes)", "used"),
                                                     ("max(clearance_redis_maxmemory_bytes)", "maxmemory (0: none)")], 8),
+    ("Lists held for their guarantee (15 min) by guarantor", "short", [
+        ("sum by (assure_code) (increase(clearance_guarantee_held_total[15m]))", "{{assure_code}}")], 8),
+    ("Signing cards: days until expiry", "short", [
+        ("(min by (cop_code) (clearance_signing_certificate_expiry_timestamp_seconds) - time()) / 86400", "{{cop_code}}")], 8),
 ]
 
 
