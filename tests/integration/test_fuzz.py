@@ -119,3 +119,58 @@ def test_a_damaged_document_cancel_or_return_never_becomes_an_internal_error(red
     asyncio.run(go())
     for _, v in sink.on(registry.DEADLETTER):
         assert orjson.loads(v)["reason"] != "internal_error", orjson.loads(v)["info"]
+
+
+SPECS = ceb.field_specs()
+ENTITIES = {"311": ("OrderHead", "OrderList"), "411": ("PaymentHead", None), "511": ("LogisticsHead", None),
+            "621": ("InventoryHead", "InventoryList")}
+# Keys and codes decide which documents match; the other fields are free.
+LINKS = {"orderNo", "ebpCode", "ebcCode", "logisticsNo", "logisticsCode", "payCode", "payTransactionId", "guid",
+         "copNo", "agentCode", "appType", "appStatus", "gnum"}
+
+
+@st.composite
+def extreme_value(draw, spec):
+    """A value the schema allows, at an edge of what it allows."""
+    if spec.kind == "int":
+        return str(draw(st.sampled_from([0, 1, 7, 99, 2**31 - 1])))
+    if spec.kind == "dec":
+        whole, frac = spec.total_digits - spec.fraction_digits, spec.fraction_digits
+        return draw(st.sampled_from(["0", "1", "5000", "5000.01", "26000", "9" * whole + ("." + "9" * frac if frac else ""),
+                                     "0." + "0" * (frac - 1) + "1" if frac else "1"]))
+    n = draw(st.sampled_from(sorted({spec.min_len, max(spec.min_len, 1), spec.max_len})))
+    return (draw(st.sampled_from(["A", "9", "中", "é", "-", "&", "<", "'", '"'])) * n)[:n]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(data=st.data())
+def test_schema_valid_extremes_are_decided_without_a_rule_failing(redis_url, data):
+    # The largest amounts, the longest names, zero quantities, characters to
+    # escape, in JSON or XML: no rule fails to evaluate (that would send the
+    # order to review) and nothing is an internal error.
+    o = order(next(seq))
+    docs = copy.deepcopy(o.docs)
+    for _ in range(data.draw(st.integers(1, 4))):
+        t = data.draw(st.sampled_from(list(ENTITIES)))
+        head, lines = docs[t]
+        in_line = bool(lines) and data.draw(st.booleans())
+        spec = data.draw(st.sampled_from([s for s in SPECS[ENTITIES[t][1 if in_line else 0]]
+                                          if s.name not in LINKS]))
+        (lines[0] if in_line else head)[spec.name] = data.draw(extreme_value(spec))
+    encode = data.draw(st.sampled_from([to_json, to_xml]))
+    sink = CaptureSink()
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        p = Pipeline(settings_for(redis_url), client, sink, ENGINE)
+        await p.process([record(t, encode(t, [docs[t]])) for t in ENTITIES])
+        await p.sweep_timeouts()
+        await p.aclose()
+        await client.aclose()
+
+    asyncio.run(go())
+    for _, v in sink.on(registry.DEADLETTER):
+        assert orjson.loads(v)["reason"] != "internal_error", orjson.loads(v)["info"]
+    for d in sink.decisions():
+        assert "RULE_EVALUATION_FAILED" not in {r["reason"] for r in d["reasons"]}, d["reasons"]
