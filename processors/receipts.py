@@ -7,6 +7,7 @@ document it answers, so a sender can link them.
 """
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -149,18 +150,31 @@ def decision_receipts(decision: dict[str, Any], docs: dict[str, dict[str, Any]],
     return out
 
 
+# Characters XML 1.0 cannot carry at all, even as a reference (NUL, most C0
+# controls, surrogates, U+FFFE/FFFF).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """Text a receipt can carry in XML: what XML cannot is written as \\uXXXX,
+    so a receipt about a message with a NUL in it still says where."""
+    return _NOT_XML.sub(lambda c: f"\\u{ord(c.group()):04x}", text) if _NOT_XML.search(text) else text
+
+
 def error_receipt(to: str, fmt: str, status: str, info: str, message_type: str, ori_msg_id: str,
                   now_ms: int) -> Receipt:
+    # The only receipt that echoes what could not be read (the reason, the
+    # record's key as its sender): made safe for XML here, once.
     body = {
         "guid": str(uuid.uuid4()).upper(),
         "returnStatus": status,
-        "returnInfo": info[:5000],
+        "returnInfo": xml_safe(info[:5000]),
         "returnTime": cst_stamp(now_ms),
-        "oriCopMsgId": ori_msg_id[:255],
-        "oriMessageType": message_type[:15],
+        "oriCopMsgId": xml_safe(ori_msg_id[:255]),
+        "oriMessageType": xml_safe(message_type[:15]),
         "oriBizMessage": "",
     }
-    return {"type": "900", "to": to or "unknown", "fmt": fmt, "entity": "MessageReturn", "body": body}
+    return {"type": "900", "to": xml_safe(to) or "unknown", "fmt": fmt, "entity": "MessageReturn", "body": body}
 
 
 def receipt_address(doc: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """CEB codec: official samples, XML ≡ JSON, size limits, hostile XML, JSON typing, receipts."""
 from __future__ import annotations
 
+import base64
 import random
 
 import orjson
@@ -231,3 +232,25 @@ def test_receipts_are_chunked_at_100():
     rs = [receipts.document_receipt(doc, {"fmt": "json", "snd": "s"}, "2", "ok", 0) for _ in range(250)]
     chunks = ceb.encode_receipts(rs)
     assert [len(orjson.loads(v)) for _, v in chunks] == [100, 100, 50]
+
+
+@pytest.mark.parametrize("fmt", ["xml", "dxp", "json"])
+def test_an_error_receipt_echoing_characters_xml_cannot_carry_is_still_valid(fmt):
+    # The record's key stands in for its sender when nothing else names one,
+    # and the reason may quote the record: a NUL in either made the XML
+    # receipt unreadable (found by tests/integration/test_fuzz.py).
+    r = receipts.error_receipt("\x00K", fmt, "-1", "malformed: \x00\ufffe\ud800 here", "Unknown", "t:\x00:1", 0)
+    ((to, value),) = ceb.encode_receipts([r])
+    assert to == "\\u0000K"
+    if fmt == "json":
+        (entity,) = orjson.loads(value)
+        assert entity["MessageReturn"]["returnInfo"] == "malformed: \\u0000\\ufffe\\ud800 here"
+        return
+    root = etree.fromstring(value)
+    if fmt == "dxp":
+        assert ceb.dxp_schema().validate(root)
+        assert root.findtext(f"{{{ceb.DXP_NS}}}TransInfo/{{{ceb.DXP_NS}}}ReceiverIds/{{{ceb.DXP_NS}}}ReceiverId") \
+            == "\\u0000K"
+        root = etree.fromstring(base64.b64decode(root.findtext(f"{{{ceb.DXP_NS}}}Data")))
+    assert ceb.import_schema().validate(root), ceb.import_schema().error_log.last_error
+    assert root.findtext(f".//{{{ceb.NS}}}returnInfo") == "malformed: \\u0000\\ufffe\\ud800 here"
