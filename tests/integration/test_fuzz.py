@@ -16,7 +16,7 @@ from processors import ruleset
 from streams.pipeline import Pipeline
 from streams.simulator import cancel_document, refund_document, to_dxp, to_json, to_xml
 from tests.helpers import CaptureSink, doc_records, order, record, settings_for
-from tests.unit.test_mutations import PIECES
+from tests.unit.test_mutations import damage
 from topics import ceb, registry
 
 HEADS = ["OrderHead", "PaymentHead", "LogisticsHead", "InventoryHead", "InvtCancel", "InvtRefundHead"]
@@ -106,15 +106,7 @@ def test_a_damaged_document_cancel_or_return_never_becomes_an_internal_error(red
             others = []
         else:
             seed = encode(t, [o.docs[t]])
-        damaged = bytearray(seed)
-        for _ in range(data.draw(st.integers(1, 3))):
-            # Positions drawn independently of the seed's length, which varies by order.
-            at = data.draw(st.integers(0, 10**6)) % (len(damaged) + 1)
-            if data.draw(st.booleans()):
-                damaged[at:at] = data.draw(st.sampled_from(PIECES))
-            else:
-                damaged[at:at + data.draw(st.integers(0, 4))] = data.draw(st.binary(max_size=4))
-        await p.process(others + [record(t, bytes(damaged))])
+        await p.process(others + [record(t, damage(data.draw, seed))])
         await p.aclose()
         await client.aclose()
 
@@ -190,13 +182,7 @@ def test_every_receipt_is_well_formed_and_valid_whatever_it_answers(redis_url, d
     # made the XML receipt to a DxpMsg sender unreadable (found by this test).
     o = order(next(seq))
     t = data.draw(st.sampled_from(["311", "411", "511", "621"]))
-    damaged = bytearray(data.draw(st.sampled_from([to_xml, to_dxp, to_json]))(t, [o.docs[t]]))
-    for _ in range(data.draw(st.integers(0, 2))):
-        at = data.draw(st.integers(0, 10**6)) % (len(damaged) + 1)
-        if data.draw(st.booleans()):
-            damaged[at:at] = data.draw(st.sampled_from(PIECES))
-        else:
-            damaged[at:at + data.draw(st.integers(0, 4))] = data.draw(st.binary(max_size=4))
+    damaged = damage(data.draw, data.draw(st.sampled_from([to_xml, to_dxp, to_json]))(t, [o.docs[t]]), (0, 2))
     key = data.draw(st.one_of(st.just(b"k"), st.binary(max_size=20)))
     sink = CaptureSink()
 
@@ -204,7 +190,7 @@ def test_every_receipt_is_well_formed_and_valid_whatever_it_answers(redis_url, d
         client = aioredis.from_url(redis_url)
         p = Pipeline(settings_for(redis_url), client, sink)
         others = [r for r in doc_records(o) if r.topic != registry.sender_topic(t).name]
-        await p.process(others + [record(t, bytes(damaged), key=key)])
+        await p.process(others + [record(t, damaged, key=key)])
         await p.aclose()
         await client.aclose()
 

@@ -37,16 +37,24 @@ PIECES = [b"<!-- x -->", b"<?pi x?>", b"<![CDATA[a]]>", b"&amp;", b"&#x41;", b"&
           b">", b'"', b"'", b"\\u0000", b"\\ud800", b'"x":1,', b"1e400", b"-0", b"NaN"]
 
 
-@st.composite
-def damaged(draw, seeds=tuple(SEEDS)):
-    data = bytearray(draw(st.sampled_from(seeds)))
-    for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(data)))
+def damage(draw, seed: bytes, changes: tuple[int, int] = (1, 3)) -> bytes:
+    """`seed` with a few changes, each a piece of syntax put in or up to four
+    bytes replaced. `draw` is a composite's or `st.data()`'s; positions are
+    drawn apart from the seed's length, which varies from order to order (a
+    strategy must draw the same way each time it replays an example)."""
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(*changes))):
+        at = draw(st.integers(0, 10**6)) % (len(data) + 1)
         if draw(st.booleans()):
             data[at:at] = draw(st.sampled_from(PIECES))
         else:
             data[at:at + draw(st.integers(0, 4))] = draw(st.binary(max_size=4))
     return bytes(data)
+
+
+@st.composite
+def damaged(draw, seeds=tuple(SEEDS)):
+    return damage(draw, draw(st.sampled_from(seeds)))
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
