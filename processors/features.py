@@ -109,6 +109,12 @@ def _credit(ref: Reference, code: Any) -> str:
     return str(e["credit"]) if e else "unknown"
 
 
+def registered_certs(enterprises: dict[str, Any], cop_code: str) -> frozenset[str]:
+    """The signing cards (SHA-256 fingerprints) the enterprise register lists
+    for a copCode; empty when it lists none, and then nothing is checked."""
+    return (enterprises.get(cop_code) or {}).get("certs") or frozenset()
+
+
 def sender_unverified(metas: dict[str, dict[str, Any]], enterprises: dict[str, Any]) -> list[str]:
     """R13, "the BaseTransfer copCode must match the client's identity", per
     document (its arrival metadata): a message in a DxpMsg envelope was sent
@@ -140,7 +146,7 @@ def sender_unverified(metas: dict[str, dict[str, Any]], enterprises: dict[str, A
         if nodes and node and node not in nodes:
             out.append(f"{t}: node {node} is not one of copCode {cop}'s")
         signer = str(meta.get("sig") or "")
-        certs = registered.get("certs")
+        certs = registered_certs(enterprises, cop)
         if certs and signer and signer not in certs:
             out.append(f"{t}: signed by certificate {signer[:16]}…, not one registered to copCode {cop}")
     return out

@@ -273,7 +273,7 @@ def cmd_signature(args: argparse.Namespace) -> None:
     register lists it for the message's copCode."""
     import binascii
 
-    from processors import ruleset
+    from processors import features, ruleset
     from topics import ceb, xmlsig
 
     data = open(args.file, "rb").read()
@@ -300,7 +300,7 @@ def cmd_signature(args: argparse.Namespace) -> None:
         sys.exit(f"CEB{msg.kind}: valid, but not signed")
     rules = os.environ.get("CLEARANCE_RULES", "")
     engine = ruleset.load(rules if rules and rules != "spine" else ruleset.DEFAULT_RULESET)
-    registered = engine.reference.enterprises.get(msg.cop_code, {}).get("certs") or frozenset()
+    registered = features.registered_certs(engine.reference.enterprises, msg.cop_code)
     verdict = ("registered to it" if msg.signer in registered else
                "NOT one registered to it (R13)" if registered else "the register lists none for it: not checked")
     print(f"CEB{msg.kind}: signature verifies; certificate {msg.signer}; copCode {msg.cop_code}: {verdict}")

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import orjson
 
 from config.settings import Settings
-from processors import decide, receipts
+from processors import decide, features, receipts
 from processors.documents import DOC_TYPES, normalise
 from processors.rules import REJECT, REVIEW, Case, Hit, RuleSet
 from streams import deadletter
@@ -255,8 +255,7 @@ class Pipeline:
         # When a registered card expires, every list its enterprise signs is
         # refused: exported for an alert weeks before. Registered cards only:
         # a copCode is the sender's word, and the label set stays the register's.
-        registered = self.register().get(msg.cop_code, {}).get("certs")
-        if registered and msg.signer in registered:
+        if msg.signer in features.registered_certs(self.register(), msg.cop_code):
             m.SIGNER_EXPIRY.labels(msg.cop_code).set(msg.signer_expires)
             self.exported_signers[msg.cop_code] = msg.signer
 
@@ -268,7 +267,7 @@ class Pipeline:
         self.rules = rules
         register = self.register()
         for cop, signer in list(self.exported_signers.items()):
-            if signer not in register.get(cop, {}).get("certs", ()):
+            if signer not in features.registered_certs(register, cop):
                 del self.exported_signers[cop]
                 m.SIGNER_EXPIRY.remove(cop)
 
