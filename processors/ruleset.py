@@ -113,6 +113,16 @@ def _number(value: Any, where: str) -> Decimal:
     return number
 
 
+def _rate(value: Any, where: str, high: int = 1) -> Decimal:
+    # A tax rate as a fraction. The consumption tax is divided by (1 − rate),
+    # and a rate out of all proportion (a typo of 13 for 0.13, 7e23) would
+    # make every list's tax fail to round: refused here, not on every order.
+    rate = _number(value, where)
+    if not 0 <= rate < high:
+        raise _fail(where, f"must be in [0, {high}), got {value!r}")
+    return rate
+
+
 def _reference(doc: dict[str, Any]) -> Reference:
     ref = doc.get("reference") or {}
     if not isinstance(ref, dict):
@@ -137,12 +147,10 @@ def _reference(doc: dict[str, Any]) -> Reference:
         hs8 = str(r["hs8"])
         if not re.fullmatch(r"\d{8}", hs8):
             raise _fail(w, f"hs8 must be 8 digits, got {hs8!r}")
-        consumption = _number(r["consumption_rate"], w + ".consumption_rate")
-        if not 0 <= consumption < 1:
-            raise _fail(w + ".consumption_rate", "must be in [0, 1)")
         cap = str(r.get("annual_qty_cap_kg") or "").strip()
-        positive[hs8] = {"vat": _number(r["vat_rate"], w + ".vat_rate"), "consumption": consumption,
-                         "mfn": _number(r.get("mfn_rate") or 0, w + ".mfn_rate"),
+        positive[hs8] = {"vat": _rate(r["vat_rate"], w + ".vat_rate"),
+                         "consumption": _rate(r["consumption_rate"], w + ".consumption_rate"),
+                         "mfn": _rate(r.get("mfn_rate") or 0, w + ".mfn_rate", 10),
                          "bonded_only": str(r.get("bonded_only", "0")).strip() in ("1", "true", "yes"),
                          "excluded": str(r.get("excluded", "0")).strip() in ("1", "true", "yes"),
                          "cap_kg": _number(cap, w + ".annual_qty_cap_kg") if cap else None}
@@ -345,6 +353,8 @@ def compile_ruleset(doc: dict[str, Any]) -> "RuleEngine":
         raise _fail("parameters", "expected a mapping of name: value")
     ref = _reference(doc)
     ledgers = []
+    if not isinstance(doc.get("ledgers") or [], list):
+        raise _fail("ledgers", "expected a list of ledgers")
     for i, led in enumerate(doc.get("ledgers") or []):
         where = f"ledgers[{i}]"
         if not isinstance(led, dict) or "id" not in led:
