@@ -103,6 +103,9 @@ class Settings:
     fetch_max_wait_ms: int = 20
     # librdkafka delivery timeout of the output producer; failed deliveries are re-sent.
     produce_timeout_ms: int = 30000
+    # The gate sends again an exit event the broker has not acknowledged this
+    # long after the exit (streams/gate.py, its outbox in Redis).
+    gate_exit_resend_s: float = 30.0
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     session_timeout_s: float = 6.0
@@ -143,6 +146,13 @@ def _positive(name: str, value: str) -> int:
     seconds = int(value)
     if seconds <= 0:
         raise ValueError(f"{name} must be a positive number of seconds, not {seconds}")
+    return seconds
+
+
+def _non_negative(name: str, value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0 or seconds == float("inf"):  # NaN fails the first test
+        raise ValueError(f"{name} must be a number of seconds, 0 or more, not {value}")
     return seconds
 
 
@@ -201,6 +211,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_poll_records=int(_env(e, "CLEARANCE_MAX_POLL_RECORDS", "1000")),
         fetch_max_wait_ms=int(_env(e, "CLEARANCE_FETCH_MAX_WAIT_MS", "20")),
         produce_timeout_ms=int(_env(e, "CLEARANCE_PRODUCE_TIMEOUT_MS", "30000")),
+        gate_exit_resend_s=_non_negative("CLEARANCE_GATE_EXIT_RESEND_S",
+                                         _env(e, "CLEARANCE_GATE_EXIT_RESEND_S", "30")),
         web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),
         web_port=int(_env(e, "CLEARANCE_WEB_PORT", "6066")),
         session_timeout_s=float(_env(e, "CLEARANCE_SESSION_TIMEOUT_S", "6")),

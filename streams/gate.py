@@ -5,7 +5,9 @@
   returned — so several gate processes agree; a replayed or duplicated release
   event changes nothing, and a revocation (cancel before exit) holds it;
 * answers a scan (release / hold / unknown) and records an exit once, with an
-  exit event on `clearance.exit`;
+  exit event on `clearance.exit`, owed in an outbox in Redis from the moment
+  the exit is recorded until the broker acknowledges it (sent again by the
+  service's sweep after a broker or gate failure);
 * lists the releasable parcels of an area (and bill) not yet exited, and exits
   such a batch in one call (分批出区).
 
@@ -25,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
+from confluent_kafka import KafkaException
 from redis.exceptions import RedisError
 
 from config.settings import Settings
@@ -35,6 +38,9 @@ from topics import registry
 log = logging.getLogger("clearance.gate")
 
 RELEASED_COUNT = "clr:gate:{released}"
+# How often a gate service looks for exit events owed (Settings.gate_exit_resend_s
+# says how old one must be to be sent again).
+PENDING_SWEEP_S = 5.0
 
 
 class Gate:
@@ -42,6 +48,7 @@ class Gate:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.flush_s = 10.0  # how long an exit waits for the broker to take its event
         self.r = state.sync_client_for(settings)
         self.s = state.AfterScripts(self.r)
         self._producer: Any = None
@@ -104,23 +111,104 @@ class Gate:
         pipe.execute()
         return new
 
+    def outbox(self, logistics_no: str) -> str:
+        return state.exit_outbox_key(state.bucket_of(logistics_no, self.settings.redis_buckets))
+
     def exit(self, logistics_no: str, gate: str) -> dict[str, Any]:
+        return self._exits([logistics_no], gate)[0]
+
+    def _exits(self, numbers: list[str], gate: str) -> list[dict[str, Any]]:
+        """Record these parcels' exits, then send the events they owe together
+        (one wait for the broker, however many parcels)."""
+        out = []
+        for ln in numbers:
+            now = int(time.time() * 1000)
+            reply = self.s.exit(keys=[self.key(ln), self.outbox(ln)], args=[gate, now, self.settings.decided_ttl_s, ln])
+            code, st = int(reply[0]), reply[1].decode()
+            if code == 1:
+                out.append({"logisticsNo": ln, "result": "exited", "gate": gate, "exitedAt": now})
+            elif code == 0:
+                out.append({"logisticsNo": ln, "result": "already_exited", "gate": reply[2].decode(),
+                            "exitedAt": int(reply[3])})
+            else:
+                out.append({"logisticsNo": ln, "result": "refused", "state": st})
+        exited = [o for o in out if o["result"] == "exited"]
+        if exited:
+            # The exits are recorded, and with them the events they owe (PARCEL_EXIT):
+            # the parcels have left whether or not the broker takes the events now.
+            acked = self._publish([o["logisticsNo"] for o in exited], self.flush_s)
+            for o in exited:
+                if o["logisticsNo"] not in acked:
+                    log.warning("parcel %s exited; its exit event is not on the broker yet and stays in the "
+                                "outbox until it is (Gate.publish_pending)", o["logisticsNo"])
+                    o["eventPending"] = True
+        return out
+
+    def _publish(self, numbers: list[str], flush_s: float) -> set[str]:
+        """Send the exit events of these exited parcels, built from their records;
+        each leaves the outbox once the broker acknowledges it. Returns those
+        acknowledged within `flush_s`."""
+        topic = registry.topic_name(registry.EXITS, self.settings)
+        acked: list[str] = []
+        failed: list[str] = []
+
+        def delivered(err: Any, msg: Any) -> None:
+            (failed if err is not None else acked).append(msg.key().decode())
+
+        sent = 0
+        for ln in numbers:
+            info = self.scan(ln)
+            if "exitedAt" not in info:  # gone with its retention, or never exited: nothing is owed
+                log.warning("exit outbox: parcel %s has no exit on record (%s); dropped from the outbox",
+                            ln, info.get("state"))
+                self.r.zrem(self.outbox(ln), ln)
+                continue
+            # The parcel has left its area's releasable set: again here in case
+            # the process that recorded the exit stopped before it said so.
+            self.r.srem(state.area_key(info.get("areaCode") or "-"), ln)
+            event = {"logisticsNo": ln, "gate": info.get("gate"), "exitedAt": int(info["exitedAt"]),
+                     "orderNo": info.get("orderNo"), "invtNo": info.get("invtNo"), "areaCode": info.get("areaCode")}
+            try:
+                self.producer.produce(topic, orjson.dumps(event), ln.encode(), on_delivery=delivered)
+            except (BufferError, KafkaException) as exc:  # the rest stay owed, for the next sweep
+                log.warning("exit events not queued (%s); %d stay in the outbox", exc, len(numbers) - sent)
+                break
+            sent += 1
+        if sent:
+            self.producer.flush(flush_s)
+        for ln in failed:
+            log.warning("exit event of %s not delivered; it stays in the outbox", ln)
+        if acked:
+            pipe = self.r.pipeline(transaction=False)
+            for ln in acked:
+                pipe.zrem(self.outbox(ln), ln)
+            pipe.execute()
+        return set(acked)
+
+    def publish_pending(self, older_than_ms: int | None = None, limit: int = 500) -> int:
+        """Send the exit events still owed (the broker was down, or the process
+        that recorded the exit stopped before its event was acknowledged) for
+        exits at least `older_than_ms` old, so a request still flushing its own
+        is left to it. Several gate processes may sweep: each claims what it
+        sends for another `older_than_ms`. An event may so be sent twice, never
+        lost: consumers take (logisticsNo, exitedAt) as its identity.
+        Returns how many were acknowledged."""
+        if older_than_ms is None:
+            older_than_ms = int(self.settings.gate_exit_resend_s * 1000)
         now = int(time.time() * 1000)
-        reply = self.s.exit(keys=[self.key(logistics_no)], args=[gate, now, self.settings.decided_ttl_s])
-        code, st = int(reply[0]), reply[1].decode()
-        if code == 1:
-            info = self.scan(logistics_no)
-            self.r.srem(state.area_key(info.get("areaCode") or "-"), logistics_no)
-            event = {"logisticsNo": logistics_no, "gate": gate, "exitedAt": now, "orderNo": info.get("orderNo"),
-                     "invtNo": info.get("invtNo"), "areaCode": info.get("areaCode")}
-            self.producer.produce(registry.topic_name(registry.EXITS, self.settings), orjson.dumps(event),
-                                  logistics_no.encode())
-            self.producer.flush(10)
-            return {"logisticsNo": logistics_no, "result": "exited", "gate": gate, "exitedAt": now}
-        if code == 0:
-            return {"logisticsNo": logistics_no, "result": "already_exited", "gate": reply[2].decode(),
-                    "exitedAt": int(reply[3])}
-        return {"logisticsNo": logistics_no, "result": "refused", "state": st}
+        sent = 0
+        for b in range(self.settings.redis_buckets):
+            due = [m.decode() for m in self.s.exit_claim(keys=[state.exit_outbox_key(b)],
+                                                          args=[now - older_than_ms, now, limit])]
+            if due:
+                n = len(self._publish(due, self.flush_s))
+                log.warning("exit outbox: %d of %d exit events owed were sent again", n, len(due))
+                sent += n
+        return sent
+
+    def pending_exits(self) -> int:
+        """Exit events not yet acknowledged by the broker."""
+        return sum(int(self.r.zcard(state.exit_outbox_key(b))) for b in range(self.settings.redis_buckets))
 
     def batch(self, area: str, bill: str = "") -> list[str]:
         """Releasable parcels of an area (and bill) that have not exited."""
@@ -133,7 +221,7 @@ class Gate:
         return out
 
     def batch_exit(self, area: str, gate: str, bill: str = "") -> dict[str, Any]:
-        results = [self.exit(ln, gate) for ln in self.batch(area, bill)]
+        results = self._exits(self.batch(area, bill), gate)
         return {"area": area, "bill": bill, "gate": gate,
                 "exited": [r["logisticsNo"] for r in results if r["result"] == "exited"],
                 "skipped": [r for r in results if r["result"] != "exited"]}
@@ -226,8 +314,15 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
     signal.signal(signal.SIGINT, _stop)
     started = time.monotonic()
     new_total = 0
+    next_sweep = started
     try:
         while not stop["flag"] and (max_seconds is None or time.monotonic() - started < max_seconds):
+            if time.monotonic() >= next_sweep:  # exit events owed since a broker or gate failure
+                next_sweep = time.monotonic() + PENDING_SWEEP_S
+                try:
+                    gate.publish_pending()
+                except (RedisError, KafkaException) as exc:
+                    log.warning("exit outbox sweep failed (%s); next try in %.0f s", exc, PENDING_SWEEP_S)
             msgs = [m for m in consumer.consume(500, 0.2) if not m.error()]
             if not msgs:
                 continue

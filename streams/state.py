@@ -826,12 +826,18 @@ redis.call('HSET', k, 'state', 'releasable', 'orderNo', ARGV[1], 'invtNo', ARGV[
 return 1
 """
 
+# KEYS: the parcel, its bucket's exit outbox (same slot). ARGV: gate, time,
+# retention, waybill number. The exit event is owed from the moment the exit
+# is recorded: the outbox holds it until the broker has acknowledged it, so a
+# gate process that dies, or a broker that is down, between the two does not
+# lose it (Gate.publish_pending sends what is left).
 PARCEL_EXIT = """
 local k = KEYS[1]
 local state = redis.call('HGET', k, 'state')
 if state == 'releasable' then
   redis.call('HSET', k, 'state', 'exited', 'gate', ARGV[1], 'exitedAt', ARGV[2])
   redis.call('EXPIRE', k, tonumber(ARGV[3]))
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
   return {1, 'exited'}
 end
 if state == 'exited' then return {0, 'exited', redis.call('HGET', k, 'gate'), redis.call('HGET', k, 'exitedAt')} end
@@ -1054,6 +1060,23 @@ def parcel_key(logistics_no: str, buckets: int = BUCKETS) -> str:
     return "clr:parcel:{p%02d}:%s" % (bucket_of(logistics_no, buckets), logistics_no)
 
 
+def exit_outbox_key(bucket: int) -> str:
+    """Exits recorded whose event the broker has not acknowledged yet, one sorted
+    set per bucket of waybill numbers (scored by the exit's time), in the slot of
+    the bucket's parcels so that PARCEL_EXIT writes both at once."""
+    return "clr:gate:exits:{p%02d}" % bucket
+
+
+# Exits owed an event whose time (the score) is at or before ARGV[1], at most
+# ARGV[3] of them, are claimed by moving their score to ARGV[2] (now): another
+# gate process's sweep leaves them alone until they are due again.
+EXIT_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], m) end
+return due
+"""
+
+
 def area_key(area: str) -> str:
     return "clr:area:{" + area + "}"
 
@@ -1099,6 +1122,7 @@ class AfterScripts:
     def __init__(self, redis: Any):
         self.release = _script(redis, PARCEL_RELEASE)
         self.exit = _script(redis, PARCEL_EXIT)
+        self.exit_claim = _script(redis, EXIT_CLAIM)
         self.cancel = _script(redis, PARCEL_CANCEL)
         self.ret = _script(redis, PARCEL_RETURN)
         self.refund = _script(redis, REFUND)

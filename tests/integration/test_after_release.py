@@ -16,6 +16,7 @@ from config.settings import Settings
 from processors import ruleset
 from processors.aftercare import RETURN_WINDOW_MS
 from streams import metrics, state, trace
+from streams.embedded import free_port
 from streams.gate import Gate
 from streams.pipeline import Pipeline
 from streams.simulator import cancel_document, refund_document, to_json, to_xml
@@ -120,11 +121,49 @@ def test_released_parcel_exits_once_under_duplicated_events(world):
     assert first["result"] == "exited" and again == {"logisticsNo": o.logistics_no, "result": "already_exited",
                                                       "gate": "G1", "exitedAt": first["exitedAt"]}
     assert world.gate.scan(o.logistics_no)["answer"] == "hold" and world.gate.batch("4601XXXXWW") == []
-    exits = Reader(type("E", (), {"settings": world.settings, "topic": lambda s, spec: registry.topic_name(
-        spec, world.settings)})(), registry.EXITS).drain(1.0)
+    exits = exits_on_broker(world).drain(1.0)
     assert [k for k, _ in exits] == [o.logistics_no]
     assert world.gate.exit("NO-SUCH-PARCEL", "G1") == {"logisticsNo": "NO-SUCH-PARCEL", "result": "refused",
                                                        "state": "unknown"}
+
+
+def exits_on_broker(world):
+    return Reader(type("E", (), {"settings": world.settings, "topic": lambda s, spec: registry.topic_name(
+        spec, world.settings)})(), registry.EXITS)
+
+
+def test_an_exit_the_broker_did_not_take_is_owed_until_a_sweep_sends_it(world):
+    o = order(2)
+    world.released_at_gate(o)
+    # A gate process whose broker is unreachable: the parcel leaves (the exit is
+    # recorded, the gate is answered), its event cannot be delivered.
+    cut_off = Gate(dataclasses.replace(world.settings, kafka_bootstrap=f"127.0.0.1:{free_port()}"))
+    cut_off.flush_s = 0.5
+    try:
+        out = cut_off.exit(o.logistics_no, "G4")
+    finally:
+        cut_off.producer.purge()
+    assert out == {"logisticsNo": o.logistics_no, "result": "exited", "gate": "G4", "exitedAt": out["exitedAt"],
+                   "eventPending": True}
+    assert world.gate.scan(o.logistics_no)["state"] == "exited" and world.gate.batch("4601XXXXWW") == []
+    assert world.gate.exit(o.logistics_no, "G5")["result"] == "already_exited"
+    reader = exits_on_broker(world)
+    assert reader.drain(1.0) == [] and world.gate.pending_exits() == 1
+    assert world.gate.publish_pending(older_than_ms=60_000) == 0  # not due: its own request may still flush it
+    assert world.gate.publish_pending(older_than_ms=0) == 1
+    assert world.gate.pending_exits() == 0 and world.gate.publish_pending(older_than_ms=0) == 0
+    (key, value), = reader.drain(1.0)
+    assert key == o.logistics_no and orjson.loads(value) == {
+        "logisticsNo": o.logistics_no, "gate": "G4", "exitedAt": out["exitedAt"], "orderNo": o.order_no,
+        "invtNo": orjson.loads(value)["invtNo"], "areaCode": "4601XXXXWW"}
+    reader.close()
+
+
+def test_an_exit_event_delivered_at_once_leaves_nothing_owed(world):
+    o = order(3)
+    world.released_at_gate(o)
+    assert "eventPending" not in world.gate.exit(o.logistics_no, "G1")
+    assert world.gate.pending_exits() == 0 and world.gate.publish_pending(older_than_ms=0) == 0
 
 
 def test_batch_exit_lets_out_a_whole_area_in_one_call(world):
@@ -134,6 +173,9 @@ def test_batch_exit_lets_out_a_whole_area_in_one_call(world):
     out = world.gate.batch_exit("4601XXXXWW", "G7")
     assert sorted(out["exited"]) == sorted(o.logistics_no for o in orders) and out["skipped"] == []
     assert world.gate.batch("4601XXXXWW") == []
+    reader = exits_on_broker(world)
+    assert sorted(k for k, _ in reader.drain(1.0)) == sorted(out["exited"]) and world.gate.pending_exits() == 0
+    reader.close()
 
 
 def test_cancel_before_exit_holds_the_parcel_and_restores_quota(world):

@@ -111,3 +111,40 @@ def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redi
         from streams import state
 
         redis.Redis.from_url(redis_url).delete(*state.guarantee_keys("4601XXXXBB"))  # no account for later tests
+
+
+def test_the_gate_service_sends_an_exit_event_the_broker_did_not_take(services, redis_url):
+    """A gate recorded an exit while its broker was unreachable: the parcel left
+    and the event was owed. The gate service's sweep sends it, once."""
+    import dataclasses
+    import uuid
+
+    from streams import state
+    from streams.gate import Gate
+
+    env = Env(services, CLEARANCE_GATE_EXIT_RESEND_S="0")
+    ln = f"YT{uuid.uuid4().hex[:12].upper()}"
+    cut_off = Gate(dataclasses.replace(env.settings, kafka_bootstrap=f"127.0.0.1:{free_port()}"))
+    cut_off.flush_s = 0.5
+    cut_off.record([{"logisticsNo": ln, "orderNo": "ORDER-1", "invtNo": "INVT-1", "areaCode": "4601XXXXWW",
+                     "billNo": "", "releasedAt": 1}])
+    try:
+        out = cut_off.exit(ln, "G9")
+    finally:
+        cut_off.producer.purge()
+    assert out["result"] == "exited" and out["eventPending"] is True
+    reader = Reader(env, registry.EXITS)
+    gate = subprocess.Popen([sys.executable, "-m", "streams.cli", "gate"], env=env.env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        reader.read_until(lambda records: records, timeout=60)
+        (key, value), = reader.drain(6.0)  # a sweep every 5 s: the next one finds nothing owed
+        assert key == ln and orjson.loads(value) == {"logisticsNo": ln, "gate": "G9", "exitedAt": out["exitedAt"],
+                                                     "orderNo": "ORDER-1", "invtNo": "INVT-1",
+                                                     "areaCode": "4601XXXXWW"}
+        r = state.sync_client_for(env.settings)
+        assert r.zscore(cut_off.outbox(ln), ln) is None
+    finally:
+        os.killpg(gate.pid, signal.SIGTERM)
+        gate.wait(15)
+        reader.close()

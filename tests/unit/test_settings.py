@@ -39,3 +39,11 @@ def test_which_numbers_are_held_alone_can_be_chosen():
     assert load_settings({"CLEARANCE_UNIQUE_KINDS": "none"}).unique_kinds == ()
     with pytest.raises(ValueError, match="CLEARANCE_UNIQUE_KINDS"):
         load_settings({"CLEARANCE_UNIQUE_KINDS": "waybill,orders"})
+
+
+def test_an_owed_exit_event_is_sent_again_after_thirty_seconds_unless_configured():
+    assert load_settings({}).gate_exit_resend_s == 30.0
+    assert load_settings({"CLEARANCE_GATE_EXIT_RESEND_S": "0"}).gate_exit_resend_s == 0.0
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ValueError, match="CLEARANCE_GATE_EXIT_RESEND_S"):
+            load_settings({"CLEARANCE_GATE_EXIT_RESEND_S": bad})
