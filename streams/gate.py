@@ -294,6 +294,44 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1") -> ThreadingHTTPS
     return server
 
 
+_EVENT_TEXT = ("orderNo", "invtNo", "areaCode", "billNo", "status")
+_EVENT_TIMES = ("releasedAt", "revokedAt")
+
+
+def event_problem(ev: Any) -> str:
+    """Why a record on the release topic cannot be applied ("" when it can): the
+    worker writes that topic, but a gate trusts no record to be well formed."""
+    if not isinstance(ev, dict):
+        return "not a JSON object"
+    ln = ev.get("logisticsNo")
+    if not isinstance(ln, str) or not 0 < len(ln) <= 60 or not ln.isprintable():
+        return "logisticsNo must be a waybill number (1-60 printable characters)"
+    for f in _EVENT_TEXT:
+        if f in ev and not isinstance(ev[f], (str, int)):
+            return f"{f} must be text"
+    for f in _EVENT_TIMES:
+        if f in ev and (not isinstance(ev[f], int) or isinstance(ev[f], bool) or ev[f] < 0):
+            return f"{f} must be a time in milliseconds"
+    return ""
+
+
+def _until_recorded(gate: Gate, events: list[dict[str, Any]], stop: dict[str, bool]) -> int | None:
+    """Apply the events, retrying while Redis is unreachable: nothing is
+    committed before they are applied, and applying them twice changes nothing.
+    None when told to stop first (the events are read again at the next start)."""
+    backoff = 0.1
+    while True:
+        try:
+            return gate.record(events)
+        except RedisError as exc:
+            if stop["flag"]:
+                return None
+            log.warning("gate: Redis unavailable (%s); %d release events wait, next try in %.1f s",
+                        type(exc).__name__, len(events), backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
 def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: float | None = None,
              quiet: bool = False, http_port: int = 0) -> int:
     from confluent_kafka import Consumer
@@ -329,10 +367,18 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
             events = []
             for msg in msgs:
                 try:
-                    events.append(orjson.loads(msg.value()))
+                    ev = orjson.loads(msg.value() or b"")
                 except orjson.JSONDecodeError:
-                    log.warning("ignoring malformed release event at offset %s", msg.offset())
-            new = gate.record(events)
+                    ev = None
+                why = event_problem(ev)
+                if why:  # kept on the topic; the gate goes on with the rest
+                    log.warning("ignoring release event at %s[%d]@%d: %s", msg.topic(), msg.partition(),
+                                msg.offset(), why)
+                    continue
+                events.append(ev)
+            new = _until_recorded(gate, events, stop)
+            if new is None:
+                break
             new_total += new
             consumer.commit(asynchronous=False)
             if not quiet and new:
