@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
-import time
 import uuid
 
 import orjson
