@@ -165,6 +165,17 @@ def cmd_batch(args: argparse.Namespace) -> None:
             print(ln)
 
 
+def cmd_exits_owed(args: argparse.Namespace) -> None:
+    import json
+
+    gate = _gate()
+    out = {"owed": gate.pending_exits()}
+    if args.send:  # now, whatever their age: the operator asks because no gate service is sending them
+        out["sent"] = gate.publish_pending(older_than_ms=0)
+        out["owedAfter"] = gate.pending_exits()
+    print(json.dumps(out))
+
+
 def cmd_guarantee(args: argparse.Namespace) -> None:
     import orjson
     from confluent_kafka import Producer
@@ -535,6 +546,10 @@ def main(argv: list[str] | None = None) -> None:
     bt.add_argument("--exit", action="store_true")
     bt.add_argument("--gate", default="")
     bt.set_defaults(func=cmd_batch)
+
+    eo = sub.add_parser("exits-owed", help="exit events recorded but not yet acknowledged by the broker; --send sends them")
+    eo.add_argument("--send", action="store_true")
+    eo.set_defaults(func=cmd_exits_owed)
 
     gu = sub.add_parser("guarantee", help="a guarantor's tax guarantee: show, set, topup")
     gu.add_argument("action", choices=["show", "set", "topup"])

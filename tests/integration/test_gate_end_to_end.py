@@ -133,6 +133,7 @@ def test_the_gate_service_sends_an_exit_event_the_broker_did_not_take(services, 
     finally:
         cut_off.producer.purge()
     assert out["result"] == "exited" and out["eventPending"] is True
+    assert orjson.loads(env.cli("exits-owed").stdout) == {"owed": 1}
     reader = Reader(env, registry.EXITS)
     gate = subprocess.Popen([sys.executable, "-m", "streams.cli", "gate"], env=env.env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -144,7 +145,32 @@ def test_the_gate_service_sends_an_exit_event_the_broker_did_not_take(services, 
                                                      "areaCode": "4601XXXXWW"}
         r = state.sync_client_for(env.settings)
         assert r.zscore(cut_off.outbox(ln), ln) is None
+        assert orjson.loads(env.cli("exits-owed").stdout) == {"owed": 0}
     finally:
         os.killpg(gate.pid, signal.SIGTERM)
         gate.wait(15)
         reader.close()
+
+
+def test_an_operator_sends_the_exit_events_owed_from_the_command_line(services, redis_url):
+    import dataclasses
+    import uuid
+
+    from streams.gate import Gate
+
+    env = Env(services)
+    numbers = [f"YT{uuid.uuid4().hex[:12].upper()}" for _ in range(3)]
+    cut_off = Gate(dataclasses.replace(env.settings, kafka_bootstrap=f"127.0.0.1:{free_port()}"))
+    cut_off.flush_s = 0.5
+    cut_off.record([{"logisticsNo": ln, "orderNo": f"O-{i}", "invtNo": f"I-{i}", "areaCode": "4601XXXXWW",
+                     "billNo": "", "releasedAt": 1} for i, ln in enumerate(numbers)])
+    try:
+        out = cut_off.batch_exit("4601XXXXWW", "G2")
+    finally:
+        cut_off.producer.purge()
+    assert sorted(out["exited"]) == sorted(numbers)
+    # Sent at once, though younger than CLEARANCE_GATE_EXIT_RESEND_S: no gate service is sending them.
+    assert orjson.loads(env.cli("exits-owed", "--send").stdout) == {"owed": 3, "sent": 3, "owedAfter": 0}
+    reader = Reader(env, registry.EXITS)
+    assert sorted(k for k, _ in reader.read_until(lambda rs: len(rs) >= 3, timeout=30)) == sorted(numbers)
+    reader.close()
