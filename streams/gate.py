@@ -227,8 +227,12 @@ class Gate:
                 "skipped": [r for r in results if r["result"] != "exited"]}
 
 
-def serve_http(gate: Gate, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s: float = 15.0) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
+        # A connection that sends nothing, or a request a byte at a time, is
+        # closed after this: each holds a thread, and a gate's request is small.
+        timeout = request_timeout_s
+
         def _send(self, code: int, body: Any) -> None:
             data = json.dumps(body, ensure_ascii=False).encode()
             self.send_response(code)

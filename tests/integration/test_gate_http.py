@@ -35,3 +35,20 @@ def test_scans_answer_and_an_unreachable_redis_is_a_503_not_a_dropped_connection
     finally:
         for s in servers:
             s.shutdown()
+
+
+def test_a_connection_that_sends_no_request_is_closed_and_the_api_goes_on(redis_url):
+    import socket
+
+    gate = Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url))
+    server = serve_http(gate, free_port(), request_timeout_s=0.5)
+    try:
+        port = server.server_address[1]
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+        idle[0].sendall(b"GET /scan/YT")  # half a request line, then nothing
+        for conn in idle:
+            assert conn.recv(1024) == b""  # closed by the server (without its timeout, recv's 10 s run out)
+            conn.close()
+        assert _get(f"http://127.0.0.1:{port}/scan/YT0002")[0] == 200
+    finally:
+        server.shutdown()
