@@ -231,11 +231,17 @@ def create_app(settings: Settings) -> faust.App:
     async def redis_memory() -> None:
         # Match state, ledgers and counters live in Redis: a backlog grows it
         # (1.75 GB at the national-peak benchmark). Watched against maxmemory.
+        # Also what the gates' outbox holds (ClearanceExitEventsOwed).
         try:
             p = await pipeline()
             used, limit = state.memory_of(await p.redis.info("memory"))
             m.REDIS_USED_MEMORY.set(used)
             m.REDIS_MAX_MEMORY.set(limit)
+            # The gates' outbox: exit events owed since a broker or gate failure.
+            owed = 0
+            for b in range(settings.redis_buckets):
+                owed += int(await p.redis.zcard(state.exit_outbox_key(b)))
+            m.GATE_EXITS_OWED.set(owed)
         except Exception as exc:  # unreachable Redis is reported by the batch path and the sweep
             log.debug("redis memory probe failed: %s", exc)
 

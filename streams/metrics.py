@@ -30,6 +30,9 @@ TIMEOUT_HOLD = Gauge("clearance_timeout_watermark_delay_seconds",
                      "timeouts held back while some inbound partition lags")
 REDIS_USED_MEMORY = Gauge("clearance_redis_used_memory_bytes",
                           "Memory Redis reports in use (INFO memory used_memory), read by each worker")
+GATE_EXITS_OWED = Gauge("clearance_gate_exit_events_owed",
+                        "Exits recorded at the gates whose event the broker has not acknowledged yet (the gates' "
+                        "outbox in Redis), read by each worker")
 REDIS_MAX_MEMORY = Gauge("clearance_redis_maxmemory_bytes",
                          "Redis maxmemory (0: no limit set, Redis grows until the host refuses)")
 OLDEST_PENDING = Gauge("clearance_pending_oldest_age_seconds", "Age of the oldest incomplete match")

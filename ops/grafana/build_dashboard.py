@@ -45,6 +45,8 @@ PANELS = [
         ("sum by (assure_code) (increase(clearance_guarantee_held_total[15m]))", "{{assure_code}}")], 8),
     ("Signing cards: days until expiry", "short", [
         ("(min by (cop_code) (clearance_signing_certificate_expiry_timestamp_seconds) - time()) / 86400", "{{cop_code}}")], 8),
+    ("Exit events owed (the gates' outbox)", "short", [
+        ("max(clearance_gate_exit_events_owed)", "owed")], 8),
 ]
 
 

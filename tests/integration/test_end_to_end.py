@@ -276,6 +276,29 @@ def test_redis_memory_is_reported(env):
     assert re.search(r"^clearance_redis_maxmemory_bytes 0\.0$", text, re.MULTILINE)
 
 
+def test_exit_events_owed_by_the_gates_are_reported(env):
+    # The gates' outbox (docs/release.md), read every 10 s by each worker with
+    # Redis's memory: two events owed appear in the gauge, and leave it.
+    def owed() -> float | None:
+        found = re.search(r"^clearance_gate_exit_events_owed (\S+)$", env.metrics(0), re.MULTILINE)
+        return float(found.group(1)) if found else None
+
+    def until(value: float) -> float | None:
+        deadline = time.time() + 30
+        while time.time() < deadline and owed() != value:
+            time.sleep(1)
+        return owed()
+
+    r = state.sync_client_for(env.settings)
+    key = state.exit_outbox_key(3)
+    r.zadd(key, {"YT-OWED-METRIC-1": 1, "YT-OWED-METRIC-2": 2})
+    try:
+        assert until(2.0) == 2.0
+    finally:
+        r.zrem(key, "YT-OWED-METRIC-1", "YT-OWED-METRIC-2")
+    assert until(0.0) == 0.0
+
+
 def test_dead_letters_are_listed_shown_masked_and_replayed_once(env):
     from confluent_kafka import Producer
 
