@@ -120,10 +120,13 @@ class Gate:
     def _exits(self, numbers: list[str], gate: str) -> list[dict[str, Any]]:
         """Record these parcels' exits, then send the events they owe together
         (one wait for the broker, however many parcels)."""
-        out = []
+        now = int(time.time() * 1000)
+        pipe = state.script_pipeline(self.r)
         for ln in numbers:
-            now = int(time.time() * 1000)
-            reply = self.s.exit(keys=[self.key(ln), self.outbox(ln)], args=[gate, now, self.settings.decided_ttl_s, ln])
+            self.s.exit(keys=[self.key(ln), self.outbox(ln)], args=[gate, now, self.settings.decided_ttl_s, ln],
+                        client=pipe)
+        out = []
+        for ln, reply in zip(numbers, pipe.execute() if numbers else []):
             code, st = int(reply[0]), reply[1].decode()
             if code == 1:
                 out.append({"logisticsNo": ln, "result": "exited", "gate": gate, "exitedAt": now})
@@ -155,17 +158,22 @@ class Gate:
         def delivered(err: Any, msg: Any) -> None:
             (failed if err is not None else acked).append(msg.key().decode())
 
-        sent = 0
+        pipe = self.r.pipeline(transaction=False)
         for ln in numbers:
-            info = self.scan(ln)
+            pipe.hgetall(self.key(ln))
+        records = pipe.execute() if numbers else []
+        done = self.r.pipeline(transaction=False)  # outbox and area sets, once the broker has answered
+        sent = 0
+        for ln, raw in zip(numbers, records):
+            info = {k.decode(): v.decode() for k, v in raw.items()}
             if "exitedAt" not in info:  # gone with its retention, or never exited: nothing is owed
                 log.warning("exit outbox: parcel %s has no exit on record (%s); dropped from the outbox",
-                            ln, info.get("state"))
-                self.r.zrem(self.outbox(ln), ln)
+                            ln, info.get("state", "unknown"))
+                done.zrem(self.outbox(ln), ln)
                 continue
             # The parcel has left its area's releasable set: again here in case
             # the process that recorded the exit stopped before it said so.
-            self.r.srem(state.area_key(info.get("areaCode") or "-"), ln)
+            done.srem(state.area_key(info.get("areaCode") or "-"), ln)
             event = {"logisticsNo": ln, "gate": info.get("gate"), "exitedAt": int(info["exitedAt"]),
                      "orderNo": info.get("orderNo"), "invtNo": info.get("invtNo"), "areaCode": info.get("areaCode")}
             try:
@@ -178,11 +186,10 @@ class Gate:
             self.producer.flush(flush_s)
         for ln in failed:
             log.warning("exit event of %s not delivered; it stays in the outbox", ln)
-        if acked:
-            pipe = self.r.pipeline(transaction=False)
-            for ln in acked:
-                pipe.zrem(self.outbox(ln), ln)
-            pipe.execute()
+        for ln in acked:
+            done.zrem(self.outbox(ln), ln)
+        if len(done):
+            done.execute()
         return set(acked)
 
     def publish_pending(self, older_than_ms: int | None = None, limit: int = 500) -> int:
@@ -213,10 +220,12 @@ class Gate:
     def batch(self, area: str, bill: str = "") -> list[str]:
         """Releasable parcels of an area (and bill) that have not exited."""
         members = sorted(m.decode() for m in self.r.smembers(state.area_key(area or "-")))
-        out = []
+        pipe = self.r.pipeline(transaction=False)
         for ln in members:
-            info = self.scan(ln)
-            if info["answer"] == "release" and (not bill or info.get("billNo") == bill):
+            pipe.hmget(self.key(ln), "state", "billNo")
+        out = []
+        for ln, (st, bill_no) in zip(members, pipe.execute() if members else []):
+            if st == b"releasable" and (not bill or (bill_no or b"").decode() == bill):
                 out.append(ln)
         return out
 
