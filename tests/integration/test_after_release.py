@@ -159,6 +159,16 @@ def test_an_exit_the_broker_did_not_take_is_owed_until_a_sweep_sends_it(world):
     reader.close()
 
 
+def test_an_owed_exit_whose_parcel_is_gone_is_dropped_not_sent(world):
+    # Its record outlived by the outbox (the retention ran out while no gate
+    # service swept): nothing can be built, and nothing is sent.
+    world.r.zadd(world.gate.outbox("YT-GONE-1"), {"YT-GONE-1": 1})
+    reader = exits_on_broker(world)
+    assert world.gate.pending_exits() == 1 and world.gate.publish_pending(older_than_ms=0) == 0
+    assert world.gate.pending_exits() == 0 and reader.drain(1.0) == []
+    reader.close()
+
+
 def test_an_exit_event_delivered_at_once_leaves_nothing_owed(world):
     o = order(3)
     world.released_at_gate(o)
