@@ -151,18 +151,25 @@ def cmd_scan(args: argparse.Namespace) -> None:
 def cmd_exit(args: argparse.Namespace) -> None:
     import json
 
-    print(json.dumps(_gate().exit(args.logistics_no, args.gate), ensure_ascii=False))
+    gate = _gate()
+    try:
+        print(json.dumps(gate.exit(args.logistics_no, args.gate), ensure_ascii=False))
+    finally:
+        gate.close()
 
 
 def cmd_batch(args: argparse.Namespace) -> None:
     import json
 
     gate = _gate()
-    if args.exit:
-        print(json.dumps(gate.batch_exit(args.area, args.gate, args.bill), ensure_ascii=False))
-    else:
-        for ln in gate.batch(args.area, args.bill):
-            print(ln)
+    try:
+        if args.exit:
+            print(json.dumps(gate.batch_exit(args.area, args.gate, args.bill), ensure_ascii=False))
+        else:
+            for ln in gate.batch(args.area, args.bill):
+                print(ln)
+    finally:
+        gate.close()
 
 
 def cmd_exits_owed(args: argparse.Namespace) -> None:
@@ -171,7 +178,10 @@ def cmd_exits_owed(args: argparse.Namespace) -> None:
     gate = _gate()
     out = {"owed": gate.pending_exits()}
     if args.send:  # now, whatever their age: the operator asks because no gate service is sending them
-        out["sent"] = gate.publish_pending(older_than_ms=0)
+        try:
+            out["sent"] = gate.publish_pending(older_than_ms=0)
+        finally:
+            gate.close()
         out["owedAfter"] = gate.pending_exits()
     print(json.dumps(out))
 

@@ -16,6 +16,7 @@ GET /batch?area=A[&bill=B], POST /batch/exit?area=A&gate=G[&bill=B].
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -48,7 +49,12 @@ class Gate:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.flush_s = 10.0  # how long an exit waits for the broker to take its event
+        # How long an exit waits for the broker to take its event before it is
+        # answered with the event still owed (the outbox sends it later).
+        self.flush_s = 2.0
+        # Events the broker acknowledged, whoever's flush or poll heard it: their
+        # outbox entries are removed by the next settle().
+        self._acked: collections.deque[str] = collections.deque()
         self.r = state.sync_client_for(settings)
         self.s = state.AfterScripts(self.r)
         self._producer: Any = None
@@ -60,6 +66,20 @@ class Gate:
 
             self._producer = Producer(self.settings.librdkafka_config())
         return self._producer
+
+    def close(self) -> None:
+        """Wait briefly for events in flight, settle their outbox entries, and close
+        the producer; what is still undelivered stays owed in the outbox."""
+        if self._producer is None:
+            return
+        self._producer.flush(self.flush_s)
+        try:
+            self.settle()
+        except RedisError as exc:
+            log.warning("exit outbox not updated at close (%s)", type(exc).__name__)
+        self._producer.purge()
+        self._producer.close()
+        self._producer = None
 
     def key(self, logistics_no: str) -> str:
         return state.parcel_key(logistics_no, self.settings.redis_buckets)
@@ -156,7 +176,12 @@ class Gate:
         failed: list[str] = []
 
         def delivered(err: Any, msg: Any) -> None:
-            (failed if err is not None else acked).append(msg.key().decode())
+            ln = msg.key().decode()
+            if err is not None:
+                failed.append(ln)
+            else:
+                acked.append(ln)
+                self._acked.append(ln)
 
         pipe = self.r.pipeline(transaction=False)
         for ln in numbers:
@@ -186,11 +211,22 @@ class Gate:
             self.producer.flush(flush_s)
         for ln in failed:
             log.warning("exit event of %s not delivered; it stays in the outbox", ln)
-        for ln in acked:
-            done.zrem(self.outbox(ln), ln)
-        if len(done):
-            done.execute()
+        self.settle(done)
         return set(acked)
+
+    def settle(self, pipe: Any = None) -> None:
+        """Take out of the outbox every event the broker has acknowledged so far,
+        also those acknowledged after their own request stopped waiting (heard
+        by a later flush, or by the service's poll), in one round trip."""
+        pipe = pipe if pipe is not None else self.r.pipeline(transaction=False)
+        while True:
+            try:
+                ln = self._acked.popleft()
+            except IndexError:
+                break
+            pipe.zrem(self.outbox(ln), ln)
+        if len(pipe):
+            pipe.execute()
 
     def publish_pending(self, older_than_ms: int | None = None, limit: int = 500) -> int:
         """Send the exit events still owed (the broker was down, or the process
@@ -374,6 +410,12 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
                     gate.publish_pending()
                 except (RedisError, KafkaException) as exc:
                     log.warning("exit outbox sweep failed (%s); next try in %.0f s", exc, PENDING_SWEEP_S)
+            if gate._producer is not None:  # delivery reports of exits answered before their ack
+                gate.producer.poll(0)
+                try:
+                    gate.settle()
+                except RedisError as exc:  # left in the outbox: sent again, never lost
+                    log.warning("exit outbox not updated (%s)", type(exc).__name__)
             msgs = [m for m in consumer.consume(500, 0.2) if not m.error()]
             if not msgs:
                 continue
@@ -400,4 +442,5 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
         consumer.close()
         if server is not None:
             server.shutdown()
+        gate.close()
     return new_total

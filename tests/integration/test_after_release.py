@@ -142,7 +142,7 @@ def test_an_exit_the_broker_did_not_take_is_owed_until_a_sweep_sends_it(world):
     try:
         out = cut_off.exit(o.logistics_no, "G4")
     finally:
-        cut_off.producer.purge()
+        cut_off.close()
     assert out == {"logisticsNo": o.logistics_no, "result": "exited", "gate": "G4", "exitedAt": out["exitedAt"],
                    "eventPending": True}
     assert world.gate.scan(o.logistics_no)["state"] == "exited" and world.gate.batch("4601XXXXWW") == []
@@ -156,6 +156,19 @@ def test_an_exit_the_broker_did_not_take_is_owed_until_a_sweep_sends_it(world):
     assert key == o.logistics_no and orjson.loads(value) == {
         "logisticsNo": o.logistics_no, "gate": "G4", "exitedAt": out["exitedAt"], "orderNo": o.order_no,
         "invtNo": orjson.loads(value)["invtNo"], "areaCode": "4601XXXXWW"}
+    reader.close()
+
+
+def test_an_exit_answered_before_its_acknowledgement_is_settled_by_the_late_one(world):
+    o = order(4)
+    world.released_at_gate(o)
+    world.gate.flush_s = 0  # answered at once: the acknowledgement comes after the answer
+    assert world.gate.exit(o.logistics_no, "G1")["result"] == "exited"
+    world.gate.producer.flush(10)  # the service's poll hears it
+    world.gate.settle()
+    reader = exits_on_broker(world)
+    assert world.gate.pending_exits() == 0 and world.gate.publish_pending(older_than_ms=0) == 0
+    assert [k for k, _ in reader.drain(1.0)] == [o.logistics_no]  # once, not sent again
     reader.close()
 
 

@@ -131,7 +131,7 @@ def test_the_gate_service_sends_an_exit_event_the_broker_did_not_take(services, 
     try:
         out = cut_off.exit(ln, "G9")
     finally:
-        cut_off.producer.purge()
+        cut_off.close()
     assert out["result"] == "exited" and out["eventPending"] is True
     assert orjson.loads(env.cli("exits-owed").stdout) == {"owed": 1}
     reader = Reader(env, registry.EXITS)
@@ -167,7 +167,7 @@ def test_an_operator_sends_the_exit_events_owed_from_the_command_line(services, 
     try:
         out = cut_off.batch_exit("4601XXXXWW", "G2")
     finally:
-        cut_off.producer.purge()
+        cut_off.close()
     assert sorted(out["exited"]) == sorted(numbers)
     # Sent at once, though younger than CLEARANCE_GATE_EXIT_RESEND_S: no gate service is sending them.
     assert orjson.loads(env.cli("exits-owed", "--send").stdout) == {"owed": 3, "sent": 3, "owedAfter": 0}
