@@ -3,7 +3,8 @@ platform simulator and a live view, all started and stopped by one command.
 
 Live output once a second: documents published by type, decisions by outcome,
 end-to-end decision latency (completing document sent → decision read back
-from the decisions topic) and gate releases. Ctrl-C or --duration stops
+from the decisions topic), gate releases, and the parcels a warehouse lets
+out through the gate's HTTP API every other second with their exit events. Ctrl-C or --duration stops
 everything; no process is left behind.
 """
 from __future__ import annotations
@@ -41,18 +42,24 @@ class DecisionWatcher(threading.Thread):
         conf.update({"group.id": "clearance-demo-watch", "enable.auto.commit": "false",
                      "fetch.wait.max.ms": "5"})
         self.consumer = Consumer(conf)
-        topic = registry.topic_name(registry.DECISIONS, settings)
-        self.consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
+        self.decision_topic = registry.topic_name(registry.DECISIONS, settings)
+        exits = registry.topic_name(registry.EXITS, settings)
+        self.consumer.assign([TopicPartition(t, p, 0) for t in (self.decision_topic, exits)
+                              for p in range(settings.partitions)])
         self.hist = HdrHistogram(1, 60_000_000, 3)  # microseconds
         self.outcomes: Counter[str] = Counter()
         self.decisions: dict[str, dict[str, Any]] = {}
         self.duplicates = 0
+        self.exits: set[str] = set()  # waybill numbers with an exit event on clearance.exit
         self.stop_flag = threading.Event()
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
             for msg in self.consumer.consume(1000, 0.01):
                 if msg.error():
+                    continue
+                if msg.topic() != self.decision_topic:
+                    self.exits.add(orjson.loads(msg.value())["logisticsNo"])
                     continue
                 d = orjson.loads(msg.value())
                 now = time.time() * 1000
@@ -109,7 +116,10 @@ def run_demo(args: argparse.Namespace) -> int:
                                 env, os.path.join(logdir, f"worker{i}.log")))
         print(f"worker metrics: {' '.join(u + '/metrics' for u in urls)}  "
               f"(live view in another terminal: clearance top {' '.join(urls)})", flush=True)
-        procs.append(_spawn(["gate"], env, os.path.join(logdir, "gate.log")))
+        gate_url = f"http://127.0.0.1:{embedded.free_port()}"
+        procs.append(_spawn(["gate", "--http-port", gate_url.rsplit(":", 1)[1]], env,
+                            os.path.join(logdir, "gate.log")))
+        yard = Yard(gate_url)
         watcher = DecisionWatcher(settings)
         watcher.start()
         formats = ["json", "xml", "dxp"] if args.format == "mixed" else [args.format]
@@ -133,7 +143,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 pubs[rng.randrange(len(pubs))].send(batch)
                 seq += due
             if time.monotonic() >= next_report:
-                _report(time.monotonic() - started, pubs, watcher, services.redis_url)
+                if int(time.monotonic() - started) % 2 == 0:
+                    yard.let_out()
+                _report(time.monotonic() - started, pubs, watcher, services.redis_url, yard)
                 next_report += 1
             time.sleep(0.01)
         for pub in pubs:
@@ -143,12 +155,18 @@ def run_demo(args: argparse.Namespace) -> int:
         drain_until = time.monotonic() + max(3.0, args.match_timeout + 3)
         while time.monotonic() < drain_until and len(watcher.decisions) < len(expected) and not _second_stop(stop):
             time.sleep(0.5)
-        _report(time.monotonic() - started, pubs, watcher, services.redis_url)
+        # The last released parcels leave too, and their exit events come back.
+        time.sleep(1.0)
+        yard.let_out()
+        exits_until = time.monotonic() + 10
+        while time.monotonic() < exits_until and len(watcher.exits) < len(yard.exited):
+            time.sleep(0.2)
+        _report(time.monotonic() - started, pubs, watcher, services.redis_url, yard)
         watcher.stop_flag.set()
         watcher.join(5)
         forms = ", ".join(f"{sum(p.sent.values())} {p.fmt}" for p in pubs)
         print(f"documents sent as {forms} (dxp: CEB XML in DxpMsg envelopes)", flush=True)
-        return _summary(expected, watcher)
+        return _summary(expected, watcher, yard)
     finally:
         # The publishers' producers go before the broker they would reconnect to.
         pubs.clear()
@@ -176,7 +194,30 @@ def _wait_ready(settings: Any, stop: threading.Event, timeout: float = 60.0) -> 
     time.sleep(min(8.0, timeout))
 
 
-def _report(elapsed: float, pubs: list[Publisher], watcher: DecisionWatcher, redis_url: str) -> None:
+class Yard:
+    """The warehouse side of the demo: every other second it lets out, through
+    the gate service's HTTP API, every parcel of the bonded area released so far
+    (分批出区), as a gate at a bonded warehouse would."""
+
+    AREA = "4601XXXXWW"  # the simulator's bonded area
+
+    def __init__(self, gate_url: str):
+        self.gate_url = gate_url
+        self.exited: set[str] = set()
+        self.failures = 0
+
+    def let_out(self) -> None:
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.gate_url}/batch/exit?area={self.AREA}&gate=DEMO-G1", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                self.exited.update(orjson.loads(resp.read())["exited"])
+        except Exception:  # the gate service still starting, or busy: the next round takes them
+            self.failures += 1
+
+
+def _report(elapsed: float, pubs: list[Publisher], watcher: DecisionWatcher, redis_url: str, yard: Yard) -> None:
     sent: Counter[str] = Counter()
     for p in pubs:
         sent.update(p.sent)
@@ -186,7 +227,8 @@ def _report(elapsed: float, pubs: list[Publisher], watcher: DecisionWatcher, red
     released = _gate_count(redis_url)
     outcomes = "  ".join(f"{k} {v}" for k, v in sorted(watcher.outcomes.items()))
     print(f"[{elapsed:5.0f}s] docs in: 311 {sent['311']} 411 {sent['411']} 511 {sent['511']} 621 {sent['621']} | "
-          f"decisions: {outcomes or '-'} | latency {lat} | gate releasable {released}", flush=True)
+          f"decisions: {outcomes or '-'} | latency {lat} | gate releasable {released}, "
+          f"exited {len(yard.exited)}, exit events {len(watcher.exits)}", flush=True)
 
 
 def _gate_count(redis_url: str) -> int:
@@ -200,7 +242,7 @@ def _gate_count(redis_url: str) -> int:
         return -1
 
 
-def _summary(expected: dict[str, Any], watcher: DecisionWatcher) -> int:
+def _summary(expected: dict[str, Any], watcher: DecisionWatcher, yard: Yard) -> int:
     decided = watcher.decisions
     # Risk selection (random inspection, velocity, post-audit) may route a
     # consistent order to review or inspection; only a reject/release flip is wrong.
@@ -212,7 +254,10 @@ def _summary(expected: dict[str, Any], watcher: DecisionWatcher) -> int:
           f"({sum(1 for n in shared.values() if n > 1)} orderNos used by more than one), {len(decided)} decided "
           f"({len(undecided)} still pending), {len(wrong)} with an unexpected status, "
           f"{watcher.duplicates} duplicate decision events", flush=True)
+    unannounced = yard.exited - watcher.exits
+    print(f"gate: {len(yard.exited)} parcels let out, {len(yard.exited) - len(unannounced)} of them with their exit "
+          f"event on {registry.EXITS.name}", flush=True)
     for k in wrong[:5]:
         d = decided[k]
         print(f"  unexpected: {k} {expected[k].scenario} -> {d['status']} {d['rules']}")
-    return 1 if wrong else 0
+    return 1 if wrong or unannounced else 0
