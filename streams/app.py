@@ -239,8 +239,8 @@ def create_app(settings: Settings) -> faust.App:
             m.REDIS_MAX_MEMORY.set(limit)
             # The gates' outbox: exit events owed since a broker or gate failure.
             owed = 0
-            for b in range(settings.redis_buckets):
-                owed += int(await p.redis.zcard(state.exit_outbox_key(b)))
+            for key in state.exit_outbox_keys(settings.redis_buckets):
+                owed += int(await p.redis.zcard(key))
             m.GATE_EXITS_OWED.set(owed)
         except Exception as exc:  # unreachable Redis is reported by the batch path and the sweep
             log.debug("redis memory probe failed: %s", exc)

@@ -240,9 +240,8 @@ class Gate:
             older_than_ms = int(self.settings.gate_exit_resend_s * 1000)
         now = int(time.time() * 1000)
         sent = 0
-        for b in range(self.settings.redis_buckets):
-            due = [m.decode() for m in self.s.exit_claim(keys=[state.exit_outbox_key(b)],
-                                                          args=[now - older_than_ms, now, limit])]
+        for key in state.exit_outbox_keys(self.settings.redis_buckets):
+            due = [m.decode() for m in self.s.exit_claim(keys=[key], args=[now - older_than_ms, now, limit])]
             if due:
                 n = len(self._publish(due, self.flush_s))
                 log.warning("exit outbox: %d of %d exit events owed were sent again", n, len(due))
@@ -251,7 +250,7 @@ class Gate:
 
     def pending_exits(self) -> int:
         """Exit events not yet acknowledged by the broker."""
-        return sum(int(self.r.zcard(state.exit_outbox_key(b))) for b in range(self.settings.redis_buckets))
+        return sum(int(self.r.zcard(key)) for key in state.exit_outbox_keys(self.settings.redis_buckets))
 
     def batch(self, area: str, bill: str = "") -> list[str]:
         """Releasable parcels of an area (and bill) that have not exited."""

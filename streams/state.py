@@ -1067,6 +1067,10 @@ def exit_outbox_key(bucket: int) -> str:
     return "clr:gate:exits:{p%02d}" % bucket
 
 
+def exit_outbox_keys(buckets: int = BUCKETS) -> list[str]:
+    return [exit_outbox_key(b) for b in range(buckets)]
+
+
 # Exits owed an event whose time (the score) is at or before ARGV[1], at most
 # ARGV[3] of them, are claimed by moving their score to ARGV[2] (now): another
 # gate process's sweep leaves them alone until they are due again.
