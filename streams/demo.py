@@ -4,8 +4,8 @@ platform simulator and a live view, all started and stopped by one command.
 Live output once a second: documents published by type, decisions by outcome,
 end-to-end decision latency (completing document sent → decision read back
 from the decisions topic), gate releases, and the parcels a warehouse lets
-out through the gate's HTTP API every other second with their exit events. Ctrl-C or --duration stops
-everything; no process is left behind.
+out through the gate's HTTP API every other second with their exit events.
+Ctrl-C or --duration stops everything; no process is left behind.
 """
 from __future__ import annotations
 
@@ -256,7 +256,8 @@ def _summary(expected: dict[str, Any], watcher: DecisionWatcher, yard: Yard) -> 
           f"{watcher.duplicates} duplicate decision events", flush=True)
     unannounced = yard.exited - watcher.exits
     print(f"gate: {len(yard.exited)} parcels let out, {len(yard.exited) - len(unannounced)} of them with their exit "
-          f"event on {registry.EXITS.name}", flush=True)
+          f"event on {registry.EXITS.name}" + (f" ({yard.failures} calls to the gate API failed and were retried "
+                                               "at the next round)" if yard.failures else ""), flush=True)
     for k in wrong[:5]:
         d = decided[k]
         print(f"  unexpected: {k} {expected[k].scenario} -> {d['status']} {d['rules']}")
