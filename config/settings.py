@@ -106,6 +106,9 @@ class Settings:
     # The gate sends again an exit event the broker has not acknowledged this
     # long after the exit (streams/gate.py, its outbox in Redis).
     gate_exit_resend_s: float = 30.0
+    # The gate service's HTTP API (scans, exits, /metrics, /health); port 0: none.
+    gate_host: str = "127.0.0.1"
+    gate_port: int = 0
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     session_timeout_s: float = 6.0
@@ -213,6 +216,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         produce_timeout_ms=int(_env(e, "CLEARANCE_PRODUCE_TIMEOUT_MS", "30000")),
         gate_exit_resend_s=_non_negative("CLEARANCE_GATE_EXIT_RESEND_S",
                                          _env(e, "CLEARANCE_GATE_EXIT_RESEND_S", "30")),
+        gate_host=_env(e, "CLEARANCE_GATE_HOST", "127.0.0.1"),
+        gate_port=int(_env(e, "CLEARANCE_GATE_PORT", "0")),
         web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),
         web_port=int(_env(e, "CLEARANCE_WEB_PORT", "6066")),
         session_timeout_s=float(_env(e, "CLEARANCE_SESSION_TIMEOUT_S", "6")),

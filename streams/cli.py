@@ -129,7 +129,9 @@ def cmd_gate(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
     logging.basicConfig(level=logging.INFO)
-    n = run_gate(settings, group=args.group, max_seconds=args.duration, http_port=args.http_port)
+    n = run_gate(settings, group=args.group, max_seconds=args.duration,
+                 http_port=args.http_port if args.http_port is not None else settings.gate_port,
+                 http_host=args.http_host or settings.gate_host)
     print(f"gate: {n} parcels recorded releasable")
 
 
@@ -537,7 +539,11 @@ def main(argv: list[str] | None = None) -> None:
     g = sub.add_parser("gate", help="reference warehouse gate: consumes release events, serves scans and exits")
     g.add_argument("--group", default="clearance-gate")
     g.add_argument("--duration", type=float, default=None)
-    g.add_argument("--http-port", type=int, default=0, help="serve /scan, /exit, /batch on this port")
+    g.add_argument("--http-port", type=int, default=None,
+                   help="serve /scan, /exit, /batch, /metrics and /health on this port (default CLEARANCE_GATE_PORT; "
+                        "0: no HTTP API)")
+    g.add_argument("--http-host", default="", help="address the API listens on (default CLEARANCE_GATE_HOST, "
+                                                   "127.0.0.1)")
     g.set_defaults(func=cmd_gate)
 
     sc = sub.add_parser("scan", help="may this parcel leave? release / hold / unknown")

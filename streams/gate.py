@@ -12,7 +12,8 @@
   such a batch in one call (分批出区).
 
 HTTP (`--http-port`): GET /scan/<logisticsNo>, POST /exit/<logisticsNo>?gate=G,
-GET /batch?area=A[&bill=B], POST /batch/exit?area=A&gate=G[&bill=B].
+GET /batch?area=A[&bill=B], POST /batch/exit?area=A&gate=G[&bill=B]; GET
+/metrics (the gate's own registry, streams/metrics.py) and GET /health.
 """
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ from typing import Any
 
 import orjson
 from confluent_kafka import KafkaException
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from config.settings import Settings
+from streams import metrics as m
 from streams import state
 from streams.auth import bearer_ok
 from topics import registry
@@ -39,6 +42,9 @@ from topics import registry
 log = logging.getLogger("clearance.gate")
 
 RELEASED_COUNT = "clr:gate:{released}"
+# PARCEL_RELEASE's reply, as clearance_gate_release_events_total counts it:
+# 1 newly releasable, -1 held with another list's parcel, 0 known already.
+_RELEASE_RESULT = {1: "releasable", -1: "conflict", 0: "duplicate"}
 # How often a gate service looks for exit events owed (Settings.gate_exit_resend_s
 # says how old one must be to be sent again).
 PENDING_SWEEP_S = 5.0
@@ -88,6 +94,7 @@ class Gate:
         fields = {k.decode(): v.decode() for k, v in self.r.hgetall(self.key(logistics_no)).items()}
         st = fields.get("state")
         answer = "unknown" if st is None else ("release" if st == "releasable" else "hold")
+        m.GATE_SCANS.labels(answer).inc()
         return {"logisticsNo": logistics_no, "answer": answer, "state": st or "unknown",
                 **{k: v for k, v in fields.items() if k != "state"}}
 
@@ -116,6 +123,7 @@ class Gate:
         new = 0
         pipe = self.r.pipeline(transaction=False)
         for (ev, _i), res in zip(releases, outcome):
+            m.GATE_RELEASE_EVENTS.labels(_RELEASE_RESULT.get(res, "duplicate")).inc()
             if res == 1:
                 new += 1
                 pipe.sadd(state.area_key(ev.get("areaCode") or "-"), ev["logisticsNo"])
@@ -123,6 +131,7 @@ class Gate:
                 log.warning("parcel %s: list %s was released with a waybill number another list's parcel holds; "
                             "both are held until one of the lists is cancelled", ev["logisticsNo"], ev.get("invtNo"))
         for ev, i in revocations:
+            m.GATE_RELEASE_EVENTS.labels("revoked").inc()
             for op, area in state.cancel_area_moves(results[i], ev.get("areaCode", "")):
                 pipe.execute_command(op, area, ev["logisticsNo"])
             new += int(results[i][0]) == 2  # the other list's parcel, in conflict with it, may leave now
@@ -155,6 +164,8 @@ class Gate:
                             "exitedAt": int(reply[3])})
             else:
                 out.append({"logisticsNo": ln, "result": "refused", "state": st})
+        for o in out:
+            m.GATE_EXITS.labels(o["result"]).inc()
         exited = [o for o in out if o["result"] == "exited"]
         if exited:
             # The exits are recorded, and with them the events they owe (PARCEL_EXIT):
@@ -179,9 +190,11 @@ class Gate:
             ln = msg.key().decode()
             if err is not None:
                 failed.append(ln)
+                m.GATE_EXIT_EVENTS.labels("failed").inc()
             else:
                 acked.append(ln)
                 self._acked.append(ln)
+                m.GATE_EXIT_EVENTS.labels("acknowledged").inc()
 
         pipe = self.r.pipeline(transaction=False)
         for ln in numbers:
@@ -189,7 +202,7 @@ class Gate:
         records = pipe.execute() if numbers else []
         done = self.r.pipeline(transaction=False)  # outbox and area sets, once the broker has answered
         sent = 0
-        for ln, raw in zip(numbers, records):
+        for i, (ln, raw) in enumerate(zip(numbers, records)):
             info = {k.decode(): v.decode() for k, v in raw.items()}
             if "exitedAt" not in info:  # gone with its retention, or never exited: nothing is owed
                 log.warning("exit outbox: parcel %s has no exit on record (%s); dropped from the outbox",
@@ -204,7 +217,9 @@ class Gate:
             try:
                 self.producer.produce(topic, orjson.dumps(event), ln.encode(), on_delivery=delivered)
             except (BufferError, KafkaException) as exc:  # the rest stay owed, for the next sweep
-                log.warning("exit events not queued (%s); %d stay in the outbox", exc, len(numbers) - sent)
+                log.warning("exit events not queued (%s); %d stay in the outbox", exc, len(numbers) - i)
+                m.GATE_EXIT_EVENTS.labels("not_queued").inc(len(numbers) - i)
+                m.GATE_DEPENDENCY_ERRORS.labels("broker").inc()
                 break
             sent += 1
         if sent:
@@ -243,6 +258,7 @@ class Gate:
         for key in state.exit_outbox_keys(self.settings.redis_buckets):
             due = [m.decode() for m in self.s.exit_claim(keys=[key], args=[now - older_than_ms, now, limit])]
             if due:
+                m.GATE_EXIT_EVENTS_RESENT.inc(len(due))
                 n = len(self._publish(due, self.flush_s))
                 log.warning("exit outbox: %d of %d exit events owed were sent again", n, len(due))
                 sent += n
@@ -271,7 +287,25 @@ class Gate:
                 "skipped": [r for r in results if r["result"] != "exited"]}
 
 
-def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s: float = 15.0) -> ThreadingHTTPServer:
+def route_of(method: str, path: str) -> str:
+    """The `route` label of a request: one of a fixed few, never the waybill
+    number or anything else a client put in the path."""
+    path = urllib.parse.urlparse(path).path
+    if method == "GET":
+        if path.startswith("/scan/"):
+            return "scan"
+        return {"/batch": "batch", "/metrics": "metrics", "/health": "health"}.get(path, "other")
+    if method == "POST":
+        if path.startswith("/exit/"):
+            return "exit"
+        return "batch_exit" if path == "/batch/exit" else "other"
+    return "other"
+
+
+def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s: float = 15.0,
+               health: Any = None) -> ThreadingHTTPServer:
+    """The gate's HTTP API on a thread of its own. `health`: a callable giving
+    more fields for /health (the service's consumer: partitions held)."""
     class Handler(BaseHTTPRequestHandler):
         # A connection that sends nothing, or a request a byte at a time, is
         # closed after this: each holds a thread, and a gate's request is small.
@@ -279,11 +313,15 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
 
         def _send(self, code: int, body: Any) -> None:
             data = json.dumps(body, ensure_ascii=False).encode()
+            self._reply(code, data, "application/json")
+
+        def _reply(self, code: int, data: bytes, content_type: str) -> None:
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+            self._code = code
 
         def log_message(self, *args: Any) -> None:  # no per-request log lines
             return None
@@ -301,19 +339,44 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
         def do_POST(self) -> None:  # noqa: N802
             self._answer(self._post)
 
-        def _answer(self, route: Any) -> None:
+        def _answer(self, handle: Any) -> None:
+            route = route_of(self.command, self.path)
+            started = time.perf_counter()
+            self._code = 0
+            try:
+                self._respond(route, handle)
+            finally:
+                if self._code:  # not a client gone before its answer
+                    m.GATE_REQUESTS.labels(route, str(self._code)).inc()
+                    m.GATE_REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+        def _respond(self, route: str, handle: Any) -> None:
             # A gate reads an answer it cannot get as "hold": say why, in JSON,
             # rather than close the connection on it.
             try:
-                if self._authorised():
-                    route()
+                if route == "metrics":
+                    self._metrics()
+                elif route == "health":
+                    self._send(200, {"status": "ok", **(health() if health else {})})
+                elif self._authorised():
+                    handle()
             except RedisError as exc:
                 log.warning("gate API: Redis unavailable (%s)", type(exc).__name__)
+                m.GATE_DEPENDENCY_ERRORS.labels("redis").inc()
                 self._send(503, {"error": f"clearance state unavailable ({type(exc).__name__}); hold the parcel "
                                           "and ask again"})
             except Exception:
                 log.exception("gate API: %s %s failed", self.command, self.path[:200])
                 self._send(500, {"error": "internal error; hold the parcel and ask again"})
+
+        def _metrics(self) -> None:
+            # The workers' token: one scrape configuration for every clearance
+            # process, and the gates' token stays with the gates.
+            token = os.environ.get("CLEARANCE_METRICS_TOKEN", "")
+            if token and not bearer_ok(self.headers.get("Authorization"), token):
+                self._send(401, {"error": "missing or wrong bearer token"})
+                return
+            self._reply(200, generate_latest(m.GATE_REGISTRY), CONTENT_TYPE_LATEST)
 
         def _get(self) -> None:
             url = urllib.parse.urlparse(self.path)
@@ -363,10 +426,12 @@ def event_problem(ev: Any) -> str:
     return ""
 
 
-def _until_recorded(gate: Gate, events: list[dict[str, Any]], stop: dict[str, bool]) -> int | None:
+def _until_recorded(gate: Gate, events: list[dict[str, Any]], stop: dict[str, bool],
+                    waiting: Any = None) -> int | None:
     """Apply the events, retrying while Redis is unreachable: nothing is
     committed before they are applied, and applying them twice changes nothing.
-    None when told to stop first (the events are read again at the next start)."""
+    None when told to stop first (the events are read again at the next start).
+    `waiting` is called between tries (the lag gauges go on counting)."""
     backoff = 0.1
     while True:
         try:
@@ -374,18 +439,71 @@ def _until_recorded(gate: Gate, events: list[dict[str, Any]], stop: dict[str, bo
         except RedisError as exc:
             if stop["flag"]:
                 return None
+            if waiting is not None:
+                waiting()
             log.warning("gate: Redis unavailable (%s); %d release events wait, next try in %.1f s",
                         type(exc).__name__, len(events), backoff)
+            m.GATE_DEPENDENCY_ERRORS.labels("redis").inc()
             time.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
 
+class ReleaseLag:
+    """How far this gate service trails the release topic, per partition, for
+    clearance_gate_release_lag_{records,seconds}: while it trails, parcels
+    already released scan "unknown" at the gates."""
+
+    def __init__(self) -> None:
+        self.applied_ms: dict[int, int] = {}  # partition -> timestamp of the newest record applied
+        self.shown: set[int] = set()
+        self.assigned = 0
+        self.started_ms = int(time.time() * 1000)
+        self.next_update = 0.0
+
+    def applied(self, msgs: list[Any]) -> None:
+        for msg in msgs:
+            ts = msg.timestamp()[1]
+            if ts > 0:
+                self.applied_ms[msg.partition()] = max(ts, self.applied_ms.get(msg.partition(), 0))
+
+    def update(self, consumer: Any, every_s: float | None = None) -> None:
+        """Read the lag again, at most every `every_s`: the committed offsets
+        are one request to the broker, and they are what is applied (the
+        consumer's position runs ahead of events read and not yet applied)."""
+        if time.monotonic() < self.next_update:
+            return
+        self.next_update = time.monotonic() + (PENDING_SWEEP_S if every_s is None else every_s)
+        now = int(time.time() * 1000)
+        held = consumer.assignment()
+        self.assigned = len(held)
+        seen = set()
+        for tp in consumer.committed(held, timeout=2.0) if held else []:
+            _low, high = consumer.get_watermark_offsets(tp, timeout=2.0)
+            done = tp.offset if tp.offset >= 0 else _low  # nothing committed yet: from the start
+            lag = max(high - done, 0)
+            m.GATE_RELEASE_LAG.labels(str(tp.partition)).set(lag)
+            # Behind since the newest record applied was written; if none was
+            # applied since this service started, since it started.
+            newest = self.applied_ms.get(tp.partition, self.started_ms)
+            m.GATE_RELEASE_LAG_SECONDS.labels(str(tp.partition)).set(max(now - newest, 0) / 1000 if lag else 0)
+            seen.add(tp.partition)
+        for gone in self.shown - seen:  # moved to another gate service
+            m.GATE_RELEASE_LAG.remove(str(gone))
+            m.GATE_RELEASE_LAG_SECONDS.remove(str(gone))
+        self.shown = seen
+
+
 def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: float | None = None,
-             quiet: bool = False, http_port: int = 0) -> int:
+             quiet: bool = False, http_port: int = 0, http_host: str = "127.0.0.1") -> int:
     from confluent_kafka import Consumer
 
+    from streams import __version__
+
     gate = Gate(settings)
-    server = serve_http(gate, http_port) if http_port else None
+    lag = ReleaseLag()
+    m.GATE_INFO.labels(__version__, group).set(1)
+    server = serve_http(gate, http_port, http_host, health=lambda: {"assigned": lag.assigned}) \
+        if http_port else None
     conf = settings.librdkafka_config()
     conf.update({"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": "false",
                  "session.timeout.ms": str(int(settings.session_timeout_s * 1000)), "fetch.wait.max.ms": "50"})
@@ -398,6 +516,13 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+
+    def read_lag() -> None:
+        try:
+            lag.update(consumer)
+        except KafkaException as exc:
+            log.warning("release lag not read (%s)", exc)
+
     started = time.monotonic()
     new_total = 0
     next_sweep = started
@@ -409,13 +534,16 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
                     gate.publish_pending()
                 except (RedisError, KafkaException) as exc:
                     log.warning("exit outbox sweep failed (%s); next try in %.0f s", exc, PENDING_SWEEP_S)
+                    m.GATE_DEPENDENCY_ERRORS.labels("redis" if isinstance(exc, RedisError) else "broker").inc()
+                read_lag()
             if gate._producer is not None:  # delivery reports of exits answered before their ack
                 gate.producer.poll(0)
                 try:
                     gate.settle()
                 except RedisError as exc:  # left in the outbox: sent again, never lost
                     log.warning("exit outbox not updated (%s)", type(exc).__name__)
-            msgs = [m for m in consumer.consume(500, 0.2) if not m.error()]
+                    m.GATE_DEPENDENCY_ERRORS.labels("redis").inc()
+            msgs = [rec for rec in consumer.consume(500, 0.2) if not rec.error()]
             if not msgs:
                 continue
             events = []
@@ -428,11 +556,13 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
                 if why:  # kept on the topic; the gate goes on with the rest
                     log.warning("ignoring release event at %s[%d]@%d: %s", msg.topic(), msg.partition(),
                                 msg.offset(), why)
+                    m.GATE_RELEASE_EVENTS.labels("ignored").inc()
                     continue
                 events.append(ev)
-            new = _until_recorded(gate, events, stop)
+            new = _until_recorded(gate, events, stop, read_lag)
             if new is None:
                 break
+            lag.applied(msgs)
             new_total += new
             consumer.commit(asynchronous=False)
             if not quiet and new:

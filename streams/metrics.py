@@ -5,7 +5,7 @@ topic/partition), never order numbers or buyer data.
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -71,3 +71,37 @@ SIGNER_EXPIRY = Gauge("clearance_signing_certificate_expiry_timestamp_seconds",
                       "When the certificate an enterprise last signed with expires (Unix time); only "
                       "certificates the enterprise register lists for that copCode, so the label set is the "
                       "register's", ["cop_code"])
+
+# The reference gate service (`clearance gate`) is its own process: its metrics
+# live in their own registry, so its /metrics shows none of the worker's series
+# at zero (a gate's clearance_pending_matches 0 would pull max() down).
+GATE_REGISTRY = CollectorRegistry(auto_describe=True)
+GATE_INFO = Gauge("clearance_gate_info", "Gate service identity (value 1)", ["version", "group"],
+                  registry=GATE_REGISTRY)
+GATE_REQUESTS = Counter("clearance_gate_requests_total", "Gate API requests answered, by route and HTTP status",
+                        ["route", "code"], registry=GATE_REGISTRY)
+GATE_REQUEST_SECONDS = Histogram("clearance_gate_request_duration_seconds", "Gate API time to answer, by route",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=GATE_REGISTRY)
+GATE_SCANS = Counter("clearance_gate_scans_total", "Parcels scanned at the gates, by answer (release, hold, unknown)",
+                     ["answer"], registry=GATE_REGISTRY)
+GATE_EXITS = Counter("clearance_gate_exits_total",
+                     "Exit requests per parcel, by result (exited, already_exited, refused)", ["result"],
+                     registry=GATE_REGISTRY)
+GATE_EXIT_EVENTS = Counter("clearance_gate_exit_events_total",
+                           "Exit events the broker acknowledged or failed, and those the producer did not queue "
+                           "(all but the acknowledged stay owed in the outbox)", ["result"], registry=GATE_REGISTRY)
+GATE_EXIT_EVENTS_RESENT = Counter("clearance_gate_exit_events_resent_total",
+                                  "Owed exit events the outbox sweep sent again", registry=GATE_REGISTRY)
+GATE_RELEASE_EVENTS = Counter("clearance_gate_release_events_total",
+                              "Release-topic records applied, by result (releasable, duplicate, conflict, revoked, "
+                              "ignored: a record the gate cannot apply)", ["result"], registry=GATE_REGISTRY)
+GATE_RELEASE_LAG = Gauge("clearance_gate_release_lag_records",
+                         "Release-topic records not yet applied by this gate service, by partition",
+                         ["partition"], registry=GATE_REGISTRY)
+GATE_RELEASE_LAG_SECONDS = Gauge("clearance_gate_release_lag_seconds",
+                                 "While a release partition lags: age of the newest record this gate service "
+                                 "applied from it (0 when caught up); released parcels scan \"unknown\" meanwhile",
+                                 ["partition"], registry=GATE_REGISTRY)
+GATE_DEPENDENCY_ERRORS = Counter("clearance_gate_dependency_errors_total",
+                                 "Gate operations that failed on a dependency (redis, broker)", ["dependency"],
+                                 registry=GATE_REGISTRY)

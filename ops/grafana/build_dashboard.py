@@ -47,6 +47,15 @@ PANELS = [
         ("(min by (cop_code) (clearance_signing_certificate_expiry_timestamp_seconds) - time()) / 86400", "{{cop_code}}")], 8),
     ("Exit events owed (the gates' outbox)", "short", [
         ("max(clearance_gate_exit_events_owed)", "owed")], 8),
+    ("Gate API requests /s by route and status", "ops", [
+        ("sum by (route, code) (rate(clearance_gate_requests_total{route!~\"metrics|health\"}[1m]))",
+         "{{route}} {{code}}")], 8),
+    ("Gate scans /s by answer, exits /s by result", "ops", [
+        ("sum by (answer) (rate(clearance_gate_scans_total[1m]))", "scan {{answer}}"),
+        ("sum by (result) (rate(clearance_gate_exits_total[1m]))", "exit {{result}}")], 8),
+    ("Gates behind the release topic", "s", [
+        ("max by (partition) (clearance_gate_release_lag_seconds)", "partition {{partition}} (s)"),
+        ("sum(clearance_gate_release_lag_records)", "records")], 8),
 ]
 
 

@@ -12,6 +12,7 @@ import urllib.request
 import orjson
 import pytest
 
+from streams import __version__
 from streams.embedded import free_port
 from streams.simulator import Publisher, cancel_document, make_order, to_json
 from tests.conftest import ROOT
@@ -41,9 +42,9 @@ def wait_for(predicate, timeout=60.0):
 
 
 def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redis_url):  # redis_url: a clean Redis
-    env = Env(services, CLEARANCE_HTTP_TOKEN="s3cret")
     gate_port = free_port()
-    gate = subprocess.Popen([sys.executable, "-m", "streams.cli", "gate", "--http-port", str(gate_port)],
+    env = Env(services, CLEARANCE_HTTP_TOKEN="s3cret", CLEARANCE_GATE_PORT=str(gate_port))
+    gate = subprocess.Popen([sys.executable, "-m", "streams.cli", "gate"],
                             env=env.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -102,6 +103,37 @@ def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redi
         assert code == 200 and t["orderNo"] == a.order_no and t["parcel"]["gate"] == "YP-01"
         cli = env.cli("trace", b.order_no)
         assert cli.returncode == 0 and "parcel cancelled" in cli.stdout and "(cancel)" in cli.stdout
+
+        # The gate service's own metrics: what it applied and answered, no waybill number.
+        assert http("GET", f"{base}/health") == (200, {"status": "ok", "assigned": env.settings.partitions})
+
+        def gate_metrics() -> dict:
+            from prometheus_client.parser import text_string_to_metric_families
+
+            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            assert a.logistics_no not in text and b.logistics_no not in text
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text) for s in family.samples}
+
+        def lag_read(sample: dict) -> bool:  # every partition's lag read, and none behind
+            lag = [v for (name, _), v in sample.items() if name == "clearance_gate_release_lag_records"]
+            return len(lag) == env.settings.partitions and not any(lag)
+
+        got = wait_for(lambda: (lambda g: g if lag_read(g) else None)(gate_metrics()), timeout=30)
+        for (name, labels), value in {
+            ("clearance_gate_exits_total", (("result", "exited"),)): 1,
+            ("clearance_gate_exits_total", (("result", "already_exited"),)): 1,
+            ("clearance_gate_exits_total", (("result", "refused"),)): 1,
+            ("clearance_gate_exit_events_total", (("result", "acknowledged"),)): 1,
+            ("clearance_gate_release_events_total", (("result", "releasable"),)): 3,  # a, b, c after the top-up
+            ("clearance_gate_release_events_total", (("result", "revoked"),)): 1,  # b's cancel
+            ("clearance_gate_requests_total", (("code", "200"), ("route", "exit"))): 3,
+            ("clearance_gate_requests_total", (("code", "200"), ("route", "batch"))): 1,
+        }.items():
+            assert got.get((name, labels)) == value, (name, labels)
+        assert got[("clearance_gate_scans_total", (("answer", "release"),))] >= 3
+        assert got[("clearance_gate_info", (("group", "clearance-gate"), ("version", __version__)))] == 1
     finally:
         os.killpg(gate.pid, signal.SIGTERM)
         gate.wait(10)

@@ -6,10 +6,11 @@ import urllib.error
 import urllib.request
 
 import orjson
+import pytest
 
 from config.settings import Settings
 from streams.embedded import free_port
-from streams.gate import Gate, serve_http
+from streams.gate import Gate, route_of, serve_http
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -52,3 +53,85 @@ def test_a_connection_that_sends_no_request_is_closed_and_the_api_goes_on(redis_
         assert _get(f"http://127.0.0.1:{port}/scan/YT0002")[0] == 200
     finally:
         server.shutdown()
+
+
+def _status(url: str, headers: dict | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _samples(text: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _metrics(base: str, headers: dict | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(f"{base}/metrics", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_the_api_serves_its_own_metrics_counting_requests_by_route_never_by_waybill(redis_url, monkeypatch):
+    monkeypatch.setenv("CLEARANCE_GATE_TOKEN", "gate-secret")
+    up = Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url))
+    down = Gate(Settings(kafka_bootstrap="unused:1", redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    servers = [serve_http(up, free_port(), health=lambda: {"assigned": 3}), serve_http(down, free_port())]
+    try:
+        base_up, base_down = (f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
+        # The gates' token guards the API, not the scrape or the health check.
+        code, before = _metrics(base_up)
+        assert code == 200
+        before = _samples(before)
+        auth = {"Authorization": "Bearer gate-secret"}
+        assert _status(f"{base_up}/scan/YT0001SECRET", auth) == 200
+        assert _status(f"{base_up}/scan/YT0002", auth) == 200
+        assert _status(f"{base_up}/nowhere", auth) == 404
+        assert _status(f"{base_up}/nowhere") == 401  # no token: refused before routing
+        assert _status(f"{base_down}/scan/YT0003", auth) == 503
+        assert _get(f"{base_up}/health") == (200, {"status": "ok", "assigned": 3})
+
+        code, text = _metrics(base_up)
+        assert code == 200 and "YT0001SECRET" not in text
+        after = _samples(text)
+
+        def delta(name: str, **labels: str) -> float:
+            key = (name, tuple(sorted(labels.items())))
+            return after.get(key, 0.0) - before.get(key, 0.0)
+
+        assert delta("clearance_gate_requests_total", route="scan", code="200") == 2
+        assert delta("clearance_gate_requests_total", route="scan", code="503") == 1
+        assert delta("clearance_gate_requests_total", route="other", code="404") == 1
+        assert delta("clearance_gate_requests_total", route="other", code="401") == 1
+        assert delta("clearance_gate_requests_total", route="health", code="200") == 1
+        assert delta("clearance_gate_request_duration_seconds_count", route="scan") == 3
+        assert delta("clearance_gate_scans_total", answer="unknown") == 2
+        assert delta("clearance_gate_dependency_errors_total", dependency="redis") == 1
+        # The gate's registry only: no worker series (a gate's 0 would pull the workers' max() down).
+        assert not [name for name, _ in after if not name.startswith("clearance_gate_")
+                    and name.startswith("clearance_")]
+
+        monkeypatch.setenv("CLEARANCE_METRICS_TOKEN", "scrape-secret")
+        assert _metrics(base_up)[0] == 401
+        assert _metrics(base_up, {"Authorization": "Bearer gate-secret"})[0] == 401
+        assert _metrics(base_up, {"Authorization": "Bearer scrape-secret"})[0] == 200
+    finally:
+        for s in servers:
+            s.shutdown()
+
+
+@pytest.mark.parametrize("method, path, route", [
+    ("GET", "/scan/YT1", "scan"), ("GET", "/scan/", "scan"), ("GET", "/batch?area=A", "batch"),
+    ("GET", "/metrics", "metrics"), ("GET", "/health?x=1", "health"), ("GET", "/YT1", "other"),
+    ("POST", "/exit/YT1?gate=G", "exit"), ("POST", "/batch/exit?area=A&gate=G", "batch_exit"),
+    ("POST", "/metrics", "other"), ("PUT", "/exit/YT1", "other"), ("GET", "/batch/exit", "other"),
+])
+def test_a_request_is_labelled_by_its_route_alone(method, path, route):
+    assert route_of(method, path) == route

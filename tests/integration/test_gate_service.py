@@ -13,15 +13,23 @@ import pytest
 
 from config.settings import Settings
 from streams.embedded import free_port, start_redis
+from streams import gate as gate_module
+from streams import metrics as m
 from streams.gate import Gate, event_problem, run_gate
 from topics import registry
 
 pytestmark = pytest.mark.integration
 
 
-def test_malformed_release_events_are_skipped_and_a_redis_outage_is_waited_out(services, tmp_path):
+def _gauge_max(name: str) -> float:
+    return max((s.value for family in m.GATE_REGISTRY.collect() for s in family.samples if s.name == name),
+               default=0.0)
+
+
+def test_malformed_release_events_are_skipped_and_a_redis_outage_is_waited_out(services, tmp_path, monkeypatch):
     from confluent_kafka import Producer
 
+    monkeypatch.setattr(gate_module, "PENDING_SWEEP_S", 1.0)  # the lag is read every second
     port = free_port()
     settings = dataclasses.replace(Settings(kafka_bootstrap=services.kafka_bootstrap,
                                             redis_url=f"redis://127.0.0.1:{port}/0"),
@@ -37,23 +45,56 @@ def test_malformed_release_events_are_skipped_and_a_redis_outage_is_waited_out(s
     for value in [*bad, orjson.dumps(good)]:
         producer.produce(topic, value, b"k")  # one key: one partition, in this order
     assert producer.flush(10) == 0
-    # Redis comes up only after the gate has read the events.
+    counted = {result: m.GATE_RELEASE_EVENTS.labels(result)._value.get() for result in ("ignored", "releasable")}
+    redis_errors = m.GATE_DEPENDENCY_ERRORS.labels("redis")._value.get()
+    # Redis comes up only once the lag gauges have shown the events read and not
+    # applied (or after 8 s, and the assertions below fail).
     redis: dict = {}
-    later = threading.Timer(3.0, lambda: redis.update(proc=start_redis(str(tmp_path), port)[1]))
+    lock = threading.Lock()
+
+    def start() -> None:
+        with lock:
+            if "proc" not in redis:
+                redis["proc"] = start_redis(str(tmp_path), port)[1]
+
+    later = threading.Timer(8.0, start)
     later.start()
+    seen = {"records": 0.0, "seconds": 0.0}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            seen["records"] = max(seen["records"], _gauge_max("clearance_gate_release_lag_records"))
+            seen["seconds"] = max(seen["seconds"], _gauge_max("clearance_gate_release_lag_seconds"))
+            if seen["records"] and "proc" not in redis:
+                start()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
-        assert run_gate(settings, group="gs", max_seconds=10, quiet=True) == 1
+        assert run_gate(settings, group="gs", max_seconds=12, quiet=True) == 1
         assert Gate(settings).scan("YT-GOOD-1")["answer"] == "release"
         for ln in ("YT-2", "YT-3"):
             assert Gate(settings).scan(ln)["answer"] == "unknown"
     finally:
+        done.set()
+        watcher.join()
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
-        later.join()
+        later.cancel()
         if "proc" in redis:
             redis["proc"].terminate()
             redis["proc"].wait(10)
+    assert m.GATE_RELEASE_EVENTS.labels("ignored")._value.get() - counted["ignored"] == len(bad)
+    assert m.GATE_RELEASE_EVENTS.labels("releasable")._value.get() - counted["releasable"] == 1
+    assert m.GATE_DEPENDENCY_ERRORS.labels("redis")._value.get() > redis_errors
+    # While Redis was down the good record was read but not applied, nor committed
+    # (the bad ones before it may have been, in a batch of their own): the lag
+    # counted it, and how long the gate had been behind; once applied, nothing.
+    assert 1 <= seen["records"] <= 10 and seen["seconds"] > 0
+    assert _gauge_max("clearance_gate_release_lag_records") == 0
+    assert _gauge_max("clearance_gate_release_lag_seconds") == 0
 
 
 @pytest.mark.parametrize("event, why", [

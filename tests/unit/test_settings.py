@@ -47,3 +47,10 @@ def test_an_owed_exit_event_is_sent_again_after_thirty_seconds_unless_configured
     for bad in ("-1", "nan", "inf"):
         with pytest.raises(ValueError, match="CLEARANCE_GATE_EXIT_RESEND_S"):
             load_settings({"CLEARANCE_GATE_EXIT_RESEND_S": bad})
+
+
+def test_the_gate_api_listens_on_loopback_and_only_when_given_a_port():
+    default = load_settings({})
+    assert (default.gate_host, default.gate_port) == ("127.0.0.1", 0)
+    chosen = load_settings({"CLEARANCE_GATE_HOST": "0.0.0.0", "CLEARANCE_GATE_PORT": "7070"})
+    assert (chosen.gate_host, chosen.gate_port) == ("0.0.0.0", 7070)
