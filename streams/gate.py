@@ -61,6 +61,11 @@ class Gate:
         # Events the broker acknowledged, whoever's flush or poll heard it: their
         # outbox entries are removed by the next settle().
         self._acked: collections.deque[str] = collections.deque()
+        # Set when a wait for the broker ended with events not acknowledged, and
+        # cleared by the next acknowledgement heard: meanwhile exits do not wait
+        # for the broker at all (their events are queued, and owed in the outbox
+        # as always), so an outage does not cost every parcel at the gate flush_s.
+        self.broker_away = False
         self.r = state.sync_client_for(settings)
         self.s = state.AfterScripts(self.r)
         self._producer: Any = None
@@ -194,6 +199,7 @@ class Gate:
             else:
                 acked.append(ln)
                 self._acked.append(ln)
+                self.broker_away = False
                 m.GATE_EXIT_EVENTS.labels("acknowledged").inc()
 
         pipe = self.r.pipeline(transaction=False)
@@ -222,8 +228,12 @@ class Gate:
                 m.GATE_DEPENDENCY_ERRORS.labels("broker").inc()
                 break
             sent += 1
-        if sent:
+        if sent and self.broker_away:
+            self.producer.poll(0)  # whatever it has heard since; the rest is heard by later polls
+        elif sent:
             self.producer.flush(flush_s)
+            if len(acked) < sent:
+                self.broker_away = True
         for ln in failed:
             log.warning("exit event of %s not delivered; it stays in the outbox", ln)
         self.settle(done)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import time
 import re
 from decimal import Decimal
 
@@ -531,3 +532,42 @@ def test_a_list_cancelled_before_its_release_reaches_the_gate_does_not_block_ano
     assert (info["answer"], info["invtNo"]) == ("release", d["invtNo"])
     assert world.gate.batch(d["areaCode"]) == [ln]  # still in its area's set
     assert world.gate.exit(ln, "G1")["result"] == "exited"
+
+
+def test_after_an_unanswered_wait_exits_do_not_wait_for_the_broker_until_it_answers_again(world, tmp_path):
+    from streams.embedded import start_kafka
+
+    a, b, c = (order(n) for n in (20, 21, 22))
+    world.run(*(doc_records(o) for o in (a, b, c)))
+    world.to_gate()
+    assert all(world.gate.scan(o.logistics_no)["answer"] == "release" for o in (a, b, c))
+    port = free_port()  # no broker there yet
+    away = Gate(dataclasses.replace(world.settings, kafka_bootstrap=f"127.0.0.1:{port}"))
+    away.flush_s = 0.5
+    broker = None
+    try:
+        assert not away.broker_away
+        first = away.exit(a.logistics_no, "G1")  # waits flush_s, hears nothing
+        assert first["eventPending"] is True and away.broker_away
+        second = away.exit(b.logistics_no, "G1")  # queued, not waited for
+        assert second["result"] == "exited" and second["eventPending"] is True and away.broker_away
+        assert world.gate.pending_exits() == 2
+
+        # The broker comes up on that address: the queued events go out, and the
+        # first acknowledgement heard ends the presumption.
+        _bootstrap, broker = start_kafka(str(tmp_path), port)
+        registry.ensure_topics(away.settings)
+        deadline = time.monotonic() + 60
+        while away.broker_away and time.monotonic() < deadline:
+            away.producer.poll(0.2)
+        assert not away.broker_away
+        third = away.exit(c.logistics_no, "G1")  # waits again, and is acknowledged within it
+        assert third["result"] == "exited" and "eventPending" not in third
+        away.producer.flush(10)
+        away.settle()
+        assert world.gate.pending_exits() == 0  # all three delivered, none left owed
+    finally:
+        away.close()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
