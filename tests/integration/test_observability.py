@@ -4,9 +4,12 @@ alerts use is exported, a real Prometheus scrapes it and loads the alerts, and
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -53,8 +56,29 @@ def env(services):
     e.stop()
 
 
+def gate_metrics_page(env) -> str:
+    """/metrics of a real `clearance gate` service, on the env's broker and Redis."""
+    port = free_port()
+    gate = subprocess.Popen([sys.executable, "-m", "streams.cli", "gate", "--http-port", str(port)], env=env.env,
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    return resp.read().decode()
+            except OSError:
+                if time.monotonic() > deadline or gate.poll() is not None:
+                    raise
+                time.sleep(0.3)
+    finally:
+        os.killpg(gate.pid, signal.SIGTERM)
+        gate.wait(15)
+
+
 def test_every_metric_the_dashboard_and_alerts_use_is_exported(env):
-    exported = set(re.findall(r"^# HELP (\S+)", env.metrics(0), re.M))
+    # By a worker, or by a gate service (the clearance_gate_* series).
+    exported = set(re.findall(r"^# HELP (\S+)", env.metrics(0) + gate_metrics_page(env), re.M))
     exported |= {re.sub(r"_total$", "", n) + "_total" for n in exported}  # counters: HELP names drop _total
     needed = referenced_metrics()
     assert "clearance_decision_latency_seconds" in needed and "process_cpu_seconds_total" in needed
