@@ -488,8 +488,12 @@ class ReleaseLag:
         self.assigned = len(held)
         seen = set()
         for tp in consumer.committed(held, timeout=2.0) if held else []:
-            _low, high = consumer.get_watermark_offsets(tp, timeout=2.0)
-            done = tp.offset if tp.offset >= 0 else _low  # nothing committed yet: from the start
+            # The end of the partition as the last fetch saw it: no request of its
+            # own, so a broker outage does not stall the loop once per partition.
+            low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:  # not fetched from yet
+                continue
+            done = tp.offset if tp.offset >= 0 else max(low, 0)  # nothing committed yet: from the start
             lag = max(high - done, 0)
             m.GATE_RELEASE_LAG.labels(str(tp.partition)).set(lag)
             # Behind since the newest record applied was written; if none was
