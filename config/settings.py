@@ -109,6 +109,8 @@ class Settings:
     # The gate service's HTTP API (scans, exits, /metrics, /health); port 0: none.
     gate_host: str = "127.0.0.1"
     gate_port: int = 0
+    # Connections the gate API serves at once; one more is answered 503 at once.
+    gate_max_connections: int = 64
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     session_timeout_s: float = 6.0
@@ -157,6 +159,16 @@ def _non_negative(name: str, value: str) -> float:
     if not seconds >= 0 or seconds == float("inf"):  # NaN fails the first test
         raise ValueError(f"{name} must be a number of seconds, 0 or more, not {value}")
     return seconds
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{name} must be a whole number, 1 or more, not {value!r}")
+    return n
 
 
 def _unique_kinds(value: str) -> tuple[str, ...]:
@@ -218,6 +230,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                          _env(e, "CLEARANCE_GATE_EXIT_RESEND_S", "30")),
         gate_host=_env(e, "CLEARANCE_GATE_HOST", "127.0.0.1"),
         gate_port=int(_env(e, "CLEARANCE_GATE_PORT", "0")),
+        gate_max_connections=_positive_int("CLEARANCE_GATE_MAX_CONNECTIONS",
+                                           _env(e, "CLEARANCE_GATE_MAX_CONNECTIONS", "64")),
         web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),
         web_port=int(_env(e, "CLEARANCE_WEB_PORT", "6066")),
         session_timeout_s=float(_env(e, "CLEARANCE_SESSION_TIMEOUT_S", "6")),

@@ -313,7 +313,7 @@ def route_of(method: str, path: str) -> str:
 
 
 def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s: float = 15.0,
-               health: Any = None) -> ThreadingHTTPServer:
+               health: Any = None, max_connections: int = 64) -> ThreadingHTTPServer:
     """The gate's HTTP API on a thread of its own. `health`: a callable giving
     more fields for /health (the service's consumer: partitions held)."""
     class Handler(BaseHTTPRequestHandler):
@@ -410,9 +410,46 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
             else:
                 self._send(404, {"error": "POST /exit/<logisticsNo>?gate=G or /batch/exit?area=A&gate=G"})
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    server = _BoundedServer((host, port), Handler, max_connections)
     threading.Thread(target=server.serve_forever, daemon=True, name="gate-http").start()
     return server
+
+
+_BUSY = json.dumps({"error": "gate API busy; hold the parcel and ask again"}).encode()
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` at once: one more is
+    answered 503 at once and closed, so a flood of connections (or slow
+    clients, each held up to the request timeout) cannot exhaust the
+    process's threads and memory."""
+
+    def __init__(self, address: tuple[str, int], handler: Any, max_connections: int):
+        self.slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            m.GATE_CONNECTIONS_REFUSED.inc()
+            try:
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY), _BUSY))
+            except OSError:
+                pass
+            finally:
+                self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: give the slot back here
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 _EVENT_TEXT = ("orderNo", "invtNo", "areaCode", "billNo", "status")
@@ -516,8 +553,8 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
     gate = Gate(settings)
     lag = ReleaseLag()
     m.GATE_INFO.labels(__version__, group).set(1)
-    server = serve_http(gate, http_port, http_host, health=lambda: {"assigned": lag.assigned}) \
-        if http_port else None
+    server = serve_http(gate, http_port, http_host, health=lambda: {"assigned": lag.assigned},
+                        max_connections=settings.gate_max_connections) if http_port else None
     conf = settings.librdkafka_config()
     conf.update({"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": "false",
                  "session.timeout.ms": str(int(settings.session_timeout_s * 1000)), "fetch.wait.max.ms": "50"})

@@ -82,6 +82,9 @@ GATE_REQUESTS = Counter("clearance_gate_requests_total", "Gate API requests answ
                         ["route", "code"], registry=GATE_REGISTRY)
 GATE_REQUEST_SECONDS = Histogram("clearance_gate_request_duration_seconds", "Gate API time to answer, by route",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=GATE_REGISTRY)
+GATE_CONNECTIONS_REFUSED = Counter("clearance_gate_connections_refused_total",
+                                   "Connections answered 503 at once because the API already serves as many as it "
+                                   "may (max_connections)", registry=GATE_REGISTRY)
 GATE_SCANS = Counter("clearance_gate_scans_total", "Parcels scanned at the gates, by answer (release, hold, unknown)",
                      ["answer"], registry=GATE_REGISTRY)
 GATE_EXITS = Counter("clearance_gate_exits_total",

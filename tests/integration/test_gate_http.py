@@ -2,6 +2,7 @@
 a parcel it cannot clear, and should know why."""
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 
@@ -135,3 +136,31 @@ def test_the_api_serves_its_own_metrics_counting_requests_by_route_never_by_wayb
 ])
 def test_a_request_is_labelled_by_its_route_alone(method, path, route):
     assert route_of(method, path) == route
+
+
+def test_connections_beyond_the_limit_are_answered_busy_at_once_and_the_api_goes_on(redis_url):
+    import socket
+
+    from streams import metrics
+
+    gate = Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url))
+    server = serve_http(gate, free_port(), request_timeout_s=2.0, max_connections=4)
+    refused = metrics.GATE_CONNECTIONS_REFUSED._value.get()
+    try:
+        port = server.server_address[1]
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+        for conn in held:
+            conn.sendall(b"GET /scan/YT")  # half a request each: every slot taken
+        code, body = _get(f"http://127.0.0.1:{port}/scan/YT0001")
+        assert code == 503 and "busy" in body["error"] and "hold the parcel" in body["error"]
+        assert metrics.GATE_CONNECTIONS_REFUSED._value.get() == refused + 1
+        for conn in held:  # the request timeout frees the slots
+            assert conn.recv(1024) == b""
+            conn.close()
+        # A slot is given back just after its connection is closed.
+        deadline = time.monotonic() + 10
+        while (code := _get(f"http://127.0.0.1:{port}/scan/YT0001")[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert code == 200
+    finally:
+        server.shutdown()

@@ -54,3 +54,11 @@ def test_the_gate_api_listens_on_loopback_and_only_when_given_a_port():
     assert (default.gate_host, default.gate_port) == ("127.0.0.1", 0)
     chosen = load_settings({"CLEARANCE_GATE_HOST": "0.0.0.0", "CLEARANCE_GATE_PORT": "7070"})
     assert (chosen.gate_host, chosen.gate_port) == ("0.0.0.0", 7070)
+
+
+def test_the_gate_api_serves_sixty_four_connections_at_once_unless_configured():
+    assert load_settings({}).gate_max_connections == 64
+    assert load_settings({"CLEARANCE_GATE_MAX_CONNECTIONS": "8"}).gate_max_connections == 8
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ValueError, match="CLEARANCE_GATE_MAX_CONNECTIONS"):
+            load_settings({"CLEARANCE_GATE_MAX_CONNECTIONS": bad})
