@@ -1,0 +1,79 @@
+"""What a scan costs through the gate's HTTP API, on the embedded Redis:
+`GET /scan/<logisticsNo>` of releasable parcels by C concurrent clients, one
+connection per request (HTTP/1.0, as the API answers), three rounds after a
+warm-up. The latency a gate sees, from its request to the answer read. The
+API runs in a process of its own, as in production, so the clients' threads
+do not compete with it for the interpreter lock.
+
+Usage: python -m benchmarks.gate_scans [REQUESTS] [CLIENTS]   (default 3000, 8)
+"""
+from __future__ import annotations
+
+import http.client
+import multiprocessing
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from config.settings import Settings
+from streams import embedded
+from streams.gate import Gate, serve_http
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    clients = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    svc = embedded.start(kafka_bootstrap="unused:1")  # scans need no broker
+    try:
+        g = Gate(Settings(kafka_bootstrap="unused:1", redis_url=svc.redis_url))
+        g.record([{"logisticsNo": f"YT{i:06d}", "orderNo": f"O{i}", "invtNo": f"I{i}", "areaCode": "A1",
+                   "billNo": "", "releasedAt": 1} for i in range(n)])
+        port = embedded.free_port()
+        api = multiprocessing.get_context("fork").Process(target=_serve, args=(svc.redis_url, port, clients * 2),
+                                                          daemon=True)
+        api.start()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+        def scan(i: int) -> float:
+            t = time.perf_counter()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", f"/scan/YT{i:06d}")
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            if resp.status != 200 or b'"release"' not in body:
+                raise RuntimeError(f"scan {i}: {resp.status} {body[:100]!r}")
+            return time.perf_counter() - t
+
+        with ThreadPoolExecutor(clients) as pool:
+            for rnd in range(4):
+                t = time.perf_counter()
+                lat = sorted(pool.map(scan, range(n)))
+                dt = time.perf_counter() - t
+                q = statistics.quantiles(lat, n=100)
+                print(f"round {rnd}{' (warm-up)' if rnd == 0 else ''}: {n / dt:,.0f} scans/s, "
+                      f"p50 {q[49] * 1000:.2f} ms, p99 {q[98] * 1000:.2f} ms")
+        api.terminate()
+        api.join(10)
+    finally:
+        svc.stop()
+
+
+def _serve(redis_url: str, port: int, max_connections: int) -> None:
+    serve_http(Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url)), port,
+               max_connections=max_connections)
+    while True:
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
