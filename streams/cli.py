@@ -653,8 +653,10 @@ def main(argv: list[str] | None = None) -> None:
     dl.add_argument("--dry-run", action="store_true", help="replay: say what would be sent, send nothing")
     dl.set_defaults(func=cmd_deadletter)
 
-    tp = sub.add_parser("top", help="live view of workers: documents/s, decisions/s, latency, lag, pending")
-    tp.add_argument("urls", nargs="*", help="worker base URLs (default http://127.0.0.1:CLEARANCE_WEB_PORT)")
+    tp = sub.add_parser("top", help="live view of workers (documents/s, decisions/s, latency, lag, pending) and "
+                                    "gate services (scans, exits, 5xx, lag behind the release topic)")
+    tp.add_argument("urls", nargs="*", help="worker or gate-service base URLs (default "
+                                            "http://127.0.0.1:CLEARANCE_WEB_PORT)")
     tp.add_argument("--interval", type=float, default=1.0)
     tp.add_argument("--once", action="store_true", help="print one frame and exit")
     tp.set_defaults(func=cmd_top)

@@ -1,4 +1,5 @@
-"""`clearance top`: a live terminal view of one or more workers' /metrics.
+"""`clearance top`: a live terminal view of one or more workers' /metrics,
+and of gate services' (`clearance gate`, told apart by clearance_gate_info).
 
 Rates are differences between two scrapes; latency percentiles come from the
 difference of the histogram buckets over the same interval (merged across
@@ -76,14 +77,44 @@ def _bucket_delta(before: Scrape, after: Scrape, name: str) -> dict[float, float
     return out
 
 
+def _rates(before: Scrape, after: Scrape, name: str, label: str, dt: float) -> dict[str, float]:
+    was = before.by(name, label)
+    return {k: (v - was.get(k, 0.0)) / dt for k, v in after.by(name, label).items()}
+
+
+def is_gate(s: Scrape) -> bool:
+    return any(name == "clearance_gate_info" for name, _labels in s.samples)
+
+
+def gate_row(b: Scrape, a: Scrape, dt: float) -> dict[str, Any]:
+    """A gate service: what the gates asked and were told, and how far behind
+    the release topic it is (released parcels scan "unknown" meanwhile)."""
+    codes = _rates(b, a, "clearance_gate_requests_total", "code", dt)
+    lag_seconds = a.by("clearance_gate_release_lag_seconds", "partition")
+    return {
+        "gate": a.url, "up": True,
+        "scans": _rates(b, a, "clearance_gate_scans_total", "answer", dt),
+        "exits": _rates(b, a, "clearance_gate_exits_total", "result", dt),
+        "failed": sum(v for code, v in codes.items() if code.startswith("5")),
+        "lag": a.total("clearance_gate_release_lag_records"),
+        "lag_seconds": max(lag_seconds.values(), default=0.0),
+        "resent": a.total("clearance_gate_exit_events_resent_total") - b.total("clearance_gate_exit_events_resent_total"),
+    }
+
+
 def summarise(before: list[Scrape], after: list[Scrape]) -> dict[str, Any]:
-    """One row per worker plus a total; rates per second over the interval."""
+    """One row per worker plus a total, one per gate service; rates per second
+    over the interval."""
     rows = []
+    gates = []
     merged: dict[float, float] = defaultdict(float)
     for b, a in zip(before, after):
         dt = max(a.at - b.at, 1e-3)
         if not (a.ok and b.ok):
             rows.append({"worker": a.url, "up": False})
+            continue
+        if is_gate(a):
+            gates.append(gate_row(b, a, dt))
             continue
         docs = {t: (v - b.by("clearance_documents_consumed_total", "type").get(t, 0.0)) / dt
                 for t, v in a.by("clearance_documents_consumed_total", "type").items()}
@@ -100,7 +131,7 @@ def summarise(before: list[Scrape], after: list[Scrape]) -> dict[str, Any]:
             "errors": (a.total("clearance_errors_total") - b.total("clearance_errors_total")) / dt,
             "ruleset": ",".join(sorted(a.by("clearance_ruleset_info", "version"))),
         })
-    return {"rows": rows, "p50": quantile(merged, 0.5), "p99": quantile(merged, 0.99)}
+    return {"rows": rows, "gates": gates, "p50": quantile(merged, 0.5), "p99": quantile(merged, 0.99)}
 
 
 def _ms(v: float | None) -> str:
@@ -123,7 +154,20 @@ def render(summary: dict[str, Any]) -> Any:
         dec = "/".join(f"{r['decisions'].get(s, 0):.0f}" for s in ("800", "300", "500", "100"))
         table.add_row(r["worker"], docs, dec, _ms(r["p50"]), _ms(r["p99"]), f"{r['lag']:.0f}",
                       f"{r['pending']:.0f}", f"{r['errors']:.1f}", r["ruleset"])
-    return table
+    if not summary.get("gates"):
+        return table
+    from rich.console import Group
+
+    gates = Table(title="clearance gates")
+    for col in ("gate service", "scans/s release/hold/unknown", "exits/s exited/already/refused", "5xx/s",
+                "behind (records)", "behind (s)", "events resent"):
+        gates.add_column(col, justify="left" if col == "gate service" else "right")
+    for g in summary["gates"]:
+        scans = "/".join(f"{g['scans'].get(a, 0):.0f}" for a in ("release", "hold", "unknown"))
+        exits = "/".join(f"{g['exits'].get(r, 0):.0f}" for r in ("exited", "already_exited", "refused"))
+        gates.add_row(g["gate"], scans, exits, f"{g['failed']:.1f}", f"{g['lag']:.0f}", f"{g['lag_seconds']:.0f}",
+                      f"{g['resent']:.0f}")
+    return Group(table, gates) if summary["rows"] else gates
 
 
 def run_top(urls: list[str], interval: float = 1.0, once: bool = False) -> None:

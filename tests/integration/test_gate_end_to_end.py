@@ -134,6 +134,10 @@ def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redi
             assert got.get((name, labels)) == value, (name, labels)
         assert got[("clearance_gate_scans_total", (("answer", "release"),))] >= 3
         assert got[("clearance_gate_info", (("group", "clearance-gate"), ("version", __version__)))] == 1
+        top = env.cli("top", "--once", "--interval", "1", worker, base)
+        assert top.returncode == 0, top.stderr
+        assert "clearance workers" in top.stdout and "clearance gates" in top.stdout
+        assert f"127.0.0.1:{gate_port}" in top.stdout
     finally:
         os.killpg(gate.pid, signal.SIGTERM)
         gate.wait(10)

@@ -80,6 +80,30 @@ def test_summary_rates_and_merged_latency():
     assert out["p50"] is not None and out["p50"] <= 0.01
 
 
+def test_a_gate_service_is_summarised_apart_from_the_workers():
+    def g(at, release, unknown, exited, failed, lag, resent):
+        sc = Scrape("gate", at, True)
+        sc.samples[("clearance_gate_info", (("group", "clearance-gate"), ("version", "0.1.0")))] = 1
+        sc.samples[("clearance_gate_scans_total", (("answer", "release"),))] = release
+        sc.samples[("clearance_gate_scans_total", (("answer", "unknown"),))] = unknown
+        sc.samples[("clearance_gate_exits_total", (("result", "exited"),))] = exited
+        sc.samples[("clearance_gate_requests_total", (("code", "200"), ("route", "scan")))] = release + unknown
+        sc.samples[("clearance_gate_requests_total", (("code", "503"), ("route", "scan")))] = failed
+        sc.samples[("clearance_gate_requests_total", (("code", "503"), ("route", "exit")))] = failed
+        for part, seconds in (("0", 0.0), ("1", lag)):
+            sc.samples[("clearance_gate_release_lag_records", (("partition", part),))] = 3 if seconds else 0
+            sc.samples[("clearance_gate_release_lag_seconds", (("partition", part),))] = seconds
+        sc.samples[("clearance_gate_exit_events_resent_total", ())] = resent
+        return sc
+
+    out = summarise([g(0, 10, 2, 4, 0, 0.0, 1)], [g(2, 30, 6, 10, 3, 42.0, 4)])
+    assert out["rows"] == []
+    (row,) = out["gates"]
+    assert row["scans"] == {"release": 10, "unknown": 2} and row["exits"] == {"exited": 3}
+    assert row["failed"] == 3  # 6 answers of 5xx over 2 s, on any route
+    assert row["lag"] == 3 and row["lag_seconds"] == 42.0 and row["resent"] == 3
+
+
 def test_local_watermark_is_the_slowest_lagging_partition():
     """Pure: how far a worker has read, from highwaters and processed offsets."""
     import time
