@@ -266,7 +266,7 @@ class Gate:
         now = int(time.time() * 1000)
         sent = 0
         for key in state.exit_outbox_keys(self.settings.redis_buckets):
-            due = [m.decode() for m in self.s.exit_claim(keys=[key], args=[now - older_than_ms, now, limit])]
+            due = [ln.decode() for ln in self.s.exit_claim(keys=[key], args=[now - older_than_ms, now, limit])]
             if due:
                 m.GATE_EXIT_EVENTS_RESENT.inc(len(due))
                 n = len(self._publish(due, self.flush_s))
@@ -430,7 +430,9 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
-            m.GATE_CONNECTIONS_REFUSED.inc()
+            # Counted with the requests (its route unread), so the 5xx ratio the
+            # gates' alert watches includes the connections turned away.
+            m.GATE_REQUESTS.labels("unread", "503").inc()
             try:
                 request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY), _BUSY))

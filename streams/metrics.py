@@ -78,13 +78,11 @@ SIGNER_EXPIRY = Gauge("clearance_signing_certificate_expiry_timestamp_seconds",
 GATE_REGISTRY = CollectorRegistry(auto_describe=True)
 GATE_INFO = Gauge("clearance_gate_info", "Gate service identity (value 1)", ["version", "group"],
                   registry=GATE_REGISTRY)
-GATE_REQUESTS = Counter("clearance_gate_requests_total", "Gate API requests answered, by route and HTTP status",
-                        ["route", "code"], registry=GATE_REGISTRY)
+GATE_REQUESTS = Counter("clearance_gate_requests_total",
+                        "Gate API requests answered, by route and HTTP status (route unread: a connection answered "
+                        "503 busy before its request was read)", ["route", "code"], registry=GATE_REGISTRY)
 GATE_REQUEST_SECONDS = Histogram("clearance_gate_request_duration_seconds", "Gate API time to answer, by route",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=GATE_REGISTRY)
-GATE_CONNECTIONS_REFUSED = Counter("clearance_gate_connections_refused_total",
-                                   "Connections answered 503 at once because the API already serves as many as it "
-                                   "may (max_connections)", registry=GATE_REGISTRY)
 GATE_SCANS = Counter("clearance_gate_scans_total", "Parcels scanned at the gates, by answer (release, hold, unknown)",
                      ["answer"], registry=GATE_REGISTRY)
 GATE_EXITS = Counter("clearance_gate_exits_total",

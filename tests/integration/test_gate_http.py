@@ -145,7 +145,8 @@ def test_connections_beyond_the_limit_are_answered_busy_at_once_and_the_api_goes
 
     gate = Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url))
     server = serve_http(gate, free_port(), request_timeout_s=2.0, max_connections=4)
-    refused = metrics.GATE_CONNECTIONS_REFUSED._value.get()
+    busy = metrics.GATE_REQUESTS.labels("unread", "503")
+    refused = busy._value.get()
     try:
         port = server.server_address[1]
         held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
@@ -153,7 +154,7 @@ def test_connections_beyond_the_limit_are_answered_busy_at_once_and_the_api_goes
             conn.sendall(b"GET /scan/YT")  # half a request each: every slot taken
         code, body = _get(f"http://127.0.0.1:{port}/scan/YT0001")
         assert code == 503 and "busy" in body["error"] and "hold the parcel" in body["error"]
-        assert metrics.GATE_CONNECTIONS_REFUSED._value.get() == refused + 1
+        assert busy._value.get() == refused + 1
         for conn in held:  # the request timeout frees the slots
             assert conn.recv(1024) == b""
             conn.close()
