@@ -48,6 +48,8 @@ _RELEASE_RESULT = {1: "releasable", -1: "conflict", 0: "duplicate"}
 # How often a gate service looks for exit events owed (Settings.gate_exit_resend_s
 # says how old one must be to be sent again).
 PENDING_SWEEP_S = 5.0
+# A 503 (Redis unreachable, or the API busy) tells the gate to ask again after this.
+RETRY_AFTER_S = 1
 
 
 class Gate:
@@ -329,6 +331,8 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            if code == 503:  # unavailable for now: when to ask again
+                self.send_header("Retry-After", str(RETRY_AFTER_S))
             self.end_headers()
             self.wfile.write(data)
             self._code = code
@@ -435,7 +439,8 @@ class _BoundedServer(ThreadingHTTPServer):
             m.GATE_REQUESTS.labels("unread", "503").inc()
             try:
                 request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY), _BUSY))
+                                b"Content-Length: %d\r\nRetry-After: %d\r\nConnection: close\r\n\r\n%s"
+                                % (len(_BUSY), RETRY_AFTER_S, _BUSY))
             except OSError:
                 pass
             finally:

@@ -19,6 +19,8 @@ def _get(url: str) -> tuple[int, dict]:
         with urllib.request.urlopen(url, timeout=10) as resp:
             return resp.status, orjson.loads(resp.read())
     except urllib.error.HTTPError as err:
+        if err.code == 503:  # unavailable for now: the gate is told when to ask again
+            assert err.headers["Retry-After"] == "1"
         return err.code, orjson.loads(err.read())
 
 
