@@ -509,9 +509,8 @@ class ReleaseLag:
 
     def __init__(self) -> None:
         self.applied_ms: dict[int, int] = {}  # partition -> timestamp of the newest record applied
-        self.shown: set[int] = set()
+        self.held_since_ms: dict[int, int] = {}  # partition -> when this service found it assigned
         self.assigned = 0
-        self.started_ms = int(time.time() * 1000)
         self.next_update = 0.0
 
     def applied(self, msgs: list[Any]) -> None:
@@ -541,14 +540,16 @@ class ReleaseLag:
             lag = max(high - done, 0)
             m.GATE_RELEASE_LAG.labels(str(tp.partition)).set(lag)
             # Behind since the newest record applied was written; if none was
-            # applied since this service started, since it started.
-            newest = self.applied_ms.get(tp.partition, self.started_ms)
+            # applied since this service took the partition, since it took it.
+            since = self.held_since_ms.setdefault(tp.partition, now)
+            newest = self.applied_ms.get(tp.partition, since)
             m.GATE_RELEASE_LAG_SECONDS.labels(str(tp.partition)).set(max(now - newest, 0) / 1000 if lag else 0)
             seen.add(tp.partition)
-        for gone in self.shown - seen:  # moved to another gate service
+        for gone in set(self.held_since_ms) - seen:  # moved to another gate service
             m.GATE_RELEASE_LAG.remove(str(gone))
             m.GATE_RELEASE_LAG_SECONDS.remove(str(gone))
-        self.shown = seen
+            del self.held_since_ms[gone]
+            self.applied_ms.pop(gone, None)  # if it comes back, it is measured afresh
 
 
 def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: float | None = None,

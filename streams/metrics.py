@@ -101,7 +101,8 @@ GATE_RELEASE_LAG = Gauge("clearance_gate_release_lag_records",
                          ["partition"], registry=GATE_REGISTRY)
 GATE_RELEASE_LAG_SECONDS = Gauge("clearance_gate_release_lag_seconds",
                                  "While a release partition lags: age of the newest record this gate service "
-                                 "applied from it (0 when caught up); released parcels scan \"unknown\" meanwhile",
+                                 "applied from it, or how long it has held the partition if it applied none (0 when "
+                                 "caught up); released parcels scan \"unknown\" meanwhile",
                                  ["partition"], registry=GATE_REGISTRY)
 GATE_DEPENDENCY_ERRORS = Counter("clearance_gate_dependency_errors_total",
                                  "Gate operations that failed on a dependency (redis, broker)", ["dependency"],
