@@ -258,7 +258,27 @@ def _summary(expected: dict[str, Any], watcher: DecisionWatcher, yard: Yard) -> 
     print(f"gate: {len(yard.exited)} parcels let out, {len(yard.exited) - len(unannounced)} of them with their exit "
           f"event on {registry.EXITS.name}" + (f" ({yard.failures} calls to the gate API failed and were retried "
                                                "at the next round)" if yard.failures else ""), flush=True)
+    miscounted = _gate_service_view(yard)
     for k in wrong[:5]:
         d = decided[k]
         print(f"  unexpected: {k} {expected[k].scenario} -> {d['status']} {d['rules']}")
-    return 1 if wrong or unannounced else 0
+    return 1 if wrong or unannounced or miscounted else 0
+
+
+def _gate_service_view(yard: Yard) -> bool:
+    """The gate service's own account, from its /metrics, as its SREs see it;
+    True when its count of exits differs from the parcels the yard let out
+    (unless a call of the yard's failed: its parcels may have left unseen)."""
+    from streams.top import scrape
+
+    s = scrape(yard.gate_url)
+    if not s.ok:
+        print("gate service: /metrics not read", flush=True)
+        return False
+    exited = int(s.total("clearance_gate_exits_total", result="exited"))
+    failed = sum(v for (name, labels), v in s.samples.items()
+                 if name == "clearance_gate_requests_total" and dict(labels).get("code", "").startswith("5"))
+    print(f"gate service (its /metrics): {int(s.total('clearance_gate_release_events_total', result='releasable'))} "
+          f"parcels made releasable, {exited} exits counted, {int(failed)} answers 5xx, "
+          f"{int(s.total('clearance_gate_release_lag_records'))} release records behind", flush=True)
+    return exited != len(yard.exited) and not yard.failures

@@ -30,6 +30,9 @@ def test_the_demo_decides_every_order_once_lets_parcels_out_and_stops_everything
     assert published > 0 and decided == published and (pending, unexpected, duplicates) == (0, 0, 0)
     gate = re.search(r"gate: (\d+) parcels let out, (\d+) of them with their exit event", out)
     assert gate and int(gate.group(1)) > 0 and gate.group(1) == gate.group(2), out[-3000:]
+    # The gate service's own metrics agree with what the yard let out.
+    view = re.search(r"gate service \(its /metrics\): (\d+) parcels made releasable, (\d+) exits counted", out)
+    assert view and view.group(2) == gate.group(1) and int(view.group(1)) >= int(view.group(2)), out[-3000:]
     assert "all demo processes stopped" in out
     started = re.search(r"embedded broker [\d.]+:(\d+), redis redis://[\d.]+:(\d+)/", out)
     assert started, out[:2000]
