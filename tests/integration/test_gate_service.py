@@ -83,6 +83,7 @@ def test_malformed_release_events_are_skipped_and_a_redis_outage_is_waited_out(s
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
         later.cancel()
+        later.join()
         if "proc" in redis:
             redis["proc"].terminate()
             redis["proc"].wait(10)
