@@ -124,8 +124,13 @@ def _in_envelope(message: bytes, node: str | None, receiver: str) -> tuple[bytes
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
+    from streams.auth import gate_tokens
     from streams.gate import run_gate
 
+    try:
+        gate_tokens(os.environ.get("CLEARANCE_GATE_TOKENS", ""))
+    except ValueError as exc:
+        sys.exit(str(exc))
     settings = load_settings()
     _need_services(settings)
     logging.basicConfig(level=logging.INFO)

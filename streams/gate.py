@@ -18,6 +18,7 @@ GET /batch?area=A[&bill=B], POST /batch/exit?area=A&gate=G[&bill=B]; GET
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from redis.exceptions import RedisError
 from config.settings import Settings
 from streams import metrics as m
 from streams import state
-from streams.auth import bearer_ok
+from streams.auth import bearer_gate, bearer_ok, gate_tokens
 from topics import registry
 
 log = logging.getLogger("clearance.gate")
@@ -318,6 +319,7 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
                health: Any = None, max_connections: int = 64) -> ThreadingHTTPServer:
     """The gate's HTTP API on a thread of its own. `health`: a callable giving
     more fields for /health (the service's consumer: partitions held)."""
+    _tokens(os.environ.get("CLEARANCE_GATE_TOKENS", ""))  # a malformed list stops the start, not a request
     class Handler(BaseHTTPRequestHandler):
         # A connection that sends nothing, or a request a byte at a time, is
         # closed after this: each holds a thread, and a gate's request is small.
@@ -341,11 +343,21 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
             return None
 
         def _authorised(self) -> bool:
-            token = os.environ.get("CLEARANCE_GATE_TOKEN", "")
-            if token and not bearer_ok(self.headers.get("Authorization"), token):
-                self._send(401, {"error": "missing or wrong bearer token"})
-                return False
-            return True
+            """Whether the request carries a token the API takes; which gate it
+            names, if it is one gate's own, is kept for _post (self._as_gate)."""
+            self._as_gate = ""
+            shared = os.environ.get("CLEARANCE_GATE_TOKEN", "")
+            own = _tokens(os.environ.get("CLEARANCE_GATE_TOKENS", ""))
+            if not shared and not own:
+                return True
+            header = self.headers.get("Authorization")
+            if shared and bearer_ok(header, shared):
+                return True  # the shared token: any gate
+            self._as_gate = bearer_gate(header, own) or ""
+            if self._as_gate:
+                return True
+            self._send(401, {"error": "missing or wrong bearer token"})
+            return False
 
         def do_GET(self) -> None:  # noqa: N802
             self._answer(self._get)
@@ -407,6 +419,9 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
             q = dict(urllib.parse.parse_qsl(url.query))
             if not q.get("gate"):
                 self._send(400, {"error": "gate=<gate id> is required"})
+            elif self._as_gate and q["gate"] != self._as_gate:
+                self._send(403, {"error": f"this token is gate {self._as_gate}'s: it records exits through that "
+                                          "gate only"})
             elif url.path.startswith("/exit/"):
                 self._send(200, gate.exit(urllib.parse.unquote(url.path[6:]), q["gate"]))
             elif url.path == "/batch/exit":
@@ -417,6 +432,11 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
     server = _BoundedServer((host, port), Handler, max_connections)
     threading.Thread(target=server.serve_forever, daemon=True, name="gate-http").start()
     return server
+
+
+@functools.lru_cache(maxsize=4)
+def _tokens(spec: str) -> dict[str, str]:
+    return gate_tokens(spec)
 
 
 _BUSY = json.dumps({"error": "gate API busy; hold the parcel and ask again"}).encode()

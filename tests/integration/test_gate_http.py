@@ -167,3 +167,47 @@ def test_connections_beyond_the_limit_are_answered_busy_at_once_and_the_api_goes
         assert code == 200
     finally:
         server.shutdown()
+
+
+def _call(method: str, url: str, token: str = "") -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, orjson.loads(err.read())
+
+
+def test_a_gate_with_a_token_of_its_own_records_exits_in_its_own_name_only(redis_url, monkeypatch):
+    monkeypatch.setenv("CLEARANCE_GATE_TOKENS", "YP-01=token-one, YP-02=token-two")
+    gate = Gate(Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", redis_url=redis_url))
+    gate.flush_s = 0.1  # no broker: the exits' events stay owed
+    gate.record([{"logisticsNo": ln, "orderNo": "O", "invtNo": "I", "areaCode": "AREA-T", "billNo": "",
+                  "releasedAt": 1} for ln in ("YT-TOK-1", "YT-TOK-2")])
+    server = serve_http(gate, free_port())
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert _call("GET", f"{base}/scan/YT-TOK-1")[0] == 401
+        assert _call("GET", f"{base}/scan/YT-TOK-1", "token-three")[0] == 401
+        assert _call("GET", f"{base}/scan/YT-TOK-1", "token-two")[1]["answer"] == "release"  # any gate may scan
+        code, body = _call("POST", f"{base}/exit/YT-TOK-1?gate=YP-01", "token-two")
+        assert code == 403 and "YP-02" in body["error"]
+        assert _call("POST", f"{base}/batch/exit?area=AREA-T&gate=YP-01", "token-two")[0] == 403
+        assert gate.scan("YT-TOK-1")["answer"] == "release"  # nothing recorded
+        code, body = _call("POST", f"{base}/exit/YT-TOK-1?gate=YP-01", "token-one")
+        assert code == 200 and body["result"] == "exited" and body["gate"] == "YP-01"
+        code, body = _call("POST", f"{base}/batch/exit?area=AREA-T&gate=YP-02", "token-two")
+        assert code == 200 and body["exited"] == ["YT-TOK-2"] and gate.scan("YT-TOK-2")["gate"] == "YP-02"
+        # The shared token, where one is set as well, still acts for any gate.
+        monkeypatch.setenv("CLEARANCE_GATE_TOKEN", "shared")
+        assert _call("POST", f"{base}/exit/YT-TOK-1?gate=YP-09", "shared")[1]["result"] == "already_exited"
+    finally:
+        server.shutdown()
+        gate.close()
+
+
+@pytest.mark.parametrize("spec", ["YP-01", "YP-01=", "=secret", "YP-01=a,YP-01=b", "YP-01=same,YP-02=same"])
+def test_a_malformed_list_of_gate_tokens_stops_the_api_from_starting(spec, monkeypatch):
+    monkeypatch.setenv("CLEARANCE_GATE_TOKENS", spec)
+    with pytest.raises(ValueError, match="CLEARANCE_GATE_TOKENS"):
+        serve_http(Gate(Settings(kafka_bootstrap="unused:1", redis_url="redis://127.0.0.1:1/0")), free_port())
