@@ -89,6 +89,8 @@ def lineage(r: Any, ident: str, buckets: int, ebp: str | None = None, scan: bool
     if ln:
         parcel = {k.decode(): v.decode() for k, v in r.hgetall(state.parcel_key(ln, buckets)).items()}
         if parcel:
+            if "exitedAt" in parcel:  # its exit event not on the broker yet: the gates' outbox holds it
+                parcel["exitEventOwed"] = r.zscore(state.exit_outbox_key(state.bucket_of(ln, buckets)), ln) is not None
             out["parcel"] = parcel
     return out
 
@@ -117,7 +119,9 @@ def text(t: dict[str, Any]) -> str:
     p = t.get("parcel")
     if p:
         lines.append(f"  parcel {p.get('state')}" + (f", exited at gate {p['gate']} {stamp(int(p['exitedAt']))}"
-                                                     if p.get("exitedAt") else ""))
+                                                     if p.get("exitedAt") else "")
+                     + (" (its exit event not on the broker yet: owed in the gates' outbox)"
+                        if p.get("exitEventOwed") else ""))
     for ret in t.get("returns", []):
         lines.append(f"  return {ret['id']}: value {ret['value']} at {stamp(ret['at'])}")
     return "\n".join(lines)

@@ -150,9 +150,13 @@ def test_an_exit_the_broker_did_not_take_is_owed_until_a_sweep_sends_it(world):
     assert world.gate.exit(o.logistics_no, "G5")["result"] == "already_exited"
     reader = exits_on_broker(world)
     assert reader.drain(1.0) == [] and world.gate.pending_exits() == 1
+    t = trace.lineage(world.r, o.order_no, state.BUCKETS)  # an operator sees the event is owed
+    assert t["parcel"]["exitEventOwed"] is True and "owed in the gates' outbox" in trace.text(t)
     assert world.gate.publish_pending(older_than_ms=60_000) == 0  # not due: its own request may still flush it
     assert world.gate.publish_pending(older_than_ms=0) == 1
     assert world.gate.pending_exits() == 0 and world.gate.publish_pending(older_than_ms=0) == 0
+    t = trace.lineage(world.r, o.order_no, state.BUCKETS)
+    assert t["parcel"]["exitEventOwed"] is False and "outbox" not in trace.text(t)
     (key, value), = reader.drain(1.0)
     assert key == o.logistics_no and orjson.loads(value) == {
         "logisticsNo": o.logistics_no, "gate": "G4", "exitedAt": out["exitedAt"], "orderNo": o.order_no,
