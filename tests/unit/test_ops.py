@@ -176,3 +176,14 @@ def test_bearer_tokens_match_exactly_whatever_the_header_holds():
                    "Bearer 秘密", "Bearer s3cr\udcff"):
         assert not bearer_ok(header, "s3cret"), header
     assert bearer_ok("Bearer 秘密", "秘密")  # any character, compared as bytes
+
+
+def test_a_gate_token_names_its_gate_and_the_list_is_read_strictly():
+    from streams.auth import bearer_gate, gate_tokens
+
+    tokens = gate_tokens(" YP-01=one==, YP-02 = two ,")  # spaces around entries, a token with '=', a trailing comma
+    assert tokens == {"YP-01": "one==", "YP-02": "two"}
+    assert bearer_gate("Bearer two", tokens) == "YP-02" and bearer_gate("Bearer one==", tokens) == "YP-01"
+    for header in (None, "", "Bearer one", "Bearer YP-01", "two"):
+        assert bearer_gate(header, tokens) is None, header
+    assert gate_tokens("") == {} and bearer_gate("Bearer x", {}) is None
