@@ -588,6 +588,11 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
                  "session.timeout.ms": str(int(settings.session_timeout_s * 1000)), "fetch.wait.max.ms": "50"})
     consumer = Consumer(conf)
     consumer.subscribe([registry.topic_name(registry.RELEASE, settings)])
+    if not quiet:
+        api = (f"HTTP API on http://{http_host}:{server.server_address[1]} (/scan, /exit, /batch, /metrics, /health)"
+               if server is not None else "no HTTP API (--http-port or CLEARANCE_GATE_PORT)")
+        print(f"gate: consuming {registry.topic_name(registry.RELEASE, settings)} as group {group}; {api}",
+              flush=True)
     stop = {"flag": False}
 
     def _stop(*_: Any) -> None:
