@@ -14,14 +14,19 @@ from streams.embedded import free_port
 from streams.gate import Gate, route_of, serve_http
 
 
-def _get(url: str) -> tuple[int, dict]:
+def _call(method: str, url: str, token: str = "") -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, orjson.loads(resp.read())
     except urllib.error.HTTPError as err:
         if err.code == 503:  # unavailable for now: the gate is told when to ask again
             assert err.headers["Retry-After"] == "1"
         return err.code, orjson.loads(err.read())
+
+
+def _get(url: str) -> tuple[int, dict]:
+    return _call("GET", url)
 
 
 def test_scans_answer_and_an_unreachable_redis_is_a_503_not_a_dropped_connection(redis_url):
@@ -58,14 +63,6 @@ def test_a_connection_that_sends_no_request_is_closed_and_the_api_goes_on(redis_
         server.shutdown()
 
 
-def _status(url: str, headers: dict | None = None) -> int:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
 def _samples(text: str) -> dict[tuple[str, tuple], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -93,12 +90,11 @@ def test_the_api_serves_its_own_metrics_counting_requests_by_route_never_by_wayb
         code, before = _metrics(base_up)
         assert code == 200
         before = _samples(before)
-        auth = {"Authorization": "Bearer gate-secret"}
-        assert _status(f"{base_up}/scan/YT0001SECRET", auth) == 200
-        assert _status(f"{base_up}/scan/YT0002", auth) == 200
-        assert _status(f"{base_up}/nowhere", auth) == 404
-        assert _status(f"{base_up}/nowhere") == 401  # no token: refused before routing
-        assert _status(f"{base_down}/scan/YT0003", auth) == 503
+        assert _call("GET", f"{base_up}/scan/YT0001SECRET", "gate-secret")[0] == 200
+        assert _call("GET", f"{base_up}/scan/YT0002", "gate-secret")[0] == 200
+        assert _call("GET", f"{base_up}/nowhere", "gate-secret")[0] == 404
+        assert _call("GET", f"{base_up}/nowhere")[0] == 401  # no token: refused before routing
+        assert _call("GET", f"{base_down}/scan/YT0003", "gate-secret")[0] == 503
         assert _get(f"{base_up}/health") == (200, {"status": "ok", "assigned": 3})
 
         code, text = _metrics(base_up)
@@ -167,15 +163,6 @@ def test_connections_beyond_the_limit_are_answered_busy_at_once_and_the_api_goes
         assert code == 200
     finally:
         server.shutdown()
-
-
-def _call(method: str, url: str, token: str = "") -> tuple[int, dict]:
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, orjson.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, orjson.loads(err.read())
 
 
 def test_a_gate_with_a_token_of_its_own_records_exits_in_its_own_name_only(redis_url, monkeypatch):
