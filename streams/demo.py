@@ -269,15 +269,14 @@ def _gate_service_view(yard: Yard) -> bool:
     """The gate service's own account, from its /metrics, as its SREs see it;
     True when its count of exits differs from the parcels the yard let out
     (unless a call of the yard's failed: its parcels may have left unseen)."""
-    from streams.top import scrape
+    from streams.top import gate_failures, scrape
 
     s = scrape(yard.gate_url)
     if not s.ok:
         print("gate service: /metrics not read", flush=True)
         return False
     exited = int(s.total("clearance_gate_exits_total", result="exited"))
-    failed = sum(v for (name, labels), v in s.samples.items()
-                 if name == "clearance_gate_requests_total" and dict(labels).get("code", "").startswith("5"))
+    failed = gate_failures(s)
     print(f"gate service (its /metrics): {int(s.total('clearance_gate_release_events_total', result='releasable'))} "
           f"parcels made releasable, {exited} exits counted, {int(failed)} answers 5xx, "
           f"{int(s.total('clearance_gate_release_lag_records'))} release records behind", flush=True)

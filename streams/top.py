@@ -82,6 +82,11 @@ def _rates(before: Scrape, after: Scrape, name: str, label: str, dt: float) -> d
     return {k: (v - was.get(k, 0.0)) / dt for k, v in after.by(name, label).items()}
 
 
+def gate_failures(s: Scrape) -> float:
+    """Gate API answers 5xx so far, every route."""
+    return sum(v for code, v in s.by("clearance_gate_requests_total", "code").items() if code.startswith("5"))
+
+
 def is_gate(s: Scrape) -> bool:
     return any(name == "clearance_gate_info" for name, _labels in s.samples)
 
@@ -89,13 +94,12 @@ def is_gate(s: Scrape) -> bool:
 def gate_row(b: Scrape, a: Scrape, dt: float) -> dict[str, Any]:
     """A gate service: what the gates asked and were told, and how far behind
     the release topic it is (released parcels scan "unknown" meanwhile)."""
-    codes = _rates(b, a, "clearance_gate_requests_total", "code", dt)
     lag_seconds = a.by("clearance_gate_release_lag_seconds", "partition")
     return {
         "gate": a.url, "up": True,
         "scans": _rates(b, a, "clearance_gate_scans_total", "answer", dt),
         "exits": _rates(b, a, "clearance_gate_exits_total", "result", dt),
-        "failed": sum(v for code, v in codes.items() if code.startswith("5")),
+        "failed": (gate_failures(a) - gate_failures(b)) / dt,
         "lag": a.total("clearance_gate_release_lag_records"),
         "lag_seconds": max(lag_seconds.values(), default=0.0),
         "resent": a.total("clearance_gate_exit_events_resent_total") - b.total("clearance_gate_exit_events_resent_total"),
