@@ -111,6 +111,10 @@ class Settings:
     gate_port: int = 0
     # Connections the gate API serves at once; one more is answered 503 at once.
     gate_max_connections: int = 64
+    # The gate services' consumer group on the release topic: one per zone
+    # (topic prefix) sharing a Kafka cluster, or one zone's gates rebalance
+    # with every other zone's.
+    gate_group: str = "clearance-gate"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     session_timeout_s: float = 6.0
@@ -230,6 +234,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                          _env(e, "CLEARANCE_GATE_EXIT_RESEND_S", "30")),
         gate_host=_env(e, "CLEARANCE_GATE_HOST", "127.0.0.1"),
         gate_port=int(_env(e, "CLEARANCE_GATE_PORT", "0")),
+        gate_group=_env(e, "CLEARANCE_GATE_GROUP", "clearance-gate"),
         gate_max_connections=_positive_int("CLEARANCE_GATE_MAX_CONNECTIONS",
                                            _env(e, "CLEARANCE_GATE_MAX_CONNECTIONS", "64")),
         web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),

@@ -134,7 +134,7 @@ def cmd_gate(args: argparse.Namespace) -> None:
     settings = load_settings()
     _need_services(settings)
     logging.basicConfig(level=logging.INFO)
-    n = run_gate(settings, group=args.group, max_seconds=args.duration,
+    n = run_gate(settings, group=args.group or settings.gate_group, max_seconds=args.duration,
                  http_port=args.http_port if args.http_port is not None else settings.gate_port,
                  http_host=args.http_host or settings.gate_host)
     print(f"gate: {n} parcels recorded releasable")
@@ -542,7 +542,8 @@ def main(argv: list[str] | None = None) -> None:
     pb.set_defaults(func=cmd_publish)
 
     g = sub.add_parser("gate", help="reference warehouse gate: consumes release events, serves scans and exits")
-    g.add_argument("--group", default="clearance-gate")
+    g.add_argument("--group", default="", help="consumer group on the release topic (default CLEARANCE_GATE_GROUP, "
+                                               "clearance-gate)")
     g.add_argument("--duration", type=float, default=None)
     g.add_argument("--http-port", type=int, default=None,
                    help="serve /scan, /exit, /batch, /metrics and /health on this port (default CLEARANCE_GATE_PORT; "

@@ -13,7 +13,8 @@
 
 HTTP (`--http-port`): GET /scan/<logisticsNo>, POST /exit/<logisticsNo>?gate=G,
 GET /batch?area=A[&bill=B], POST /batch/exit?area=A&gate=G[&bill=B]; GET
-/metrics (the gate's own registry, streams/metrics.py) and GET /health.
+/metrics (the gate's own registry, streams/metrics.py) and GET /health (503
+"stalled" while the consumer loop has not turned for STALL_S).
 """
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ _RELEASE_RESULT = {1: "releasable", -1: "conflict", 0: "duplicate"}
 PENDING_SWEEP_S = 5.0
 # A 503 (Redis unreachable, or the API busy) tells the gate to ask again after this.
 RETRY_AFTER_S = 1
+# The consumer loop turns at least every 0.2 s, and every call it makes is
+# bounded (consume 0.2 s, flush and committed offsets 2 s; it also turns between
+# tries while Redis is unreachable): a loop not seen for this long is stuck,
+# and /health says so for a supervisor to restart the service.
+STALL_S = 30.0
 
 
 class Gate:
@@ -318,7 +324,8 @@ def route_of(method: str, path: str) -> str:
 def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s: float = 15.0,
                health: Any = None, max_connections: int = 64) -> ThreadingHTTPServer:
     """The gate's HTTP API on a thread of its own. `health`: a callable giving
-    more fields for /health (the service's consumer: partitions held)."""
+    more fields for /health (the service's consumer: partitions held, and
+    "status" other than "ok" when its loop is stuck, answered 503)."""
     _tokens(os.environ.get("CLEARANCE_GATE_TOKENS", ""))  # a malformed list stops the start, not a request
     class Handler(BaseHTTPRequestHandler):
         # A connection that sends nothing, or a request a byte at a time, is
@@ -383,7 +390,8 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
                 if route == "metrics":
                     self._metrics()
                 elif route == "health":
-                    self._send(200, {"status": "ok", **(health() if health else {})})
+                    body = {"status": "ok", **(health() if health else {})}
+                    self._send(200 if body["status"] == "ok" else 503, body)
                 elif self._authorised():
                     handle()
             except RedisError as exc:
@@ -522,6 +530,27 @@ def _until_recorded(gate: Gate, events: list[dict[str, Any]], stop: dict[str, bo
             backoff = min(backoff * 2, 5.0)
 
 
+class Heartbeat:
+    """The consumer loop's last turn: clearance_gate_consumer_heartbeat_timestamp_seconds
+    for the alert, and /health's status for a supervisor. The HTTP API runs on
+    threads of its own and answers while the loop is stuck, so without this a
+    stuck loop would look healthy and its lag gauges would keep their last
+    values (0, typically) while released parcels scan "unknown"."""
+
+    def __init__(self, stall_s: float = STALL_S, clock: Any = time.monotonic) -> None:
+        self.stall_s, self.clock = stall_s, clock
+        self.beat()
+
+    def beat(self) -> None:
+        self.last = self.clock()
+        m.GATE_HEARTBEAT.set(time.time())
+
+    def health(self, assigned: int) -> dict[str, Any]:
+        age = max(self.clock() - self.last, 0.0)
+        return {"status": "ok" if age <= self.stall_s else "stalled", "assigned": assigned,
+                "loopAgeSeconds": round(age, 1)}
+
+
 class ReleaseLag:
     """How far this gate service trails the release topic, per partition, for
     clearance_gate_release_lag_{records,seconds}: while it trails, parcels
@@ -578,10 +607,20 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
 
     from streams import __version__
 
+    # Told to stop from here on, during start-up too, the service closes its
+    # consumer (leaving its group at once, not at the session timeout) and its API.
+    stop = {"flag": False}
+
+    def _stop(*_: Any) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     gate = Gate(settings)
     lag = ReleaseLag()
+    heartbeat = Heartbeat()
     m.GATE_INFO.labels(__version__, group).set(1)
-    server = serve_http(gate, http_port, http_host, health=lambda: {"assigned": lag.assigned},
+    server = serve_http(gate, http_port, http_host, health=lambda: heartbeat.health(lag.assigned),
                         max_connections=settings.gate_max_connections) if http_port else None
     conf = settings.librdkafka_config()
     conf.update({"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": "false",
@@ -593,15 +632,8 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
                if server is not None else "no HTTP API (--http-port or CLEARANCE_GATE_PORT)")
         print(f"gate: consuming {registry.topic_name(registry.RELEASE, settings)} as group {group}; {api}",
               flush=True)
-    stop = {"flag": False}
-
-    def _stop(*_: Any) -> None:
-        stop["flag"] = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-
     def read_lag() -> None:
+        heartbeat.beat()  # also between tries while Redis is unreachable: waiting is not stuck
         try:
             lag.update(consumer)
         except KafkaException as exc:
@@ -612,6 +644,7 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
     next_sweep = started
     try:
         while not stop["flag"] and (max_seconds is None or time.monotonic() - started < max_seconds):
+            heartbeat.beat()
             if time.monotonic() >= next_sweep:  # exit events owed since a broker or gate failure
                 next_sweep = time.monotonic() + PENDING_SWEEP_S
                 try:

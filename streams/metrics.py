@@ -107,3 +107,7 @@ GATE_RELEASE_LAG_SECONDS = Gauge("clearance_gate_release_lag_seconds",
 GATE_DEPENDENCY_ERRORS = Counter("clearance_gate_dependency_errors_total",
                                  "Gate operations that failed on a dependency (redis, broker)", ["dependency"],
                                  registry=GATE_REGISTRY)
+GATE_HEARTBEAT = Gauge("clearance_gate_consumer_heartbeat_timestamp_seconds",
+                       "When the gate service's consumer loop last turned (Unix time): it applies release events "
+                       "and reads the release lag, so while it is stuck both stop and the lag gauges keep their "
+                       "last values", registry=GATE_REGISTRY)

@@ -22,7 +22,7 @@ import hiredis
 from redis import exceptions
 from redis.crc import key_slot
 
-TIMEOUT_S = 5.0  # as redis-py's default socket timeout
+TIMEOUT_S = 5.0  # as every redis-py client's here (state.SOCKET_TIMEOUT_S)
 
 
 def _reply_error(message: str) -> exceptions.ResponseError:

@@ -1175,6 +1175,15 @@ def cluster_seeds(nodes: str) -> list[tuple[str, int]]:
     return out
 
 
+# Every client's limit on a connect and on a reply, unless REDIS_URL says
+# otherwise (`?socket_timeout=10&socket_connect_timeout=10`). redis-py waits
+# for ever by default before its version 8: a Redis frozen or cut off without a
+# reset would hang a gate's scan, its consumer loop or a worker's sweep instead
+# of failing it, and the callers' retries, 503s and alerts never see it.
+SOCKET_TIMEOUT_S = resp.TIMEOUT_S
+_TIMEOUTS = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": SOCKET_TIMEOUT_S}
+
+
 def sync_client(url: str, cluster: bool = False, seeds: str = "") -> Any:
     """A synchronous client for the gate, the CLI and trace (RedisCluster when
     `cluster`: it asks `seeds` and REDIS_URL's node for the slot map)."""
@@ -1183,8 +1192,9 @@ def sync_client(url: str, cluster: bool = False, seeds: str = "") -> Any:
     if cluster:
         from redis.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster.from_url(url, startup_nodes=[ClusterNode(h, p) for h, p in cluster_seeds(seeds)])
-    return redis.Redis.from_url(url)
+        return RedisCluster.from_url(url, startup_nodes=[ClusterNode(h, p) for h, p in cluster_seeds(seeds)],
+                                     **_TIMEOUTS)
+    return redis.Redis.from_url(url, **_TIMEOUTS)
 
 
 def sync_client_for(settings: Any) -> Any:
@@ -1296,8 +1306,9 @@ def async_client(url: str, cluster: bool = False, seeds: str = "") -> Any:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
         return RedisCluster.from_url(url, decode_responses=False,
-                                     startup_nodes=[ClusterNode(h, p) for h, p in cluster_seeds(seeds)])
-    client = aioredis.from_url(url, decode_responses=False)
+                                     startup_nodes=[ClusterNode(h, p) for h, p in cluster_seeds(seeds)],
+                                     **_TIMEOUTS)
+    client = aioredis.from_url(url, decode_responses=False, **_TIMEOUTS)
     pool = client.connection_pool
     base = pool.connection_class
     if base in (c.Connection, c.SSLConnection, c.UnixDomainSocketConnection):

@@ -55,7 +55,8 @@ PANELS = [
         ("sum by (result) (rate(clearance_gate_exits_total[1m]))", "exit {{result}}")], 8),
     ("Gates behind the release topic", "s", [
         ("max by (partition) (clearance_gate_release_lag_seconds)", "partition {{partition}} (s)"),
-        ("sum(clearance_gate_release_lag_records)", "records")], 8),
+        ("sum(clearance_gate_release_lag_records)", "records"),
+        ("max(time() - clearance_gate_consumer_heartbeat_timestamp_seconds)", "since a consumer loop last turned (s)")], 8),
 ]
 
 

@@ -338,3 +338,26 @@ def test_cluster_nodes_are_read_as_addresses():
     for bad in ("a", "a:", ":7000", "a:port"):
         with pytest.raises(ValueError, match="REDIS_CLUSTER_NODES"):
             state.cluster_seeds(bad)
+
+
+def test_cluster_clients_give_up_on_a_node_after_the_socket_timeout(redis_cluster):
+    """As a single Redis's: a node frozen or cut off without a reset fails the
+    call within the time limit instead of hanging it."""
+    sync = state.sync_client(redis_cluster.url, cluster=True)
+    try:
+        for node in sync.get_nodes():
+            kwargs = node.redis_connection.connection_pool.connection_kwargs
+            assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == state.SOCKET_TIMEOUT_S
+    finally:
+        sync.close()
+
+    async def nodes() -> list[dict]:
+        client = state.async_client(redis_cluster.url, cluster=True)
+        await client.initialize()
+        try:
+            return [node.connection_kwargs for node in client.get_nodes()]
+        finally:
+            await client.aclose()
+
+    for kwargs in asyncio.run(nodes()):
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == state.SOCKET_TIMEOUT_S

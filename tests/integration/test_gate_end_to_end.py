@@ -105,7 +105,9 @@ def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redi
         assert cli.returncode == 0 and "parcel cancelled" in cli.stdout and "(cancel)" in cli.stdout
 
         # The gate service's own metrics: what it applied and answered, no waybill number.
-        assert http("GET", f"{base}/health") == (200, {"status": "ok", "assigned": env.settings.partitions})
+        code, health = http("GET", f"{base}/health")
+        assert (code, health["status"], health["assigned"]) == (200, "ok", env.settings.partitions)
+        assert 0 <= health["loopAgeSeconds"] < 30  # the consumer loop turns (it waits 0.2 s per fetch)
 
         def gate_metrics() -> dict:
             from prometheus_client.parser import text_string_to_metric_families
@@ -133,7 +135,12 @@ def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redi
         }.items():
             assert got.get((name, labels)) == value, (name, labels)
         assert got[("clearance_gate_scans_total", (("answer", "release"),))] >= 3
-        assert got[("clearance_gate_info", (("group", "clearance-gate"), ("version", __version__)))] == 1
+        # The group of its zone (CLEARANCE_GATE_GROUP), not the default every zone would share.
+        group = env.env["CLEARANCE_GATE_GROUP"]
+        assert group != "clearance-gate"
+        assert got[("clearance_gate_info", (("group", group), ("version", __version__)))] == 1
+        # The loop's heartbeat is the wall clock of its last turn.
+        assert abs(time.time() - got[("clearance_gate_consumer_heartbeat_timestamp_seconds", ())]) < 30
         top = env.cli("top", "--once", "--interval", "1", worker, base)
         assert top.returncode == 0, top.stderr
         assert "clearance workers" in top.stdout and "clearance gates" in top.stdout

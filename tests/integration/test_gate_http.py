@@ -2,6 +2,7 @@
 a parcel it cannot clear, and should know why."""
 from __future__ import annotations
 
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +45,54 @@ def test_scans_answer_and_an_unreachable_redis_is_a_503_not_a_dropped_connection
     finally:
         for s in servers:
             s.shutdown()
+
+
+def test_a_redis_that_never_answers_is_a_503_after_the_socket_timeout_not_a_hung_scan():
+    """A Redis frozen or cut off without a reset accepts a connection and says
+    nothing: the scan must fail (503, hold the parcel) within the client's
+    socket timeout, not hang its thread for ever (redis-py before 8 waits
+    without limit unless told otherwise)."""
+    import socket
+
+    from streams import state
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    held = []
+    threading.Thread(target=lambda: held.extend(silent.accept() for _ in range(4)), daemon=True).start()
+    gate = Gate(Settings(kafka_bootstrap="unused:1", redis_url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0"))
+    server = serve_http(gate, free_port())
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{server.server_address[1]}/scan/YT0001")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=4 * state.SOCKET_TIMEOUT_S)  # a hang fails here
+        assert err.value.code == 503 and err.value.headers["Retry-After"] == "1"
+        assert "TimeoutError" in orjson.loads(err.value.read())["error"]
+    finally:
+        server.shutdown()
+        silent.close()
+        for conn, _ in held:
+            conn.close()
+
+
+def test_health_is_503_stalled_while_the_consumer_loop_has_not_turned(redis_url):
+    from streams.gate import Heartbeat
+
+    now = [100.0]
+    beat = Heartbeat(stall_s=30.0, clock=lambda: now[0])
+    server = serve_http(Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url)), free_port(),
+                        health=lambda: beat.health(2))
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        now[0] = 120.0
+        assert _get(f"{base}/health") == (200, {"status": "ok", "assigned": 2, "loopAgeSeconds": 20.0})
+        now[0] = 131.0  # the loop last turned 31 s ago: a supervisor's probe restarts the service
+        assert _get(f"{base}/health") == (503, {"status": "stalled", "assigned": 2, "loopAgeSeconds": 31.0})
+        beat.beat()
+        assert _get(f"{base}/health") == (200, {"status": "ok", "assigned": 2, "loopAgeSeconds": 0.0})
+        # The API itself is not what stalled: scans go on being answered.
+        assert _get(f"{base}/scan/YT0009")[0] == 200
+    finally:
+        server.shutdown()
 
 
 def test_a_connection_that_sends_no_request_is_closed_and_the_api_goes_on(redis_url):

@@ -43,7 +43,8 @@ class Env:
         tag = uuid.uuid4().hex[:8]
         extra.setdefault("CLEARANCE_RULES", rules_file())
         self.env = dict(os.environ, **services.env(), CLEARANCE_TOPIC_PREFIX=f"t{tag}.",
-                        CLEARANCE_GROUP=f"g{tag}", CLEARANCE_SESSION_TIMEOUT_S="6", **extra)
+                        CLEARANCE_GROUP=f"g{tag}", CLEARANCE_GATE_GROUP=f"gate{tag}",
+                        CLEARANCE_SESSION_TIMEOUT_S="6", **extra)
         self.settings = load_settings(self.env)
         registry.ensure_topics(self.settings)
         self.workers: list[tuple[subprocess.Popen[bytes], int, str]] = []

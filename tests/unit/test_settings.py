@@ -56,6 +56,11 @@ def test_the_gate_api_listens_on_loopback_and_only_when_given_a_port():
     assert (chosen.gate_host, chosen.gate_port) == ("0.0.0.0", 7070)
 
 
+def test_the_gate_services_group_is_configurable_per_zone():
+    assert load_settings({}).gate_group == "clearance-gate"
+    assert load_settings({"CLEARANCE_GATE_GROUP": "yangpu-gates"}).gate_group == "yangpu-gates"
+
+
 def test_the_gate_api_serves_sixty_four_connections_at_once_unless_configured():
     assert load_settings({}).gate_max_connections == 64
     assert load_settings({"CLEARANCE_GATE_MAX_CONNECTIONS": "8"}).gate_max_connections == 8
