@@ -2,6 +2,14 @@
 from __future__ import annotations
 
 import hmac
+import logging
+import os
+import stat
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+log = logging.getLogger("clearance.auth")
 
 
 def bearer_ok(authorization: str | None, token: str) -> bool:
@@ -13,30 +21,118 @@ def bearer_ok(authorization: str | None, token: str) -> bool:
     return hmac.compare_digest(given, expected)
 
 
-def gate_tokens(spec: str) -> dict[str, str]:
-    """CLEARANCE_GATE_TOKENS, `GATE=TOKEN,GATE=TOKEN`, as {gate id: token}: each
-    gate its own token, so a gate can record exits in its own name only."""
+def gate_tokens(spec: str, source: str = "CLEARANCE_GATE_TOKENS") -> dict[str, str]:
+    """`GATE=TOKEN` entries, separated by commas or lines (`#` starts a
+    comment line), as {token: gate}: each gate its own tokens, so a gate can
+    record exits in its own name only. A gate may be named more than once: its
+    old and new token while it changes from one to the other. A token of two
+    gates is refused (either could act as the other). Errors name the entry,
+    never its token."""
     out: dict[str, str] = {}
-    for part in spec.split(","):
-        if not part.strip():
-            continue
+    entries = (part for line in spec.splitlines() if not line.lstrip().startswith("#") for part in line.split(","))
+    for n, part in enumerate((p for p in entries if p.strip()), 1):
         gate, sep, token = part.partition("=")
         gate, token = gate.strip(), token.strip()
         if not sep or not gate or not token:
-            raise ValueError(f"CLEARANCE_GATE_TOKENS: {gate or part.strip()[:20]!r} is not GATE=TOKEN")
-        if gate in out:
-            raise ValueError(f"CLEARANCE_GATE_TOKENS: gate {gate!r} is named twice")
-        out[gate] = token
-    if len(set(out.values())) != len(out):
-        raise ValueError("CLEARANCE_GATE_TOKENS: two gates share a token (one could act as the other)")
+            raise ValueError(f"{source}: entry {n} is not GATE=TOKEN")
+        if out.get(token, gate) != gate:
+            raise ValueError(f"{source}: gates {out[token]!r} and {gate!r} share a token (one could act as the other)")
+        out[token] = gate
     return out
 
 
-def bearer_gate(authorization: str | None, tokens: dict[str, str]) -> str | None:
+def bearer_gate(authorization: str | None, tokens: Mapping[str, str]) -> str | None:
     """The gate whose token the header carries, None if none's. Every token is
     compared, each in constant time."""
     found = None
-    for gate, token in tokens.items():
+    for token, gate in tokens.items():
         if bearer_ok(authorization, token):
             found = gate
     return found
+
+
+class GateTokens:
+    """The gates' own tokens: CLEARANCE_GATE_TOKENS, and the file
+    CLEARANCE_GATE_TOKENS_FILE read again when it changes (looked at once a
+    second at most), so a gate's token is replaced without a restart: add its
+    new token, give it to the gate, remove the old. A change that does not read
+    (malformed, unreadable) is refused and the tokens before it stay in force;
+    a list that cannot be read at start stops the start (ValueError). With a
+    file named, a token is always required, even while it holds none: an
+    emptied file must not open the API."""
+
+    def __init__(self, spec: str = "", path: str = "", check_every_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic, on_reload: Callable[[bool], Any] | None = None):
+        self.path, self.check_every_s, self.clock, self.on_reload = path, check_every_s, clock, on_reload
+        self.fixed = gate_tokens(spec)
+        self.lock = threading.Lock()
+        self.seen: tuple[int, ...] | None = None
+        self.next_check = 0.0
+        self.current = self.fixed
+        if path:
+            self.seen = self._signature()
+            self.current = self._read()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **kwargs: Any) -> "GateTokens":
+        return cls(environ.get("CLEARANCE_GATE_TOKENS", ""), environ.get("CLEARANCE_GATE_TOKENS_FILE", ""), **kwargs)
+
+    @property
+    def required(self) -> bool:
+        return bool(self.path or self.fixed)
+
+    def tokens(self) -> dict[str, str]:
+        """{token: gate} in force now."""
+        if self.path and self.clock() >= self.next_check and self.lock.acquire(blocking=False):
+            try:  # one thread looks; the others use the tokens in force meanwhile
+                self.next_check = self.clock() + self.check_every_s
+                self._reload()
+            finally:
+                self.lock.release()
+        return self.current
+
+    def _signature(self) -> tuple[int, ...]:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise ValueError(f"CLEARANCE_GATE_TOKENS_FILE {self.path}: {exc.strerror}") from None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _read(self) -> dict[str, str]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                text = f.read()
+                mode = os.fstat(f.fileno()).st_mode
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"CLEARANCE_GATE_TOKENS_FILE {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("CLEARANCE_GATE_TOKENS_FILE %s can be read by others than its owner (mode %o)",
+                        self.path, stat.S_IMODE(mode))
+        mine = gate_tokens(text, f"CLEARANCE_GATE_TOKENS_FILE {self.path}")
+        clash = [t for t in mine.keys() & self.fixed.keys() if mine[t] != self.fixed[t]]
+        if clash:
+            raise ValueError(f"CLEARANCE_GATE_TOKENS_FILE {self.path}: gate {mine[clash[0]]!r} has a token "
+                             f"CLEARANCE_GATE_TOKENS gives gate {self.fixed[clash[0]]!r}")
+        if not mine and not self.fixed:
+            log.warning("CLEARANCE_GATE_TOKENS_FILE %s holds no token: only the shared token, if any, is taken",
+                        self.path)
+        return {**self.fixed, **mine}
+
+    def _reload(self) -> None:
+        try:
+            signature = self._signature()
+            if signature == self.seen:
+                return
+            tokens = self._read()
+        except ValueError as exc:
+            if self.seen is not None:  # said once per change, not once a second
+                log.error("%s; the gate tokens before it stay in force", exc)
+                self.seen = None
+                if self.on_reload:
+                    self.on_reload(False)
+            return
+        self.seen, self.current = signature, tokens
+        log.info("gate tokens read again from %s: %d gates, %d tokens", self.path, len(set(tokens.values())),
+                 len(tokens))
+        if self.on_reload:
+            self.on_reload(True)

@@ -124,11 +124,11 @@ def _in_envelope(message: bytes, node: str | None, receiver: str) -> tuple[bytes
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
-    from streams.auth import gate_tokens
+    from streams.auth import GateTokens
     from streams.gate import run_gate
 
     try:
-        gate_tokens(os.environ.get("CLEARANCE_GATE_TOKENS", ""))
+        GateTokens.from_env()
     except ValueError as exc:
         sys.exit(str(exc))
     settings = load_settings()

@@ -19,7 +19,6 @@ GET /batch?area=A[&bill=B], POST /batch/exit?area=A&gate=G[&bill=B]; GET
 from __future__ import annotations
 
 import collections
-import functools
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ from redis.exceptions import RedisError
 from config.settings import Settings
 from streams import metrics as m
 from streams import state
-from streams.auth import bearer_gate, bearer_ok, gate_tokens
+from streams.auth import GateTokens, bearer_gate, bearer_ok
 from topics import registry
 
 log = logging.getLogger("clearance.gate")
@@ -326,7 +325,10 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
     """The gate's HTTP API on a thread of its own. `health`: a callable giving
     more fields for /health (the service's consumer: partitions held, and
     "status" other than "ok" when its loop is stuck, answered 503)."""
-    _tokens(os.environ.get("CLEARANCE_GATE_TOKENS", ""))  # a malformed list stops the start, not a request
+    # A malformed or unreadable list stops the start, not a request.
+    own_tokens = GateTokens.from_env(on_reload=lambda ok: m.GATE_TOKENS_FILE_VALID.set(1 if ok else 0))
+    m.GATE_TOKENS_FILE_VALID.set(1)  # read at start (else the start stops here)
+
     class Handler(BaseHTTPRequestHandler):
         # A connection that sends nothing, or a request a byte at a time, is
         # closed after this: each holds a thread, and a gate's request is small.
@@ -354,13 +356,12 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
             names, if it is one gate's own, is kept for _post (self._as_gate)."""
             self._as_gate = ""
             shared = os.environ.get("CLEARANCE_GATE_TOKEN", "")
-            own = _tokens(os.environ.get("CLEARANCE_GATE_TOKENS", ""))
-            if not shared and not own:
+            if not shared and not own_tokens.required:
                 return True
             header = self.headers.get("Authorization")
             if shared and bearer_ok(header, shared):
                 return True  # the shared token: any gate
-            self._as_gate = bearer_gate(header, own) or ""
+            self._as_gate = bearer_gate(header, own_tokens.tokens()) or ""
             if self._as_gate:
                 return True
             self._send(401, {"error": "missing or wrong bearer token"})
@@ -440,11 +441,6 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
     server = _BoundedServer((host, port), Handler, max_connections)
     threading.Thread(target=server.serve_forever, daemon=True, name="gate-http").start()
     return server
-
-
-@functools.lru_cache(maxsize=4)
-def _tokens(spec: str) -> dict[str, str]:
-    return gate_tokens(spec)
 
 
 _BUSY = json.dumps({"error": "gate API busy; hold the parcel and ask again"}).encode()
