@@ -66,7 +66,8 @@ class GateTokens:
         self.path, self.check_every_s, self.clock, self.on_reload = path, check_every_s, clock, on_reload
         self.fixed = gate_tokens(spec)
         self.lock = threading.Lock()
-        self.seen: tuple[int, ...] | None = None
+        self.seen: tuple[int, ...] | None = None  # the file as its tokens in force were read
+        self.refused: tuple[int, ...] | None = None  # the file as it was last refused
         self.next_check = 0.0
         self.current = self.fixed
         if path:
@@ -119,20 +120,25 @@ class GateTokens:
         return {**self.fixed, **mine}
 
     def _reload(self) -> None:
+        signature: tuple[int, ...] = ()  # () while the file cannot be looked at
         try:
             signature = self._signature()
-            if signature == self.seen:
+            if signature == self.seen or signature == self.refused:
+                if signature == self.seen and self.refused is not None:  # back as it was in force
+                    self._refused(None)
                 return
             tokens = self._read()
         except ValueError as exc:
-            if self.seen is not None:  # said once per change, not once a second
+            if signature != self.refused:  # said once per change, not once a second
                 log.error("%s; the gate tokens before it stay in force", exc)
-                self.seen = None
-                if self.on_reload:
-                    self.on_reload(False)
+                self._refused(signature)
             return
         self.seen, self.current = signature, tokens
+        self._refused(None)
         log.info("gate tokens read again from %s: %d gates, %d tokens", self.path, len(set(tokens.values())),
                  len(tokens))
+
+    def _refused(self, signature: tuple[int, ...] | None) -> None:
+        self.refused = signature
         if self.on_reload:
-            self.on_reload(True)
+            self.on_reload(signature is None)

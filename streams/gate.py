@@ -327,7 +327,8 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
     "status" other than "ok" when its loop is stuck, answered 503)."""
     # A malformed or unreadable list stops the start, not a request.
     own_tokens = GateTokens.from_env(on_reload=lambda ok: m.GATE_TOKENS_FILE_VALID.set(1 if ok else 0))
-    m.GATE_TOKENS_FILE_VALID.set(1)  # read at start (else the start stops here)
+    # Read at start (else the start stops here); a gauge starts at 0, which the alert would take for a refusal.
+    m.GATE_TOKENS_FILE_VALID.set(1)
 
     class Handler(BaseHTTPRequestHandler):
         # A connection that sends nothing, or a request a byte at a time, is
@@ -628,6 +629,7 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
                if server is not None else "no HTTP API (--http-port or CLEARANCE_GATE_PORT)")
         print(f"gate: consuming {registry.topic_name(registry.RELEASE, settings)} as group {group}; {api}",
               flush=True)
+
     def read_lag() -> None:
         heartbeat.beat()  # also between tries while Redis is unreachable: waiting is not stuck
         try:

@@ -115,4 +115,3 @@ GATE_TOKENS_FILE_VALID = Gauge("clearance_gate_tokens_file_valid",
                                "Whether the gate tokens file (CLEARANCE_GATE_TOKENS_FILE) as it is now is in force: 0 "
                                "when its last change was refused (malformed, unreadable) and the tokens before it "
                                "stay in force; 1 without a file", registry=GATE_REGISTRY)
-GATE_TOKENS_FILE_VALID.set(1)  # nothing refused yet (a gauge starts at 0, which the alert would take for a refusal)

@@ -51,8 +51,11 @@ def test_gate_tokens_file_is_read_again_only_when_it_changes_and_a_bad_change_ke
     assert reloads == [True, True, False]  # refused once per change, not every second
     path.unlink()
     now[0] = 6.0
-    assert tokens.tokens() == {"fixed": "YP-09", "b": "YP-01"}
+    assert tokens.tokens() == {"fixed": "YP-09", "b": "YP-01"} and reloads == [True, True, False, False]
+    now[0] = 7.0
+    tokens.tokens()
+    assert reloads == [True, True, False, False]  # still gone: said once
     path.write_text("")
-    now[0] = 7.5
+    now[0] = 8.5
     assert tokens.tokens() == {"fixed": "YP-09"} and tokens.required and reloads[-1] is True
     assert not GateTokens("", "").required
