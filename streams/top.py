@@ -103,6 +103,9 @@ def gate_row(b: Scrape, a: Scrape, dt: float) -> dict[str, Any]:
         "lag": a.total("clearance_gate_release_lag_records"),
         "lag_seconds": max(lag_seconds.values(), default=0.0),
         "resent": a.total("clearance_gate_exit_events_resent_total") - b.total("clearance_gate_exit_events_resent_total"),
+        # Since its consumer loop last turned, at the scrape (None: a gate service without the heartbeat).
+        "loop_age": (max(a.at - a.total("clearance_gate_consumer_heartbeat_timestamp_seconds"), 0.0)
+                     if ("clearance_gate_consumer_heartbeat_timestamp_seconds", ()) in a.samples else None),
     }
 
 
@@ -164,13 +167,14 @@ def render(summary: dict[str, Any]) -> Any:
 
     gates = Table(title="clearance gates")
     for col in ("gate service", "scans/s release/hold/unknown", "exits/s exited/already/refused", "5xx/s",
-                "behind (records)", "behind (s)", "events resent"):
+                "behind (records)", "behind (s)", "events resent", "loop turned (s ago)"):
         gates.add_column(col, justify="left" if col == "gate service" else "right")
     for g in summary["gates"]:
         scans = "/".join(f"{g['scans'].get(a, 0):.0f}" for a in ("release", "hold", "unknown"))
         exits = "/".join(f"{g['exits'].get(r, 0):.0f}" for r in ("exited", "already_exited", "refused"))
+        age = "-" if g["loop_age"] is None else f"{g['loop_age']:.0f}"
         gates.add_row(g["gate"], scans, exits, f"{g['failed']:.1f}", f"{g['lag']:.0f}", f"{g['lag_seconds']:.0f}",
-                      f"{g['resent']:.0f}")
+                      f"{g['resent']:.0f}", age)
     return Group(table, gates) if summary["rows"] else gates
 
 

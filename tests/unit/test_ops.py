@@ -81,7 +81,11 @@ def test_summary_rates_and_merged_latency():
 
 
 def test_a_gate_service_is_summarised_apart_from_the_workers():
-    def g(at, release, unknown, exited, failed, lag, resent):
+    from rich.console import Console
+
+    from streams.top import render
+
+    def g(at, release, unknown, exited, failed, lag, resent, beat=None):
         sc = Scrape("gate", at, True)
         sc.samples[("clearance_gate_info", (("group", "clearance-gate"), ("version", "0.1.0")))] = 1
         sc.samples[("clearance_gate_scans_total", (("answer", "release"),))] = release
@@ -94,14 +98,22 @@ def test_a_gate_service_is_summarised_apart_from_the_workers():
             sc.samples[("clearance_gate_release_lag_records", (("partition", part),))] = 3 if seconds else 0
             sc.samples[("clearance_gate_release_lag_seconds", (("partition", part),))] = seconds
         sc.samples[("clearance_gate_exit_events_resent_total", ())] = resent
+        if beat is not None:
+            sc.samples[("clearance_gate_consumer_heartbeat_timestamp_seconds", ())] = beat
         return sc
 
-    out = summarise([g(0, 10, 2, 4, 0, 0.0, 1)], [g(2, 30, 6, 10, 3, 42.0, 4)])
+    out = summarise([g(0, 10, 2, 4, 0, 0.0, 1, beat=0)], [g(2, 30, 6, 10, 3, 42.0, 4, beat=1.25)])
     assert out["rows"] == []
     (row,) = out["gates"]
     assert row["scans"] == {"release": 10, "unknown": 2} and row["exits"] == {"exited": 3}
     assert row["failed"] == 3  # 6 answers of 5xx over 2 s, on any route
     assert row["lag"] == 3 and row["lag_seconds"] == 42.0 and row["resent"] == 3
+    assert row["loop_age"] == 0.75  # scraped at 2 s, its loop last turned at 1.25 s
+    console = Console(width=200, record=True)
+    console.print(render(out))
+    assert "loop turned" in console.export_text()
+    # A gate service of a version without the heartbeat: shown as unknown, not as 0.
+    assert summarise([g(0, 10, 2, 4, 0, 0.0, 1)], [g(2, 30, 6, 10, 3, 42.0, 4)])["gates"][0]["loop_age"] is None
 
 
 def test_local_watermark_is_the_slowest_lagging_partition():
