@@ -27,6 +27,7 @@ from streams import metrics as m
 from streams import state
 from streams.auth import bearer_ok
 from streams.batching import overlapped, take_batches
+from streams.lag import BrokerEnds, LagBook, drop_series
 from streams.output import KafkaSink
 from streams.pipeline import InRecord, Pipeline
 from streams.rules_feed import RulesFeed, initial_rules
@@ -187,13 +188,17 @@ def create_app(settings: Settings) -> faust.App:
     async def review_results(stream: Any) -> None:
         async for events in take_batches(stream, 500, 0.05):
             p = await pipeline()
-            await process_until_done(p, in_records(events), p.review)
+            records = in_records(events)
+            await process_until_done(p, records, p.review)
+            p.completed(records)  # progress, for the lag in seconds
 
     @app.agent(guarantees, name="clearance.guarantees")
     async def guarantee_events(stream: Any) -> None:
         async for events in take_batches(stream, 100, 0.05):
             p = await pipeline()
-            await process_until_done(p, in_records(events), p.after.topup)
+            records = in_records(events)
+            await process_until_done(p, records, p.after.topup)
+            p.completed(records)
 
     @app.page("/trace/{ident}")
     async def trace_page(web: Any, request: Any, ident: str) -> Any:
@@ -245,21 +250,34 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as exc:  # unreachable Redis is reported by the batch path and the sweep
             log.debug("redis memory probe failed: %s", exc)
 
+    lag_book, broker_ends = LagBook(), BrokerEnds(settings)
+    # The topics the agents read (faust's own assignor topic holds no records to lag on).
+    consumed = {registry.topic_name(t, settings) for t in (*registry.INBOUND, registry.REVIEWS, registry.GUARANTEES)}
+
     @app.timer(interval=2.0, name="clearance.lag")
     async def lag() -> None:
         consumer = app.consumer
-        for tp in consumer.assignment():
+        held = [tp for tp in consumer.assignment() if tp.topic in consumed]
+        newest = holder["p"].last_record_ms if "p" in holder else {}
+        now = int(time.time() * 1000)
+        for topic, partition in lag_book.hold(now, ((tp.topic, tp.partition) for tp in held), newest):
+            drop_series((m.LAG, m.LAG_SECONDS), topic, str(partition))  # now another worker's to report
+        # The broker's own ends as well as the fetcher's: a fetcher that stood
+        # still would otherwise freeze the lag at what it last saw.
+        ends = await broker_ends.refresh([(tp.topic, tp.partition) for tp in held])
+        for tp in held:
+            key = (tp.topic, tp.partition)
             try:
                 high = consumer.highwater(tp)
                 committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor
             except Exception:
                 continue
-            if high is not None:
-                lag_records = max(0, high - (committed or 0))
-                m.LAG.labels(tp.topic, str(tp.partition)).set(lag_records)
-                newest = holder["p"].last_record_ms.get((tp.topic, tp.partition), 0) if "p" in holder else 0
-                age = (time.time() * 1000 - newest) / 1000 if lag_records and newest else 0.0
-                m.LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(max(0.0, age))
+            end = max(high if high is not None else -1, ends.get(key, -1))
+            if end < 0:  # neither fetched from nor read from the broker yet
+                continue
+            records, seconds = lag_book.behind(key, now, end, committed or 0, newest.get(key, 0))
+            m.LAG.labels(tp.topic, str(tp.partition)).set(records)
+            m.LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(seconds)
 
     @app.on_before_shutdown.connect
     async def leave_watermark(app: Any, **kwargs: Any) -> None:

@@ -38,6 +38,7 @@ from config.settings import Settings
 from streams import metrics as m
 from streams import state
 from streams.auth import GateTokens, bearer_gate, bearer_ok
+from streams.lag import LagBook, drop_series
 from topics import registry
 
 log = logging.getLogger("clearance.gate")
@@ -555,7 +556,7 @@ class ReleaseLag:
 
     def __init__(self) -> None:
         self.applied_ms: dict[int, int] = {}  # partition -> timestamp of the newest record applied
-        self.held_since_ms: dict[int, int] = {}  # partition -> when this service found it assigned
+        self.book = LagBook()
         self.assigned = 0
         self.next_update = 0.0
 
@@ -575,7 +576,11 @@ class ReleaseLag:
         now = int(time.time() * 1000)
         held = consumer.assignment()
         self.assigned = len(held)
-        seen = set()
+        # applied_ms holds only what was applied since each partition was taken
+        # (emptied when it goes): no baseline to pass.
+        for gone in self.book.hold(now, (tp.partition for tp in held)):  # moved to another gate service
+            drop_series((m.GATE_RELEASE_LAG, m.GATE_RELEASE_LAG_SECONDS), str(gone))
+            self.applied_ms.pop(gone, None)
         for tp in consumer.committed(held, timeout=2.0) if held else []:
             # The end of the partition as the last fetch saw it: no request of its
             # own, so a broker outage does not stall the loop once per partition.
@@ -583,19 +588,9 @@ class ReleaseLag:
             if high < 0:  # not fetched from yet
                 continue
             done = tp.offset if tp.offset >= 0 else max(low, 0)  # nothing committed yet: from the start
-            lag = max(high - done, 0)
-            m.GATE_RELEASE_LAG.labels(str(tp.partition)).set(lag)
-            # Behind since the newest record applied was written; if none was
-            # applied since this service took the partition, since it took it.
-            since = self.held_since_ms.setdefault(tp.partition, now)
-            newest = self.applied_ms.get(tp.partition, since)
-            m.GATE_RELEASE_LAG_SECONDS.labels(str(tp.partition)).set(max(now - newest, 0) / 1000 if lag else 0)
-            seen.add(tp.partition)
-        for gone in set(self.held_since_ms) - seen:  # moved to another gate service
-            m.GATE_RELEASE_LAG.remove(str(gone))
-            m.GATE_RELEASE_LAG_SECONDS.remove(str(gone))
-            del self.held_since_ms[gone]
-            self.applied_ms.pop(gone, None)  # if it comes back, it is measured afresh
+            records, seconds = self.book.behind(tp.partition, now, high, done, self.applied_ms.get(tp.partition, 0))
+            m.GATE_RELEASE_LAG.labels(str(tp.partition)).set(records)
+            m.GATE_RELEASE_LAG_SECONDS.labels(str(tp.partition)).set(seconds)
 
 
 def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: float | None = None,

@@ -19,26 +19,85 @@ def consumed(metrics: str) -> float:
     return sum(float(v) for v in re.findall(r'^clearance_documents_consumed_total\{[^}]*\} (\S+)$', metrics, re.M))
 
 
+def lag_series(metrics: str) -> list[tuple[str, str]]:
+    return re.findall(r'^clearance_consumer_lag_records\{partition="(\d+)",topic="([^"]+)"\}', metrics, re.M)
+
+
+def lag_reported_once(env: Env) -> bool:
+    """Each inbound partition's lag is reported by the worker holding it, and
+    by it alone: a worker drops the series of a partition given away (its lag
+    is read every 2 s) rather than keep its last values beside the new owner's."""
+    topics = {registry.topic_name(t, env.settings) for t in registry.INBOUND}
+    every = sorted((str(p), t) for t in topics for p in range(env.settings.partitions))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        each = [[s for s in lag_series(env.metrics(i)) if s[1] in topics] for i in range(len(env.workers))]
+        if all(each) and sorted(s for mine in each for s in mine) == every:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def test_two_workers_share_the_load_and_every_order_gets_one_decision(services):
     env = Env(services)
     try:
-        env.start_worker()
-        env.start_worker()
-        env.wait_assigned(expected_total=env.settings.partitions * len(registry.INBOUND), timeout=90)
         # Three platforms: orderNos recur across them, each platform's order decided once.
         orders = [o for o in generate(400, seed=21, prefix="TWO", platforms=3,
                                       mix={"ok": 0.9, "amount_mismatch": 0.1})]
         pub = Publisher(env.settings, "json", batch=1, duplicate_rate=0.05)
-        pub.send(orders)
+        decisions = Reader(env, registry.DECISIONS)
+        # The first holds every partition and decides a first part; then it gives
+        # half of them to the second, and the rest is shared.
+        env.start_worker()
+        env.wait_assigned(expected_total=env.settings.partitions * len(registry.INBOUND), timeout=90)
+        pub.send(orders[:100])
         pub.flush()
-        records = Reader(env, registry.DECISIONS).read_until(lambda r: len(r) >= len(orders), timeout=90)
+        decisions.read_until(lambda r: len(r) >= 100, timeout=90)
+        env.start_worker()
+        env.wait_assigned(expected_total=env.settings.partitions * len(registry.INBOUND), timeout=90)
+        assert lag_reported_once(env)
+        pub.send(orders[100:])
+        pub.flush()
+        records = decisions.read_until(lambda r: len(r) >= len(orders), timeout=90)
         ids = [orjson.loads(v)["decisionId"] for _, v in records]
         assert len(ids) == len(set(ids)) == len(orders)
         by_id = {orjson.loads(v)["decisionId"]: orjson.loads(v)["status"] for _, v in records}
         assert all(by_id[f"{o.ebp_code}:{o.order_no}"] == o.expected_status for o in orders)
         assert consumed(env.metrics(0)) > 0 and consumed(env.metrics(1)) > 0
+        assert lag_reported_once(env)
     finally:
         env.stop()
+
+
+def test_the_broker_is_asked_for_the_partitions_ends(services):
+    """The lag's end does not hang on the worker's fetcher: it is read from the
+    broker itself (records produced one per request: the embedded broker
+    counts produce requests as its end)."""
+    import asyncio
+
+    from confluent_kafka import Producer
+
+    from config.settings import Settings
+    from streams.lag import BrokerEnds
+
+    env = Env(services)
+    topic = registry.topic_name(registry.INBOUND[0], env.settings)
+    producer = Producer(env.settings.librdkafka_config())
+    for partition, n in ((0, 3), (2, 5)):
+        for _ in range(n):
+            producer.produce(topic, key=b"k", value=b"{}", partition=partition)
+            producer.flush(10)
+    ends = BrokerEnds(env.settings, every_s=60)
+    wanted = [(topic, p) for p in range(env.settings.partitions)]
+    assert asyncio.run(ends.refresh(wanted)) == {(topic, 0): 3, (topic, 1): 0, (topic, 2): 5, (topic, 3): 0}
+    producer.produce(topic, key=b"k", value=b"{}", partition=1)
+    producer.flush(10)
+    assert asyncio.run(ends.refresh(wanted))[(topic, 1)] == 0  # not read again within its interval
+    ends.next_read = 0
+    assert asyncio.run(ends.refresh(wanted))[(topic, 1)] == 1
+    # A broker that cannot be reached: nothing read, and no error.
+    away = BrokerEnds(Settings(kafka_bootstrap="127.0.0.1:9", redis_url="unused"), timeout_s=0.5)
+    assert asyncio.run(away.refresh(wanted)) == {}
 
 
 def test_state_survives_a_killed_worker(services):
