@@ -27,6 +27,10 @@ class Scrape:
         return sum(v for (n, labels), v in self.samples.items()
                    if n == name and all(dict(labels).get(k) == want for k, want in match.items()))
 
+    def max(self, name: str) -> float:
+        """The largest value of the series (0 when there is none)."""
+        return max((v for (n, _), v in self.samples.items() if n == name), default=0.0)
+
     def by(self, name: str, label: str) -> dict[str, float]:
         out: dict[str, float] = defaultdict(float)
         for (n, labels), v in self.samples.items():
@@ -94,14 +98,13 @@ def is_gate(s: Scrape) -> bool:
 def gate_row(b: Scrape, a: Scrape, dt: float) -> dict[str, Any]:
     """A gate service: what the gates asked and were told, and how far behind
     the release topic it is (released parcels scan "unknown" meanwhile)."""
-    lag_seconds = a.by("clearance_gate_release_lag_seconds", "partition")
     return {
         "gate": a.url, "up": True,
         "scans": _rates(b, a, "clearance_gate_scans_total", "answer", dt),
         "exits": _rates(b, a, "clearance_gate_exits_total", "result", dt),
         "failed": (gate_failures(a) - gate_failures(b)) / dt,
         "lag": a.total("clearance_gate_release_lag_records"),
-        "lag_seconds": max(lag_seconds.values(), default=0.0),
+        "lag_seconds": a.max("clearance_gate_release_lag_seconds"),
         "resent": a.total("clearance_gate_exit_events_resent_total") - b.total("clearance_gate_exit_events_resent_total"),
         # Since its consumer loop last turned, at the scrape (None: a gate service without the heartbeat).
         "loop_age": (max(a.at - a.total("clearance_gate_consumer_heartbeat_timestamp_seconds"), 0.0)
@@ -134,6 +137,8 @@ def summarise(before: list[Scrape], after: list[Scrape]) -> dict[str, Any]:
             "worker": a.url, "up": True, "docs": docs, "decisions": decisions,
             "p50": quantile(buckets, 0.5), "p99": quantile(buckets, 0.99),
             "lag": a.total("clearance_consumer_lag_records"),
+            # Its partition furthest behind, in seconds (what ClearanceConsumerBehind watches).
+            "lag_seconds": a.max("clearance_consumer_lag_seconds"),
             "pending": a.total("clearance_pending_matches"),
             "errors": (a.total("clearance_errors_total") - b.total("clearance_errors_total")) / dt,
             "ruleset": ",".join(sorted(a.by("clearance_ruleset_info", "version"))),
@@ -151,16 +156,16 @@ def render(summary: dict[str, Any]) -> Any:
     table = Table(title="clearance workers", caption=f"all workers: p50 {_ms(summary['p50'])}  "
                                                      f"p99 {_ms(summary['p99'])}")
     for col in ("worker", "docs/s 311/411/511/621", "decisions/s 800/300/500/100", "p50", "p99", "lag",
-                "pending", "errors/s", "rule set"):
+                "behind (s)", "pending", "errors/s", "rule set"):
         table.add_column(col, justify="left" if col in ("worker", "rule set") else "right")
     for r in summary["rows"]:
         if not r["up"]:
-            table.add_row(r["worker"], "[red]down[/red]", *[""] * 7)
+            table.add_row(r["worker"], "[red]down[/red]", *[""] * 8)
             continue
         docs = "/".join(f"{r['docs'].get(t, 0):.0f}" for t in ("311", "411", "511", "621"))
         dec = "/".join(f"{r['decisions'].get(s, 0):.0f}" for s in ("800", "300", "500", "100"))
         table.add_row(r["worker"], docs, dec, _ms(r["p50"]), _ms(r["p99"]), f"{r['lag']:.0f}",
-                      f"{r['pending']:.0f}", f"{r['errors']:.1f}", r["ruleset"])
+                      f"{r['lag_seconds']:.0f}", f"{r['pending']:.0f}", f"{r['errors']:.1f}", r["ruleset"])
     if not summary.get("gates"):
         return table
     from rich.console import Group

@@ -77,6 +77,12 @@ def test_summary_rates_and_merged_latency():
     out = summarise([s(0, 100, 10, 5, 10)], [s(2, 300, 50, 25, 50)])
     row = out["rows"][0]
     assert row["docs"]["311"] == 100 and row["decisions"]["800"] == 20
+    assert row["lag_seconds"] == 0.0  # no lag series yet
+    later = s(4, 300, 50, 25, 50)
+    for topic, part, seconds in (("ceb.import.order", "0", 3.0), ("ceb.import.order", "1", 130.0),
+                                 ("ceb.import.waybill", "1", 7.0)):
+        later.samples[("clearance_consumer_lag_seconds", (("partition", part), ("topic", topic)))] = seconds
+    assert summarise([s(2, 300, 50, 25, 50)], [later])["rows"][0]["lag_seconds"] == 130.0  # the furthest behind
     assert out["p50"] is not None and out["p50"] <= 0.01
 
 
