@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 from config.settings import Settings
 from streams import metrics as m
 from streams import state
-from streams.auth import GateTokens, bearer_gate, bearer_ok
+from streams.auth import GateTokens, bearer_ok
 from streams.lag import LagBook, drop_series
 from topics import registry
 
@@ -363,7 +363,7 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
             header = self.headers.get("Authorization")
             if shared and bearer_ok(header, shared):
                 return True  # the shared token: any gate
-            self._as_gate = bearer_gate(header, own_tokens.tokens()) or ""
+            self._as_gate = own_tokens.gate_of(header) or ""
             if self._as_gate:
                 return True
             self._send(401, {"error": "missing or wrong bearer token"})
