@@ -57,29 +57,95 @@ def bearer_gate(authorization: str | None, digests: Mapping[bytes, str]) -> str 
     return digests.get(hashlib.sha256(authorization[7:].encode("utf-8", "surrogateescape")).digest())
 
 
+class WatchedFile:
+    """A file of secrets read again when it changes: its inode, mtime or size,
+    looked at once a second at most, so a secret is replaced without a
+    restart. `parse` turns its text into the value in force (ValueError when
+    it does not read). A change that does not read (malformed, unreadable,
+    gone) is refused, logged once (naming the file, never a secret), and the
+    value before it stays in force; a file that cannot be read at start stops
+    the start (ValueError). `on_reload(ok)` is told of every refusal and of
+    every change read after one."""
+
+    def __init__(self, source: str, path: str, parse: Callable[[str], Any], check_every_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic, on_reload: Callable[[bool], Any] | None = None):
+        self.source, self.path, self.parse = source, path, parse
+        self.check_every_s, self.clock, self.on_reload = check_every_s, clock, on_reload
+        self.lock = threading.Lock()
+        self.refused: tuple[int, ...] | None = None  # the file as it was last refused
+        self.next_check = 0.0
+        self.seen = self._signature()  # the file as the value in force was read
+        self.current = self._read()
+
+    def value(self) -> Any:
+        """The value in force now."""
+        if self.clock() >= self.next_check and self.lock.acquire(blocking=False):
+            try:  # one thread looks; the others use the value in force meanwhile
+                self.next_check = self.clock() + self.check_every_s
+                self._reload()
+            finally:
+                self.lock.release()
+        return self.current
+
+    def _signature(self) -> tuple[int, ...]:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise ValueError(f"{self.source} {self.path}: {exc.strerror}") from None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _read(self) -> Any:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                text = f.read()
+                mode = os.fstat(f.fileno()).st_mode
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{self.source} {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("%s %s can be read by others than its owner (mode %o)", self.source, self.path,
+                        stat.S_IMODE(mode))
+        return self.parse(text)
+
+    def _reload(self) -> None:
+        signature: tuple[int, ...] = ()  # () while the file cannot be looked at
+        try:
+            signature = self._signature()
+            if signature == self.seen or signature == self.refused:
+                if signature == self.seen and self.refused is not None:  # back as it was in force
+                    self._refused(None)
+                return
+            value = self._read()
+        except ValueError as exc:
+            if signature != self.refused:  # said once per change, not once a second
+                log.error("%s; what was read before it stays in force", exc)
+                self._refused(signature)
+            return
+        self.seen, self.current = signature, value
+        self._refused(None)
+        log.info("%s %s read again", self.source, self.path)
+
+    def _refused(self, signature: tuple[int, ...] | None) -> None:
+        self.refused = signature
+        if self.on_reload:
+            self.on_reload(signature is None)
+
+
 class GateTokens:
     """The gates' own tokens: CLEARANCE_GATE_TOKENS, and the file
-    CLEARANCE_GATE_TOKENS_FILE read again when it changes (looked at once a
-    second at most), so a gate's token is replaced without a restart: add its
-    new token, give it to the gate, remove the old. A change that does not read
-    (malformed, unreadable) is refused and the tokens before it stay in force;
-    a list that cannot be read at start stops the start (ValueError). With a
-    file named, a token is always required, even while it holds none: an
-    emptied file must not open the API."""
+    CLEARANCE_GATE_TOKENS_FILE read again when it changes (WatchedFile), so a
+    gate's token is replaced without a restart: add its new token, give it to
+    the gate, remove the old. With a file named, a token is always required,
+    even while it holds none: an emptied file must not open the API."""
 
     def __init__(self, spec: str = "", path: str = "", check_every_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, on_reload: Callable[[bool], Any] | None = None):
-        self.path, self.check_every_s, self.clock, self.on_reload = path, check_every_s, clock, on_reload
+        self.path = path
         self.fixed = gate_tokens(spec)
-        self.lock = threading.Lock()
-        self.seen: tuple[int, ...] | None = None  # the file as its tokens in force were read
-        self.refused: tuple[int, ...] | None = None  # the file as it was last refused
-        self.next_check = 0.0
+        self.file = WatchedFile("CLEARANCE_GATE_TOKENS_FILE", path, self._parse, check_every_s, clock,
+                                on_reload) if path else None
         self.current = self.fixed
-        if path:
-            self.seen = self._signature()
-            self.current = self._read()
         self.digests = token_digests(self.current)
+        self.tokens()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **kwargs: Any) -> "GateTokens":
@@ -96,31 +162,13 @@ class GateTokens:
 
     def tokens(self) -> dict[str, str]:
         """{token: gate} in force now."""
-        if self.path and self.clock() >= self.next_check and self.lock.acquire(blocking=False):
-            try:  # one thread looks; the others use the tokens in force meanwhile
-                self.next_check = self.clock() + self.check_every_s
-                self._reload()
-            finally:
-                self.lock.release()
+        if self.file is not None:
+            tokens = self.file.value()
+            if tokens is not self.current:
+                self.current, self.digests = tokens, token_digests(tokens)
         return self.current
 
-    def _signature(self) -> tuple[int, ...]:
-        try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            raise ValueError(f"CLEARANCE_GATE_TOKENS_FILE {self.path}: {exc.strerror}") from None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _read(self) -> dict[str, str]:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                text = f.read()
-                mode = os.fstat(f.fileno()).st_mode
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"CLEARANCE_GATE_TOKENS_FILE {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("CLEARANCE_GATE_TOKENS_FILE %s can be read by others than its owner (mode %o)",
-                        self.path, stat.S_IMODE(mode))
+    def _parse(self, text: str) -> dict[str, str]:
         mine = gate_tokens(text, f"CLEARANCE_GATE_TOKENS_FILE {self.path}")
         clash = [t for t in mine.keys() & self.fixed.keys() if mine[t] != self.fixed[t]]
         if clash:
@@ -129,28 +177,66 @@ class GateTokens:
         if not mine and not self.fixed:
             log.warning("CLEARANCE_GATE_TOKENS_FILE %s holds no token: only the shared token, if any, is taken",
                         self.path)
-        return {**self.fixed, **mine}
+        tokens = {**self.fixed, **mine}
+        log.info("gate tokens from %s: %d gates, %d tokens", self.path, len(set(tokens.values())), len(tokens))
+        return tokens
 
-    def _reload(self) -> None:
-        signature: tuple[int, ...] = ()  # () while the file cannot be looked at
-        try:
-            signature = self._signature()
-            if signature == self.seen or signature == self.refused:
-                if signature == self.seen and self.refused is not None:  # back as it was in force
-                    self._refused(None)
-                return
-            tokens = self._read()
-        except ValueError as exc:
-            if signature != self.refused:  # said once per change, not once a second
-                log.error("%s; the gate tokens before it stay in force", exc)
-                self._refused(signature)
-            return
-        self.seen, self.current, self.digests = signature, tokens, token_digests(tokens)
-        self._refused(None)
-        log.info("gate tokens read again from %s: %d gates, %d tokens", self.path, len(set(tokens.values())),
-                 len(tokens))
 
-    def _refused(self, signature: tuple[int, ...] | None) -> None:
-        self.refused = signature
-        if self.on_reload:
-            self.on_reload(signature is None)
+def shared_tokens(text: str, source: str) -> tuple[str, ...]:
+    """A token file's tokens: one per line (`#` starts a comment line), so an
+    old and a new token are both taken while clients change over. An empty
+    file is refused: it must not open what the token guards."""
+    tokens = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    if not tokens:
+        raise ValueError(f"{source}: holds no token")
+    if any(any(c.isspace() for c in t) for t in tokens):
+        raise ValueError(f"{source}: a token holds a space (one token per line)")
+    return tokens
+
+
+class SharedToken:
+    """One of the tokens a whole endpoint takes (CLEARANCE_METRICS_TOKEN,
+    CLEARANCE_HTTP_TOKEN, CLEARANCE_GATE_TOKEN): the variable itself, or the
+    file its NAME_FILE names, read again when it changes (WatchedFile) and
+    holding one token per line, so the token changes without a restart and
+    without a moment when the old one is refused and the new not yet taken.
+    Both set stops the start (ValueError)."""
+
+    def __init__(self, name: str, environ: Mapping[str, str] = os.environ, **kwargs: Any):
+        self.name, self.environ = name, environ
+        path = environ.get(name + "_FILE", "")
+        if path and environ.get(name, ""):
+            raise ValueError(f"{name} and {name}_FILE are both set: set one")
+        source = f"{name}_FILE"
+        self.file = WatchedFile(source, path, lambda text: shared_tokens(text, f"{source} {path}"),
+                                **kwargs) if path else None
+
+    @property
+    def required(self) -> bool:
+        """Whether a token is set (without one the endpoint is open, or off)."""
+        return self.file is not None or bool(self.environ.get(self.name, ""))
+
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether the header carries a token in force (bearer_ok, each in constant time)."""
+        if self.file is None:
+            token = self.environ.get(self.name, "")
+            return bool(token) and bearer_ok(authorization, token)
+        ok = False
+        for token in self.file.value():  # every one compared: the time says not which matched
+            ok |= bearer_ok(authorization, token)
+        return ok
+
+
+class FilesValid:
+    """One gauge for all of a process's token files: 1 while each is in force
+    as it is now, 0 while the last change of any was refused."""
+
+    def __init__(self, gauge: Any) -> None:
+        self.gauge, self.ok = gauge, {}
+        gauge.set(1)  # read at start (else the start stopped): a gauge starts at 0, read as a refusal
+
+    def watcher(self, source: str) -> Callable[[bool], None]:
+        def on_reload(ok: bool) -> None:
+            self.ok[source] = ok
+            self.gauge.set(1 if all(self.ok.values()) else 0)
+        return on_reload

@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -37,7 +36,7 @@ from redis.exceptions import RedisError
 from config.settings import Settings
 from streams import metrics as m
 from streams import state
-from streams.auth import GateTokens, bearer_ok
+from streams.auth import FilesValid, GateTokens, SharedToken
 from streams.lag import LagBook, drop_series
 from topics import registry
 
@@ -327,9 +326,10 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
     more fields for /health (the service's consumer: partitions held, and
     "status" other than "ok" when its loop is stuck, answered 503)."""
     # A malformed or unreadable list stops the start, not a request.
-    own_tokens = GateTokens.from_env(on_reload=lambda ok: m.GATE_TOKENS_FILE_VALID.set(1 if ok else 0))
-    # Read at start (else the start stops here); a gauge starts at 0, which the alert would take for a refusal.
-    m.GATE_TOKENS_FILE_VALID.set(1)
+    valid = FilesValid(m.GATE_TOKENS_FILE_VALID)
+    own_tokens = GateTokens.from_env(on_reload=valid.watcher("CLEARANCE_GATE_TOKENS_FILE"))
+    shared = SharedToken("CLEARANCE_GATE_TOKEN", on_reload=valid.watcher("CLEARANCE_GATE_TOKEN_FILE"))
+    scrape = SharedToken("CLEARANCE_METRICS_TOKEN", on_reload=valid.watcher("CLEARANCE_METRICS_TOKEN_FILE"))
 
     class Handler(BaseHTTPRequestHandler):
         # A connection that sends nothing, or a request a byte at a time, is
@@ -357,11 +357,10 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
             """Whether the request carries a token the API takes; which gate it
             names, if it is one gate's own, is kept for _post (self._as_gate)."""
             self._as_gate = ""
-            shared = os.environ.get("CLEARANCE_GATE_TOKEN", "")
-            if not shared and not own_tokens.required:
+            if not shared.required and not own_tokens.required:
                 return True
             header = self.headers.get("Authorization")
-            if shared and bearer_ok(header, shared):
+            if shared.accepts(header):
                 return True  # the shared token: any gate
             self._as_gate = own_tokens.gate_of(header) or ""
             if self._as_gate:
@@ -409,8 +408,7 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
         def _metrics(self) -> None:
             # The workers' token: one scrape configuration for every clearance
             # process, and the gates' token stays with the gates.
-            token = os.environ.get("CLEARANCE_METRICS_TOKEN", "")
-            if token and not bearer_ok(self.headers.get("Authorization"), token):
+            if scrape.required and not scrape.accepts(self.headers.get("Authorization")):
                 self._send(401, {"error": "missing or wrong bearer token"})
                 return
             self._reply(200, generate_latest(m.GATE_REGISTRY), CONTENT_TYPE_LATEST)

@@ -60,6 +60,10 @@ DEPENDENCY_ERRORS = Counter("clearance_dependency_errors_total",
 WORKER_INFO = Gauge("clearance_worker_info", "Worker identity (value 1)", ["version", "group"])
 RETRIES = Counter("clearance_batch_retries_total", "Batches retried after a Redis or broker failure",
                   ["cause"])
+TOKEN_FILES_VALID = Gauge("clearance_token_files_valid",
+                          "Whether the worker's token files (CLEARANCE_HTTP_TOKEN_FILE, CLEARANCE_METRICS_TOKEN_FILE) "
+                          "as they are now are in force: 0 when the last change of one was refused (malformed, "
+                          "unreadable, empty) and the tokens before it stay in force; 1 without a file")
 RULESET_INFO = Gauge("clearance_ruleset_info", "Rule set in force (value 1)", ["version"])
 RULESET_LOADS = Counter("clearance_ruleset_loads_total", "Rule sets received, by result", ["result"])
 REVIEWS = Counter("clearance_reviews_total", "Officer review results processed", ["result"])
@@ -112,6 +116,7 @@ GATE_HEARTBEAT = Gauge("clearance_gate_consumer_heartbeat_timestamp_seconds",
                        "and reads the release lag, so while it is stuck both stop and the lag gauges keep their "
                        "last values", registry=GATE_REGISTRY)
 GATE_TOKENS_FILE_VALID = Gauge("clearance_gate_tokens_file_valid",
-                               "Whether the gate tokens file (CLEARANCE_GATE_TOKENS_FILE) as it is now is in force: 0 "
-                               "when its last change was refused (malformed, unreadable) and the tokens before it "
-                               "stay in force; 1 without a file", registry=GATE_REGISTRY)
+                               "Whether the gate service's token files (CLEARANCE_GATE_TOKENS_FILE, "
+                               "CLEARANCE_GATE_TOKEN_FILE, CLEARANCE_METRICS_TOKEN_FILE) as they are now are in "
+                               "force: 0 when the last change of one was refused (malformed, unreadable, empty) and "
+                               "the tokens before it stay in force; 1 without a file", registry=GATE_REGISTRY)
