@@ -59,7 +59,8 @@ class Cluster:
         registry.ensure_topics(self.settings)
         self.env = dict(os.environ, KAFKA_BOOTSTRAP=self.kafka, REDIS_URL=self.settings.redis_url,
                         CLEARANCE_MATCH_TIMEOUT_S=str(match_timeout), CLEARANCE_SESSION_TIMEOUT_S="6",
-                        CLEARANCE_RULES="spine", CLEARANCE_GROUP="chaos", **(env or {}))
+                        CLEARANCE_RULES="spine", CLEARANCE_GROUP="chaos", **embedded.dev_pii_env(),
+                        **(env or {}))
         self.workers: list[tuple[subprocess.Popen[bytes], int]] = []
         for _ in range(workers):
             self.start_worker()

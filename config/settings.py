@@ -25,15 +25,68 @@ DEFAULT_DECIDED_TTL_S = 35 * 24 * 3600
 DEFAULT_UNIQUE_TTL_S = 183 * 24 * 3600
 
 
+# The key of the keyed hash of personal data when none is set: fine for
+# in-process tests, refused by a worker (pii_key_problem), since anyone can
+# read it here and hash a guessed ID number to look it up.
+DEV_PII_KEY = "clearance-dev-key-change-me"
+# BLAKE2b takes keys of up to 64 bytes; under 16 bytes (128 bits) a key is
+# too short to be a secret.
+PII_KEY_BYTES = (16, 64)
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# What both Kafka clients (aiokafka for the worker's consumer, librdkafka for
+# the producers and the gate) take with a user name and password.
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class SettingsError(ValueError):
+    """A setting that would break a deployment: the process does not start."""
+
+
 def _env(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "")
     return value if value != "" else default
 
 
+def _secret(env: Mapping[str, str], name: str, default: str = "") -> str:
+    """NAME, or the content of the file NAME_FILE: a secret mounted as a file
+    (Kubernetes, Docker or systemd credentials) stays out of the process's
+    environment, which /proc/PID/environ, `ps e` and crash reports show.
+    The file's final line break is not part of the secret."""
+    path = env.get(name + "_FILE", "")
+    if not path:
+        return _env(env, name, default)
+    if env.get(name, ""):
+        raise SettingsError(f"{name} and {name}_FILE are both set: set one")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{name}_FILE {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not value:
+        raise SettingsError(f"{name}_FILE {path} is empty")
+    return value
+
+
+def pii_key_problem(key: str) -> str:
+    """Why a worker must not hash personal data with this key ("" if it may):
+    the development key is public, and a key anyone can read turns the hashes
+    of ID numbers back into the numbers by trying them all."""
+    if key == DEV_PII_KEY:
+        return ("CLEARANCE_PII_KEY is not set: personal data would be hashed with the development key, which "
+                "anyone can read in the source. Set CLEARANCE_PII_KEY (or CLEARANCE_PII_KEY_FILE) to the zone's "
+                "secret, the same on every worker (e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+    size = len(key.encode("utf-8"))
+    if not PII_KEY_BYTES[0] <= size <= PII_KEY_BYTES[1]:
+        return (f"CLEARANCE_PII_KEY must be {PII_KEY_BYTES[0]} to {PII_KEY_BYTES[1]} bytes (BLAKE2b's key), "
+                f"not {size}")
+    return ""
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = ""
-    redis_url: str = ""
+    # May hold Redis's password: no secret is in the settings' repr (test reports, a debug log).
+    redis_url: str = field(default="", repr=False)
     # REDIS_URL names one node of a Redis Cluster: commands are routed by slot.
     redis_cluster: bool = False
     # More cluster nodes to ask for the slot map ("host:port,host:port"): a
@@ -47,8 +100,13 @@ class Settings:
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
     kafka_sasl_username: str = ""
-    kafka_sasl_password: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
     kafka_ssl_cafile: str = ""
+    # A client certificate and its key (PEM) for brokers that authenticate
+    # clients by TLS certificate (mutual TLS); the key's password, if it has one.
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+    kafka_ssl_key_password: str = field(default="", repr=False)
     topic_prefix: str = ""
     partitions: int = 4
     replication_factor: int = 1
@@ -79,7 +137,7 @@ class Settings:
     # of receipts to senders that wrap their messages in DxpMsg (1-16 characters).
     dxp_id: str = DEFAULT_DXP_ID
     # Keyed hash for personal data (buyer/payer ID, names, phones, addresses).
-    pii_key: str = "clearance-dev-key-change-me"
+    pii_key: str = field(default=DEV_PII_KEY, repr=False)
     # Slot buckets of the Redis keys (see streams/state.py); same on every worker.
     redis_buckets: int = 16
     # Rule set at start: a YAML/JSON file, or "spine" (comparison rules and the
@@ -140,13 +198,18 @@ class Settings:
             conf["sasl.password"] = self.kafka_sasl_password
         if self.kafka_ssl_cafile:
             conf["ssl.ca.location"] = self.kafka_ssl_cafile
+        if self.kafka_ssl_certfile:
+            conf["ssl.certificate.location"] = self.kafka_ssl_certfile
+            conf["ssl.key.location"] = self.kafka_ssl_keyfile or self.kafka_ssl_certfile
+            if self.kafka_ssl_key_password:
+                conf["ssl.key.password"] = self.kafka_ssl_key_password
         return conf
 
 
 def _decided_ttl(value: str) -> int:
     seconds = int(value)
     if seconds < MIN_DECIDED_TTL_S:
-        raise ValueError(f"CLEARANCE_DECIDED_TTL_S must be at least {MIN_DECIDED_TTL_S} (31 days): a return may "
+        raise SettingsError(f"CLEARANCE_DECIDED_TTL_S must be at least {MIN_DECIDED_TTL_S} (31 days): a return may "
                          f"come 30 days after release and needs the order's list; {seconds} is shorter")
     return seconds
 
@@ -154,14 +217,14 @@ def _decided_ttl(value: str) -> int:
 def _positive(name: str, value: str) -> int:
     seconds = int(value)
     if seconds <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {seconds}")
+        raise SettingsError(f"{name} must be a positive number of seconds, not {seconds}")
     return seconds
 
 
 def _non_negative(name: str, value: str) -> float:
     seconds = float(value)
     if not seconds >= 0 or seconds == float("inf"):  # NaN fails the first test
-        raise ValueError(f"{name} must be a number of seconds, 0 or more, not {value}")
+        raise SettingsError(f"{name} must be a number of seconds, 0 or more, not {value}")
     return seconds
 
 
@@ -171,7 +234,7 @@ def _positive_int(name: str, value: str) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise ValueError(f"{name} must be a whole number, 1 or more, not {value!r}")
+        raise SettingsError(f"{name} must be a whole number, 1 or more, not {value!r}")
     return n
 
 
@@ -179,36 +242,90 @@ def _unique_kinds(value: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in value.split(",") if k.strip() and k.strip() != "none")
     unknown = set(kinds) - {"waybill", "payment"}
     if unknown:
-        raise ValueError(f"CLEARANCE_UNIQUE_KINDS lists waybill and/or payment (or none), not {sorted(unknown)}")
+        raise SettingsError(f"CLEARANCE_UNIQUE_KINDS lists waybill and/or payment (or none), not {sorted(unknown)}")
     return kinds
 
 
 def _signatures(value: str) -> str:
     if value not in ("verify", "off"):
-        raise ValueError(f"CLEARANCE_SIGNATURES is verify or off, not {value!r}")
+        raise SettingsError(f"CLEARANCE_SIGNATURES is verify or off, not {value!r}")
     return value
 
 
 def _dxp_id(value: str) -> str:
     if not 1 <= len(value) <= 16 or not value.isascii() or not value.isalnum():
-        raise ValueError(f"CLEARANCE_DXP_ID must be 1-16 letters and digits (a DXP node id), not {value!r}")
+        raise SettingsError(f"CLEARANCE_DXP_ID must be 1-16 letters and digits (a DXP node id), not {value!r}")
     return value
+
+
+def _readable(name: str, path: str) -> str:
+    if path and not os.access(path, os.R_OK):
+        raise SettingsError(f"{name} {path}: " + ("cannot be read" if os.path.exists(path) else "no such file"))
+    return path
+
+
+def _kafka_security(e: Mapping[str, str]) -> dict[str, str]:
+    """The Kafka security settings, checked here so that a misspelt protocol,
+    an unsupported mechanism or a missing certificate stops the start with a
+    message instead of a client retrying in its log."""
+    protocol = _env(e, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+    if protocol not in KAFKA_PROTOCOLS:
+        raise SettingsError(f"KAFKA_SECURITY_PROTOCOL is one of {', '.join(KAFKA_PROTOCOLS)}, not {protocol!r}")
+    out = {"kafka_security_protocol": protocol,
+           "kafka_sasl_mechanism": _env(e, "KAFKA_SASL_MECHANISM", "").upper(),
+           "kafka_sasl_username": _env(e, "KAFKA_SASL_USERNAME", ""),
+           "kafka_sasl_password": _secret(e, "KAFKA_SASL_PASSWORD"),
+           "kafka_ssl_cafile": _readable("KAFKA_SSL_CAFILE", _env(e, "KAFKA_SSL_CAFILE", "")),
+           "kafka_ssl_certfile": _readable("KAFKA_SSL_CERTFILE", _env(e, "KAFKA_SSL_CERTFILE", "")),
+           "kafka_ssl_keyfile": _readable("KAFKA_SSL_KEYFILE", _env(e, "KAFKA_SSL_KEYFILE", "")),
+           "kafka_ssl_key_password": _secret(e, "KAFKA_SSL_KEY_PASSWORD")}
+    if protocol.startswith("SASL"):
+        out["kafka_sasl_mechanism"] = out["kafka_sasl_mechanism"] or "PLAIN"
+        if out["kafka_sasl_mechanism"] not in KAFKA_SASL_MECHANISMS:
+            raise SettingsError(f"KAFKA_SASL_MECHANISM is one of {', '.join(KAFKA_SASL_MECHANISMS)}, not "
+                                f"{out['kafka_sasl_mechanism']!r}")
+        if not out["kafka_sasl_username"] or not out["kafka_sasl_password"]:
+            raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                                "KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE)")
+    else:
+        out["kafka_sasl_mechanism"] = ""  # without SASL a mechanism would only confuse librdkafka
+    tls = [n for n in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE") if e.get(n)]
+    if tls and "SSL" not in protocol:
+        raise SettingsError(f"{tls[0]} is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
+                            "(SSL or SASL_SSL)")
+    if (out["kafka_ssl_keyfile"] or out["kafka_ssl_key_password"]) and not out["kafka_ssl_certfile"]:
+        raise SettingsError("KAFKA_SSL_KEYFILE and KAFKA_SSL_KEY_PASSWORD go with KAFKA_SSL_CERTFILE (the client "
+                            "certificate): set it")
+    if out["kafka_ssl_certfile"]:
+        _client_certificate(out["kafka_ssl_certfile"], out["kafka_ssl_keyfile"], out["kafka_ssl_key_password"])
+    return out
+
+
+def _client_certificate(certfile: str, keyfile: str, password: str) -> None:
+    """Whether the client certificate and its key load as both Kafka clients
+    will load them: a wrong password or a key of another certificate is said
+    at start. The password is "" when none is set, never None, with which
+    OpenSSL would ask for one on the terminal."""
+    import ssl
+
+    try:
+        ssl.create_default_context().load_cert_chain(certfile, keyfile or None, password)
+    except ssl.SSLError as exc:
+        why = ("the key does not belong to the certificate" if "MISMATCH" in str(exc) else
+               "no certificate or no key can be read from them: a wrong or missing KAFKA_SSL_KEY_PASSWORD, or not PEM")
+        raise SettingsError(f"KAFKA_SSL_CERTFILE {certfile}, KAFKA_SSL_KEYFILE {keyfile or certfile}: {why}") from None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     e = os.environ if env is None else env
     return Settings(
         kafka_bootstrap=_env(e, "KAFKA_BOOTSTRAP", ""),
-        redis_url=_env(e, "REDIS_URL", ""),
+        redis_url=_secret(e, "REDIS_URL"),
         redis_cluster=_env(e, "REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
         redis_cluster_nodes=_env(e, "REDIS_CLUSTER_NODES", ""),
         redis_wait_replicas=int(_env(e, "CLEARANCE_REDIS_WAIT_REPLICAS", "0")),
         redis_wait_ms=int(_env(e, "CLEARANCE_REDIS_WAIT_MS", "1000")),
-        kafka_security_protocol=_env(e, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
-        kafka_sasl_mechanism=_env(e, "KAFKA_SASL_MECHANISM", ""),
-        kafka_sasl_username=_env(e, "KAFKA_SASL_USERNAME", ""),
-        kafka_sasl_password=_env(e, "KAFKA_SASL_PASSWORD", ""),
-        kafka_ssl_cafile=_env(e, "KAFKA_SSL_CAFILE", ""),
+        **_kafka_security(e),
         topic_prefix=_env(e, "CLEARANCE_TOPIC_PREFIX", ""),
         partitions=int(_env(e, "CLEARANCE_PARTITIONS", "4")),
         replication_factor=int(_env(e, "CLEARANCE_REPLICATION_FACTOR", "1")),
@@ -219,7 +336,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         unique_kinds=_unique_kinds(_env(e, "CLEARANCE_UNIQUE_KINDS", "waybill,payment")),
         signatures=_signatures(_env(e, "CLEARANCE_SIGNATURES", "verify")),
         dxp_id=_dxp_id(_env(e, "CLEARANCE_DXP_ID", DEFAULT_DXP_ID)),
-        pii_key=_env(e, "CLEARANCE_PII_KEY", "clearance-dev-key-change-me"),
+        pii_key=_secret(e, "CLEARANCE_PII_KEY", DEV_PII_KEY),
         redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),
         rules=_env(e, "CLEARANCE_RULES", ""),
         batch_max=int(_env(e, "CLEARANCE_BATCH_MAX", "500")),

@@ -25,7 +25,7 @@ from config.settings import Settings
 from streams import __version__
 from streams import metrics as m
 from streams import state
-from streams.auth import bearer_ok
+from streams.auth import FilesValid, SharedToken
 from streams.batching import overlapped, take_batches
 from streams.lag import BrokerEnds, LagBook, drop_series
 from streams.output import KafkaSink
@@ -86,6 +86,9 @@ def _credentials(settings: Settings) -> Any:
     ctx = None
     if "SSL" in proto:
         ctx = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+        if settings.kafka_ssl_certfile:  # mutual TLS: the broker knows this worker by its certificate
+            ctx.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile or None,
+                                settings.kafka_ssl_key_password)  # "", not None: OpenSSL would ask a terminal
     if "SASL" in proto:
         return faust.SASLCredentials(username=settings.kafka_sasl_username,
                                      password=settings.kafka_sasl_password,
@@ -95,6 +98,10 @@ def _credentials(settings: Settings) -> Any:
 
 def create_app(settings: Settings) -> faust.App:
     _FETCH_MAX_WAIT_MS["value"] = settings.fetch_max_wait_ms
+    # Token files that do not read stop the start here, not a request.
+    valid = FilesValid(m.TOKEN_FILES_VALID)
+    operator_token = SharedToken("CLEARANCE_HTTP_TOKEN", on_reload=valid.watcher("CLEARANCE_HTTP_TOKEN_FILE"))
+    scrape_token = SharedToken("CLEARANCE_METRICS_TOKEN", on_reload=valid.watcher("CLEARANCE_METRICS_TOKEN_FILE"))
     # faust keeps a small data directory per app even with in-memory tables.
     os.makedirs(settings.state_dir, exist_ok=True)
     app = faust.App(
@@ -203,10 +210,9 @@ def create_app(settings: Settings) -> faust.App:
     @app.page("/trace/{ident}")
     async def trace_page(web: Any, request: Any, ident: str) -> Any:
         # Lineage shows who declared what: it needs the operator token, and is off without one.
-        token = os.environ.get("CLEARANCE_HTTP_TOKEN", "")
-        if not token:
+        if not operator_token.required:
             return web.json({"error": "trace is disabled: set CLEARANCE_HTTP_TOKEN"}, status=403)
-        if not bearer_ok(request.headers.get("Authorization"), token):
+        if not operator_token.accepts(request.headers.get("Authorization")):
             return web.json({"error": "missing or wrong bearer token"}, status=401)
         from streams import trace
 
@@ -298,8 +304,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        token = os.environ.get("CLEARANCE_METRICS_TOKEN", "")
-        if token and not bearer_ok(request.headers.get("Authorization"), token):
+        if scrape_token.required and not scrape_token.accepts(request.headers.get("Authorization")):
             return web.json({"error": "missing or wrong bearer token"}, status=401)
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

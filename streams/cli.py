@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from config.settings import Settings, load_settings
+from config.settings import Settings, SettingsError, load_settings
 
 
 def _need_services(settings: Settings) -> None:
@@ -42,8 +42,19 @@ _SCAN_HINT = (" (orders decided by a version before the orderNo index, within CL
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
+    from config.settings import pii_key_problem
+    from streams.auth import SharedToken
+
     settings = load_settings()
     _need_services(settings)
+    problem = pii_key_problem(settings.pii_key)
+    if problem:
+        sys.exit(problem)
+    try:
+        SharedToken("CLEARANCE_HTTP_TOKEN")
+        SharedToken("CLEARANCE_METRICS_TOKEN")
+    except ValueError as exc:
+        sys.exit(str(exc))
     if args.web_port:
         settings = dataclasses.replace(settings, web_port=args.web_port)
     from topics.registry import ensure_topics
@@ -124,11 +135,13 @@ def _in_envelope(message: bytes, node: str | None, receiver: str) -> tuple[bytes
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
-    from streams.auth import GateTokens
+    from streams.auth import GateTokens, SharedToken
     from streams.gate import run_gate
 
     try:
         GateTokens.from_env()
+        SharedToken("CLEARANCE_GATE_TOKEN")
+        SharedToken("CLEARANCE_METRICS_TOKEN")
     except ValueError as exc:
         sys.exit(str(exc))
     settings = load_settings()
@@ -677,7 +690,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.func(args)
+    try:
+        args.func(args)
+    except SettingsError as exc:  # a setting that cannot work: say which, without a traceback
+        sys.exit(f"clearance {args.cmd}: {exc}")
 
 
 if __name__ == "__main__":

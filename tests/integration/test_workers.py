@@ -153,7 +153,9 @@ def test_batches_in_flight_together_still_give_one_decision_per_order_and_commit
             d = orjson.loads(v)
             by_id.setdefault(d["decisionId"], []).append(d["status"])
         assert sorted(by_id) == sorted(f"4601XXXXAA:{o.order_no}" for o in orders)
-        assert all(by_id[f"4601XXXXAA:{o.order_no}"] == [o.expected_status] for o in orders)
+        wrong = {o.order_no: (o.scenario, o.expected_status, by_id[f"4601XXXXAA:{o.order_no}"]) for o in orders
+                 if by_id[f"4601XXXXAA:{o.order_no}"] != [o.expected_status]}
+        assert not wrong
         # The lag gauge is refreshed every 2 s, once the consumer knows the partitions' ends.
         deadline = time.monotonic() + 30
         text = env.metrics(0)

@@ -1,0 +1,87 @@
+"""A deployment on a Kafka cluster that authenticates clients by TLS
+certificate (mutual TLS): the embedded broker behind a TLS front that asks
+every client for a certificate of the zone's CA. The worker (aiokafka), the
+publisher, the topic set-up and the readers (librdkafka) all connect with the
+client certificate and its encrypted key, whose password comes from a file."""
+from __future__ import annotations
+
+import orjson
+import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from streams import embedded
+from streams.simulator import Publisher, generate
+from tests.conftest import FIXTURES
+from tests.integration.tls_front import TlsFront
+from tests.integration.worker import Env, Reader
+from topics import registry
+
+pytestmark = pytest.mark.integration
+TLS = FIXTURES / "tls"
+
+
+class TlsServices:
+    """The session's Redis, and a broker only reachable through the TLS front."""
+
+    def __init__(self, redis_url: str, workdir: str):
+        front_port = embedded.free_port()
+        self.kafka, self.proc = embedded.start_kafka(workdir, advertised_port=front_port)
+        self.front = TlsFront(int(self.kafka.rsplit(":", 1)[1]), str(TLS / "broker.pem"), str(TLS / "broker.key"),
+                              str(TLS / "ca.pem"), front_port)
+        self.redis_url, self.bootstrap = redis_url, f"127.0.0.1:{front_port}"
+
+    def env(self) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP": self.bootstrap, "REDIS_URL": self.redis_url, **embedded.dev_pii_env({})}
+
+    def stop(self) -> None:
+        self.front.stop()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def tls_env(services, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tls-broker")
+    password = workdir / "key-password"
+    password.write_text("key-secret\n")
+    svc = TlsServices(services.redis_url, str(workdir))
+    env = Env(svc, KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=str(TLS / "ca.pem"),
+              KAFKA_SSL_CERTFILE=str(TLS / "worker.pem"), KAFKA_SSL_KEYFILE=str(TLS / "worker-encrypted.key"),
+              KAFKA_SSL_KEY_PASSWORD_FILE=str(password), CLEARANCE_MATCH_TIMEOUT_S="4")
+    yield env, svc
+    env.stop()
+    svc.stop()
+
+
+def test_a_worker_on_a_mutual_tls_cluster_decides_and_releases(tls_env):
+    env, svc = tls_env
+    env.start_worker()
+    env.wait_assigned()
+    orders = list(generate(20, seed=31, prefix="TLS"))
+    pub = Publisher(env.settings, "xml", batch=10)
+    pub.send(orders)
+    pub.flush()
+    records = Reader(env, registry.DECISIONS).read_until(lambda r: len(r) >= len(orders), timeout=90)
+    decided = {d["decisionId"]: d["status"] for d in (orjson.loads(v) for _, v in records)}
+    assert decided == {f"{o.ebp_code}:{o.order_no}": o.expected_status for o in orders}
+    released = {o.logistics_no for o in orders if o.expected_status == 800}
+    assert released
+    rel = Reader(env, registry.RELEASE).read_until(lambda r: len(r) >= len(released), timeout=30)
+    assert {k for k, _ in rel} == released
+    # Every connection came through the front with the worker's certificate.
+    assert svc.front.clients and set(svc.front.clients) == {"clearance-worker"}
+
+
+@pytest.mark.parametrize("client", ["none", "stranger"])
+def test_a_client_without_a_certificate_of_the_zones_ca_is_refused(tls_env, client):
+    env, svc = tls_env
+    conf = {"bootstrap.servers": svc.bootstrap, "security.protocol": "SSL", "ssl.ca.location": str(TLS / "ca.pem")}
+    if client == "stranger":
+        conf.update({"ssl.certificate.location": str(TLS / "stranger.pem"),
+                     "ssl.key.location": str(TLS / "stranger.key")})
+    with pytest.raises(KafkaException):
+        AdminClient(conf).list_topics(timeout=5)
+    # The same client with the worker's certificate is served: the refusal was the certificate.
+    conf.update({"ssl.certificate.location": str(TLS / "worker.pem"), "ssl.key.location": str(TLS / "worker.key")})
+    assert env.topic(registry.DECISIONS) in AdminClient(conf).list_topics(timeout=10).topics
