@@ -304,6 +304,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
+        operator_token.refresh()  # looked at without a trace request: the files' gauge is current
         if scrape_token.required and not scrape_token.accepts(request.headers.get("Authorization")):
             return web.json({"error": "missing or wrong bearer token"}, status=401)
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

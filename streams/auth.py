@@ -216,6 +216,12 @@ class SharedToken:
         """Whether a token is set (without one the endpoint is open, or off)."""
         return self.file is not None or bool(self.environ.get(self.name, ""))
 
+    def refresh(self) -> None:
+        """Look at the file (once a second at most) without a request: a
+        scrape keeps the files' gauge current while no client asks."""
+        if self.file is not None:
+            self.file.value()
+
     def accepts(self, authorization: str | None) -> bool:
         """Whether the header carries a token in force (bearer_ok, each in constant time)."""
         if self.file is None:

@@ -408,6 +408,8 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
         def _metrics(self) -> None:
             # The workers' token: one scrape configuration for every clearance
             # process, and the gates' token stays with the gates.
+            own_tokens.tokens()  # every token file looked at: the gauge below is current
+            shared.refresh()
             if scrape.required and not scrape.accepts(self.headers.get("Authorization")):
                 self._send(401, {"error": "missing or wrong bearer token"})
                 return

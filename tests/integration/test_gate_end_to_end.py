@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -41,9 +42,13 @@ def wait_for(predicate, timeout=60.0):
     raise TimeoutError
 
 
-def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redis_url):  # redis_url: a clean Redis
+def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redis_url,  # redis_url: a clean Redis
+                                                                   tmp_path):
     gate_port = free_port()
-    env = Env(services, CLEARANCE_HTTP_TOKEN="s3cret", CLEARANCE_GATE_PORT=str(gate_port))
+    # The operator token from a file (a secret volume), changed below without a restart.
+    token_file = tmp_path / "operator-token"
+    token_file.write_text("s3cret\n")
+    env = Env(services, CLEARANCE_HTTP_TOKEN_FILE=str(token_file), CLEARANCE_GATE_PORT=str(gate_port))
     gate = subprocess.Popen([sys.executable, "-m", "streams.cli", "gate"],
                             env=env.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -101,6 +106,13 @@ def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redi
         assert http("GET", f"{worker}/trace/{a.logistics_no}")[0] == 401
         code, t = http("GET", f"{worker}/trace/{a.logistics_no}", {"Authorization": "Bearer s3cret"})
         assert code == 200 and t["orderNo"] == a.order_no and t["parcel"]["gate"] == "YP-01"
+        fresh = tmp_path / "operator-token.new"
+        fresh.write_text("n3w-token\n")
+        fresh.replace(token_file)
+        wait_for(lambda: http("GET", f"{worker}/trace/{a.logistics_no}",
+                              {"Authorization": "Bearer n3w-token"})[0] == 200, timeout=10)
+        assert http("GET", f"{worker}/trace/{a.logistics_no}", {"Authorization": "Bearer s3cret"})[0] == 401
+        assert re.search(r"^clearance_token_files_valid 1\.0$", env.metrics(0), re.M)
         cli = env.cli("trace", b.order_no)
         assert cli.returncode == 0 and "parcel cancelled" in cli.stdout and "(cancel)" in cli.stdout
 

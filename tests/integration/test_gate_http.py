@@ -331,3 +331,59 @@ def test_a_tokens_file_that_cannot_be_read_stops_the_start(monkeypatch, tmp_path
                          cwd=Path(__file__).resolve().parents[2],
                          env=dict(os.environ, CLEARANCE_GATE_TOKENS_FILE=str(tmp_path / "bad")))
     assert run.returncode == 1 and "entry 2 is not GATE=TOKEN" in run.stderr
+
+
+def test_the_shared_gate_token_and_the_metrics_token_change_through_their_files(redis_url, monkeypatch, tmp_path):
+    """Each file holds the tokens taken, one per line: a new one is added
+    beside the old while clients change over, then the old removed, with no
+    restart; an emptied file keeps the token in force (the API stays shut)."""
+    from streams import metrics
+
+    files = {"gate": tmp_path / "gate-token", "metrics": tmp_path / "metrics-token"}
+
+    def write(which: str, text: str) -> None:
+        fresh = tmp_path / f"{which}.new"
+        fresh.write_text(text)
+        fresh.chmod(0o600)
+        fresh.replace(files[which])
+
+    write("gate", "gate-old\n")
+    write("metrics", "scrape-old\n")
+    monkeypatch.setenv("CLEARANCE_GATE_TOKEN_FILE", str(files["gate"]))
+    monkeypatch.setenv("CLEARANCE_METRICS_TOKEN_FILE", str(files["metrics"]))
+    gate = Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url))
+    server = serve_http(gate, free_port())
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def until(check, expected) -> None:  # the files are looked at once a second
+        deadline = time.monotonic() + 10
+        while check() != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert check() == expected
+
+    def scan(token: str) -> int:
+        return _call("GET", f"{base}/scan/YT-SHARED-1", token)[0]
+
+    def scrape(token: str) -> int:
+        return _metrics(base, {"Authorization": f"Bearer {token}"})[0]
+
+    try:
+        assert (scan("gate-old"), scan("gate-new"), scan(""), scan("scrape-old")) == (200, 401, 401, 401)
+        assert (scrape("scrape-old"), scrape("gate-old"), _metrics(base)[0]) == (200, 401, 401)
+        write("gate", "gate-old\ngate-new\n")
+        write("metrics", "scrape-old\nscrape-new\n")
+        until(lambda: (scan("gate-new"), scrape("scrape-new")), (200, 200))
+        assert (scan("gate-old"), scrape("scrape-old")) == (200, 200)
+        write("gate", "gate-new\n")
+        write("metrics", "scrape-new\n")
+        until(lambda: (scan("gate-old"), scrape("scrape-old")), (401, 401))
+        write("gate", "\n")  # refused: the token in force stays, the API does not open
+        # A scrape looks at every token file, so the gauge is current while no gate asks.
+        until(lambda: (scrape("scrape-new"), metrics.GATE_TOKENS_FILE_VALID._value.get()), (200, 0))
+        assert (scan("gate-new"), scan("")) == (200, 401)
+        write("gate", "gate-newer\n")
+        until(lambda: scan("gate-newer"), 200)
+        assert metrics.GATE_TOKENS_FILE_VALID._value.get() == 1 and scan("gate-new") == 401
+    finally:
+        server.shutdown()
+        gate.close()
