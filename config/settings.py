@@ -169,6 +169,9 @@ class Settings:
     gate_port: int = 0
     # Connections the gate API serves at once; one more is answered 503 at once.
     gate_max_connections: int = 64
+    # How long a gate's connection to the API waits for its next request
+    # (HTTP/1.1 keep-alive); 0: one request per connection.
+    gate_keepalive_s: float = 5.0
     # The gate services' consumer group on the release topic: one per zone
     # (topic prefix) sharing a Kafka cluster, or one zone's gates rebalance
     # with every other zone's.
@@ -206,8 +209,27 @@ class Settings:
         return conf
 
 
+def _int(env: Mapping[str, str], name: str, default: str) -> int:
+    value = _env(env, name, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: str) -> float:
+    value = _env(env, name, default)
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise SettingsError(f"{name} must be a number, not {value!r}")
+    return number
+
+
 def _decided_ttl(value: str) -> int:
-    seconds = int(value)
+    seconds = _int({"CLEARANCE_DECIDED_TTL_S": value}, "CLEARANCE_DECIDED_TTL_S", value)
     if seconds < MIN_DECIDED_TTL_S:
         raise SettingsError(f"CLEARANCE_DECIDED_TTL_S must be at least {MIN_DECIDED_TTL_S} (31 days): a return may "
                          f"come 30 days after release and needs the order's list; {seconds} is shorter")
@@ -215,14 +237,17 @@ def _decided_ttl(value: str) -> int:
 
 
 def _positive(name: str, value: str) -> int:
-    seconds = int(value)
+    seconds = _int({name: value}, name, value)
     if seconds <= 0:
         raise SettingsError(f"{name} must be a positive number of seconds, not {seconds}")
     return seconds
 
 
 def _non_negative(name: str, value: str) -> float:
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
     if not seconds >= 0 or seconds == float("inf"):  # NaN fails the first test
         raise SettingsError(f"{name} must be a number of seconds, 0 or more, not {value}")
     return seconds
@@ -323,39 +348,40 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=_secret(e, "REDIS_URL"),
         redis_cluster=_env(e, "REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
         redis_cluster_nodes=_env(e, "REDIS_CLUSTER_NODES", ""),
-        redis_wait_replicas=int(_env(e, "CLEARANCE_REDIS_WAIT_REPLICAS", "0")),
-        redis_wait_ms=int(_env(e, "CLEARANCE_REDIS_WAIT_MS", "1000")),
+        redis_wait_replicas=_int(e, "CLEARANCE_REDIS_WAIT_REPLICAS", "0"),
+        redis_wait_ms=_int(e, "CLEARANCE_REDIS_WAIT_MS", "1000"),
         **_kafka_security(e),
         topic_prefix=_env(e, "CLEARANCE_TOPIC_PREFIX", ""),
-        partitions=int(_env(e, "CLEARANCE_PARTITIONS", "4")),
-        replication_factor=int(_env(e, "CLEARANCE_REPLICATION_FACTOR", "1")),
+        partitions=_int(e, "CLEARANCE_PARTITIONS", "4"),
+        replication_factor=_int(e, "CLEARANCE_REPLICATION_FACTOR", "1"),
         consumer_group=_env(e, "CLEARANCE_GROUP", "clearance-worker"),
-        match_timeout_s=float(_env(e, "CLEARANCE_MATCH_TIMEOUT_S", "1800")),
+        match_timeout_s=_float(e, "CLEARANCE_MATCH_TIMEOUT_S", "1800"),
         decided_ttl_s=_decided_ttl(_env(e, "CLEARANCE_DECIDED_TTL_S", str(DEFAULT_DECIDED_TTL_S))),
         unique_ttl_s=_positive("CLEARANCE_UNIQUE_TTL_S", _env(e, "CLEARANCE_UNIQUE_TTL_S", str(DEFAULT_UNIQUE_TTL_S))),
         unique_kinds=_unique_kinds(_env(e, "CLEARANCE_UNIQUE_KINDS", "waybill,payment")),
         signatures=_signatures(_env(e, "CLEARANCE_SIGNATURES", "verify")),
         dxp_id=_dxp_id(_env(e, "CLEARANCE_DXP_ID", DEFAULT_DXP_ID)),
         pii_key=_secret(e, "CLEARANCE_PII_KEY", DEV_PII_KEY),
-        redis_buckets=int(_env(e, "CLEARANCE_REDIS_BUCKETS", "16")),
+        redis_buckets=_int(e, "CLEARANCE_REDIS_BUCKETS", "16"),
         rules=_env(e, "CLEARANCE_RULES", ""),
-        batch_max=int(_env(e, "CLEARANCE_BATCH_MAX", "500")),
-        batch_bytes=int(_env(e, "CLEARANCE_BATCH_BYTES", str(4 * 1024 * 1024))),
-        batch_within_s=float(_env(e, "CLEARANCE_BATCH_WITHIN_S", "0.005")),
-        inflight_batches=int(_env(e, "CLEARANCE_INFLIGHT_BATCHES", "1")),
-        stream_buffer=int(_env(e, "CLEARANCE_STREAM_BUFFER", "500")),
-        max_poll_records=int(_env(e, "CLEARANCE_MAX_POLL_RECORDS", "1000")),
-        fetch_max_wait_ms=int(_env(e, "CLEARANCE_FETCH_MAX_WAIT_MS", "20")),
-        produce_timeout_ms=int(_env(e, "CLEARANCE_PRODUCE_TIMEOUT_MS", "30000")),
+        batch_max=_int(e, "CLEARANCE_BATCH_MAX", "500"),
+        batch_bytes=_int(e, "CLEARANCE_BATCH_BYTES", str(4 * 1024 * 1024)),
+        batch_within_s=_float(e, "CLEARANCE_BATCH_WITHIN_S", "0.005"),
+        inflight_batches=_int(e, "CLEARANCE_INFLIGHT_BATCHES", "1"),
+        stream_buffer=_int(e, "CLEARANCE_STREAM_BUFFER", "500"),
+        max_poll_records=_int(e, "CLEARANCE_MAX_POLL_RECORDS", "1000"),
+        fetch_max_wait_ms=_int(e, "CLEARANCE_FETCH_MAX_WAIT_MS", "20"),
+        produce_timeout_ms=_int(e, "CLEARANCE_PRODUCE_TIMEOUT_MS", "30000"),
         gate_exit_resend_s=_non_negative("CLEARANCE_GATE_EXIT_RESEND_S",
                                          _env(e, "CLEARANCE_GATE_EXIT_RESEND_S", "30")),
         gate_host=_env(e, "CLEARANCE_GATE_HOST", "127.0.0.1"),
-        gate_port=int(_env(e, "CLEARANCE_GATE_PORT", "0")),
+        gate_port=_int(e, "CLEARANCE_GATE_PORT", "0"),
         gate_group=_env(e, "CLEARANCE_GATE_GROUP", "clearance-gate"),
+        gate_keepalive_s=_non_negative("CLEARANCE_GATE_KEEPALIVE_S", _env(e, "CLEARANCE_GATE_KEEPALIVE_S", "5")),
         gate_max_connections=_positive_int("CLEARANCE_GATE_MAX_CONNECTIONS",
                                            _env(e, "CLEARANCE_GATE_MAX_CONNECTIONS", "64")),
         web_host=_env(e, "CLEARANCE_WEB_HOST", "127.0.0.1"),
-        web_port=int(_env(e, "CLEARANCE_WEB_PORT", "6066")),
-        session_timeout_s=float(_env(e, "CLEARANCE_SESSION_TIMEOUT_S", "6")),
+        web_port=_int(e, "CLEARANCE_WEB_PORT", "6066"),
+        session_timeout_s=_float(e, "CLEARANCE_SESSION_TIMEOUT_S", "6"),
         state_dir=_env(e, "CLEARANCE_STATE_DIR", os.path.join(os.getcwd(), ".clearance")),
     )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from config.settings import DEFAULT_DECIDED_TTL_S, MIN_DECIDED_TTL_S, load_settings
+from config.settings import DEFAULT_DECIDED_TTL_S, MIN_DECIDED_TTL_S, SettingsError, load_settings
 from processors.aftercare import RETURN_WINDOW_MS
 
 
@@ -67,3 +67,18 @@ def test_the_gate_api_serves_sixty_four_connections_at_once_unless_configured():
     for bad in ("0", "-1", "many"):
         with pytest.raises(ValueError, match="CLEARANCE_GATE_MAX_CONNECTIONS"):
             load_settings({"CLEARANCE_GATE_MAX_CONNECTIONS": bad})
+
+
+def test_a_gates_connection_waits_five_seconds_for_its_next_request_unless_configured():
+    assert load_settings({}).gate_keepalive_s == 5.0
+    assert load_settings({"CLEARANCE_GATE_KEEPALIVE_S": "0"}).gate_keepalive_s == 0.0  # one request per connection
+    for bad in ("-1", "nan", "forever"):
+        with pytest.raises(ValueError, match="CLEARANCE_GATE_KEEPALIVE_S"):
+            load_settings({"CLEARANCE_GATE_KEEPALIVE_S": bad})
+
+
+@pytest.mark.parametrize("name", ["CLEARANCE_PARTITIONS", "CLEARANCE_MATCH_TIMEOUT_S", "CLEARANCE_DECIDED_TTL_S",
+                                  "CLEARANCE_UNIQUE_TTL_S", "CLEARANCE_WEB_PORT", "CLEARANCE_BATCH_WITHIN_S"])
+def test_a_number_that_is_not_one_is_refused_naming_its_variable(name):
+    with pytest.raises(SettingsError, match=name):
+        load_settings({name: "twelve"})
