@@ -1,11 +1,12 @@
 """What a scan costs through the gate's HTTP API, on the embedded Redis:
 `GET /scan/<logisticsNo>` of releasable parcels by C concurrent clients, one
-connection per request (HTTP/1.0, as the API answers), three rounds after a
-warm-up. The latency a gate sees, from its request to the answer read. The
-API runs in a process of its own, as in production, so the clients' threads
-do not compete with it for the interpreter lock.
+connection per request, or with --keep-alive one connection per client kept
+for all its requests (HTTP/1.1), three rounds after a warm-up. The latency a
+gate sees, from its request to the answer read. The API runs in a process of
+its own, as in production, so the clients' threads do not compete with it
+for the interpreter lock.
 
-Usage: python -m benchmarks.gate_scans [REQUESTS] [CLIENTS]   (default 3000, 8)
+Usage: python -m benchmarks.gate_scans [REQUESTS] [CLIENTS] [--keep-alive]   (default 3000, 8)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import http.client
 import multiprocessing
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,8 +24,11 @@ from streams.gate import Gate, serve_http
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
-    clients = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    keep_alive = "--keep-alive" in sys.argv[1:]
+    n = int(args[0]) if args else 3000
+    clients = int(args[1]) if len(args) > 1 else 8
+    kept = threading.local()  # --keep-alive: each client thread's connection
     svc = embedded.start(kafka_bootstrap="unused:1")  # scans need no broker
     try:
         g = Gate(Settings(kafka_bootstrap="unused:1", redis_url=svc.redis_url))
@@ -45,11 +50,14 @@ def main() -> None:
 
         def scan(i: int) -> float:
             t = time.perf_counter()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn = getattr(kept, "conn", None) or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.request("GET", f"/scan/YT{i:06d}")
             resp = conn.getresponse()
             body = resp.read()
-            conn.close()
+            if keep_alive:
+                kept.conn = conn  # http.client opens it again if the server closed it
+            else:
+                conn.close()
             if resp.status != 200 or b'"release"' not in body:
                 raise RuntimeError(f"scan {i}: {resp.status} {body[:100]!r}")
             return time.perf_counter() - t

@@ -51,6 +51,10 @@ _RELEASE_RESULT = {1: "releasable", -1: "conflict", 0: "duplicate"}
 PENDING_SWEEP_S = 5.0
 # A 503 (Redis unreachable, or the API busy) tells the gate to ask again after this.
 RETRY_AFTER_S = 1
+# How long a gate's connection waits for its next request (HTTP/1.1
+# keep-alive), and the largest request body read past (no route takes one).
+DEFAULT_KEEPALIVE_S = 5.0
+MAX_BODY_BYTES = 64 * 1024
 # The consumer loop turns at least every 0.2 s, and every call it makes is
 # bounded (consume 0.2 s, flush and committed offsets 2 s; it also turns between
 # tries while Redis is unreachable): a loop not seen for this long is stuck,
@@ -321,10 +325,13 @@ def route_of(method: str, path: str) -> str:
 
 
 def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s: float = 15.0,
-               health: Any = None, max_connections: int = 64) -> ThreadingHTTPServer:
+               health: Any = None, max_connections: int = 64,
+               keepalive_s: float = DEFAULT_KEEPALIVE_S) -> ThreadingHTTPServer:
     """The gate's HTTP API on a thread of its own. `health`: a callable giving
     more fields for /health (the service's consumer: partitions held, and
-    "status" other than "ok" when its loop is stuck, answered 503)."""
+    "status" other than "ok" when its loop is stuck, answered 503).
+    `keepalive_s`: how long a connection waits for its next request (HTTP/1.1
+    persistent connections; 0: one request per connection, HTTP/1.0)."""
     # A malformed or unreadable list stops the start, not a request.
     valid = FilesValid(m.GATE_TOKENS_FILE_VALID)
     own_tokens = GateTokens.from_env(on_reload=valid.watcher("CLEARANCE_GATE_TOKENS_FILE"))
@@ -335,6 +342,46 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
         # A connection that sends nothing, or a request a byte at a time, is
         # closed after this: each holds a thread, and a gate's request is small.
         timeout = request_timeout_s
+        # A scanner asks again and again: on one connection (HTTP/1.1) it saves
+        # a connection, a thread and, through a TLS proxy, a handshake per scan.
+        protocol_version = "HTTP/1.1" if keepalive_s > 0 else "HTTP/1.0"
+        # Each answer leaves in one write (flushed after each request), with
+        # Nagle's algorithm off: on a kept connection, headers and body written
+        # apart waited for the client's delayed ACK, 40 ms a scan.
+        wbufsize = -1
+        disable_nagle_algorithm = True
+
+        def handle(self) -> None:
+            self.close_connection = True
+            self.handle_one_request()
+            while not self.close_connection:
+                # Between requests a connection waits keepalive_s, not the
+                # request timeout: idle, it still holds one of max_connections.
+                self.connection.settimeout(keepalive_s)
+                try:
+                    if not self.rfile.peek(1):
+                        return  # the client closed it
+                except OSError:  # idle past keepalive_s (TimeoutError), or reset
+                    return
+                self.connection.settimeout(request_timeout_s)
+                self.handle_one_request()
+
+        def _skip_body(self) -> None:
+            """Read what a request carries after its headers, which no route
+            uses, so that the next request on the connection starts where it
+            should; a body of unknown or large size closes the connection
+            after the answer instead."""
+            if self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if 0 < length <= MAX_BODY_BYTES:
+                self.rfile.read(length)
+            elif length:
+                self.close_connection = True
 
         def _send(self, code: int, body: Any) -> None:
             data = json.dumps(body, ensure_ascii=False).encode()
@@ -346,6 +393,11 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
             self.send_header("Content-Length", str(len(data)))
             if code == 503:  # unavailable for now: when to ask again
                 self.send_header("Retry-After", str(RETRY_AFTER_S))
+            if self.protocol_version == "HTTP/1.1":  # say whether the connection stays open
+                if self.close_connection and self.request_version == "HTTP/1.1":
+                    self.send_header("Connection", "close")
+                elif not self.close_connection and self.request_version == "HTTP/1.0":
+                    self.send_header("Connection", "keep-alive")
             self.end_headers()
             self.wfile.write(data)
             self._code = code
@@ -379,6 +431,7 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
             started = time.perf_counter()
             self._code = 0
             try:
+                self._skip_body()
                 self._respond(route, handle)
             finally:
                 if self._code:  # not a client gone before its answer
@@ -472,9 +525,11 @@ class _BoundedServer(ThreadingHTTPServer):
             finally:
                 self.shutdown_request(request)
             return
+        m.GATE_CONNECTIONS.inc()
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: give the slot back here
+            m.GATE_CONNECTIONS.dec()
             self.slots.release()
             raise
 
@@ -482,6 +537,7 @@ class _BoundedServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            m.GATE_CONNECTIONS.dec()
             self.slots.release()
 
 
@@ -613,7 +669,8 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
     heartbeat = Heartbeat()
     m.GATE_INFO.labels(__version__, group).set(1)
     server = serve_http(gate, http_port, http_host, health=lambda: heartbeat.health(lag.assigned),
-                        max_connections=settings.gate_max_connections) if http_port else None
+                        max_connections=settings.gate_max_connections,
+                        keepalive_s=settings.gate_keepalive_s) if http_port else None
     conf = settings.librdkafka_config()
     conf.update({"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": "false",
                  "session.timeout.ms": str(int(settings.session_timeout_s * 1000)), "fetch.wait.max.ms": "50"})

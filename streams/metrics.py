@@ -115,6 +115,9 @@ GATE_HEARTBEAT = Gauge("clearance_gate_consumer_heartbeat_timestamp_seconds",
                        "When the gate service's consumer loop last turned (Unix time): it applies release events "
                        "and reads the release lag, so while it is stuck both stop and the lag gauges keep their "
                        "last values", registry=GATE_REGISTRY)
+GATE_CONNECTIONS = Gauge("clearance_gate_connections",
+                         "Connections the gate API holds open now, kept-alive idle ones included: one more than "
+                         "CLEARANCE_GATE_MAX_CONNECTIONS is answered 503 busy", registry=GATE_REGISTRY)
 GATE_TOKENS_FILE_VALID = Gauge("clearance_gate_tokens_file_valid",
                                "Whether the gate service's token files (CLEARANCE_GATE_TOKENS_FILE, "
                                "CLEARANCE_GATE_TOKEN_FILE, CLEARANCE_METRICS_TOKEN_FILE) as they are now are in "

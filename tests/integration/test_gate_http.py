@@ -2,6 +2,7 @@
 a parcel it cannot clear, and should know why."""
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 import urllib.error
@@ -387,3 +388,101 @@ def test_the_shared_gate_token_and_the_metrics_token_change_through_their_files(
     finally:
         server.shutdown()
         gate.close()
+
+
+def _read_response(sock) -> tuple[bytes, dict[str, str], bytes]:
+    """One HTTP response off a raw socket: status line, headers, body (by Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed before a whole response: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    while len(rest) < int(headers["content-length"]):
+        rest += sock.recv(4096)
+    return status.encode(), headers, rest
+
+
+def test_a_gate_asks_again_and_again_on_one_connection_until_it_idles(redis_url):
+    """HTTP/1.1 persistent connections: scans and exits, pipelined or one by
+    one, a body the API does not use read past, and the connection closed by
+    the server once idle for the keep-alive time."""
+    import socket
+
+    gate = Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url))
+    gate.flush_s = 0.1  # no broker: the exit's event stays owed
+    gate.record([{"logisticsNo": f"YT-KA-{i}", "orderNo": "O", "invtNo": "I", "areaCode": "AREA-KA", "billNo": "",
+                  "releasedAt": 1} for i in range(3)])
+    server = serve_http(gate, free_port(), keepalive_s=0.5, max_connections=2)
+    try:
+        port = server.server_address[1]
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        body = b'{"note": "a body no route reads"}'
+        # Two requests in one write (pipelined), then a POST with a body, then a GET: four answers, one connection.
+        sock.sendall(b"GET /scan/YT-KA-0 HTTP/1.1\r\nHost: g\r\n\r\nGET /scan/YT-KA-1 HTTP/1.1\r\nHost: g\r\n\r\n")
+        for n in (0, 1):
+            status, headers, got = _read_response(sock)
+            assert status.startswith(b"HTTP/1.1 200") and b'"release"' in got and "connection" not in headers
+        sock.sendall(b"POST /exit/YT-KA-0?gate=YP-01 HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        status, _, got = _read_response(sock)
+        assert status.startswith(b"HTTP/1.1 200") and b'"exited"' in got
+        sock.sendall(b"GET /scan/YT-KA-0 HTTP/1.1\r\nHost: g\r\n\r\n")
+        status, _, got = _read_response(sock)
+        assert status.startswith(b"HTTP/1.1 200") and orjson.loads(got)["answer"] == "hold"  # it left: not again
+        # Idle past the keep-alive time: the server closes it, and its slot is free again.
+        started = time.monotonic()
+        assert sock.recv(1024) == b"" and time.monotonic() - started < 5
+        sock.close()
+        # Two clients at once on a limit of two: neither is turned away while each keeps its connection.
+        from streams import metrics
+
+        open_before = metrics.GATE_CONNECTIONS._value.get()  # other tests' servers share the gauge
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(2)]
+        for _ in range(3):
+            for c in conns:
+                c.request("GET", "/scan/YT-KA-2")
+                resp = c.getresponse()
+                assert resp.status == 200 and b'"release"' in resp.read()
+        first = [c.sock for c in conns]
+        for c in conns:
+            c.request("GET", "/scan/YT-KA-2")
+            c.getresponse().read()
+        assert [c.sock for c in conns] == first  # the same connections throughout
+        assert metrics.GATE_CONNECTIONS._value.get() == open_before + 2  # held while idle between requests
+        for c in conns:
+            c.close()
+        deadline = time.monotonic() + 5
+        while metrics.GATE_CONNECTIONS._value.get() > open_before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metrics.GATE_CONNECTIONS._value.get() == open_before
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("case", ["client_says_close", "chunked_body", "keepalive_off"])
+def test_a_connection_the_api_does_not_keep_is_said_to_close_and_closed(redis_url, case):
+    import socket
+
+    gate = Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url))
+    server = serve_http(gate, free_port(), keepalive_s=0 if case == "keepalive_off" else 30)
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10)
+        request = {"client_says_close": b"GET /scan/YT-NONE HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n",
+                   # A body of unknown length is not read: the connection ends after the answer.
+                   "chunked_body": b"POST /exit/YT-NONE?gate=YP-01 HTTP/1.1\r\nHost: g\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                   "keepalive_off": b"GET /scan/YT-NONE HTTP/1.1\r\nHost: g\r\n\r\n"}[case]
+        sock.sendall(request)
+        status, headers, got = _read_response(sock)
+        assert b" 200 " in status and orjson.loads(got)["answer" if b"scan" in request[:20] else "result"]
+        if case == "keepalive_off":
+            assert status.startswith(b"HTTP/1.0")
+        else:
+            assert status.startswith(b"HTTP/1.1") and headers["connection"] == "close"
+        assert sock.recv(1024) == b""  # closed at once, not after the 30 s keep-alive
+        sock.close()
+    finally:
+        server.shutdown()
