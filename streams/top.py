@@ -109,6 +109,8 @@ def gate_row(b: Scrape, a: Scrape, dt: float) -> dict[str, Any]:
         # Since its consumer loop last turned, at the scrape (None: a gate service without the heartbeat).
         "loop_age": (max(a.at - a.total("clearance_gate_consumer_heartbeat_timestamp_seconds"), 0.0)
                      if ("clearance_gate_consumer_heartbeat_timestamp_seconds", ()) in a.samples else None),
+        # Connections its API holds (kept-alive idle ones too), against CLEARANCE_GATE_MAX_CONNECTIONS.
+        "connections": a.total("clearance_gate_connections"),
     }
 
 
@@ -172,14 +174,14 @@ def render(summary: dict[str, Any]) -> Any:
 
     gates = Table(title="clearance gates")
     for col in ("gate service", "scans/s release/hold/unknown", "exits/s exited/already/refused", "5xx/s",
-                "behind (records)", "behind (s)", "events resent", "loop turned (s ago)"):
+                "behind (records)", "behind (s)", "events resent", "loop turned (s ago)", "connections"):
         gates.add_column(col, justify="left" if col == "gate service" else "right")
     for g in summary["gates"]:
         scans = "/".join(f"{g['scans'].get(a, 0):.0f}" for a in ("release", "hold", "unknown"))
         exits = "/".join(f"{g['exits'].get(r, 0):.0f}" for r in ("exited", "already_exited", "refused"))
         age = "-" if g["loop_age"] is None else f"{g['loop_age']:.0f}"
         gates.add_row(g["gate"], scans, exits, f"{g['failed']:.1f}", f"{g['lag']:.0f}", f"{g['lag_seconds']:.0f}",
-                      f"{g['resent']:.0f}", age)
+                      f"{g['resent']:.0f}", age, f"{g['connections']:.0f}")
     return Group(table, gates) if summary["rows"] else gates
 
 

@@ -106,6 +106,7 @@ def test_a_gate_service_is_summarised_apart_from_the_workers():
         sc.samples[("clearance_gate_exit_events_resent_total", ())] = resent
         if beat is not None:
             sc.samples[("clearance_gate_consumer_heartbeat_timestamp_seconds", ())] = beat
+        sc.samples[("clearance_gate_connections", ())] = 5 + at
         return sc
 
     out = summarise([g(0, 10, 2, 4, 0, 0.0, 1, beat=0)], [g(2, 30, 6, 10, 3, 42.0, 4, beat=1.25)])
@@ -115,9 +116,11 @@ def test_a_gate_service_is_summarised_apart_from_the_workers():
     assert row["failed"] == 3  # 6 answers of 5xx over 2 s, on any route
     assert row["lag"] == 3 and row["lag_seconds"] == 42.0 and row["resent"] == 3
     assert row["loop_age"] == 0.75  # scraped at 2 s, its loop last turned at 1.25 s
+    assert row["connections"] == 7  # open at the last scrape
     console = Console(width=200, record=True)
     console.print(render(out))
-    assert "loop turned" in console.export_text()
+    text = console.export_text()
+    assert "loop turned" in text and "connections" in text
     # A gate service of a version without the heartbeat: shown as unknown, not as 0.
     assert summarise([g(0, 10, 2, 4, 0, 0.0, 1)], [g(2, 30, 6, 10, 3, 42.0, 4)])["gates"][0]["loop_age"] is None
 
