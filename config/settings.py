@@ -92,6 +92,12 @@ class Settings:
     # More cluster nodes to ask for the slot map ("host:port,host:port"): a
     # process that starts while REDIS_URL's node is down still finds the cluster.
     redis_cluster_nodes: str = ""
+    # Redis Sentinel ("host:port,host:port"): the primary of `redis_sentinel_master`
+    # is asked of them, and asked again after a failover. REDIS_URL then gives
+    # the database, credentials and TLS only.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str = field(default="", repr=False)
     # Replicas that must hold a batch's Redis writes before it counts as done
     # (WAIT; 0: Redis's asynchronous replication alone), and how long to wait.
     redis_wait_replicas: int = 0
@@ -187,7 +193,7 @@ class Settings:
 
     @property
     def embedded_redis(self) -> bool:
-        return self.redis_url == ""
+        return self.redis_url == "" and not self.redis_sentinels
 
     def librdkafka_config(self) -> dict[str, str]:
         """Connection options in librdkafka (confluent-kafka) spelling."""
@@ -283,6 +289,32 @@ def _dxp_id(value: str) -> str:
     return value
 
 
+def host_ports(nodes: str, source: str) -> list[tuple[str, int]]:
+    """A list of addresses, "host:port,[::1]:port", as (host, port)s."""
+    out = []
+    for item in filter(None, (x.strip() for x in nodes.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError(f"{source}: expected host:port, got {item!r}")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def _redis_sentinel(e: Mapping[str, str]) -> dict[str, str]:
+    sentinels = _env(e, "REDIS_SENTINELS", "")
+    master = _env(e, "REDIS_SENTINEL_MASTER", "mymaster")
+    if sentinels:
+        try:
+            host_ports(sentinels, "REDIS_SENTINELS")
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        if _env(e, "REDIS_CLUSTER", "").lower() in ("1", "true", "yes"):
+            raise SettingsError("REDIS_SENTINELS and REDIS_CLUSTER are both set: a Redis Cluster fails over by "
+                                "itself, Sentinel watches one primary; set one")
+    return {"redis_sentinels": sentinels, "redis_sentinel_master": master,
+            "redis_sentinel_password": _secret(e, "REDIS_SENTINEL_PASSWORD")}
+
+
 def _readable(name: str, path: str) -> str:
     if path and not os.access(path, os.R_OK):
         raise SettingsError(f"{name} {path}: " + ("cannot be read" if os.path.exists(path) else "no such file"))
@@ -348,6 +380,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=_secret(e, "REDIS_URL"),
         redis_cluster=_env(e, "REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
         redis_cluster_nodes=_env(e, "REDIS_CLUSTER_NODES", ""),
+        **_redis_sentinel(e),
         redis_wait_replicas=_int(e, "CLEARANCE_REDIS_WAIT_REPLICAS", "0"),
         redis_wait_ms=_int(e, "CLEARANCE_REDIS_WAIT_MS", "1000"),
         **_kafka_security(e),

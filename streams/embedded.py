@@ -249,3 +249,94 @@ class LocalCluster:
 
     def stop(self) -> None:
         self.services.stop()
+
+
+class LocalSentinel:
+    """A Redis primary, its replica and three Sentinels watching them as
+    `master`, on local ports, for the tests that run against Sentinel
+    (REDIS_SENTINELS). `failover()` has the Sentinels promote the replica,
+    as they do when the primary fails; the old primary becomes its replica."""
+
+    def __init__(self, workdir: str, master: str = "clearance"):
+        import redis
+
+        self._redis, self.master = redis, master
+        self.data_ports = [free_port(), free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.services = Services("", "")
+        try:
+            for i, port in enumerate(self.data_ports):
+                d = os.path.join(workdir, str(port))
+                os.makedirs(d, exist_ok=True)
+                replica_of = ["--replicaof", "127.0.0.1", str(self.data_ports[0])] if i else []
+                self._start([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", d, *replica_of], d, port, "redis-server")
+            for port in self.sentinel_ports:
+                d = os.path.join(workdir, f"sentinel-{port}")
+                os.makedirs(d, exist_ok=True)
+                conf = os.path.join(d, "sentinel.conf")  # Sentinel rewrites its file: one each
+                with open(conf, "w") as f:
+                    f.write(f"port {port}\nbind 127.0.0.1\ndir {d}\n"
+                            f"sentinel monitor {master} 127.0.0.1 {self.data_ports[0]} 2\n"
+                            f"sentinel down-after-milliseconds {master} 2000\n"
+                            f"sentinel failover-timeout {master} 10000\n")
+                self._start([redis_binary(), conf, "--sentinel"], d, port, "redis-sentinel")
+            LocalCluster._until(self._ready, "Sentinels that know the primary and its replica", 30)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, argv: list[str], d: str, port: int, what: str) -> None:
+        proc = subprocess.Popen(argv, stdout=open(os.path.join(d, "redis.log"), "wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.services.procs.append(proc)
+        _wait_port(port, proc, what)
+
+    def sentinel(self, i: int = 0) -> Any:
+        return self._redis.Redis(host="127.0.0.1", port=self.sentinel_ports[i], socket_timeout=2)
+
+    def primary_port(self) -> int:
+        return int(self.sentinel().execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.master)[1])
+
+    def _ready(self) -> bool:
+        try:
+            for i in range(3):
+                replicas = self.sentinel(i).sentinel_slaves(self.master)
+                if not replicas or any(r.get("is_sdown") or r.get("is_disconnected") for r in replicas):
+                    return False
+            primary = self._redis.Redis(host="127.0.0.1", port=self.primary_port())
+            return int(primary.info("replication").get("connected_slaves", 0)) >= 1
+        except self._redis.RedisError:
+            return False
+
+    @property
+    def sentinels(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+
+    def env(self) -> dict[str, str]:
+        """REDIS_* for a process on this Redis: the URL names the database only."""
+        return {"REDIS_URL": f"redis://{self.master}/0", "REDIS_SENTINELS": self.sentinels,
+                "REDIS_SENTINEL_MASTER": self.master}
+
+    def failover(self) -> int:
+        """Promote the replica; return its port once every Sentinel names it and it takes writes."""
+        old = self.primary_port()
+        self.sentinel().execute_command("SENTINEL FAILOVER", self.master)
+
+        def promoted() -> bool:
+            try:
+                ports = {int(self.sentinel(i).execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.master)[1])
+                         for i in range(3)}
+                new = self._redis.Redis(host="127.0.0.1", port=next(iter(ports)))
+                return ports != {old} and len(ports) == 1 and new.info("replication")["role"] == "master"
+            except self._redis.RedisError:
+                return False
+        LocalCluster._until(promoted, "failover", 60)
+        LocalCluster._until(self._ready, "the old primary as a replica", 60)
+        return self.primary_port()
+
+    def flush(self) -> None:
+        self._redis.Redis(host="127.0.0.1", port=self.primary_port()).flushall()
+
+    def stop(self) -> None:
+        self.services.stop()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import hiredis
 from redis import exceptions
@@ -28,6 +28,8 @@ TIMEOUT_S = 5.0  # as every redis-py client's here (state.SOCKET_TIMEOUT_S)
 def _reply_error(message: str) -> exceptions.ResponseError:
     if message.startswith("NOSCRIPT"):
         return exceptions.NoScriptError(message)
+    if message.startswith("READONLY") or "-READONLY " in message:  # Redis 6 wraps it in a script's error
+        return exceptions.ReadOnlyError(message)
     return exceptions.ResponseError(message)
 
 
@@ -72,6 +74,8 @@ class Client:
         self.timeout = timeout
         self.wait: tuple[int, int] | None = None  # (replicas, ms): require_replicas()
         self._idle: list[_Connection] = []
+        # Under Sentinel: a coroutine giving the primary's (host, port) now.
+        self.primary: Callable[[], Awaitable[tuple[str, int]]] | None = None
 
     def require_replicas(self, replicas: int, timeout_ms: int) -> None:
         """End every round trip with WAIT: its writes count only once `replicas`
@@ -87,11 +91,15 @@ class Client:
         """A client for the Redis an asyncio redis-py client points at, with its
         credentials and TLS (for a RedisCluster client, a ClusterClient)."""
         from redis.asyncio.cluster import RedisCluster
+        from redis.asyncio.sentinel import SentinelConnectionPool
 
         if isinstance(redis, RedisCluster):
             return ClusterClient.like(redis)
         pool = redis.connection_pool
-        return cls.of(pool.connection_class(**pool.connection_kwargs))  # not connected: its settings only
+        client = cls.of(pool.connection_class(**pool.connection_kwargs))  # not connected: its settings only
+        if isinstance(pool, SentinelConnectionPool):
+            client.primary = pool.get_master_address  # asked of the Sentinels at each new connection
+        return client
 
     @classmethod
     def of(cls, conn: Any) -> "Client":
@@ -108,6 +116,11 @@ class Client:
                    timeout)
 
     async def _connect(self) -> _Connection:
+        if self.primary is not None:
+            try:
+                self.host, self.port = await self.primary()
+            except exceptions.RedisError as exc:  # no Sentinel answered, or none knows a primary
+                raise exceptions.ConnectionError(f"no Redis primary from the Sentinels: {exc}") from None
         try:
             if self.path:
                 reader, writer = await asyncio.open_unix_connection(self.path)
@@ -176,6 +189,10 @@ class Client:
             break
         else:
             replies = await self._on(None, packed, len(commands))
+        if self.primary is not None and any(isinstance(r, exceptions.ReadOnlyError) for r in replies):
+            # A failover made this node a replica: the next connections go to
+            # the primary the Sentinels name now (the caller retries the batch).
+            await self.aclose()
         return replies
 
     async def _on(self, conn: _Connection | None, packed: bytes, n: int) -> list[Any]:

@@ -32,6 +32,7 @@ import hiredis
 from redis import exceptions as rx
 from redis.exceptions import NoScriptError
 
+from config.settings import host_ports
 from streams import resp
 
 LEDGER_TTL_S = 400 * 24 * 3600
@@ -1164,15 +1165,9 @@ def memory_of(info: dict[Any, Any]) -> tuple[int, int]:
     return get("used_memory"), get("maxmemory")
 
 
-def cluster_seeds(nodes: str) -> list[tuple[str, int]]:
-    """REDIS_CLUSTER_NODES ("host:port,[::1]:port") as addresses."""
-    out = []
-    for item in filter(None, (x.strip() for x in nodes.split(","))):
-        host, sep, port = item.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise ValueError(f"REDIS_CLUSTER_NODES: expected host:port, got {item!r}")
-        out.append((host.strip("[]"), int(port)))
-    return out
+def cluster_seeds(nodes: str, source: str = "REDIS_CLUSTER_NODES") -> list[tuple[str, int]]:
+    """REDIS_CLUSTER_NODES or REDIS_SENTINELS ("host:port,[::1]:port") as addresses."""
+    return host_ports(nodes, source)
 
 
 # Every client's limit on a connect and on a reply, unless REDIS_URL says
@@ -1184,11 +1179,45 @@ SOCKET_TIMEOUT_S = resp.TIMEOUT_S
 _TIMEOUTS = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": SOCKET_TIMEOUT_S}
 
 
-def sync_client(url: str, cluster: bool = False, seeds: str = "") -> Any:
+def _sentinel_master(url: str, sentinels: str, master: str, sentinel_password: str, asyncio_: bool) -> Any:
+    """A client of the primary the Sentinels name for `master`: redis-py asks
+    them for its address on connecting, and again after a failover (a
+    connection refused, or the old primary answering READONLY as a replica).
+    REDIS_URL gives the database, credentials and TLS of the data nodes; its
+    host and port are not used. The Sentinels are asked with the same time
+    limits, and `sentinel_password` if they require one."""
+    if asyncio_:
+        from redis.asyncio import Redis
+        from redis.asyncio.connection import SSLConnection, parse_url
+        from redis.asyncio.sentinel import Sentinel
+    else:
+        from redis import Redis
+        from redis.connection import SSLConnection, parse_url
+        from redis.sentinel import Sentinel
+
+    kwargs: dict[str, Any] = {**_TIMEOUTS, **parse_url(url)}
+    kwargs.pop("host", None)
+    kwargs.pop("port", None)
+    if kwargs.pop("connection_class", None) is SSLConnection:
+        kwargs["ssl"] = True  # the Sentinel pool picks its own TLS connection class
+    if asyncio_:
+        kwargs["decode_responses"] = False
+    to_sentinels = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+    if sentinel_password:
+        to_sentinels["password"] = sentinel_password
+    return Sentinel(cluster_seeds(sentinels, "REDIS_SENTINELS"), sentinel_kwargs=to_sentinels,
+                    **kwargs).master_for(master, redis_class=Redis)
+
+
+def sync_client(url: str, cluster: bool = False, seeds: str = "", sentinel_master: str = "",
+                sentinel_password: str = "") -> Any:
     """A synchronous client for the gate, the CLI and trace (RedisCluster when
-    `cluster`: it asks `seeds` and REDIS_URL's node for the slot map)."""
+    `cluster`: it asks `seeds` and REDIS_URL's node for the slot map; with
+    `sentinel_master`, the primary the Sentinels `seeds` name)."""
     import redis
 
+    if sentinel_master:
+        return _sentinel_master(url, seeds, sentinel_master, sentinel_password, asyncio_=False)
     if cluster:
         from redis.cluster import ClusterNode, RedisCluster
 
@@ -1198,12 +1227,21 @@ def sync_client(url: str, cluster: bool = False, seeds: str = "") -> Any:
 
 
 def sync_client_for(settings: Any) -> Any:
-    """sync_client for the Redis the settings name (REDIS_URL, REDIS_CLUSTER, REDIS_CLUSTER_NODES)."""
+    """sync_client for the Redis the settings name (REDIS_URL, REDIS_CLUSTER,
+    REDIS_CLUSTER_NODES, REDIS_SENTINELS)."""
+    if settings.redis_sentinels:
+        return sync_client(settings.redis_url, seeds=settings.redis_sentinels,
+                           sentinel_master=settings.redis_sentinel_master,
+                           sentinel_password=settings.redis_sentinel_password)
     return sync_client(settings.redis_url, settings.redis_cluster, settings.redis_cluster_nodes)
 
 
 def async_client_for(settings: Any) -> Any:
     """async_client for the Redis the settings name."""
+    if settings.redis_sentinels:
+        return async_client(settings.redis_url, seeds=settings.redis_sentinels,
+                            sentinel_master=settings.redis_sentinel_master,
+                            sentinel_password=settings.redis_sentinel_password)
     return async_client(settings.redis_url, settings.redis_cluster, settings.redis_cluster_nodes)
 
 
@@ -1296,12 +1334,15 @@ def script_pipeline(r: Any) -> Any:
     return _PerNode(r) if isinstance(r, RedisCluster) else r.pipeline(transaction=False)
 
 
-def async_client(url: str, cluster: bool = False, seeds: str = "") -> Any:
+def async_client(url: str, cluster: bool = False, seeds: str = "", sentinel_master: str = "",
+                 sentinel_password: str = "") -> Any:
     """The worker's asyncio Redis client (bytes replies, hiredis packing; RedisCluster
-    when `cluster`, as sync_client)."""
+    when `cluster`, the Sentinels' primary with `sentinel_master`, as sync_client)."""
     import redis.asyncio as aioredis
     from redis.asyncio import connection as c
 
+    if sentinel_master:
+        return _sentinel_master(url, seeds, sentinel_master, sentinel_password, asyncio_=True)
     if cluster:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 

@@ -82,3 +82,18 @@ def test_a_gates_connection_waits_five_seconds_for_its_next_request_unless_confi
 def test_a_number_that_is_not_one_is_refused_naming_its_variable(name):
     with pytest.raises(SettingsError, match=name):
         load_settings({name: "twelve"})
+
+
+def test_redis_under_sentinel_is_named_by_its_sentinels_and_the_primarys_name(tmp_path):
+    password = tmp_path / "sentinel-password"
+    password.write_text("s3ntinel\n")
+    s = load_settings({"REDIS_URL": "rediss://:data-pass@mymaster/2", "REDIS_SENTINELS": "10.0.0.1:26379, [::1]:26379",
+                       "REDIS_SENTINEL_MASTER": "clearance", "REDIS_SENTINEL_PASSWORD_FILE": str(password)})
+    assert (s.redis_sentinels, s.redis_sentinel_master, s.redis_sentinel_password) == (
+        "10.0.0.1:26379, [::1]:26379", "clearance", "s3ntinel")
+    assert not s.embedded_redis and "s3ntinel" not in repr(s)
+    assert load_settings({"REDIS_SENTINELS": "10.0.0.1:26379"}).redis_sentinel_master == "mymaster"
+    with pytest.raises(SettingsError, match="REDIS_SENTINELS: expected host:port"):
+        load_settings({"REDIS_SENTINELS": "10.0.0.1"})
+    with pytest.raises(SettingsError, match="REDIS_SENTINELS and REDIS_CLUSTER are both set"):
+        load_settings({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_CLUSTER": "1"})
