@@ -439,7 +439,11 @@ def test_a_gate_asks_again_and_again_on_one_connection_until_it_idles(redis_url)
         # Two clients at once on a limit of two: neither is turned away while each keeps its connection.
         from streams import metrics
 
-        open_before = metrics.GATE_CONNECTIONS._value.get()  # other tests' servers share the gauge
+        # The gauge is the process's: wait until other tests' servers have closed theirs (a request timeout at most).
+        deadline = time.monotonic() + 20
+        while metrics.GATE_CONNECTIONS._value.get() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        open_before = metrics.GATE_CONNECTIONS._value.get()
         conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(2)]
         for _ in range(3):
             for c in conns:
