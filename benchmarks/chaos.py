@@ -18,7 +18,6 @@ Usage: python -m benchmarks.chaos [--scenarios all|worker_kill,redis_stall,...] 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -34,7 +33,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import orjson
-import redis
 
 from config.settings import Settings
 from streams import embedded, state
@@ -47,17 +45,23 @@ MIX = {"ok": 0.85, "amount_mismatch": 0.05, "buyer_not_payer": 0.05, "missing_pa
 
 
 class Cluster:
-    def __init__(self, workers: int = 2, match_timeout: float = 6.0, env: dict[str, str] | None = None):
+    def __init__(self, workers: int = 2, match_timeout: float = 6.0, env: dict[str, str] | None = None,
+                 sentinel: bool = False):
         self.dir = tempfile.mkdtemp(prefix="chaos-")
         self.kafka, self.tansu = embedded.start_kafka(self.dir)
+        # With `sentinel`: a primary, its replica and three Sentinels instead of one Redis with its AOF.
+        self.sentinel = embedded.LocalSentinel(os.path.join(self.dir, "sentinel")) if sentinel else None
         self.redis_port = embedded.free_port()
         self.redis_dir = os.path.join(self.dir, "redis")
         os.makedirs(self.redis_dir)
         self.redis_proc = self.start_redis()
-        self.settings = Settings(kafka_bootstrap=self.kafka, redis_url=f"redis://127.0.0.1:{self.redis_port}/0",
+        redis_env = self.sentinel.env() if self.sentinel else {"REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0"}
+        self.settings = Settings(kafka_bootstrap=self.kafka, redis_url=redis_env["REDIS_URL"],
+                                 redis_sentinels=redis_env.get("REDIS_SENTINELS", ""),
+                                 redis_sentinel_master=redis_env.get("REDIS_SENTINEL_MASTER", "mymaster"),
                                  match_timeout_s=match_timeout)
         registry.ensure_topics(self.settings)
-        self.env = dict(os.environ, KAFKA_BOOTSTRAP=self.kafka, REDIS_URL=self.settings.redis_url,
+        self.env = dict(os.environ, KAFKA_BOOTSTRAP=self.kafka, **redis_env,
                         CLEARANCE_MATCH_TIMEOUT_S=str(match_timeout), CLEARANCE_SESSION_TIMEOUT_S="6",
                         CLEARANCE_RULES="spine", CLEARANCE_GROUP="chaos", **embedded.dev_pii_env(),
                         **(env or {}))
@@ -121,6 +125,8 @@ class Cluster:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+        if self.sentinel:
+            self.sentinel.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -148,13 +154,21 @@ SCENARIOS: dict[str, tuple[str, Callable[[Cluster], None], Callable[[Cluster], N
                         "and are re-sent", lambda c: c.tansu.send_signal(signal.SIGSTOP),
                         lambda c: c.tansu.send_signal(signal.SIGCONT)),
 }
-SCENARIO_ENV = {"producer_errors": {"CLEARANCE_PRODUCE_TIMEOUT_MS": "2000"}}
+_FAILOVER = ("Redis primary killed (-9) under Sentinel: its replica promoted (2 s to notice), the dead node "
+             "restarted as a replica", lambda c: c.sentinel.kill_primary(),
+             lambda c: (c.sentinel.wait_promoted(), c.sentinel.restart_killed()))
+SCENARIOS["redis_failover"] = _FAILOVER
+SCENARIOS["redis_failover_wait"] = (_FAILOVER[0] + ", each batch waiting for the replica "
+                                    "(CLEARANCE_REDIS_WAIT_REPLICAS=1)", *_FAILOVER[1:])
+SCENARIO_ENV = {"producer_errors": {"CLEARANCE_PRODUCE_TIMEOUT_MS": "2000"},
+                "redis_failover_wait": {"CLEARANCE_REDIS_WAIT_REPLICAS": "1", "CLEARANCE_REDIS_WAIT_MS": "1000"}}
+SENTINEL_SCENARIOS = {"redis_failover", "redis_failover_wait"}
 
 
 def run_scenario(name: str, rate: float = 60, duration: float = 16, fault_at: float = 5, outage: float = 5,
                  seed: int = 1) -> dict[str, Any]:
     description, inject, recover = SCENARIOS[name]
-    cluster = Cluster(env=SCENARIO_ENV.get(name))
+    cluster = Cluster(env=SCENARIO_ENV.get(name), sentinel=name in SENTINEL_SCENARIOS)
     try:
         cluster.wait_ready()
         orders = list(generate(int(rate * duration), seed=seed, prefix=f"C{name[:3].upper()}", mix=MIX))
@@ -216,11 +230,11 @@ def _books(cluster: Cluster, orders: list[Any], events: dict[str, float], descri
     wrong = [k for k, ds in by_id.items() if k in wanted and
              (ds[0]["status"] == 100) != (wanted[k].expected_status == 100)]
     releases = read(registry.RELEASE, lambda r: True, 10)
-    gate = Gate(dataclasses.replace(cluster.settings, redis_url=cluster.settings.redis_url))
+    gate = Gate(cluster.settings)
     new_first = gate.record(releases)
     new_again = gate.record(releases)
     released_ids = {e["logisticsNo"] for e in releases if e.get("status") == 800}
-    r = redis.Redis.from_url(cluster.settings.redis_url)
+    r = state.sync_client_for(cluster.settings)
     quota_wrong = 0
     for k, ds in by_id.items():
         d = ds[0]

@@ -264,13 +264,15 @@ class LocalSentinel:
         self.data_ports = [free_port(), free_port()]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.services = Services("", "")
+        self.argv: dict[int, list[str]] = {}
         try:
             for i, port in enumerate(self.data_ports):
                 d = os.path.join(workdir, str(port))
                 os.makedirs(d, exist_ok=True)
                 replica_of = ["--replicaof", "127.0.0.1", str(self.data_ports[0])] if i else []
-                self._start([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", d, *replica_of], d, port, "redis-server")
+                self.argv[port] = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", "--dir", d, *replica_of]
+                self._start(self.argv[port], d, port, "redis-server")
             for port in self.sentinel_ports:
                 d = os.path.join(workdir, f"sentinel-{port}")
                 os.makedirs(d, exist_ok=True)
@@ -334,6 +336,37 @@ class LocalSentinel:
         LocalCluster._until(promoted, "failover", 60)
         LocalCluster._until(self._ready, "the old primary as a replica", 60)
         return self.primary_port()
+
+    def kill_primary(self) -> None:
+        """kill -9 of the primary's process: the Sentinels promote the replica once it is down for 2 s."""
+        self._killed = self.primary_port()
+        proc = self.services.procs[self.data_ports.index(self._killed)]
+        proc.kill()
+        proc.wait()
+
+    def wait_promoted(self, seconds: float = 60) -> int:
+        """After kill_primary: the port of the primary the Sentinels name once it takes writes."""
+        def promoted() -> bool:
+            try:
+                port = self.primary_port()
+                return port != self._killed and \
+                    self._redis.Redis(host="127.0.0.1", port=port).info("replication")["role"] == "master"
+            except self._redis.RedisError:
+                return False
+        LocalCluster._until(promoted, "failover after the primary's death", seconds)
+        return self.primary_port()
+
+    def restart_killed(self) -> None:
+        """Start the killed node again, as its supervisor would: it comes back
+        empty (no persistence here), and the Sentinels make it a replica of
+        the new primary, which copies it the data."""
+        index = self.data_ports.index(self._killed)
+        d = self.argv[self._killed][self.argv[self._killed].index("--dir") + 1]
+        proc = subprocess.Popen(self.argv[self._killed], stdout=open(os.path.join(d, "redis.log"), "ab"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.services.procs[index] = proc
+        _wait_port(self._killed, proc, "redis-server")
+        LocalCluster._until(self._ready, "the restarted node as a replica", 60)
 
     def flush(self) -> None:
         self._redis.Redis(host="127.0.0.1", port=self.primary_port()).flushall()
