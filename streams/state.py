@@ -1202,7 +1202,9 @@ def _sentinel_master(url: str, sentinels: str, master: str, sentinel_password: s
         kwargs["ssl"] = True  # the Sentinel pool picks its own TLS connection class
     if asyncio_:
         kwargs["decode_responses"] = False
-    to_sentinels = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+    # The Sentinels are reached as the data nodes are: the same time limits,
+    # and TLS with the same CA and client certificate when REDIS_URL is rediss://.
+    to_sentinels = {k: v for k, v in kwargs.items() if k.startswith(("socket_", "ssl"))}
     if sentinel_password:
         to_sentinels["password"] = sentinel_password
     return Sentinel(cluster_seeds(sentinels, "REDIS_SENTINELS"), sentinel_kwargs=to_sentinels,

@@ -97,3 +97,22 @@ def test_redis_under_sentinel_is_named_by_its_sentinels_and_the_primarys_name(tm
         load_settings({"REDIS_SENTINELS": "10.0.0.1"})
     with pytest.raises(SettingsError, match="REDIS_SENTINELS and REDIS_CLUSTER are both set"):
         load_settings({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_CLUSTER": "1"})
+
+
+def test_the_sentinels_are_asked_with_the_data_nodes_time_limits_and_tls():
+    from streams import state
+
+    r = state.sync_client("rediss://:data-pass@mymaster/2?ssl_ca_certs=/etc/redis/ca.pem&socket_timeout=3",
+                          seeds="10.0.0.1:26379,10.0.0.2:26379", sentinel_master="clearance",
+                          sentinel_password="s3ntinel")
+    pool = r.connection_pool
+    assert pool.service_name == "clearance" and pool.connection_kwargs["db"] == 2
+    assert pool.connection_kwargs["password"] == "data-pass" and pool.connection_kwargs["socket_timeout"] == 3
+    assert "SSL" in pool.connection_class.__name__
+    sentinels = pool.sentinel_manager.sentinels
+    assert [(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+            for s in sentinels] == [("10.0.0.1", 26379), ("10.0.0.2", 26379)]
+    for s in sentinels:
+        kw = s.connection_pool.connection_kwargs
+        assert kw["ssl_ca_certs"] == "/etc/redis/ca.pem" and kw["socket_timeout"] == 3
+        assert kw["password"] == "s3ntinel" and "SSL" in s.connection_pool.connection_class.__name__
