@@ -174,8 +174,9 @@ def render(summary: dict[str, Any]) -> Any:
 
     gates = Table(title="clearance gates")
     for col in ("gate service", "scans/s release/hold/unknown", "exits/s exited/already/refused", "5xx/s",
-                "behind (records)", "behind (s)", "events resent", "loop turned (s ago)", "connections"):
-        gates.add_column(col, justify="left" if col == "gate service" else "right")
+                "behind (records)", "behind (s)", "events resent", "loop turned (s ago)", "conns"):
+        # The address whole on one line, however narrow the terminal: the other columns wrap.
+        gates.add_column(col, justify="left" if col == "gate service" else "right", no_wrap=col == "gate service")
     for g in summary["gates"]:
         scans = "/".join(f"{g['scans'].get(a, 0):.0f}" for a in ("release", "hold", "unknown"))
         exits = "/".join(f"{g['exits'].get(r, 0):.0f}" for r in ("exited", "already_exited", "refused"))

@@ -120,7 +120,7 @@ def test_a_gate_service_is_summarised_apart_from_the_workers():
     console = Console(width=200, record=True)
     console.print(render(out))
     text = console.export_text()
-    assert "loop turned" in text and "connections" in text
+    assert "loop turned" in text and "conns" in text
     # A gate service of a version without the heartbeat: shown as unknown, not as 0.
     assert summarise([g(0, 10, 2, 4, 0, 0.0, 1)], [g(2, 30, 6, 10, 3, 42.0, 4)])["gates"][0]["loop_age"] is None
 
