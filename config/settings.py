@@ -178,6 +178,13 @@ class Settings:
     # How long a gate's connection to the API waits for its next request
     # (HTTP/1.1 keep-alive); 0: one request per connection.
     gate_keepalive_s: float = 5.0
+    # TLS on the gate API itself (no proxy): its certificate and key, and the
+    # CA whose client certificates identify gates (the certificate's common
+    # name is the gate's id, acting as that gate's own token).
+    gate_tls_certfile: str = ""
+    gate_tls_keyfile: str = ""
+    gate_tls_key_password: str = field(default="", repr=False)
+    gate_tls_client_ca: str = ""
     # The gate services' consumer group on the release topic: one per zone
     # (topic prefix) sharing a Kafka cluster, or one zone's gates rebalance
     # with every other zone's.
@@ -358,10 +365,24 @@ def _kafka_security(e: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _client_certificate(certfile: str, keyfile: str, password: str) -> None:
-    """Whether the client certificate and its key load as both Kafka clients
-    will load them: a wrong password or a key of another certificate is said
-    at start. The password is "" when none is set, never None, with which
+def _gate_tls(e: Mapping[str, str]) -> dict[str, str]:
+    out = {"gate_tls_certfile": _readable("CLEARANCE_GATE_TLS_CERTFILE", _env(e, "CLEARANCE_GATE_TLS_CERTFILE", "")),
+           "gate_tls_keyfile": _readable("CLEARANCE_GATE_TLS_KEYFILE", _env(e, "CLEARANCE_GATE_TLS_KEYFILE", "")),
+           "gate_tls_key_password": _secret(e, "CLEARANCE_GATE_TLS_KEY_PASSWORD"),
+           "gate_tls_client_ca": _readable("CLEARANCE_GATE_TLS_CLIENT_CA", _env(e, "CLEARANCE_GATE_TLS_CLIENT_CA", ""))}
+    if not out["gate_tls_certfile"] and any(out.values()):
+        raise SettingsError("CLEARANCE_GATE_TLS_KEYFILE, _KEY_PASSWORD and _CLIENT_CA go with "
+                            "CLEARANCE_GATE_TLS_CERTFILE (the gate API's certificate): set it")
+    if out["gate_tls_certfile"]:
+        _client_certificate(out["gate_tls_certfile"], out["gate_tls_keyfile"], out["gate_tls_key_password"],
+                            "CLEARANCE_GATE_TLS")
+    return out
+
+
+def _client_certificate(certfile: str, keyfile: str, password: str, prefix: str = "KAFKA_SSL") -> None:
+    """Whether a certificate and its key load as the Kafka clients (or the
+    gate API) will load them: a wrong password or a key of another
+    certificate is said at start. The password is "" when none is set, never None, with which
     OpenSSL would ask for one on the terminal."""
     import ssl
 
@@ -369,8 +390,8 @@ def _client_certificate(certfile: str, keyfile: str, password: str) -> None:
         ssl.create_default_context().load_cert_chain(certfile, keyfile or None, password)
     except ssl.SSLError as exc:
         why = ("the key does not belong to the certificate" if "MISMATCH" in str(exc) else
-               "no certificate or no key can be read from them: a wrong or missing KAFKA_SSL_KEY_PASSWORD, or not PEM")
-        raise SettingsError(f"KAFKA_SSL_CERTFILE {certfile}, KAFKA_SSL_KEYFILE {keyfile or certfile}: {why}") from None
+               f"no certificate or no key can be read from them: a wrong or missing {prefix}_KEY_PASSWORD, or not PEM")
+        raise SettingsError(f"{prefix}_CERTFILE {certfile}, {prefix}_KEYFILE {keyfile or certfile}: {why}") from None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -410,6 +431,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gate_host=_env(e, "CLEARANCE_GATE_HOST", "127.0.0.1"),
         gate_port=_int(e, "CLEARANCE_GATE_PORT", "0"),
         gate_group=_env(e, "CLEARANCE_GATE_GROUP", "clearance-gate"),
+        **_gate_tls(e),
         gate_keepalive_s=_non_negative("CLEARANCE_GATE_KEEPALIVE_S", _env(e, "CLEARANCE_GATE_KEEPALIVE_S", "5")),
         gate_max_connections=_positive_int("CLEARANCE_GATE_MAX_CONNECTIONS",
                                            _env(e, "CLEARANCE_GATE_MAX_CONNECTIONS", "64")),

@@ -22,6 +22,7 @@ import collections
 import json
 import logging
 import signal
+import ssl
 import threading
 import time
 import urllib.parse
@@ -324,14 +325,40 @@ def route_of(method: str, path: str) -> str:
     return "other"
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The gate API's own TLS (CLEARANCE_GATE_TLS_*), None without a
+    certificate. With a client CA, a gate may show a certificate it issued
+    (optional: scrapes, probes and token holders come without one); a
+    certificate of another CA fails the handshake."""
+    if not settings.gate_tls_certfile:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.gate_tls_certfile, settings.gate_tls_keyfile or None,
+                        settings.gate_tls_key_password)  # "", not None: OpenSSL would ask a terminal
+    if settings.gate_tls_client_ca:
+        ctx.load_verify_locations(settings.gate_tls_client_ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def certificate_gate(peercert: Any) -> str:
+    """The gate a verified client certificate names: its subject's common name."""
+    return next((value for rdn in (peercert or {}).get("subject", ()) for key, value in rdn
+                 if key == "commonName"), "")
+
+
 def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s: float = 15.0,
                health: Any = None, max_connections: int = 64,
-               keepalive_s: float = DEFAULT_KEEPALIVE_S) -> ThreadingHTTPServer:
+               keepalive_s: float = DEFAULT_KEEPALIVE_S, tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
     """The gate's HTTP API on a thread of its own. `health`: a callable giving
     more fields for /health (the service's consumer: partitions held, and
     "status" other than "ok" when its loop is stuck, answered 503).
     `keepalive_s`: how long a connection waits for its next request (HTTP/1.1
-    persistent connections; 0: one request per connection, HTTP/1.0)."""
+    persistent connections; 0: one request per connection, HTTP/1.0).
+    `tls`: serve HTTPS (tls_context); a client certificate of its CA names
+    the gate, as that gate's own token would."""
+    certificates_name_gates = tls is not None and tls.verify_mode != ssl.CERT_NONE
     # A malformed or unreadable list stops the start, not a request.
     valid = FilesValid(m.GATE_TOKENS_FILE_VALID)
     own_tokens = GateTokens.from_env(on_reload=valid.watcher("CLEARANCE_GATE_TOKENS_FILE"))
@@ -353,6 +380,16 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
 
         def handle(self) -> None:
             self.close_connection = True
+            self._cert_gate = ""
+            if tls is not None:
+                # The handshake here, on the connection's own thread and under
+                # the request timeout, not in the accepting thread.
+                try:
+                    self.connection.do_handshake()
+                except (ssl.SSLError, OSError) as exc:
+                    log.info("gate API: TLS handshake refused (%s)", getattr(exc, "reason", None) or exc)
+                    return
+                self._cert_gate = certificate_gate(self.connection.getpeercert()) if certificates_name_gates else ""
             self.handle_one_request()
             while not self.close_connection:
                 # Between requests a connection waits keepalive_s, not the
@@ -408,8 +445,10 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
         def _authorised(self) -> bool:
             """Whether the request carries a token the API takes; which gate it
             names, if it is one gate's own, is kept for _post (self._as_gate)."""
-            self._as_gate = ""
-            if not shared.required and not own_tokens.required:
+            self._as_gate = self._cert_gate  # a client certificate of the gates' CA names its gate
+            if self._as_gate:
+                return True
+            if not shared.required and not own_tokens.required and not certificates_name_gates:
                 return True
             header = self.headers.get("Authorization")
             if shared.accepts(header):
@@ -494,6 +533,8 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
                 self._send(404, {"error": "POST /exit/<logisticsNo>?gate=G or /batch/exit?area=A&gate=G"})
 
     server = _BoundedServer((host, port), Handler, max_connections)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     threading.Thread(target=server.serve_forever, daemon=True, name="gate-http").start()
     return server
 
@@ -517,6 +558,8 @@ class _BoundedServer(ThreadingHTTPServer):
             # gates' alert watches includes the connections turned away.
             m.GATE_REQUESTS.labels("unread", "503").inc()
             try:
+                if isinstance(request, ssl.SSLSocket):  # no answer without a handshake: closed
+                    return
                 request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                                 b"Content-Length: %d\r\nRetry-After: %d\r\nConnection: close\r\n\r\n%s"
                                 % (len(_BUSY), RETRY_AFTER_S, _BUSY))
@@ -670,14 +713,15 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
     m.GATE_INFO.labels(__version__, group).set(1)
     server = serve_http(gate, http_port, http_host, health=lambda: heartbeat.health(lag.assigned),
                         max_connections=settings.gate_max_connections,
-                        keepalive_s=settings.gate_keepalive_s) if http_port else None
+                        keepalive_s=settings.gate_keepalive_s, tls=tls_context(settings)) if http_port else None
     conf = settings.librdkafka_config()
     conf.update({"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": "false",
                  "session.timeout.ms": str(int(settings.session_timeout_s * 1000)), "fetch.wait.max.ms": "50"})
     consumer = Consumer(conf)
     consumer.subscribe([registry.topic_name(registry.RELEASE, settings)])
     if not quiet:
-        api = (f"HTTP API on http://{http_host}:{server.server_address[1]} (/scan, /exit, /batch, /metrics, /health)"
+        scheme = "https" if settings.gate_tls_certfile else "http"
+        api = (f"HTTP API on {scheme}://{http_host}:{server.server_address[1]} (/scan, /exit, /batch, /metrics, /health)"
                if server is not None else "no HTTP API (--http-port or CLEARANCE_GATE_PORT)")
         print(f"gate: consuming {registry.topic_name(registry.RELEASE, settings)} as group {group}; {api}",
               flush=True)

@@ -490,3 +490,80 @@ def test_a_connection_the_api_does_not_keep_is_said_to_close_and_closed(redis_ur
         sock.close()
     finally:
         server.shutdown()
+
+
+def test_the_api_serves_tls_and_a_gates_certificate_names_its_gate(redis_url, monkeypatch):
+    """HTTPS without a proxy: a client certificate of the gates' CA (CN YP-01)
+    acts as YP-01's own token; without one a token is still taken; a
+    certificate of another CA, or plain HTTP, gets no answer."""
+    import socket
+    import ssl
+
+    from config.settings import load_settings
+    from streams.gate import tls_context
+    from tests.conftest import FIXTURES
+
+    tls_dir = FIXTURES / "tls"
+    monkeypatch.setenv("CLEARANCE_GATE_TOKEN", "shared-token")
+    settings = load_settings({"REDIS_URL": redis_url, "KAFKA_BOOTSTRAP": "unused:1",
+                              "CLEARANCE_GATE_TLS_CERTFILE": str(tls_dir / "broker.pem"),
+                              "CLEARANCE_GATE_TLS_KEYFILE": str(tls_dir / "broker.key"),
+                              "CLEARANCE_GATE_TLS_CLIENT_CA": str(tls_dir / "ca.pem")})
+    gate = Gate(settings)
+    gate.flush_s = 0.1  # no broker: the exits' events stay owed
+    gate.record([{"logisticsNo": f"YT-TLS-{i}", "orderNo": "O", "invtNo": "I", "areaCode": "AREA-TLS",
+                  "billNo": "", "releasedAt": 1} for i in range(2)])
+    server = serve_http(gate, free_port(), tls=tls_context(settings), request_timeout_s=2.0)
+    port = server.server_address[1]
+
+    def client(cert: str | None = None) -> http.client.HTTPSConnection:
+        ctx = ssl.create_default_context(cafile=str(tls_dir / "ca.pem"))
+        if cert:
+            ctx.load_cert_chain(str(tls_dir / f"{cert}.pem"), str(tls_dir / f"{cert}.key"))
+        return http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+
+    def call(conn, method: str, path: str, token: str = "") -> tuple[int, dict]:
+        conn.request(method, path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        resp = conn.getresponse()
+        return resp.status, orjson.loads(resp.read())
+
+    try:
+        as_gate = client("gate-yp01")
+        assert call(as_gate, "GET", "/scan/YT-TLS-0") == (200, {**gate.scan("YT-TLS-0")})
+        code, body = call(as_gate, "POST", "/exit/YT-TLS-0?gate=YP-02")
+        assert code == 403 and "YP-01" in body["error"]  # its certificate names YP-01 alone
+        code, body = call(as_gate, "POST", "/exit/YT-TLS-0?gate=YP-01")
+        assert code == 200 and body["result"] == "exited" and body["gate"] == "YP-01"
+        as_gate.close()
+        anonymous = client()
+        assert call(anonymous, "GET", "/scan/YT-TLS-1")[0] == 401  # neither a certificate nor a token
+        assert call(anonymous, "GET", "/scan/YT-TLS-1", "shared-token")[0] == 200
+        assert call(anonymous, "GET", "/health")[0] == 200
+        anonymous.close()
+        # A certificate that names YP-01 but that another CA issued: refused at the handshake.
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+            call(client("stranger"), "GET", "/scan/YT-TLS-1")
+        # Plain HTTP on the TLS port: no answer, and the API goes on.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+            plain.sendall(b"GET /health HTTP/1.1\r\nHost: g\r\n\r\n")
+            assert not plain.recv(1024).startswith(b"HTTP/")
+        assert call(client("gate-yp01"), "GET", "/scan/YT-TLS-1")[0] == 200
+    finally:
+        server.shutdown()
+        gate.close()
+
+
+def test_gate_tls_settings_that_cannot_work_stop_the_start():
+    from config.settings import SettingsError, load_settings
+    from tests.conftest import FIXTURES
+
+    tls_dir = FIXTURES / "tls"
+    with pytest.raises(SettingsError, match="go with CLEARANCE_GATE_TLS_CERTFILE"):
+        load_settings({"CLEARANCE_GATE_TLS_CLIENT_CA": str(tls_dir / "ca.pem")})
+    with pytest.raises(SettingsError, match="CLEARANCE_GATE_TLS_CERTFILE .*does not belong"):
+        load_settings({"CLEARANCE_GATE_TLS_CERTFILE": str(tls_dir / "broker.pem"),
+                       "CLEARANCE_GATE_TLS_KEYFILE": str(tls_dir / "worker.key")})
+    with pytest.raises(SettingsError, match="CLEARANCE_GATE_TLS_CLIENT_CA .*no such file"):
+        load_settings({"CLEARANCE_GATE_TLS_CERTFILE": str(tls_dir / "broker.pem"),
+                       "CLEARANCE_GATE_TLS_KEYFILE": str(tls_dir / "broker.key"),
+                       "CLEARANCE_GATE_TLS_CLIENT_CA": "/nonexistent/ca.pem"})
