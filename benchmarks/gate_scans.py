@@ -6,26 +6,39 @@ gate sees, from its request to the answer read. The API runs in a process of
 its own, as in production, so the clients' threads do not compete with it
 for the interpreter lock.
 
-Usage: python -m benchmarks.gate_scans [REQUESTS] [CLIENTS] [--keep-alive]   (default 3000, 8)
+--tls: HTTPS, the clients showing a gate's client certificate (the test
+fixtures' CA, tests/fixtures/tls), each connection paying its handshake.
+
+Usage: python -m benchmarks.gate_scans [REQUESTS] [CLIENTS] [--keep-alive] [--tls]   (default 3000, 8)
 """
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import multiprocessing
+import ssl
 import statistics
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from config.settings import Settings
 from streams import embedded
-from streams.gate import Gate, serve_http
+from streams.gate import Gate, serve_http, tls_context
+
+TLS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tls"
 
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     keep_alive = "--keep-alive" in sys.argv[1:]
+    tls = "--tls" in sys.argv[1:]
+    client_tls = None
+    if tls:
+        client_tls = ssl.create_default_context(cafile=str(TLS / "ca.pem"))
+        client_tls.load_cert_chain(str(TLS / "gate-yp01.pem"), str(TLS / "gate-yp01.key"))
     n = int(args[0]) if args else 3000
     clients = int(args[1]) if len(args) > 1 else 8
     kept = threading.local()  # --keep-alive: each client thread's connection
@@ -35,7 +48,7 @@ def main() -> None:
         g.record([{"logisticsNo": f"YT{i:06d}", "orderNo": f"O{i}", "invtNo": f"I{i}", "areaCode": "A1",
                    "billNo": "", "releasedAt": 1} for i in range(n)])
         port = embedded.free_port()
-        api = multiprocessing.get_context("fork").Process(target=_serve, args=(svc.redis_url, port, clients * 2),
+        api = multiprocessing.get_context("fork").Process(target=_serve, args=(svc.redis_url, port, clients * 2, tls),
                                                           daemon=True)
         api.start()
         deadline = time.monotonic() + 10
@@ -50,7 +63,9 @@ def main() -> None:
 
         def scan(i: int) -> float:
             t = time.perf_counter()
-            conn = getattr(kept, "conn", None) or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn = getattr(kept, "conn", None) or (
+                http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=client_tls) if tls else
+                http.client.HTTPConnection("127.0.0.1", port, timeout=10))
             conn.request("GET", f"/scan/YT{i:06d}")
             resp = conn.getresponse()
             body = resp.read()
@@ -76,9 +91,13 @@ def main() -> None:
         svc.stop()
 
 
-def _serve(redis_url: str, port: int, max_connections: int) -> None:
-    serve_http(Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url)), port,
-               max_connections=max_connections)
+def _serve(redis_url: str, port: int, max_connections: int, tls: bool = False) -> None:
+    settings = Settings(kafka_bootstrap="unused:1", redis_url=redis_url)
+    if tls:
+        settings = dataclasses.replace(settings, gate_tls_certfile=str(TLS / "broker.pem"),
+                                       gate_tls_keyfile=str(TLS / "broker.key"),
+                                       gate_tls_client_ca=str(TLS / "ca.pem"))
+    serve_http(Gate(settings), port, max_connections=max_connections, tls=tls_context(settings))
     while True:
         time.sleep(1)
 
