@@ -159,7 +159,7 @@ def render(summary: dict[str, Any]) -> Any:
                                                      f"p99 {_ms(summary['p99'])}")
     for col in ("worker", "docs/s 311/411/511/621", "decisions/s 800/300/500/100", "p50", "p99", "lag",
                 "behind (s)", "pending", "errors/s", "rule set"):
-        table.add_column(col, justify="left" if col in ("worker", "rule set") else "right")
+        table.add_column(col, justify="left" if col in ("worker", "rule set") else "right", no_wrap=col == "worker")
     for r in summary["rows"]:
         if not r["up"]:
             table.add_row(r["worker"], "[red]down[/red]", *[""] * 8)
