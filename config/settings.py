@@ -222,16 +222,14 @@ class Settings:
         return conf
 
 
-def _int(env: Mapping[str, str], name: str, default: str) -> int:
-    value = _env(env, name, default)
+def _whole(name: str, value: str) -> int:
     try:
         return int(value)
     except ValueError:
         raise SettingsError(f"{name} must be a whole number, not {value!r}") from None
 
 
-def _float(env: Mapping[str, str], name: str, default: str) -> float:
-    value = _env(env, name, default)
+def _number(name: str, value: str) -> float:
     try:
         number = float(value)
     except ValueError:
@@ -241,36 +239,38 @@ def _float(env: Mapping[str, str], name: str, default: str) -> float:
     return number
 
 
+def _int(env: Mapping[str, str], name: str, default: str) -> int:
+    return _whole(name, _env(env, name, default))
+
+
+def _float(env: Mapping[str, str], name: str, default: str) -> float:
+    return _number(name, _env(env, name, default))
+
+
 def _decided_ttl(value: str) -> int:
-    seconds = _int({"CLEARANCE_DECIDED_TTL_S": value}, "CLEARANCE_DECIDED_TTL_S", value)
+    seconds = _whole("CLEARANCE_DECIDED_TTL_S", value)
     if seconds < MIN_DECIDED_TTL_S:
         raise SettingsError(f"CLEARANCE_DECIDED_TTL_S must be at least {MIN_DECIDED_TTL_S} (31 days): a return may "
-                         f"come 30 days after release and needs the order's list; {seconds} is shorter")
+                            f"come 30 days after release and needs the order's list; {seconds} is shorter")
     return seconds
 
 
 def _positive(name: str, value: str) -> int:
-    seconds = _int({name: value}, name, value)
+    seconds = _whole(name, value)
     if seconds <= 0:
         raise SettingsError(f"{name} must be a positive number of seconds, not {seconds}")
     return seconds
 
 
 def _non_negative(name: str, value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0 or seconds == float("inf"):  # NaN fails the first test
+    seconds = _number(name, value)
+    if seconds < 0:
         raise SettingsError(f"{name} must be a number of seconds, 0 or more, not {value}")
     return seconds
 
 
 def _positive_int(name: str, value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
+    n = _whole(name, value)
     if n < 1:
         raise SettingsError(f"{name} must be a whole number, 1 or more, not {value!r}")
     return n
