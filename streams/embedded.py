@@ -321,21 +321,13 @@ class LocalSentinel:
                 "REDIS_SENTINEL_MASTER": self.master}
 
     def failover(self) -> int:
-        """Promote the replica; return its port once every Sentinel names it and it takes writes."""
-        old = self.primary_port()
+        """Promote the replica; return its port once it takes writes and the
+        old primary is its replica."""
+        self._killed = self.primary_port()  # not killed: demoted, but waited for the same way
         self.sentinel().execute_command("SENTINEL FAILOVER", self.master)
-
-        def promoted() -> bool:
-            try:
-                ports = {int(self.sentinel(i).execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.master)[1])
-                         for i in range(3)}
-                new = self._redis.Redis(host="127.0.0.1", port=next(iter(ports)))
-                return ports != {old} and len(ports) == 1 and new.info("replication")["role"] == "master"
-            except self._redis.RedisError:
-                return False
-        LocalCluster._until(promoted, "failover", 60)
+        port = self.wait_promoted()
         LocalCluster._until(self._ready, "the old primary as a replica", 60)
-        return self.primary_port()
+        return port
 
     def kill_primary(self) -> None:
         """kill -9 of the primary's process: the Sentinels promote the replica once it is down for 2 s."""
@@ -345,15 +337,18 @@ class LocalSentinel:
         proc.wait()
 
     def wait_promoted(self, seconds: float = 60) -> int:
-        """After kill_primary: the port of the primary the Sentinels name once it takes writes."""
+        """After kill_primary or a failover: the port of the new primary, once
+        every Sentinel names it and it takes writes."""
         def promoted() -> bool:
             try:
-                port = self.primary_port()
-                return port != self._killed and \
+                ports = {int(self.sentinel(i).execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.master)[1])
+                         for i in range(3)}
+                port = ports.pop()
+                return not ports and port != self._killed and \
                     self._redis.Redis(host="127.0.0.1", port=port).info("replication")["role"] == "master"
             except self._redis.RedisError:
                 return False
-        LocalCluster._until(promoted, "failover after the primary's death", seconds)
+        LocalCluster._until(promoted, "a new primary", seconds)
         return self.primary_port()
 
     def restart_killed(self) -> None:
