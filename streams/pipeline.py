@@ -8,7 +8,8 @@ batch, never per document.
 Delivery is at-least-once and every effect is idempotent: the match script
 ignores replays, the first stored decision wins, quota is reserved once per
 order, and a decision that was stored but not confirmed emitted is re-emitted
-by whoever sees the order next (a replayed document or the timeout sweep).
+by whoever sees the order next (a replayed document or the timeout sweep),
+unless a batch of the same worker is still producing it.
 """
 from __future__ import annotations
 
@@ -141,6 +142,9 @@ class Pipeline:
         self.last_record_ms: dict[tuple[str, int], int] = {}
         self.next_offset: dict[tuple[str, int], int] = {}
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        # Orders whose decision a batch of this worker is producing and has not
+        # yet confirmed (batches overlap: streams/batching.py).
+        self.emitting: set[str] = set()
         self.horizon_ms = 0
         self.watermark_key = state.watermark_key(settings.consumer_group)
         from streams.aftercare import Aftercare
@@ -288,6 +292,16 @@ class Pipeline:
                                    reason, status, info, message_type, now, envelope)
         self.sink.produce(self.t_deadletter, f"{rec.topic}:{rec.partition}", record)
 
+    @staticmethod
+    def _after_decision(d: _Doc, decision: dict[str, Any], now: int, out_receipts: list[dict[str, Any]]) -> None:
+        if d.app in ("2", "3"):  # a change or delete of a decided order
+            m.ERRORS.labels("change_after_decision").inc()
+            out_receipts.append(receipts.too_late_receipt(d.doc, d.meta, decision, now))
+            return
+        m.DUPLICATES.labels("after_decision").inc()
+        out_receipts.extend(receipts.decision_receipts(decision, {d.doc["type"]: d.doc},
+                                                       {d.doc["type"]: d.meta}, now))
+
     def _on_match(self, d: _Doc, reply: list[Any], now: int, out_receipts: list[dict[str, Any]],
                   pending: dict[str, _Pending], reemit: dict[str, _Emit],
                   call: list[_Doc]) -> None:
@@ -299,14 +313,7 @@ class Pipeline:
             m.ERRORS.labels("waybill_taken").inc()
             out_receipts.append(receipts.waybill_taken_receipt(d.doc, d.meta, now))
         elif status == "D":
-            decision = orjson.loads(reply[1])
-            if d.app in ("2", "3"):  # a change or delete of a decided order
-                m.ERRORS.labels("change_after_decision").inc()
-                out_receipts.append(receipts.too_late_receipt(d.doc, d.meta, decision, now))
-                return
-            m.DUPLICATES.labels("after_decision").inc()
-            out_receipts.extend(receipts.decision_receipts(decision, {d.doc["type"]: d.doc},
-                                                           {d.doc["type"]: d.meta}, now))
+            self._after_decision(d, orjson.loads(reply[1]), now, out_receipts)
         elif status == "X":  # deleted (appType 3) before the decision
             m.AMENDMENTS.labels(d.doc["type"], "delete").inc()
             out_receipts.append(receipts.arrival_receipt(d.doc, d.meta, now))
@@ -318,6 +325,13 @@ class Pipeline:
             out_receipts.append(receipts.too_late_receipt(d.doc, d.meta, None, now))
         elif status == "R":  # the order's key comes back: a waybill's is not the one sent
             key = reply[1].decode()
+            if key in self.emitting:
+                # Stored but unconfirmed because an earlier batch of this very
+                # worker is still sending it (a slow broker): that batch
+                # confirms it, or fails and is retried. A second copy would
+                # only reach the gates twice.
+                self._after_decision(d, orjson.loads(reply[2]), now, out_receipts)
+                return
             _, raw_docs, raw_metas = state.split_docs(reply[3:])
             reemit[key] = _Emit(key, orjson.loads(reply[2]), _loads_all(raw_docs), _loads_all(raw_metas), reply[2])
         else:
@@ -498,7 +512,19 @@ class Pipeline:
                         unreserve.extend(p.reserved)
                         unclaim += ((k, p.order_key) for k in p.claims)
         to_emit.extend(reemit.values())
+        # Until they are confirmed, a later batch of this worker that meets
+        # these orders again leaves them to this one.
+        mine = {e.order_key for e in to_emit} - self.emitting
+        self.emitting |= mine
+        try:
+            await self._send(to_emit, unreserve, unclaim, out_receipts, now)
+        finally:
+            self.emitting -= mine
 
+    async def _send(self, to_emit: list[_Emit], unreserve: list[decide.QuotaRequest],
+                    unclaim: list[tuple[str, str]], out_receipts: list[dict[str, Any]], now: int) -> None:
+        """Produce the decisions, release events and receipts, flush, then
+        confirm the decisions and give back what rejected orders held."""
         after_pipe = self.batch()
         for call in self.after.on_emitted([e.decision for e in to_emit], after_pipe, now):
             await call
@@ -689,7 +715,7 @@ class Pipeline:
         for okeys, replies in zip(due.values(), await pipe.execute()):
             for okey, reply in zip(okeys, replies):
                 status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-                if status == "R":
+                if status == "R" and okey not in self.emitting:
                     _, raw_docs, raw_metas = state.split_docs(reply[2:])
                     reemit[okey] = _Emit(okey, orjson.loads(reply[1]), _loads_all(raw_docs), _loads_all(raw_metas),
                                          reply[1])

@@ -13,7 +13,7 @@ import redis
 import redis.asyncio as aioredis
 from lxml import etree
 
-from streams import state
+from streams import pipeline, state
 from streams.pipeline import Pipeline
 from tests.helpers import CaptureSink, doc_records, order, other_platform, record, run_pipeline, settings_for
 from topics import ceb, registry
@@ -306,6 +306,64 @@ def test_decision_is_reemitted_when_a_batch_fails_after_storing_it(redis_url):
     decisions = sink.decisions()
     assert len(decisions) == 1 and decisions[0]["status"] == 800
     assert len(sink.on(registry.RELEASE)) == 1
+
+
+class HeldSink(CaptureSink):
+    """A slow broker: the first flush waits until the test lets it go, then
+    fails if told to (nothing of that batch reached the broker)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.held, self.go, self.fail = asyncio.Event(), asyncio.Event(), fail
+
+    async def flush(self) -> None:
+        if not self.held.is_set():
+            self.held.set()
+            await self.go.wait()
+            if self.fail:
+                self.records.clear()
+                raise ConnectionError("broker gone")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_decision_being_sent_is_not_sent_again_by_a_later_batch(redis_url, monkeypatch, fail):
+    """Batches overlap: while one waits on the broker to take its decision, a
+    later batch meets the order again (a duplicate). The decision is stored
+    but not confirmed; the later batch leaves it to the first. Only if the
+    first fails does a later meeting send it."""
+    monkeypatch.setattr(pipeline, "STALE_MS", 0)  # an unconfirmed decision is stale at once
+    monkeypatch.setattr(pipeline, "SWEEP_STALE_MS", 0)  # for the timeout sweep too
+    o = order(13)
+    sink = HeldSink(fail)
+
+    async def go() -> None:
+        client = aioredis.from_url(redis_url)
+        p = Pipeline(settings_for(redis_url, match_timeout_s=0.001), client, sink)
+        first = asyncio.create_task(p.process(doc_records(o)))
+        await sink.held.wait()
+        await asyncio.sleep(0.01)
+        await p.process(doc_records(o, ["311"]))
+        assert await p.sweep_timeouts() == 0  # nor does the sweep, which runs beside the batches
+        assert len(sink.decisions()) == 1  # produced by the first, not yet confirmed
+        sink.go.set()
+        if fail:
+            with pytest.raises(ConnectionError):
+                await first
+        else:
+            await first
+        assert not p.emitting
+        await asyncio.sleep(0.01)
+        await p.process(doc_records(o, ["411"]))
+        await p.aclose()
+        await client.aclose()
+
+    asyncio.run(go())
+    decisions = sink.decisions()
+    assert len(decisions) == 1 and decisions[0]["status"] == 800
+    assert len(sink.on(registry.RELEASE)) == 1
+    if not fail:  # the duplicate order was answered with the decision's outcome, as after a confirm
+        assert sorted(r["returnStatus"] for r in receipts_of(sink) if r["entity"] == "OrderReturn") == \
+            ["120", "120", "2"]
 
 
 def test_bad_records_are_dead_lettered_and_the_batch_goes_on(redis_url):
