@@ -30,6 +30,7 @@ from streams.batching import overlapped, take_batches
 from streams.lag import BrokerEnds, LagBook, drop_series
 from streams.output import KafkaSink
 from streams.pipeline import InRecord, Pipeline
+from streams.tls import export_expiry
 from streams.rules_feed import RulesFeed, initial_rules
 from topics import registry
 
@@ -301,6 +302,8 @@ def create_app(settings: Settings) -> faust.App:
         m.REBALANCES.inc()  # every completed rebalance assigns (possibly no) partitions
 
     m.WORKER_INFO.labels(__version__, settings.consumer_group).set(1)
+    if settings.kafka_ssl_certfile:
+        export_expiry(m.TLS_CERT_EXPIRY, "kafka_client", settings.kafka_ssl_certfile)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -57,6 +57,17 @@ def bearer_gate(authorization: str | None, digests: Mapping[bytes, str]) -> str 
     return digests.get(hashlib.sha256(authorization[7:].encode("utf-8", "surrogateescape")).digest())
 
 
+def warn_if_shared(source: str, path: str, mode: int | None = None) -> None:
+    """Log a warning when a file of secrets may be read by others than its owner."""
+    if mode is None:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s %s can be read by others than its owner (mode %o)", source, path, stat.S_IMODE(mode))
+
+
 class WatchedFile:
     """A file of secrets read again when it changes: its inode, mtime or size,
     looked at once a second at most, so a secret is replaced without a
@@ -65,11 +76,15 @@ class WatchedFile:
     gone) is refused, logged once (naming the file, never a secret), and the
     value before it stays in force; a file that cannot be read at start stops
     the start (ValueError). `on_reload(ok)` is told of every refusal and of
-    every change read after one."""
+    every change read after one. `also`: files read with it (a certificate's
+    key), whose change alone also has it read again. `secret`: warn when
+    others than its owner may read it (not for a certificate)."""
 
     def __init__(self, source: str, path: str, parse: Callable[[str], Any], check_every_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, on_reload: Callable[[bool], Any] | None = None):
-        self.source, self.path, self.parse = source, path, parse
+                 clock: Callable[[], float] = time.monotonic, on_reload: Callable[[bool], Any] | None = None,
+                 also: tuple[str, ...] = (), secret: bool = True):
+        self.source, self.path, self.parse, self.secret = source, path, parse, secret
+        self.paths = (path, *(p for p in also if p))
         self.check_every_s, self.clock, self.on_reload = check_every_s, clock, on_reload
         self.lock = threading.Lock()
         self.refused: tuple[int, ...] | None = None  # the file as it was last refused
@@ -88,11 +103,14 @@ class WatchedFile:
         return self.current
 
     def _signature(self) -> tuple[int, ...]:
-        try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            raise ValueError(f"{self.source} {self.path}: {exc.strerror}") from None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        out: tuple[int, ...] = ()
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                raise ValueError(f"{self.source} {path}: {exc.strerror}") from None
+            out += (st.st_ino, st.st_mtime_ns, st.st_size)
+        return out
 
     def _read(self) -> Any:
         try:
@@ -101,9 +119,8 @@ class WatchedFile:
                 mode = os.fstat(f.fileno()).st_mode
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"{self.source} {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("%s %s can be read by others than its owner (mode %o)", self.source, self.path,
-                        stat.S_IMODE(mode))
+        if self.secret:
+            warn_if_shared(self.source, self.path, mode)
         return self.parse(text)
 
     def _reload(self) -> None:

@@ -38,6 +38,7 @@ from config.settings import Settings
 from streams import metrics as m
 from streams import state
 from streams.auth import FilesValid, GateTokens, SharedToken
+from streams.tls import ServerCertificate, export_expiry
 from streams.lag import LagBook, drop_series
 from topics import registry
 
@@ -325,21 +326,15 @@ def route_of(method: str, path: str) -> str:
     return "other"
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(settings: Settings) -> ServerCertificate | None:
     """The gate API's own TLS (CLEARANCE_GATE_TLS_*), None without a
-    certificate. With a client CA, a gate may show a certificate it issued
-    (optional: scrapes, probes and token holders come without one); a
-    certificate of another CA fails the handshake."""
+    certificate: read again when renewed (streams/tls.py)."""
     if not settings.gate_tls_certfile:
         return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(settings.gate_tls_certfile, settings.gate_tls_keyfile or None,
-                        settings.gate_tls_key_password)  # "", not None: OpenSSL would ask a terminal
-    if settings.gate_tls_client_ca:
-        ctx.load_verify_locations(settings.gate_tls_client_ca)
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
+    return ServerCertificate(settings.gate_tls_certfile, settings.gate_tls_keyfile, settings.gate_tls_key_password,
+                             settings.gate_tls_client_ca,
+                             on_reload=FilesValid(m.GATE_TLS_FILES_VALID).watcher("CLEARANCE_GATE_TLS"),
+                             expiry_gauge=m.GATE_TLS_CERT_EXPIRY)
 
 
 def certificate_gate(peercert: Any) -> str:
@@ -350,7 +345,7 @@ def certificate_gate(peercert: Any) -> str:
 
 def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s: float = 15.0,
                health: Any = None, max_connections: int = 64,
-               keepalive_s: float = DEFAULT_KEEPALIVE_S, tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
+               keepalive_s: float = DEFAULT_KEEPALIVE_S, tls: ServerCertificate | None = None) -> ThreadingHTTPServer:
     """The gate's HTTP API on a thread of its own. `health`: a callable giving
     more fields for /health (the service's consumer: partitions held, and
     "status" other than "ok" when its loop is stuck, answered 503).
@@ -358,7 +353,7 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
     persistent connections; 0: one request per connection, HTTP/1.0).
     `tls`: serve HTTPS (tls_context); a client certificate of its CA names
     the gate, as that gate's own token would."""
-    certificates_name_gates = tls is not None and tls.verify_mode != ssl.CERT_NONE
+    certificates_name_gates = tls is not None and tls.verifies_clients
     # A malformed or unreadable list stops the start, not a request.
     valid = FilesValid(m.GATE_TOKENS_FILE_VALID)
     own_tokens = GateTokens.from_env(on_reload=valid.watcher("CLEARANCE_GATE_TOKENS_FILE"))
@@ -377,6 +372,22 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
         # apart waited for the client's delayed ACK, 40 ms a scan.
         wbufsize = -1
         disable_nagle_algorithm = True
+
+        def setup(self) -> None:
+            if tls is not None:
+                # Each connection with the context in force when it came, so a
+                # renewed certificate serves the next connection. No I/O yet:
+                # the handshake is handle()'s.
+                self.request = tls.context().wrap_socket(self.request, server_side=True,
+                                                         do_handshake_on_connect=False)
+            super().setup()
+
+        def finish(self) -> None:
+            try:
+                super().finish()
+            finally:
+                if tls is not None:
+                    self.request.close()  # the server closes the plain socket it gave, now detached
 
         def handle(self) -> None:
             self.close_connection = True
@@ -532,9 +543,7 @@ def serve_http(gate: Gate, port: int, host: str = "127.0.0.1", request_timeout_s
             else:
                 self._send(404, {"error": "POST /exit/<logisticsNo>?gate=G or /batch/exit?area=A&gate=G"})
 
-    server = _BoundedServer((host, port), Handler, max_connections)
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    server = _BoundedServer((host, port), Handler, max_connections, tls=tls is not None)
     threading.Thread(target=server.serve_forever, daemon=True, name="gate-http").start()
     return server
 
@@ -548,8 +557,9 @@ class _BoundedServer(ThreadingHTTPServer):
     clients, each held up to the request timeout) cannot exhaust the
     process's threads and memory."""
 
-    def __init__(self, address: tuple[str, int], handler: Any, max_connections: int):
+    def __init__(self, address: tuple[str, int], handler: Any, max_connections: int, tls: bool = False):
         self.slots = threading.BoundedSemaphore(max_connections)
+        self.tls = tls
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -558,7 +568,7 @@ class _BoundedServer(ThreadingHTTPServer):
             # gates' alert watches includes the connections turned away.
             m.GATE_REQUESTS.labels("unread", "503").inc()
             try:
-                if isinstance(request, ssl.SSLSocket):  # no answer without a handshake: closed
+                if self.tls:  # no answer without a handshake: closed
                     return
                 request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                                 b"Content-Length: %d\r\nRetry-After: %d\r\nConnection: close\r\n\r\n%s"
@@ -711,6 +721,8 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
     lag = ReleaseLag()
     heartbeat = Heartbeat()
     m.GATE_INFO.labels(__version__, group).set(1)
+    if settings.kafka_ssl_certfile:
+        export_expiry(m.GATE_TLS_CERT_EXPIRY, "kafka_client", settings.kafka_ssl_certfile)
     server = serve_http(gate, http_port, http_host, health=lambda: heartbeat.health(lag.assigned),
                         max_connections=settings.gate_max_connections,
                         keepalive_s=settings.gate_keepalive_s, tls=tls_context(settings)) if http_port else None

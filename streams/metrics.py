@@ -64,6 +64,10 @@ TOKEN_FILES_VALID = Gauge("clearance_token_files_valid",
                           "Whether the worker's token files (CLEARANCE_HTTP_TOKEN_FILE, CLEARANCE_METRICS_TOKEN_FILE) "
                           "as they are now are in force: 0 when the last change of one was refused (malformed, "
                           "unreadable, empty) and the tokens before it stay in force; 1 without a file")
+_TLS_EXPIRY_HELP = ("When a TLS certificate this process shows expires (Unix time): certificate=\"kafka_client\" "
+                    "(KAFKA_SSL_CERTFILE, read at start: a renewed one needs a restart), \"gate_api\" "
+                    "(CLEARANCE_GATE_TLS_CERTFILE, read again when renewed)")
+TLS_CERT_EXPIRY = Gauge("clearance_tls_certificate_expiry_timestamp_seconds", _TLS_EXPIRY_HELP, ["certificate"])
 RULESET_INFO = Gauge("clearance_ruleset_info", "Rule set in force (value 1)", ["version"])
 RULESET_LOADS = Counter("clearance_ruleset_loads_total", "Rule sets received, by result", ["result"])
 REVIEWS = Counter("clearance_reviews_total", "Officer review results processed", ["result"])
@@ -118,6 +122,14 @@ GATE_HEARTBEAT = Gauge("clearance_gate_consumer_heartbeat_timestamp_seconds",
 GATE_CONNECTIONS = Gauge("clearance_gate_connections",
                          "Connections the gate API holds open now, kept-alive idle ones included: one more than "
                          "CLEARANCE_GATE_MAX_CONNECTIONS is answered 503 busy", registry=GATE_REGISTRY)
+GATE_TLS_CERT_EXPIRY = Gauge("clearance_tls_certificate_expiry_timestamp_seconds", _TLS_EXPIRY_HELP,
+                            ["certificate"], registry=GATE_REGISTRY)
+GATE_TLS_FILES_VALID = Gauge("clearance_gate_tls_files_valid",
+                             "Whether the gate API's certificate, key and client CA (CLEARANCE_GATE_TLS_*) as they "
+                             "are now are in force: 0 when the last change was refused (a key of another "
+                             "certificate, unreadable, not PEM) and the files before it stay in force; 1 without "
+                             "TLS", registry=GATE_REGISTRY)
+GATE_TLS_FILES_VALID.set(1)  # until files are refused
 GATE_TOKENS_FILE_VALID = Gauge("clearance_gate_tokens_file_valid",
                                "Whether the gate service's token files (CLEARANCE_GATE_TOKENS_FILE, "
                                "CLEARANCE_GATE_TOKEN_FILE, CLEARANCE_METRICS_TOKEN_FILE) as they are now are in "

@@ -128,6 +128,27 @@ class Certificate:
         return hashlib.sha256(self.der).hexdigest()
 
 
+def _tbs_fields(der: bytes) -> list[tuple[int, int, int]]:
+    tag, s, e = _tlv(der, 0)
+    tbs_tag, ts, te = _children(der, s, e)[0]
+    fields = _children(der, ts, te)
+    return fields[1:] if fields and fields[0][0] == 0xA0 else fields  # [0] version
+
+
+def _validity(der: bytes, fields: list[tuple[int, int, int]]) -> tuple[dt.datetime, dt.datetime]:
+    (t1, a, b), (t2, c, d) = _children(der, fields[3][1], fields[3][2])
+    return _time(t1, der[a:b]), _time(t2, der[c:d])
+
+
+def certificate_validity(der: bytes) -> tuple[dt.datetime, dt.datetime]:
+    """notBefore and notAfter of an X.509 certificate of any key type
+    (ValueError when it does not read): the TLS certificates' expiry."""
+    try:
+        return _validity(der, _tbs_fields(der))
+    except (IndexError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not an X.509 certificate ({exc})") from None
+
+
 @functools.lru_cache(maxsize=256)
 def parse_certificate(der: bytes) -> Certificate:
     """The public key and validity of an X.509 certificate (RFC 5280); nothing
@@ -135,15 +156,10 @@ def parse_certificate(der: bytes) -> Certificate:
     last seen: an agent signs every message with the same one, and reading
     it (two dates parsed) is ~0.1 ms of the ~2.6 ms a verification takes."""
     try:
-        tag, s, e = _tlv(der, 0)
-        tbs_tag, ts, te = _children(der, s, e)[0]
-        fields = _children(der, ts, te)
-        if fields and fields[0][0] == 0xA0:  # [0] version
-            fields = fields[1:]
+        fields = _tbs_fields(der)
         # serial, signature algorithm, issuer, validity, subject, subjectPublicKeyInfo
-        (_, vs, ve), (_, ks, ke) = fields[3], fields[5]
-        (t1, a, b), (t2, c, d) = _children(der, vs, ve)
-        not_before, not_after = _time(t1, der[a:b]), _time(t2, der[c:d])
+        (_, ks, ke) = fields[5]
+        not_before, not_after = _validity(der, fields)
         (_, as_, ae), (bit_tag, bs, be) = _children(der, ks, ke)
         alg = _children(der, as_, ae)
         oid = _oid(der[alg[0][1]:alg[0][2]])

@@ -43,8 +43,10 @@ PANELS = [
                                                     ("max(clearance_redis_maxmemory_bytes)", "maxmemory (0: none)")], 8),
     ("Lists held for their guarantee (15 min) by guarantor", "short", [
         ("sum by (assure_code) (increase(clearance_guarantee_held_total[15m]))", "{{assure_code}}")], 8),
-    ("Signing cards: days until expiry", "short", [
-        ("(min by (cop_code) (clearance_signing_certificate_expiry_timestamp_seconds) - time()) / 86400", "{{cop_code}}")], 8),
+    ("Certificates: days until expiry (signing cards, TLS)", "short", [
+        ("(min by (cop_code) (clearance_signing_certificate_expiry_timestamp_seconds) - time()) / 86400", "card {{cop_code}}"),
+        ("(min by (instance, certificate) (clearance_tls_certificate_expiry_timestamp_seconds) - time()) / 86400",
+         "{{certificate}} {{instance}}")], 8),
     ("Exit events owed (the gates' outbox)", "short", [
         ("max(clearance_gate_exit_events_owed)", "owed")], 8),
     ("Gate API requests /s by route and status", "ops", [

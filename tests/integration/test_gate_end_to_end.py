@@ -229,3 +229,62 @@ def test_an_operator_sends_the_exit_events_owed_from_the_command_line(services, 
     reader = Reader(env, registry.EXITS)
     assert sorted(k for k, _ in reader.read_until(lambda rs: len(rs) >= 3, timeout=30)) == sorted(numbers)
     reader.close()
+
+
+def test_the_gate_service_serves_https_and_takes_a_renewed_certificate(services, redis_url, tmp_path):
+    """`clearance gate` with CLEARANCE_GATE_TLS_*: HTTPS on its port, the
+    certificate's expiry and the files' state on /metrics, and a certificate
+    renewed in place served to the next connection without a restart."""
+    import shutil
+    import socket
+    import ssl
+
+    from streams.tls import expiry
+    from tests.conftest import FIXTURES
+
+    tls_dir = FIXTURES / "tls"
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    for source, target in (("broker.pem", cert), ("broker.key", key)):
+        shutil.copy(tls_dir / source, target)
+    key.chmod(0o600)
+    gate_port = free_port()
+    env = Env(services, CLEARANCE_GATE_PORT=str(gate_port), CLEARANCE_GATE_TLS_CERTFILE=str(cert),
+              CLEARANCE_GATE_TLS_KEYFILE=str(key))
+    gate = subprocess.Popen([sys.executable, "-m", "streams.cli", "gate"], env=env.env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    trusted = ssl.create_default_context(cafile=str(tls_dir / "ca.pem"))
+
+    def metrics() -> str:
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{gate_port}/metrics", timeout=5,
+                                        context=trusted) as resp:
+                return resp.read().decode()
+        except OSError:
+            return ""
+
+    def sample(text: str, series: str) -> float | None:
+        found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else None
+
+    def served() -> bytes:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", gate_port), timeout=5) as raw, \
+                ctx.wrap_socket(raw) as conn:
+            return conn.getpeercert(binary_form=True)
+
+    try:
+        text = wait_for(metrics)
+        assert sample(text, 'clearance_tls_certificate_expiry_timestamp_seconds{certificate="gate_api"}') == \
+            expiry(cert.read_text())
+        assert sample(text, "clearance_gate_tls_files_valid") == 1
+        # Renewed: a new key and certificate, swapped in one after the other.
+        for source, target in (("gate-yp01.key", key), ("gate-yp01.pem", cert)):
+            shutil.copy(tls_dir / source, tmp_path / "next")
+            os.replace(tmp_path / "next", target)
+        renewed = ssl.PEM_cert_to_DER_cert((tls_dir / "gate-yp01.pem").read_text())
+        assert wait_for(lambda: served() == renewed, timeout=10)
+        assert gate.poll() is None
+    finally:
+        os.killpg(gate.pid, signal.SIGTERM)
+        gate.wait(15)

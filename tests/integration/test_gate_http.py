@@ -546,7 +546,11 @@ def test_the_api_serves_tls_and_a_gates_certificate_names_its_gate(redis_url, mo
         # Plain HTTP on the TLS port: no answer, and the API goes on.
         with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
             plain.sendall(b"GET /health HTTP/1.1\r\nHost: g\r\n\r\n")
-            assert not plain.recv(1024).startswith(b"HTTP/")
+            try:
+                answer = plain.recv(1024)
+            except ConnectionResetError:  # closed with the request unread
+                answer = b""
+            assert not answer.startswith(b"HTTP/")
         assert call(client("gate-yp01"), "GET", "/scan/YT-TLS-1")[0] == 200
     finally:
         server.shutdown()
@@ -567,3 +571,110 @@ def test_gate_tls_settings_that_cannot_work_stop_the_start():
         load_settings({"CLEARANCE_GATE_TLS_CERTFILE": str(tls_dir / "broker.pem"),
                        "CLEARANCE_GATE_TLS_KEYFILE": str(tls_dir / "broker.key"),
                        "CLEARANCE_GATE_TLS_CLIENT_CA": "/nonexistent/ca.pem"})
+
+
+def test_a_renewed_certificate_and_client_ca_are_served_without_a_restart(redis_url, tmp_path, monkeypatch):
+    """cert-manager or certbot renews the files in place: the next connection
+    gets the new certificate, a connection already open goes on, a half-done
+    change (a new certificate beside the old key) is refused until its key
+    arrives, and a new client CA decides which gates' certificates count."""
+    import os
+    import shutil
+    import socket
+    import ssl
+
+    from streams import metrics as m
+    from streams.auth import FilesValid
+    from streams.tls import ServerCertificate, expiry
+    from tests.conftest import FIXTURES
+
+    tls_dir = FIXTURES / "tls"
+    files = {"cert": tmp_path / "tls.crt", "key": tmp_path / "tls.key", "ca": tmp_path / "ca.crt"}
+
+    def put(name: str, source: str) -> None:  # as a secret volume does: a new file swapped in
+        shutil.copy(tls_dir / source, tmp_path / "next")
+        os.chmod(tmp_path / "next", 0o600)
+        os.replace(tmp_path / "next", files[name])
+
+    put("cert", "broker.pem"), put("key", "broker.key"), put("ca", "ca.pem")
+    monkeypatch.setenv("CLEARANCE_GATE_TOKEN", "shared-token")
+    gate = Gate(Settings(kafka_bootstrap="unused:1", redis_url=redis_url))
+    gate.flush_s = 0.1  # no broker: the exits' events stay owed
+    gate.record([{"logisticsNo": "YT-RENEW-0", "orderNo": "O", "invtNo": "I", "areaCode": "AREA-RENEW",
+                  "billNo": "", "releasedAt": 1}])
+    tls = ServerCertificate(str(files["cert"]), str(files["key"]), "", str(files["ca"]),
+                            on_reload=FilesValid(m.GATE_TLS_FILES_VALID).watcher("CLEARANCE_GATE_TLS"),
+                            expiry_gauge=m.GATE_TLS_CERT_EXPIRY, check_every_s=0)
+    server = serve_http(gate, free_port(), tls=tls, request_timeout_s=2.0, keepalive_s=30)
+    port = server.server_address[1]
+
+    def served() -> bytes:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # which certificate, trusted or not
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            return conn.getpeercert(binary_form=True)
+
+    def der(name: str) -> bytes:
+        return ssl.PEM_cert_to_DER_cert((tls_dir / name).read_text())
+
+    def scan_as(cert: str, ca: str) -> int:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.load_cert_chain(str(tls_dir / f"{cert}.pem"), str(tls_dir / f"{cert}.key"))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+        try:
+            conn.request("POST", "/exit/YT-RENEW-0?gate=YP-01")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def gauge(name: str, **labels: str) -> float | None:
+        return m.GATE_REGISTRY.get_sample_value(name, labels)
+
+    try:
+        assert served() == der("broker.pem")
+        assert gauge("clearance_tls_certificate_expiry_timestamp_seconds", certificate="gate_api") == \
+            expiry((tls_dir / "broker.pem").read_text())
+        kept = http.client.HTTPSConnection("127.0.0.1", port, timeout=5,
+                                           context=ssl.create_default_context(cafile=str(tls_dir / "ca.pem")))
+        kept.request("GET", "/health")
+        assert kept.getresponse().read()
+
+        put("cert", "worker.pem")  # the new certificate, its key not yet there
+        assert served() == der("broker.pem")
+        assert gauge("clearance_gate_tls_files_valid") == 0
+        put("key", "worker.key")
+        assert served() == der("worker.pem")
+        assert gauge("clearance_gate_tls_files_valid") == 1
+        kept.request("GET", "/health")  # made with the old certificate, and kept
+        assert kept.getresponse().status == 200
+        kept.close()
+
+        assert scan_as("gate-yp01", "ca") == 200
+        put("ca", "other-ca.pem")  # the gates' certificates now come from another CA
+        assert scan_as("stranger", "other-ca") == 200
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+            scan_as("gate-yp01", "ca")
+    finally:
+        server.shutdown()
+        gate.close()
+
+
+def test_a_certificates_expiry_is_read_from_its_pem():
+    """The expiry exported is the certificate's notAfter (checked against
+    OpenSSL's own reading), of the first certificate of a chain."""
+    import ssl
+
+    from streams.tls import expiry
+    from tests.conftest import FIXTURES
+
+    for name in ("broker.pem", "stranger.pem", "ca.pem"):
+        path = FIXTURES / "tls" / name
+        assert expiry(path.read_text()) == ssl.cert_time_to_seconds(ssl._ssl._test_decode_cert(str(path))["notAfter"])
+    chain = (FIXTURES / "tls" / "stranger.pem").read_text() + (FIXTURES / "tls" / "broker.pem").read_text()
+    assert expiry(chain) == expiry((FIXTURES / "tls" / "stranger.pem").read_text())
+    for bad in ("", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n"):
+        with pytest.raises(ValueError):
+            expiry(bad)

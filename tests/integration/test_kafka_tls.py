@@ -5,6 +5,8 @@ publisher, the topic set-up and the readers (librdkafka) all connect with the
 client certificate and its encrypted key, whose password comes from a file."""
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 from confluent_kafka import KafkaException
@@ -12,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams import embedded
 from streams.simulator import Publisher, generate
+from streams.tls import expiry
 from tests.conftest import FIXTURES
 from tests.integration.tls_front import TlsFront
 from tests.integration.worker import Env, Reader
@@ -71,6 +74,10 @@ def test_a_worker_on_a_mutual_tls_cluster_decides_and_releases(tls_env):
     assert {k for k, _ in rel} == released
     # Every connection came through the front with the worker's certificate.
     assert svc.front.clients and set(svc.front.clients) == {"clearance-worker"}
+    # Its expiry is exported, for an alert weeks before it would stop the worker.
+    exported = re.search(r'^clearance_tls_certificate_expiry_timestamp_seconds\{certificate="kafka_client"\} (\S+)$',
+                         env.metrics(0), re.M)
+    assert exported and float(exported.group(1)) == expiry((TLS / "worker.pem").read_text())
 
 
 @pytest.mark.parametrize("client", ["none", "stranger"])
