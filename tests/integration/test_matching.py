@@ -276,6 +276,12 @@ def test_state_survives_a_worker_restart(redis_url):
     assert first.decisions() == [] and len(second.decisions()) == 1
 
 
+def assert_released_once(sink: CaptureSink) -> None:
+    decisions = sink.decisions()
+    assert len(decisions) == 1 and decisions[0]["status"] == 800
+    assert len(sink.on(registry.RELEASE)) == 1
+
+
 class FailingOnceSink(CaptureSink):
     def __init__(self) -> None:
         super().__init__()
@@ -303,9 +309,7 @@ def test_decision_is_reemitted_when_a_batch_fails_after_storing_it(redis_url):
         await client.aclose()
 
     asyncio.run(go())
-    decisions = sink.decisions()
-    assert len(decisions) == 1 and decisions[0]["status"] == 800
-    assert len(sink.on(registry.RELEASE)) == 1
+    assert_released_once(sink)
 
 
 class HeldSink(CaptureSink):
@@ -358,9 +362,7 @@ def test_a_decision_being_sent_is_not_sent_again_by_a_later_batch(redis_url, mon
         await client.aclose()
 
     asyncio.run(go())
-    decisions = sink.decisions()
-    assert len(decisions) == 1 and decisions[0]["status"] == 800
-    assert len(sink.on(registry.RELEASE)) == 1
+    assert_released_once(sink)
     if not fail:  # the duplicate order was answered with the decision's outcome, as after a confirm
         assert sorted(r["returnStatus"] for r in receipts_of(sink) if r["entity"] == "OrderReturn") == \
             ["120", "120", "2"]
