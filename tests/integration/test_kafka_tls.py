@@ -7,40 +7,19 @@ from __future__ import annotations
 
 import re
 
-import orjson
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from streams import embedded
-from streams.simulator import Publisher, generate
 from streams.tls import expiry
 from tests.conftest import FIXTURES
+from tests.integration.fronted import FrontedServices, assert_decides_and_releases
 from tests.integration.tls_front import TlsFront
-from tests.integration.worker import Env, Reader
+from tests.integration.worker import Env
 from topics import registry
 
 pytestmark = pytest.mark.integration
 TLS = FIXTURES / "tls"
-
-
-class TlsServices:
-    """The session's Redis, and a broker only reachable through the TLS front."""
-
-    def __init__(self, redis_url: str, workdir: str):
-        front_port = embedded.free_port()
-        self.kafka, self.proc = embedded.start_kafka(workdir, advertised_port=front_port)
-        self.front = TlsFront(int(self.kafka.rsplit(":", 1)[1]), str(TLS / "broker.pem"), str(TLS / "broker.key"),
-                              str(TLS / "ca.pem"), front_port)
-        self.redis_url, self.bootstrap = redis_url, f"127.0.0.1:{front_port}"
-
-    def env(self) -> dict[str, str]:
-        return {"KAFKA_BOOTSTRAP": self.bootstrap, "REDIS_URL": self.redis_url, **embedded.dev_pii_env({})}
-
-    def stop(self) -> None:
-        self.front.stop()
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +27,8 @@ def tls_env(services, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tls-broker")
     password = workdir / "key-password"
     password.write_text("key-secret\n")
-    svc = TlsServices(services.redis_url, str(workdir))
+    svc = FrontedServices(services.redis_url, str(workdir), lambda upstream, port: TlsFront(
+        upstream, str(TLS / "broker.pem"), str(TLS / "broker.key"), str(TLS / "ca.pem"), port))
     env = Env(svc, KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=str(TLS / "ca.pem"),
               KAFKA_SSL_CERTFILE=str(TLS / "worker.pem"), KAFKA_SSL_KEYFILE=str(TLS / "worker-encrypted.key"),
               KAFKA_SSL_KEY_PASSWORD_FILE=str(password), CLEARANCE_MATCH_TIMEOUT_S="4")
@@ -59,19 +39,7 @@ def tls_env(services, tmp_path_factory):
 
 def test_a_worker_on_a_mutual_tls_cluster_decides_and_releases(tls_env):
     env, svc = tls_env
-    env.start_worker()
-    env.wait_assigned()
-    orders = list(generate(20, seed=31, prefix="TLS"))
-    pub = Publisher(env.settings, "xml", batch=10)
-    pub.send(orders)
-    pub.flush()
-    records = Reader(env, registry.DECISIONS).read_until(lambda r: len(r) >= len(orders), timeout=90)
-    decided = {d["decisionId"]: d["status"] for d in (orjson.loads(v) for _, v in records)}
-    assert decided == {f"{o.ebp_code}:{o.order_no}": o.expected_status for o in orders}
-    released = {o.logistics_no for o in orders if o.expected_status == 800}
-    assert released
-    rel = Reader(env, registry.RELEASE).read_until(lambda r: len(r) >= len(released), timeout=30)
-    assert {k for k, _ in rel} == released
+    assert_decides_and_releases(env, "xml", "TLS", 31)
     # Every connection came through the front with the worker's certificate.
     assert svc.front.clients and set(svc.front.clients) == {"clearance-worker"}
     # Its expiry is exported, for an alert weeks before it would stop the worker.
