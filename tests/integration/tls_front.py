@@ -12,12 +12,13 @@ from typing import Any
 
 
 class TlsFront:
-    def __init__(self, upstream_port: int, certfile: str, keyfile: str, client_ca: str, port: int):
+    def __init__(self, upstream_port: int, certfile: str, keyfile: str, client_ca: str | None, port: int):
         self.upstream_port, self.port = upstream_port, port
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(certfile, keyfile)
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.ctx.load_verify_locations(client_ca)
+        if client_ca:  # without one, TLS alone (a SASL_SSL listener: the front behind it authenticates)
+            self.ctx.verify_mode = ssl.CERT_REQUIRED
+            self.ctx.load_verify_locations(client_ca)
         self.clients: list[str] = []  # the common name of each certificate a connection came with
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
