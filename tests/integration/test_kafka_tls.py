@@ -1,16 +1,19 @@
 """A deployment on a Kafka cluster that authenticates clients by TLS
-certificate (mutual TLS): the embedded broker behind a TLS front that asks
-every client for a certificate of the zone's CA. The worker (aiokafka), the
+certificate (mutual TLS), and a Redis reached over TLS: the embedded broker
+behind a TLS front that asks every client for a certificate of the zone's
+CA, the session's Redis behind one that shows the server's certificate. The worker (aiokafka), the
 publisher, the topic set-up and the readers (librdkafka) all connect with the
 client certificate and its encrypted key, whose password comes from a file."""
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from streams import embedded
 from streams.tls import expiry
 from tests.conftest import FIXTURES
 from tests.integration.fronted import FrontedServices, assert_decides_and_releases
@@ -27,21 +30,29 @@ def tls_env(services, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tls-broker")
     password = workdir / "key-password"
     password.write_text("key-secret\n")
-    svc = FrontedServices(services.redis_url, str(workdir), lambda upstream, port: TlsFront(
+    # Redis over TLS too (rediss://, the server's certificate checked against the zone's CA).
+    redis_front = TlsFront(urlsplit(services.redis_url).port or 6379, str(TLS / "broker.pem"),
+                           str(TLS / "broker.key"), None, embedded.free_port())
+    rediss = f"rediss://127.0.0.1:{redis_front.port}/0?ssl_ca_certs={TLS / 'ca.pem'}"
+    svc = FrontedServices(rediss, str(workdir), lambda upstream, port: TlsFront(
         upstream, str(TLS / "broker.pem"), str(TLS / "broker.key"), str(TLS / "ca.pem"), port))
+    svc.redis_front = redis_front
     env = Env(svc, KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=str(TLS / "ca.pem"),
               KAFKA_SSL_CERTFILE=str(TLS / "worker.pem"), KAFKA_SSL_KEYFILE=str(TLS / "worker-encrypted.key"),
               KAFKA_SSL_KEY_PASSWORD_FILE=str(password), CLEARANCE_MATCH_TIMEOUT_S="4")
     yield env, svc
     env.stop()
     svc.stop()
+    redis_front.stop()
 
 
 def test_a_worker_on_a_mutual_tls_cluster_decides_and_releases(tls_env):
     env, svc = tls_env
     assert_decides_and_releases(env, "xml", "TLS", 31)
-    # Every connection came through the front with the worker's certificate.
+    # Every connection came through the front with the worker's certificate,
+    # and the worker's Redis clients through Redis's TLS front.
     assert svc.front.clients and set(svc.front.clients) == {"clearance-worker"}
+    assert svc.redis_front.clients
     # Its expiry is exported, for an alert weeks before it would stop the worker.
     exported = re.search(r'^clearance_tls_certificate_expiry_timestamp_seconds\{certificate="kafka_client"\} (\S+)$',
                          env.metrics(0), re.M)

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from redis import exceptions
 
 from streams import resp, state
+from streams.embedded import free_port
 
 SCRIPT = "return {KEYS[1], tonumber(ARGV[1]) * 2, false, {ARGV[2]}}"
 
@@ -147,42 +148,25 @@ def test_scripts_queue_on_a_batch_as_on_a_redis_py_pipeline(redis_url):
     assert run(go()) == [1]
 
 
-def test_tls_as_the_redis_py_client_is_configured(tmp_path):
-    # rediss:// with the CA of a self-signed certificate, against a TLS-only redis-server.
-    import shutil
-    import subprocess
+def test_tls_as_the_redis_py_client_is_configured(redis_url):
+    """rediss:// with the CA that signed the server's certificate, against the
+    session's Redis behind a TLS listener (its own build has no TLS); a
+    server another CA signed is refused."""
+    from tests.conftest import FIXTURES
+    from tests.integration.tls_front import TlsFront
 
-    from streams import embedded
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    port = embedded.free_port()
-    server = subprocess.Popen([embedded.redis_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-                               "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
-                               str(cert), "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    tls = FIXTURES / "tls"
+    front = TlsFront(urlsplit(redis_url).port or 6379, str(tls / "broker.pem"), str(tls / "broker.key"), None,
+                     free_port())
     try:
-        try:
-            embedded._wait_port(port, server, "redis-server (TLS)", timeout=10)
-        except RuntimeError:
-            pytest.skip("this redis-server was built without TLS")
-
         def trusting(ca: Path) -> list:
-            return on(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", [("SET", "over", "tls"), ("GET", "over")])
+            return on(f"rediss://127.0.0.1:{front.port}/0?ssl_ca_certs={ca}", [("SET", "over", "tls"), ("GET", "over")])
 
-        assert trusting(cert) == [b"OK", b"tls"]
-        other = tmp_path / "other.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "o.key"),
-                        "-out", str(other), "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+        assert trusting(tls / "ca.pem") == [b"OK", b"tls"]
         with pytest.raises(exceptions.ConnectionError, match="certificate verify failed"):
-            trusting(other)  # a server the configured CA did not sign is refused
+            trusting(tls / "other-ca.pem")  # a server the configured CA did not sign is refused
     finally:
-        server.terminate()
-        server.wait(10)
+        front.stop()
 
 
 def test_a_reply_that_is_not_redis_protocol_is_a_redis_error():
