@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from config.settings import load_settings
-from streams import embedded
+from streams import embedded, state
 from streams.simulator import Publisher, generate
 from topics import registry
 
@@ -125,7 +125,10 @@ def run_demo(args: argparse.Namespace) -> int:
         formats = ["json", "xml", "dxp"] if args.format == "mixed" else [args.format]
         pubs.extend(Publisher(settings, f, args.batch, duplicate_rate=0.02) for f in formats)
         print("waiting for the worker to join its group ...", flush=True)
-        _wait_ready(settings, stop)
+        # The demo's own reads go to the Redis the workers use, however it is
+        # named (a URL, a Cluster, Sentinels).
+        books = state.sync_client_for(settings)
+        _wait_ready(books, stop)
         started = time.monotonic()
         seq = 0
         expected: dict[str, Any] = {}
@@ -145,7 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if time.monotonic() >= next_report:
                 if int(time.monotonic() - started) % 2 == 0:
                     yard.let_out()
-                _report(time.monotonic() - started, pubs, watcher, services.redis_url, yard)
+                _report(time.monotonic() - started, pubs, watcher, books, yard)
                 next_report += 1
             time.sleep(0.01)
         for pub in pubs:
@@ -161,7 +164,7 @@ def run_demo(args: argparse.Namespace) -> int:
         exits_until = time.monotonic() + 10
         while time.monotonic() < exits_until and len(watcher.exits) < len(yard.exited):
             time.sleep(0.2)
-        _report(time.monotonic() - started, pubs, watcher, services.redis_url, yard)
+        _report(time.monotonic() - started, pubs, watcher, books, yard)
         watcher.stop_flag.set()
         watcher.join(5)
         forms = ", ".join(f"{sum(p.sent.values())} {p.fmt}" for p in pubs)
@@ -179,11 +182,8 @@ def _second_stop(stop: threading.Event) -> bool:
     return False
 
 
-def _wait_ready(settings: Any, stop: threading.Event, timeout: float = 60.0) -> None:
-    """Wait until a worker serves /metrics and has partitions (group joined)."""
-    import redis
-
-    r = redis.Redis.from_url(settings.redis_url)
+def _wait_ready(r: Any, stop: threading.Event, timeout: float = 60.0) -> None:
+    """Wait until Redis answers, then give the worker time to join its group."""
     deadline = time.monotonic() + timeout
     while not stop.is_set() and time.monotonic() < deadline:
         try:
@@ -217,28 +217,26 @@ class Yard:
             self.failures += 1
 
 
-def _report(elapsed: float, pubs: list[Publisher], watcher: DecisionWatcher, redis_url: str, yard: Yard) -> None:
+def _report(elapsed: float, pubs: list[Publisher], watcher: DecisionWatcher, books: Any, yard: Yard) -> None:
     sent: Counter[str] = Counter()
     for p in pubs:
         sent.update(p.sent)
     h = watcher.hist
     lat = (f"p50 {h.get_value_at_percentile(50) / 1000:.1f} ms  p99 {h.get_value_at_percentile(99) / 1000:.1f} ms  "
            f"max {h.get_max_value() / 1000:.1f} ms") if h.get_total_count() else "no decisions yet"
-    released = _gate_count(redis_url)
+    released = _gate_count(books)
     outcomes = "  ".join(f"{k} {v}" for k, v in sorted(watcher.outcomes.items()))
     print(f"[{elapsed:5.0f}s] docs in: 311 {sent['311']} 411 {sent['411']} 511 {sent['511']} 621 {sent['621']} | "
           f"decisions: {outcomes or '-'} | latency {lat} | gate releasable {released}, "
           f"exited {len(yard.exited)}, exit events {len(watcher.exits)}", flush=True)
 
 
-def _gate_count(redis_url: str) -> int:
-    import redis
-
+def _gate_count(books: Any) -> int:
     from streams.gate import RELEASED_COUNT
 
     try:
-        return int(redis.Redis.from_url(redis_url, socket_timeout=0.5).get(RELEASED_COUNT) or 0)
-    except Exception:
+        return int(books.get(RELEASED_COUNT) or 0)
+    except Exception:  # Redis away for a moment: the line says -1, the demo goes on
         return -1
 
 
