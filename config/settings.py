@@ -185,6 +185,7 @@ class Settings:
     gate_tls_keyfile: str = ""
     gate_tls_key_password: str = field(default="", repr=False)
     gate_tls_client_ca: str = ""
+    gate_tls_crl: str = ""
     # The gate services' consumer group on the release topic: one per zone
     # (topic prefix) sharing a Kafka cluster, or one zone's gates rebalance
     # with every other zone's.
@@ -369,13 +370,23 @@ def _gate_tls(e: Mapping[str, str]) -> dict[str, str]:
     out = {"gate_tls_certfile": _readable("CLEARANCE_GATE_TLS_CERTFILE", _env(e, "CLEARANCE_GATE_TLS_CERTFILE", "")),
            "gate_tls_keyfile": _readable("CLEARANCE_GATE_TLS_KEYFILE", _env(e, "CLEARANCE_GATE_TLS_KEYFILE", "")),
            "gate_tls_key_password": _secret(e, "CLEARANCE_GATE_TLS_KEY_PASSWORD"),
-           "gate_tls_client_ca": _readable("CLEARANCE_GATE_TLS_CLIENT_CA", _env(e, "CLEARANCE_GATE_TLS_CLIENT_CA", ""))}
+           "gate_tls_client_ca": _readable("CLEARANCE_GATE_TLS_CLIENT_CA", _env(e, "CLEARANCE_GATE_TLS_CLIENT_CA", "")),
+           "gate_tls_crl": _readable("CLEARANCE_GATE_TLS_CRL", _env(e, "CLEARANCE_GATE_TLS_CRL", ""))}
+    if out["gate_tls_crl"] and not out["gate_tls_client_ca"]:
+        raise SettingsError("CLEARANCE_GATE_TLS_CRL revokes gate certificates: it goes with CLEARANCE_GATE_TLS_CLIENT_CA")
     if not out["gate_tls_certfile"] and any(out.values()):
         raise SettingsError("CLEARANCE_GATE_TLS_KEYFILE, _KEY_PASSWORD and _CLIENT_CA go with "
                             "CLEARANCE_GATE_TLS_CERTFILE (the gate API's certificate): set it")
     if out["gate_tls_certfile"]:
         _client_certificate(out["gate_tls_certfile"], out["gate_tls_keyfile"], out["gate_tls_key_password"],
                             "CLEARANCE_GATE_TLS")
+    if out["gate_tls_crl"]:
+        with open(out["gate_tls_crl"], encoding="ascii", errors="replace") as f:
+            blocks = [line for line in f.read().splitlines() if line.startswith("-----BEGIN ")]
+        # Only CRLs: a certificate in that file would be trusted as a gates' CA.
+        if not blocks or any(b != "-----BEGIN X509 CRL-----" for b in blocks):
+            raise SettingsError(f"CLEARANCE_GATE_TLS_CRL {out['gate_tls_crl']}: must hold PEM X509 CRLs and "
+                                "nothing else")
     return out
 
 

@@ -334,7 +334,8 @@ def tls_context(settings: Settings) -> ServerCertificate | None:
     return ServerCertificate(settings.gate_tls_certfile, settings.gate_tls_keyfile, settings.gate_tls_key_password,
                              settings.gate_tls_client_ca,
                              on_reload=FilesValid(m.GATE_TLS_FILES_VALID).watcher("CLEARANCE_GATE_TLS"),
-                             expiry_gauge=m.GATE_TLS_CERT_EXPIRY)
+                             expiry_gauge=m.GATE_TLS_CERT_EXPIRY, crl=settings.gate_tls_crl,
+                             crl_gauge=m.GATE_TLS_CRL_NEXT_UPDATE)
 
 
 def certificate_gate(peercert: Any) -> str:

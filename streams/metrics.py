@@ -130,6 +130,10 @@ GATE_TLS_FILES_VALID = Gauge("clearance_gate_tls_files_valid",
                              "certificate, unreadable, not PEM) and the files before it stay in force; 1 without "
                              "TLS", registry=GATE_REGISTRY)
 GATE_TLS_FILES_VALID.set(1)  # until files are refused
+GATE_TLS_CRL_NEXT_UPDATE = Gauge("clearance_gate_tls_crl_next_update_timestamp_seconds",
+                                 "When the gates' CA's revocation list in force (CLEARANCE_GATE_TLS_CRL) is due to be "
+                                 "replaced (its nextUpdate, Unix time): past it every gate certificate is refused",
+                                 registry=GATE_REGISTRY)
 GATE_TOKENS_FILE_VALID = Gauge("clearance_gate_tokens_file_valid",
                                "Whether the gate service's token files (CLEARANCE_GATE_TOKENS_FILE, "
                                "CLEARANCE_GATE_TOKEN_FILE, CLEARANCE_METRICS_TOKEN_FILE) as they are now are in "

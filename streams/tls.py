@@ -17,6 +17,27 @@ from topics import xmlsig
 log = logging.getLogger("clearance.tls")
 
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
+_PEM_CRL = re.compile(r"-----BEGIN X509 CRL-----([A-Za-z0-9+/=\s]+?)-----END X509 CRL-----")
+
+
+def _der(block: str) -> bytes:
+    try:
+        return base64.b64decode("".join(block.split()), validate=True)
+    except binascii.Error:
+        raise ValueError("not Base64") from None
+
+
+def crl_next_update(pem: str) -> float:
+    """When the first of the CRLs in a PEM text is due to be replaced (Unix
+    time; inf when none names a nextUpdate). ValueError when the text holds
+    no CRL or anything else (a certificate there would be trusted as a CA)."""
+    crls = _PEM_CRL.findall(pem)
+    if not crls:
+        raise ValueError("holds no PEM X509 CRL")
+    if "-----BEGIN" in _PEM_CRL.sub("", pem):
+        raise ValueError("holds something besides CRLs (a certificate there would be trusted)")
+    due = [xmlsig.crl_next_update(_der(block)) for block in crls]
+    return min((d.timestamp() for d in due if d is not None), default=float("inf"))
 
 
 def expiry(pem: str) -> float:
@@ -25,11 +46,7 @@ def expiry(pem: str) -> float:
     found = _PEM_CERTIFICATE.search(pem)
     if not found:
         raise ValueError("holds no PEM certificate")
-    try:
-        der = base64.b64decode("".join(found.group(1).split()), validate=True)
-    except binascii.Error:
-        raise ValueError("its certificate is not Base64") from None
-    return xmlsig.certificate_validity(der)[1].timestamp()
+    return xmlsig.certificate_validity(_der(found.group(1)))[1].timestamp()
 
 
 def export_expiry(gauge: Any, certificate: str, path: str) -> None:
@@ -45,7 +62,7 @@ def export_expiry(gauge: Any, certificate: str, path: str) -> None:
 
 class ServerCertificate:
     """The gate API's TLS (CLEARANCE_GATE_TLS_*): a context made again when
-    its certificate, key or client CA changes (looked at once a second, on
+    its certificate, key, client CA or the CA's revocation list changes (looked at once a second, on
     connections), so a certificate renewed on disk (cert-manager, certbot,
     a Kubernetes secret) is served without a restart. A change that does
     not load (the new certificate beside the old key, a wrong password, not
@@ -56,13 +73,14 @@ class ServerCertificate:
 
     def __init__(self, certfile: str, keyfile: str = "", password: str = "", client_ca: str = "",
                  on_reload: Callable[[bool], Any] | None = None, expiry_gauge: Any = None,
-                 check_every_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+                 check_every_s: float = 1.0, clock: Callable[[], float] = time.monotonic, crl: str = "",
+                 crl_gauge: Any = None):
         self.certfile, self.keyfile, self.password, self.client_ca = certfile, keyfile, password, client_ca
-        self.expiry_gauge = expiry_gauge
+        self.crl, self.expiry_gauge, self.crl_gauge = crl, expiry_gauge, crl_gauge
         # A client CA set means a gate may show a certificate it issued.
         self.verifies_clients = bool(client_ca)
         self.files = WatchedFile("CLEARANCE_GATE_TLS_CERTFILE", certfile, self._load, check_every_s, clock,
-                                 on_reload, also=(keyfile, client_ca), secret=False)
+                                 on_reload, also=(keyfile, client_ca, crl), secret=False)
 
     def context(self) -> ssl.SSLContext:
         """The context in force now, for the next connection."""
@@ -81,11 +99,22 @@ class ServerCertificate:
                 # Optional: scrapes, probes and token holders come without one;
                 # a certificate of another CA fails the handshake.
                 ctx.verify_mode = ssl.CERT_OPTIONAL
-        except (ssl.SSLError, OSError) as exc:
+            next_update = None
+            if self.crl:
+                with open(self.crl, encoding="ascii", errors="replace") as f:
+                    next_update = crl_next_update(f.read())
+                # A gate certificate its CA revoked (a lost scanner) fails the
+                # handshake; so does every one once the CRL is past its
+                # nextUpdate, as OpenSSL will not trust a stale list.
+                ctx.load_verify_locations(self.crl)
+                ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        except (ssl.SSLError, OSError, ValueError) as exc:
             why = ("the key does not belong to the certificate" if "MISMATCH" in str(exc) else
                    getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc))
             raise ValueError(f"CLEARANCE_GATE_TLS_CERTFILE {self.certfile}, KEYFILE {self.keyfile or '-'}, "
-                             f"CLIENT_CA {self.client_ca or '-'}: {why}") from None
+                             f"CLIENT_CA {self.client_ca or '-'}, CRL {self.crl or '-'}: {why}") from None
+        if self.crl_gauge is not None and next_update is not None:
+            self.crl_gauge.set(next_update)
         if self.expiry_gauge is not None:
             try:
                 self.expiry_gauge.labels("gate_api").set(expiry(pem))

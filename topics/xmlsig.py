@@ -149,6 +149,26 @@ def certificate_validity(der: bytes) -> tuple[dt.datetime, dt.datetime]:
         raise ValueError(f"not an X.509 certificate ({exc})") from None
 
 
+def crl_next_update(der: bytes) -> dt.datetime | None:
+    """nextUpdate of an X.509 CRL (RFC 5280 §5.1: when a newer one is due
+    and this one stops counting), None when it names none; ValueError when
+    it does not read."""
+    try:
+        tag, s, e = _tlv(der, 0)
+        fields = _children(der, *_children(der, s, e)[0][1:])
+        if fields and fields[0][0] == 0x02:  # version
+            fields = fields[1:]
+        # signature algorithm, issuer, thisUpdate, nextUpdate (optional)
+        if len(fields) < 3 or fields[2][0] not in (0x17, 0x18):
+            raise ValueError("no thisUpdate")
+        if len(fields) > 3 and fields[3][0] in (0x17, 0x18):
+            t, a, b = fields[3]
+            return _time(t, der[a:b])
+        return None
+    except (IndexError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not an X.509 CRL ({exc})") from None
+
+
 @functools.lru_cache(maxsize=256)
 def parse_certificate(der: bytes) -> Certificate:
     """The public key and validity of an X.509 certificate (RFC 5280); nothing

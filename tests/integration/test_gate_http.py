@@ -678,3 +678,80 @@ def test_a_certificates_expiry_is_read_from_its_pem():
                 "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n"):
         with pytest.raises(ValueError):
             expiry(bad)
+
+
+def test_a_revoked_gate_certificate_is_refused_once_its_crl_is_published(redis_url, tmp_path, monkeypatch):
+    """A lost or stolen scanner: its CA revokes its certificate and publishes
+    a new CRL (CLEARANCE_GATE_TLS_CRL); the gate service reads it within a
+    second and the revoked certificate fails the handshake, while the other
+    gates' go on. Settings that would trust the wrong thing stop the start."""
+    import datetime as dt
+    import os
+    import shutil
+    import ssl
+
+    from config.settings import SettingsError, load_settings
+    from streams import metrics as m
+    from streams.gate import tls_context
+    from tests.conftest import FIXTURES
+
+    tls_dir = FIXTURES / "tls"
+    crl = tmp_path / "gates.crl"
+    shutil.copy(tls_dir / "gates-crl-empty.pem", crl)
+    monkeypatch.setenv("CLEARANCE_GATE_TOKEN", "shared-token")
+    env = {"REDIS_URL": redis_url, "KAFKA_BOOTSTRAP": "unused:1",
+           "CLEARANCE_GATE_TLS_CERTFILE": str(tls_dir / "broker.pem"),
+           "CLEARANCE_GATE_TLS_KEYFILE": str(tls_dir / "broker.key"),
+           "CLEARANCE_GATE_TLS_CLIENT_CA": str(tls_dir / "gates-ca.pem"), "CLEARANCE_GATE_TLS_CRL": str(crl)}
+    settings = load_settings(env)
+    gate = Gate(settings)
+    gate.flush_s = 0.1  # no broker: the exits' events stay owed
+    gate.record([{"logisticsNo": f"YT-CRL-{i}", "orderNo": "O", "invtNo": "I", "areaCode": "AREA-CRL",
+                  "billNo": "", "releasedAt": 1} for i in range(2)])
+    server = serve_http(gate, free_port(), tls=tls_context(settings), request_timeout_s=2.0)
+    port = server.server_address[1]
+
+    def exit_as(gate_id: str) -> int:
+        ctx = ssl.create_default_context(cafile=str(tls_dir / "ca.pem"))
+        name = gate_id.lower().replace("-", "")
+        ctx.load_cert_chain(str(tls_dir / f"gate-{name}.pem"), str(tls_dir / f"gate-{name}.key"))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+        try:
+            conn.request("POST", f"/exit/YT-CRL-{gate_id[-1]}?gate={gate_id}")
+            return conn.getresponse().status
+        except (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected):
+            return 0  # refused at the handshake
+        finally:
+            conn.close()
+
+    try:
+        assert exit_as("YP-03") == 200
+        next_update = dt.datetime(2126, 11, 14, 3, 34, 43, tzinfo=dt.timezone.utc).timestamp()
+        assert m.GATE_REGISTRY.get_sample_value("clearance_gate_tls_crl_next_update_timestamp_seconds") == next_update
+        shutil.copy(tls_dir / "gates-crl-yp03.pem", tmp_path / "next")
+        os.replace(tmp_path / "next", crl)  # published: YP-03 revoked
+        deadline = time.monotonic() + 10
+        while exit_as("YP-03") != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert exit_as("YP-03") == 0
+        assert exit_as("YP-02") == 200
+    finally:
+        server.shutdown()
+        gate.close()
+    with pytest.raises(SettingsError, match="goes with CLEARANCE_GATE_TLS_CLIENT_CA"):
+        load_settings({k: v for k, v in env.items() if k != "CLEARANCE_GATE_TLS_CLIENT_CA"})
+    with pytest.raises(SettingsError, match="PEM X509 CRLs and nothing else"):
+        load_settings(dict(env, CLEARANCE_GATE_TLS_CRL=str(tls_dir / "other-ca.pem")))  # would be trusted
+
+
+def test_a_crls_next_update_is_read_and_anything_else_is_refused():
+    from streams.tls import crl_next_update
+    from tests.conftest import FIXTURES
+
+    tls_dir = FIXTURES / "tls"
+    empty, revoking = ((tls_dir / n).read_text() for n in ("gates-crl-empty.pem", "gates-crl-yp03.pem"))
+    assert crl_next_update(empty) == crl_next_update(revoking) == crl_next_update(empty + revoking)
+    for bad in ("", (tls_dir / "ca.pem").read_text(), empty + (tls_dir / "ca.pem").read_text(),
+                "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"):
+        with pytest.raises(ValueError):
+            crl_next_update(bad)
