@@ -12,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 FIXTURES = ROOT / "tests" / "fixtures"
+# Helpers outside test modules that assert: their failures say what differed.
+pytest.register_assert_rewrite("tests.integration.fronted")
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,62 @@
-"""The session's Redis, and a broker reachable only through a front on a port
-of its own (tls_front.TlsFront, sasl_front.SaslFront): how a secured Kafka
-cluster looks to the processes. The broker advertises the front's port."""
+"""Fronts: listeners that stand in front of the embedded broker or Redis as
+a secured cluster's listener does (tls_front.TlsFront, sasl_front.SaslFront),
+and the services of a test whose broker is reachable only through one (it
+advertises the front's port)."""
 from __future__ import annotations
 
+import asyncio
+import ssl
+import threading
 from typing import Any, Callable
 
 from streams import embedded
+
+
+class Front:
+    """A listener on `port` in a thread of its own, serving each connection
+    with `_serve` (a subclass's), which forwards to `upstream_port`."""
+
+    name = "front"
+    tls: ssl.SSLContext | None = None
+
+    def __init__(self, upstream_port: int, port: int):
+        self.upstream_port, self.port = upstream_port, port
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        if not self.ready.wait(10):
+            raise RuntimeError(f"{self.name} did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.tls))
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        """Bytes one way until either side closes."""
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            dst.close()
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
 
 
 class FrontedServices:

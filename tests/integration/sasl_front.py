@@ -14,8 +14,8 @@ import hashlib
 import hmac
 import os
 import struct
-import threading
-from typing import Any
+
+from tests.integration.fronted import Front
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 UNSUPPORTED_SASL_MECHANISM, ILLEGAL_SASL_STATE, SASL_AUTHENTICATION_FAILED = 33, 34, 58
@@ -119,24 +119,15 @@ class _Scram:
         return b"v=" + base64.b64encode(server_signature), ""
 
 
-class SaslFront:
+class SaslFront(Front):
+    name = "SASL front"
+
     def __init__(self, upstream_port: int, port: int, users: dict[str, str],
                  mechanisms: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")):
-        self.upstream_port, self.port, self.users, self.mechanisms = upstream_port, port, users, mechanisms
+        self.users, self.mechanisms = users, mechanisms
         self.authenticated: list[tuple[str, str]] = []  # (mechanism, user) of each connection let through
         self.refused: list[str] = []  # why each refused connection was closed
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        if not self.ready.wait(10):
-            raise RuntimeError("SASL front did not start")
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
-        self.ready.set()
-        self.loop.run_forever()
+        super().__init__(upstream_port, port)
 
     @staticmethod
     async def _frame(reader: asyncio.StreamReader) -> bytes:
@@ -152,7 +143,7 @@ class SaslFront:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             if await self._authenticate(reader, writer, up_reader, up_writer):
-                await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+                await asyncio.gather(self.pump(reader, up_writer), self.pump(up_reader, writer))
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError, struct.error):
             pass
         finally:
@@ -224,22 +215,3 @@ class SaslFront:
                 _uvarint(len(auth) + 1) + auth + struct.pack(">q", 0) + _uvarint(0)
         out = struct.pack(">ih", correlation, error) + _string(message) + struct.pack(">i", len(auth)) + auth
         return out + (struct.pack(">q", 0) if version >= 1 else b"")
-
-    @staticmethod
-    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except OSError:
-            pass
-        finally:
-            dst.close()
-
-    def stop(self) -> Any:
-        async def close() -> None:
-            self.server.close()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)

@@ -7,6 +7,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import orjson
 import pytest
@@ -492,6 +493,20 @@ def test_a_connection_the_api_does_not_keep_is_said_to_close_and_closed(redis_ur
         server.shutdown()
 
 
+def _tls_gate_api(redis_url: str, tag: str, **tls_env: str) -> tuple[Gate, Any]:
+    """A gate holding two releasable parcels (YT-<tag>-0 and -1, no broker:
+    their exits' events stay owed) and its API over TLS as the settings say."""
+    from config.settings import load_settings
+    from streams.gate import tls_context
+
+    settings = load_settings({"REDIS_URL": redis_url, "KAFKA_BOOTSTRAP": "unused:1", **tls_env})
+    gate = Gate(settings)
+    gate.flush_s = 0.1
+    gate.record([{"logisticsNo": f"YT-{tag}-{i}", "orderNo": "O", "invtNo": "I", "areaCode": f"AREA-{tag}",
+                  "billNo": "", "releasedAt": 1} for i in range(2)])
+    return gate, serve_http(gate, free_port(), tls=tls_context(settings), request_timeout_s=2.0)
+
+
 def test_the_api_serves_tls_and_a_gates_certificate_names_its_gate(redis_url, monkeypatch):
     """HTTPS without a proxy: a client certificate of the gates' CA (CN YP-01)
     acts as YP-01's own token; without one a token is still taken; a
@@ -499,21 +514,13 @@ def test_the_api_serves_tls_and_a_gates_certificate_names_its_gate(redis_url, mo
     import socket
     import ssl
 
-    from config.settings import load_settings
-    from streams.gate import tls_context
     from tests.conftest import FIXTURES
 
     tls_dir = FIXTURES / "tls"
     monkeypatch.setenv("CLEARANCE_GATE_TOKEN", "shared-token")
-    settings = load_settings({"REDIS_URL": redis_url, "KAFKA_BOOTSTRAP": "unused:1",
-                              "CLEARANCE_GATE_TLS_CERTFILE": str(tls_dir / "broker.pem"),
-                              "CLEARANCE_GATE_TLS_KEYFILE": str(tls_dir / "broker.key"),
-                              "CLEARANCE_GATE_TLS_CLIENT_CA": str(tls_dir / "ca.pem")})
-    gate = Gate(settings)
-    gate.flush_s = 0.1  # no broker: the exits' events stay owed
-    gate.record([{"logisticsNo": f"YT-TLS-{i}", "orderNo": "O", "invtNo": "I", "areaCode": "AREA-TLS",
-                  "billNo": "", "releasedAt": 1} for i in range(2)])
-    server = serve_http(gate, free_port(), tls=tls_context(settings), request_timeout_s=2.0)
+    gate, server = _tls_gate_api(redis_url, "TLS", CLEARANCE_GATE_TLS_CERTFILE=str(tls_dir / "broker.pem"),
+                                 CLEARANCE_GATE_TLS_KEYFILE=str(tls_dir / "broker.key"),
+                                 CLEARANCE_GATE_TLS_CLIENT_CA=str(tls_dir / "ca.pem"))
     port = server.server_address[1]
 
     def client(cert: str | None = None) -> http.client.HTTPSConnection:
@@ -692,23 +699,16 @@ def test_a_revoked_gate_certificate_is_refused_once_its_crl_is_published(redis_u
 
     from config.settings import SettingsError, load_settings
     from streams import metrics as m
-    from streams.gate import tls_context
     from tests.conftest import FIXTURES
 
     tls_dir = FIXTURES / "tls"
     crl = tmp_path / "gates.crl"
     shutil.copy(tls_dir / "gates-crl-empty.pem", crl)
     monkeypatch.setenv("CLEARANCE_GATE_TOKEN", "shared-token")
-    env = {"REDIS_URL": redis_url, "KAFKA_BOOTSTRAP": "unused:1",
-           "CLEARANCE_GATE_TLS_CERTFILE": str(tls_dir / "broker.pem"),
+    env = {"CLEARANCE_GATE_TLS_CERTFILE": str(tls_dir / "broker.pem"),
            "CLEARANCE_GATE_TLS_KEYFILE": str(tls_dir / "broker.key"),
            "CLEARANCE_GATE_TLS_CLIENT_CA": str(tls_dir / "gates-ca.pem"), "CLEARANCE_GATE_TLS_CRL": str(crl)}
-    settings = load_settings(env)
-    gate = Gate(settings)
-    gate.flush_s = 0.1  # no broker: the exits' events stay owed
-    gate.record([{"logisticsNo": f"YT-CRL-{i}", "orderNo": "O", "invtNo": "I", "areaCode": "AREA-CRL",
-                  "billNo": "", "releasedAt": 1} for i in range(2)])
-    server = serve_http(gate, free_port(), tls=tls_context(settings), request_timeout_s=2.0)
+    gate, server = _tls_gate_api(redis_url, "CRL", **env)
     port = server.server_address[1]
 
     def exit_as(gate_id: str) -> int:

@@ -7,32 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import threading
-from typing import Any
+
+from tests.integration.fronted import Front
 
 
-class TlsFront:
+class TlsFront(Front):
+    name = "TLS front"
+
     def __init__(self, upstream_port: int, certfile: str, keyfile: str, client_ca: str | None, port: int):
-        self.upstream_port, self.port = upstream_port, port
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(certfile, keyfile)
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.load_cert_chain(certfile, keyfile)
         if client_ca:  # without one, TLS alone (a SASL_SSL listener: the front behind it authenticates)
-            self.ctx.verify_mode = ssl.CERT_REQUIRED
-            self.ctx.load_verify_locations(client_ca)
+            self.tls.verify_mode = ssl.CERT_REQUIRED
+            self.tls.load_verify_locations(client_ca)
         self.clients: list[str] = []  # the common name of each certificate a connection came with
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        if not self.ready.wait(10):
-            raise RuntimeError("TLS front did not start")
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.ctx))
-        self.ready.set()
-        self.loop.run_forever()
+        super().__init__(upstream_port, port)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cert = writer.get_extra_info("peercert") or {}
@@ -42,23 +31,4 @@ class TlsFront:
         except OSError:
             writer.close()
             return
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, ssl.SSLError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    def stop(self) -> None:
-        async def close() -> Any:
-            self.server.close()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        await asyncio.gather(self.pump(reader, up_writer), self.pump(up_reader, writer))
