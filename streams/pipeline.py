@@ -38,6 +38,8 @@ log = logging.getLogger("clearance.pipeline")
 
 # A worker that has not reported its watermark for this long has left the group.
 WATERMARK_TTL_MS = 15_000
+# A deployment none of whose workers has swept for this long no longer uses the database.
+DEPLOYMENT_TTL_MS = 60_000
 # A decision stored but not confirmed emitted for this long is re-emitted.
 STALE_MS = 3_000
 # The timeout sweep runs beside the batches of the same worker; under a backlog
@@ -147,6 +149,9 @@ class Pipeline:
         self.emitting: set[str] = set()
         self.horizon_ms = 0
         self.watermark_key = state.watermark_key(settings.consumer_group)
+        # What this deployment is known by in Redis: its topics' prefix.
+        self.deployment = settings.topic_prefix
+        self.warned_deployments: list[str] = []
         from streams.aftercare import Aftercare
 
         self.after = Aftercare(self)
@@ -732,13 +737,35 @@ class Pipeline:
     async def leave(self) -> None:
         await self.redis.hdel(self.watermark_key, self.worker_id)
 
+    def _count_deployments(self, seen: dict[bytes, bytes], now: int) -> list[bytes]:
+        """Deployments (topic prefixes) whose workers used this Redis database
+        in the last DEPLOYMENT_TTL_MS. Redis keys are not namespaced by topic
+        prefix: two deployments on one database would match each other's
+        orders and decide each other's timeouts on their own topics. Said at
+        once, and on /metrics (alert ClearanceRedisShared). Returns the
+        entries of deployments gone quiet, to forget."""
+        live = sorted(k.decode() for k, at in seen.items() if now - int(at or 0) <= DEPLOYMENT_TTL_MS)
+        m.REDIS_DEPLOYMENTS.set(len(live))
+        others = [p or "(no prefix)" for p in live if p != self.deployment]
+        if others and others != self.warned_deployments:
+            log.error("another deployment uses this Redis database (CLEARANCE_TOPIC_PREFIX %s): their orders "
+                      "and timeouts mix with this one's; give each its own database (docs/operations.md)",
+                      ", ".join(others))
+        self.warned_deployments = others
+        return [k for k, at in seen.items() if now - int(at or 0) > DEPLOYMENT_TTL_MS]
+
     async def _horizon(self, now: int, local: int) -> int:
         """The group's watermark: the minimum of the watermarks live workers reported
         (each sweep reports this worker's; a worker silent for WATERMARK_TTL_MS is gone)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.watermark_key, self.worker_id, f"{local}:{now}")
         pipe.hgetall(self.watermark_key)
-        _, entries = await pipe.execute()
+        pipe.hset(state.DEPLOYMENTS_KEY, self.deployment, now)
+        pipe.hgetall(state.DEPLOYMENTS_KEY)
+        _, entries, _, deployments = await pipe.execute()
+        stale = self._count_deployments(deployments, now)
+        if stale:
+            await self.redis.hdel(state.DEPLOYMENTS_KEY, *stale)
         marks, gone = [], []
         for worker, value in entries.items():
             mark, _, at = value.partition(b":")

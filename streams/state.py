@@ -625,6 +625,11 @@ def pending_key(order_no: str, buckets: int = BUCKETS) -> str:
     return "clr:p:{o%02d}" % bucket_of(order_no, buckets)
 
 
+# Topic prefix -> when a worker of that deployment last swept (ms): more than
+# one live means two deployments share this database (Pipeline._count_deployments).
+DEPLOYMENTS_KEY = "clr:deployments"
+
+
 def watermark_key(group: str) -> str:
     # One small hash per consumer group: worker id -> "watermark_ms:reported_ms".
     return f"clr:wm:{{{group}}}"

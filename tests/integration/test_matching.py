@@ -250,6 +250,35 @@ def test_a_silent_worker_stops_holding_the_timeout_clock(redis_url):
     assert d["rules"] == ["match.timeout"] and d["missing"] == ["411"]
 
 
+def test_two_deployments_on_one_redis_database_are_told(redis_url, caplog):
+    """Redis keys are not namespaced by topic prefix: a second deployment on
+    the same database is counted on /metrics and logged, once; a deployment
+    gone quiet is forgotten."""
+    from streams import metrics as m
+
+    async def go() -> None:
+        client = aioredis.from_url(redis_url)
+        yangpu = Pipeline(settings_for(redis_url, topic_prefix="yangpu."), client, CaptureSink())
+        haikou = Pipeline(settings_for(redis_url, topic_prefix="haikou."), client, CaptureSink())
+        await yangpu.sweep_timeouts()
+        assert m.REDIS_DEPLOYMENTS._value.get() == 1 and "another deployment" not in caplog.text
+        await haikou.sweep_timeouts()
+        await yangpu.sweep_timeouts()
+        await yangpu.sweep_timeouts()
+        assert m.REDIS_DEPLOYMENTS._value.get() == 2
+        assert caplog.text.count("another deployment uses this Redis database (CLEARANCE_TOPIC_PREFIX haikou.)") == 1
+        # Haikou's workers stopped a while ago: yangpu is alone again, and haikou's entry goes.
+        await client.hset(state.DEPLOYMENTS_KEY, "haikou.", int(time.time() * 1000) - 120_000)
+        await yangpu.sweep_timeouts()
+        assert m.REDIS_DEPLOYMENTS._value.get() == 1
+        assert await client.hkeys(state.DEPLOYMENTS_KEY) == [b"yangpu."]
+        for p in (yangpu, haikou):
+            await p.aclose()
+        await client.aclose()
+
+    asyncio.run(go())
+
+
 def test_annual_quota_is_counted_once_per_order(redis_url):
     buyer = "460100199001010011"
     orders = [order(20 + i, buyer_id=buyer) for i in range(80)]
