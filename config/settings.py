@@ -380,13 +380,6 @@ def _gate_tls(e: Mapping[str, str]) -> dict[str, str]:
     if out["gate_tls_certfile"]:
         _client_certificate(out["gate_tls_certfile"], out["gate_tls_keyfile"], out["gate_tls_key_password"],
                             "CLEARANCE_GATE_TLS")
-    if out["gate_tls_crl"]:
-        with open(out["gate_tls_crl"], encoding="ascii", errors="replace") as f:
-            blocks = [line for line in f.read().splitlines() if line.startswith("-----BEGIN ")]
-        # Only CRLs: a certificate in that file would be trusted as a gates' CA.
-        if not blocks or any(b != "-----BEGIN X509 CRL-----" for b in blocks):
-            raise SettingsError(f"CLEARANCE_GATE_TLS_CRL {out['gate_tls_crl']}: must hold PEM X509 CRLs and "
-                                "nothing else")
     return out
 
 

@@ -34,7 +34,7 @@ from confluent_kafka import KafkaException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from config.settings import Settings
+from config.settings import Settings, SettingsError
 from streams import metrics as m
 from streams import state
 from streams.auth import FilesValid, GateTokens, SharedToken
@@ -328,14 +328,20 @@ def route_of(method: str, path: str) -> str:
 
 def tls_context(settings: Settings) -> ServerCertificate | None:
     """The gate API's own TLS (CLEARANCE_GATE_TLS_*), None without a
-    certificate: read again when renewed (streams/tls.py)."""
+    certificate: read again when renewed (streams/tls.py). Files that do not
+    load at start (a CRL file holding anything but CRLs, say) stop it with
+    one line, as a setting that cannot work does; the same load refuses them
+    later, on a change."""
     if not settings.gate_tls_certfile:
         return None
-    return ServerCertificate(settings.gate_tls_certfile, settings.gate_tls_keyfile, settings.gate_tls_key_password,
-                             settings.gate_tls_client_ca,
-                             on_reload=FilesValid(m.GATE_TLS_FILES_VALID).watcher("CLEARANCE_GATE_TLS"),
-                             expiry_gauge=m.GATE_TLS_CERT_EXPIRY, crl=settings.gate_tls_crl,
-                             crl_gauge=m.GATE_TLS_CRL_NEXT_UPDATE)
+    try:
+        return ServerCertificate(settings.gate_tls_certfile, settings.gate_tls_keyfile,
+                                 settings.gate_tls_key_password, settings.gate_tls_client_ca,
+                                 on_reload=FilesValid(m.GATE_TLS_FILES_VALID).watcher("CLEARANCE_GATE_TLS"),
+                                 expiry_gauge=m.GATE_TLS_CERT_EXPIRY, crl=settings.gate_tls_crl,
+                                 crl_gauge=m.GATE_TLS_CRL_NEXT_UPDATE)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def certificate_gate(peercert: Any) -> str:

@@ -699,6 +699,7 @@ def test_a_revoked_gate_certificate_is_refused_once_its_crl_is_published(redis_u
 
     from config.settings import SettingsError, load_settings
     from streams import metrics as m
+    from streams.gate import tls_context
     from tests.conftest import FIXTURES
 
     tls_dir = FIXTURES / "tls"
@@ -740,8 +741,12 @@ def test_a_revoked_gate_certificate_is_refused_once_its_crl_is_published(redis_u
         gate.close()
     with pytest.raises(SettingsError, match="goes with CLEARANCE_GATE_TLS_CLIENT_CA"):
         load_settings({k: v for k, v in env.items() if k != "CLEARANCE_GATE_TLS_CLIENT_CA"})
-    with pytest.raises(SettingsError, match="PEM X509 CRLs and nothing else"):
-        load_settings(dict(env, CLEARANCE_GATE_TLS_CRL=str(tls_dir / "other-ca.pem")))  # would be trusted
+    # Only CRLs in that file: a certificate there would be trusted as a gates' CA.
+    mixed = tmp_path / "mixed.crl"
+    mixed.write_text((tls_dir / "gates-crl-empty.pem").read_text() + (tls_dir / "other-ca.pem").read_text())
+    for wrong, why in ((mixed, "holds something besides CRLs"), (tls_dir / "other-ca.pem", "holds no PEM X509 CRL")):
+        with pytest.raises(SettingsError, match=why):
+            tls_context(load_settings(dict(env, CLEARANCE_GATE_TLS_CRL=str(wrong))))
 
 
 def test_a_crls_next_update_is_read_and_anything_else_is_refused():
