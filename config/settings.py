@@ -393,9 +393,15 @@ def _client_certificate(certfile: str, keyfile: str, password: str, prefix: str 
     try:
         ssl.create_default_context().load_cert_chain(certfile, keyfile or None, password)
     except ssl.SSLError as exc:
-        why = ("the key does not belong to the certificate" if "MISMATCH" in str(exc) else
-               f"no certificate or no key can be read from them: a wrong or missing {prefix}_KEY_PASSWORD, or not PEM")
-        raise SettingsError(f"{prefix}_CERTFILE {certfile}, {prefix}_KEYFILE {keyfile or certfile}: {why}") from None
+        raise SettingsError(f"{prefix}_CERTFILE {certfile}, {prefix}_KEYFILE {keyfile or certfile}: "
+                            f"{certificate_load_problem(exc, prefix)}") from None
+
+
+def certificate_load_problem(exc: Exception, prefix: str) -> str:
+    """What OpenSSL's refusal to load a certificate and its key means, in words."""
+    if "MISMATCH" in str(exc):
+        return "the key does not belong to the certificate"
+    return f"no certificate or no key can be read from them: a wrong or missing {prefix}_KEY_PASSWORD, or not PEM"
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

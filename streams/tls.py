@@ -11,6 +11,7 @@ import ssl
 import time
 from typing import Any, Callable
 
+from config.settings import certificate_load_problem
 from streams.auth import WatchedFile, warn_if_shared
 from topics import xmlsig
 
@@ -62,9 +63,10 @@ def export_expiry(gauge: Any, certificate: str, path: str) -> None:
 
 class ServerCertificate:
     """The gate API's TLS (CLEARANCE_GATE_TLS_*): a context made again when
-    its certificate, key, client CA or the CA's revocation list changes (looked at once a second, on
-    connections), so a certificate renewed on disk (cert-manager, certbot,
-    a Kubernetes secret) is served without a restart. A change that does
+    its certificate, key, client CA or the CA's revocation list changes
+    (looked at once a second, on connections), so a certificate renewed on
+    disk (cert-manager, certbot, a Kubernetes secret) is served without a
+    restart. A change that does
     not load (the new certificate beside the old key, a wrong password, not
     PEM) is refused: the context before it goes on serving, the refusal is
     logged once, and `on_reload(False)` is told; when the rest of the change
@@ -91,9 +93,16 @@ class ServerCertificate:
         warn_if_shared("CLEARANCE_GATE_TLS_KEYFILE", self.keyfile or self.certfile)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        files = (f"CLEARANCE_GATE_TLS_CERTFILE {self.certfile}, KEYFILE {self.keyfile or '-'}, "
+                 f"CLIENT_CA {self.client_ca or '-'}, CRL {self.crl or '-'}")
         try:
             # "" and not None when no password is set: OpenSSL would ask a terminal.
             ctx.load_cert_chain(self.certfile, self.keyfile or None, self.password)
+        except ssl.SSLError as exc:
+            raise ValueError(f"{files}: {certificate_load_problem(exc, 'CLEARANCE_GATE_TLS')}") from None
+        except OSError as exc:
+            raise ValueError(f"{files}: {exc.strerror or exc}") from None
+        try:
             if self.client_ca:
                 ctx.load_verify_locations(self.client_ca)
                 # Optional: scrapes, probes and token holders come without one;
@@ -109,10 +118,8 @@ class ServerCertificate:
                 ctx.load_verify_locations(self.crl)
                 ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
         except (ssl.SSLError, OSError, ValueError) as exc:
-            why = ("the key does not belong to the certificate" if "MISMATCH" in str(exc) else
-                   getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc))
-            raise ValueError(f"CLEARANCE_GATE_TLS_CERTFILE {self.certfile}, KEYFILE {self.keyfile or '-'}, "
-                             f"CLIENT_CA {self.client_ca or '-'}, CRL {self.crl or '-'}: {why}") from None
+            why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+            raise ValueError(f"{files}: {why}") from None
         if self.crl_gauge is not None and next_update is not None:
             self.crl_gauge.set(next_update)
         if self.expiry_gauge is not None:
