@@ -178,7 +178,7 @@ def redis_memory(r: Any, orders: int, used: int) -> None:
     (CLEARANCE_DECIDED_TTL_S), by key family (clr:<family>:..., the trace
     indexes by kind)."""
     families: dict[str, list[int]] = {}
-    for raw in r.scan_iter(match="clr:*", count=1000):
+    for raw in r.scan_iter(match=state.NS + ":*", count=1000):
         parts = raw.decode().split(":")
         family = parts[1] + (":" + parts[3] if parts[1] == "idx" else "")
         entry = families.setdefault(family, [0, 0])
@@ -188,7 +188,7 @@ def redis_memory(r: Any, orders: int, used: int) -> None:
     print(f"  Redis memory per decided order: {used / orders:,.0f} bytes (used_memory's growth over the run), "
           f"{total / orders:,.0f} in its keys (MEMORY USAGE), by family:")
     for family, (keys, size) in sorted(families.items(), key=lambda kv: -kv[1][1]):
-        print(f"    clr:{family:12} {keys:8} keys {size / orders:8,.0f} bytes per order")
+        print(f"    {state.NS}:{family:12} {keys:8} keys {size / orders:8,.0f} bytes per order")
 
 
 def redis_cpu_seconds(info: dict[str, Any]) -> float:

@@ -7,12 +7,16 @@ the production services.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
 
 # This processor's node id on the customs data exchange unless CLEARANCE_DXP_ID says otherwise.
 DEFAULT_DXP_ID = "DXPCLEARANCE0001"
+# Every Redis key of a deployment starts with its namespace and a colon.
+DEFAULT_REDIS_NAMESPACE = "clr"
+REDIS_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 
 # A return may be applied for 30 days after release (processors/aftercare.py
 # RETURN_WINDOW_MS, GACC Ann. 2020 No. 45) and must find the order's list:
@@ -146,6 +150,11 @@ class Settings:
     pii_key: str = field(default=DEV_PII_KEY, repr=False)
     # Slot buckets of the Redis keys (see streams/state.py); same on every worker.
     redis_buckets: int = 16
+    # The first part of every Redis key ("clr:o:..."): deployments that share
+    # one Redis (two zones, or staging beside production, on one managed
+    # Redis Cluster, which has no SELECT) each need their own, or one's
+    # timeout sweep decides the other's orders and they share buyers' quotas.
+    redis_namespace: str = DEFAULT_REDIS_NAMESPACE
     # Rule set at start: a YAML/JSON file, or "spine" (comparison rules and the
     # two limits only: the match-only configuration). The rules topic overrides it.
     rules: str = ""
@@ -297,6 +306,15 @@ def _dxp_id(value: str) -> str:
     return value
 
 
+def _redis_namespace(value: str) -> str:
+    # No ':' (key parsers split on it), no braces (a hash tag would pin every
+    # key to one cluster slot), no glob characters (operators' scans match on it).
+    if not REDIS_NAMESPACE.fullmatch(value):
+        raise SettingsError("CLEARANCE_REDIS_NAMESPACE must be 1-32 letters, digits, '.', '_' or '-', "
+                            f"starting with a letter or digit, not {value!r}")
+    return value
+
+
 def host_ports(nodes: str, source: str) -> list[tuple[str, int]]:
     """A list of addresses, "host:port,[::1]:port", as (host, port)s."""
     out = []
@@ -427,6 +445,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dxp_id=_dxp_id(_env(e, "CLEARANCE_DXP_ID", DEFAULT_DXP_ID)),
         pii_key=_secret(e, "CLEARANCE_PII_KEY", DEV_PII_KEY),
         redis_buckets=_int(e, "CLEARANCE_REDIS_BUCKETS", "16"),
+        redis_namespace=_redis_namespace(_env(e, "CLEARANCE_REDIS_NAMESPACE", DEFAULT_REDIS_NAMESPACE)),
         rules=_env(e, "CLEARANCE_RULES", ""),
         batch_max=_int(e, "CLEARANCE_BATCH_MAX", "500"),
         batch_bytes=_int(e, "CLEARANCE_BATCH_BYTES", str(4 * 1024 * 1024)),

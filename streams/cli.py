@@ -26,6 +26,7 @@ def _order_key(settings: Settings, order_no: str, ebp: str | None, scan: bool = 
     platform that declared it (state.order_keys_for; `scan`: the keyspace too)."""
     from streams import state
 
+    state.use_namespace(settings.redis_namespace)  # before a key is built without a client
     if ebp:
         return state.order_key(ebp, order_no, settings.redis_buckets)
     keys = state.order_keys_for(state.sync_client_for(settings), order_no, settings.redis_buckets, scan)

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from config.settings import Settings
+from streams import state
 from topics import ceb, registry
 
 # Hash per dead-letter topic: "partition:offset" -> when it was replayed (ms) and to
@@ -225,4 +226,4 @@ def replay(settings: Settings, letters: list[DeadLetter], redis_client: Any, aga
 
 
 def replayed_key_for(settings: Settings) -> str:
-    return "clr:dlq:replayed:" + registry.topic_name(registry.DEADLETTER, settings)
+    return state.NS + ":dlq:replayed:" + registry.topic_name(registry.DEADLETTER, settings)

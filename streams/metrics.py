@@ -26,8 +26,8 @@ UNCLAIMED_WAYBILLS = Counter("clearance_waybills_unclaimed_total",
 PENDING = Gauge("clearance_pending_matches",
                 "Orders waiting for their remaining documents (and waybills no list has named yet)")
 REDIS_DEPLOYMENTS = Gauge("clearance_redis_deployments",
-                          "Deployments (topic prefixes) whose workers used this Redis database in the last minute: "
-                          "more than 1 means their orders and timeouts mix (one database per deployment)")
+                          "Deployments (topic prefixes) whose workers used this Redis namespace in the last "
+                          "minute: more than 1 means their orders and timeouts mix (CLEARANCE_REDIS_NAMESPACE)")
 TIMEOUT_HOLD = Gauge("clearance_timeout_watermark_delay_seconds",
                      "How far the group's watermark (the match-timeout clock) trails the wall clock: "
                      "timeouts held back while some inbound partition lags")

@@ -34,7 +34,7 @@ def migrate_order_keys(r: Any, buckets: int = state.BUCKETS, dry_run: bool = Fal
     """Migrate every old-form order key; returns what it did, by kind."""
     done: Counter[str] = Counter()
     renamed: dict[str, str] = {}  # old order key -> new key
-    for raw in list(r.scan_iter(match="clr:o:*", count=1000)):
+    for raw in list(r.scan_iter(match=state.NS + ":o:*", count=1000)):
         key = state.as_text(raw)
         parts = key.split(":", 3)
         if len(parts) < 4 or state.SEP in parts[3]:
@@ -111,7 +111,7 @@ def _move(r: Any, key: str, new: str, pending: str, score: Any, done: Counter[st
 def _rewrite_references(r: Any, renamed: dict[str, str], dry_run: bool, done: Counter[str]) -> None:
     by_order_no = {old.split(":", 3)[3]: new for old, new in renamed.items() if not state.is_waybill_key(new)}
     # The trace index held orderNos; it holds order keys now.
-    for raw in list(r.scan_iter(match="clr:idx:*", count=1000)):
+    for raw in list(r.scan_iter(match=state.NS + ":idx:*", count=1000)):
         if state.as_text(raw).split(":", 4)[3] == "on":
             continue  # the orderNo index (a hash) came after this key change: it holds order keys already
         value = r.get(raw)
@@ -121,7 +121,7 @@ def _rewrite_references(r: Any, renamed: dict[str, str], dry_run: bool, done: Co
             if not dry_run:
                 r.set(raw, new, keepttl=True)
     # Ledger fields o:<order key> (each order's reservation, given back on a cancel).
-    for raw in list(r.scan_iter(match="clr:q:*", count=1000)):
+    for raw in list(r.scan_iter(match=state.NS + ":q:*", count=1000)):
         for field, value in r.hgetall(raw).items():
             name = state.as_text(field)
             old = name[2:] if name.startswith("o:") else None
@@ -131,7 +131,7 @@ def _rewrite_references(r: Any, renamed: dict[str, str], dry_run: bool, done: Co
                     r.hset(raw, "o:" + renamed[old], value)
                     r.hdel(raw, field)
     # Lists held for a guarantee top-up, by order key.
-    for raw in list(r.scan_iter(match="clr:g:*:held", count=1000)):
+    for raw in list(r.scan_iter(match=state.NS + ":g:*:held", count=1000)):
         for member, score in r.zrange(raw, 0, -1, withscores=True):
             if state.as_text(member) in renamed:
                 done["held_lists"] += 1
@@ -153,7 +153,7 @@ def migrate_retention(r: Any, ttl_s: int, now_ms: int, dry_run: bool = False) ->
     workers run: it only lengthens an order's life and sets expiries that
     new workers would set."""
     done: Counter[str] = Counter()
-    for raw in list(r.scan_iter(match="clr:o:*", count=1000)):
+    for raw in list(r.scan_iter(match=state.NS + ":o:*", count=1000)):
         dect, w = r.hmget(raw, "dect", "w")
         left = r.ttl(raw)
         if dect is None or left < 0:  # undecided (no expiry until confirmed)
@@ -166,7 +166,7 @@ def migrate_retention(r: Any, ttl_s: int, now_ms: int, dry_run: bool = False) ->
             r.expire(raw, target)
             if w is not None and state.as_text(w) != state.as_text(raw):
                 r.expire(w, target)
-    for raw in list(r.scan_iter(match="clr:parcel:*", count=1000)):
+    for raw in list(r.scan_iter(match=state.NS + ":parcel:*", count=1000)):
         fields = {state.as_text(k): state.as_text(v) for k, v in r.hgetall(raw).items()}
         if fields.get("state", "releasable") == "releasable" or r.ttl(raw) != -1:
             continue
@@ -195,7 +195,7 @@ def migrate_claims(r: Any, ttl_s: int, now_ms: int, buckets: int = state.BUCKETS
     other stays as decided). Idempotent. Run it with every worker stopped, as
     `migrate-keys`: it rewrites stored decisions."""
     done: Counter[str] = Counter()
-    for raw in list(r.scan_iter(match="clr:o:*", count=1000)):
+    for raw in list(r.scan_iter(match=state.NS + ":o:*", count=1000)):
         key = state.as_text(raw)
         dec, final, dect, d621, d411 = r.hmget(key, "dec", "final", "dect", "d621", "d411")
         if dec is None or d621 is None:

@@ -122,6 +122,7 @@ class Pipeline:
     def __init__(self, settings: Settings, redis: Any, sink: Sink, rules: RuleSet | None = None):
         self.settings = settings
         self.redis = redis
+        state.use_namespace(settings.redis_namespace)  # the client may come from elsewhere (tests)
         self.scripts = state.Scripts(redis)
         # The batch's own round trips (streams/resp.py); redis-py for the rest.
         self.batches = resp.Client.like(redis)
@@ -188,7 +189,7 @@ class Pipeline:
             pipe = self.batch()
             for tag, group in groups.items():
                 args: list[Any] = [now, 0 if retry else STALE_MS]
-                keys = ["clr:p:" + tag]
+                keys = [state.NS + ":p:" + tag]
                 for d in group:
                     args += (d.doc["type"], d.payload, d.meta_raw, hashlib.sha1(d.payload).hexdigest(), d.app)
                     keys += (d.order_key, d.aux)
@@ -550,7 +551,7 @@ class Pipeline:
         if to_emit or unreserve or unclaim:
             pipe = self.batch()
             for tag, group in state.group_by_slot(to_emit, lambda e: e.order_key).items():
-                keys = ["clr:p:" + tag]
+                keys = [state.NS + ":p:" + tag]
                 for e in group:
                     keys += (e.order_key, state.decided_waybill_key(e.decision, self.buckets))
                 await self.scripts.confirm(keys=keys, args=[self.settings.decided_ttl_s], client=pipe)
@@ -738,19 +739,20 @@ class Pipeline:
         await self.redis.hdel(self.watermark_key, self.worker_id)
 
     def _count_deployments(self, seen: dict[bytes, bytes], now: int) -> list[bytes]:
-        """Deployments (topic prefixes) whose workers used this Redis database
-        in the last DEPLOYMENT_TTL_MS. Redis keys are not namespaced by topic
-        prefix: two deployments on one database would match each other's
-        orders and decide each other's timeouts on their own topics. Said at
-        once, and on /metrics (alert ClearanceRedisShared). Returns the
-        entries of deployments gone quiet, to forget."""
+        """Deployments (topic prefixes) whose workers used this Redis namespace
+        in the last DEPLOYMENT_TTL_MS. Two deployments in one namespace match
+        each other's orders, share buyers' quotas and decide each other's
+        timeouts on their own topics: each needs its own
+        CLEARANCE_REDIS_NAMESPACE. Said at once, and on /metrics (alert
+        ClearanceRedisShared). Returns the entries of deployments gone quiet,
+        to forget."""
         live = sorted(k.decode() for k, at in seen.items() if now - int(at or 0) <= DEPLOYMENT_TTL_MS)
         m.REDIS_DEPLOYMENTS.set(len(live))
         others = [p or "(no prefix)" for p in live if p != self.deployment]
         if others and others != self.warned_deployments:
-            log.error("another deployment uses this Redis database (CLEARANCE_TOPIC_PREFIX %s): their orders "
-                      "and timeouts mix with this one's; give each its own database (docs/operations.md)",
-                      ", ".join(others))
+            log.error("another deployment uses this Redis namespace %r (CLEARANCE_TOPIC_PREFIX %s): their orders "
+                      "and timeouts mix with this one's; give each its own CLEARANCE_REDIS_NAMESPACE "
+                      "(docs/operations.md)", state.NS, ", ".join(others))
         self.warned_deployments = others
         return [k for k, at in seen.items() if now - int(at or 0) > DEPLOYMENT_TTL_MS]
 
@@ -760,12 +762,12 @@ class Pipeline:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.watermark_key, self.worker_id, f"{local}:{now}")
         pipe.hgetall(self.watermark_key)
-        pipe.hset(state.DEPLOYMENTS_KEY, self.deployment, now)
-        pipe.hgetall(state.DEPLOYMENTS_KEY)
+        pipe.hset(state.deployments_key(), self.deployment, now)
+        pipe.hgetall(state.deployments_key())
         _, entries, _, deployments = await pipe.execute()
         stale = self._count_deployments(deployments, now)
         if stale:
-            await self.redis.hdel(state.DEPLOYMENTS_KEY, *stale)
+            await self.redis.hdel(state.deployments_key(), *stale)
         marks, gone = [], []
         for worker, value in entries.items():
             mark, _, at = value.partition(b":")

@@ -15,7 +15,8 @@ Waybill    clr:w:{oNN}:<orderNo>␟<logisticsCode>␟<logisticsNo>  hash  owner 
                                          the list that named it); d511/m511/h511, first while
                                          no list has named it
 Pending    clr:p:{oNN}             zset  order or waybill key -> first arrival ms (timeouts)
-(␟ stands for SEP, U+001F: see order_key.)
+(␟ stands for SEP, U+001F: see order_key. "clr" is the deployment's namespace,
+CLEARANCE_REDIS_NAMESPACE: see use_namespace.)
 Ledger     clr:q:{qNN}:<buyer>:<year> hash  o:<order key> -> cents reserved, total
 Serial     clr:seq:{<customsCode>}:<year>  counter for invtNo/preNo
 Features   clr:f:{fNN}:<family>:<entity>    zset  windowed counters for the risk rules
@@ -32,7 +33,7 @@ import hiredis
 from redis import exceptions as rx
 from redis.exceptions import NoScriptError
 
-from config.settings import host_ports
+from config.settings import DEFAULT_REDIS_NAMESPACE, REDIS_NAMESPACE, host_ports
 from streams import resp
 
 LEDGER_TTL_S = 400 * 24 * 3600
@@ -538,6 +539,34 @@ return out
 BUCKETS = 16
 T = TypeVar("T")
 
+# The deployment's namespace, the first part of every key. One process serves
+# one deployment, so it is the process's, set once from its settings
+# (use_namespace) rather than passed to each of the ~200 calls of the key
+# builders. Order keys are also values (a waybill's owner, the ledger's fields,
+# decisions' orderKey), so a namespace is a keyspace of its own: nothing in
+# one namespace refers to another.
+NS = DEFAULT_REDIS_NAMESPACE
+_CHOSEN: list[str] = []  # the namespace a use_namespace call set in this process
+
+
+def use_namespace(namespace: str) -> None:
+    """Make `namespace` this process's key namespace. A second, different one
+    is refused: keys built before it would name the other deployment's state."""
+    global NS
+    if not REDIS_NAMESPACE.fullmatch(namespace):
+        raise ValueError(f"not a Redis key namespace: {namespace!r}")
+    if _CHOSEN and _CHOSEN[0] != namespace:
+        raise RuntimeError(f"this process already uses the Redis namespace {_CHOSEN[0]!r}, not {namespace!r}")
+    _CHOSEN[:] = [namespace]
+    NS = namespace
+
+
+def reset_namespace() -> None:
+    """Back to the default and unchosen (tests that run several deployments)."""
+    global NS
+    _CHOSEN.clear()
+    NS = DEFAULT_REDIS_NAMESPACE
+
 
 def bucket_of(value: str, buckets: int = BUCKETS) -> int:
     return zlib.crc32(value.encode()) % buckets
@@ -552,12 +581,12 @@ SEP = "\x1f"
 def order_key(ebp_code: str, order_no: str, buckets: int = BUCKETS) -> str:
     """An order's key: orderNo is unique per platform (DOMAIN.md §2.2). The slot
     bucket comes from orderNo alone, so the order's waybill key shares it."""
-    return "clr:o:{o%02d}:%s%s%s" % (bucket_of(order_no, buckets), ebp_code, SEP, order_no)
+    return NS + ":o:{o%02d}:%s%s%s" % (bucket_of(order_no, buckets), ebp_code, SEP, order_no)
 
 
 def is_waybill_key(key: str) -> bool:
     """A waybill's own key (waybill_key), not an order's."""
-    return key.startswith("clr:w:")
+    return key.startswith(":w:", len(NS))
 
 
 def platform_of(order_key_: str) -> str:
@@ -573,8 +602,8 @@ def order_no_of(key: str) -> str:
 
 def waybill_key(order_no: str, logistics_code: str, logistics_no: str, buckets: int = BUCKETS) -> str:
     """Where a waybill (which names no platform) waits until a list names it (see MATCH)."""
-    return "clr:w:{o%02d}:%s%s%s%s%s" % (bucket_of(order_no, buckets), order_no, SEP, logistics_code, SEP,
-                                         logistics_no)
+    return NS + ":w:{o%02d}:%s%s%s%s%s" % (bucket_of(order_no, buckets), order_no, SEP, logistics_code, SEP,
+                                           logistics_no)
 
 
 def decided_waybill_key(decision: dict[str, Any], buckets: int = BUCKETS) -> str:
@@ -600,7 +629,7 @@ def order_keys_for(r: Any, order_no: str, buckets: int = BUCKETS, scan: bool = F
     `scan`, the whole keyspace as well: orders decided before the index
     existed (minutes for millions of keys; never on a request path)."""
     tag = "{o%02d}" % bucket_of(order_no, buckets)
-    pattern = "clr:o:" + _glob_escape(tag) + ":*" + SEP + _glob_escape(order_no)
+    pattern = NS + ":o:" + _glob_escape(tag) + ":*" + SEP + _glob_escape(order_no)
     found = {as_text(k) for k in r.hvals(order_index_key(order_no, buckets))}
     found.update(as_text(member) for member, _ in r.zscan_iter(pending_key(order_no, buckets), match=pattern,
                                                              count=1000))
@@ -622,31 +651,32 @@ def _glob_escape(text: str) -> str:
 
 def pending_key(order_no: str, buckets: int = BUCKETS) -> str:
     """The pending set of an orderNo's orders and waybills."""
-    return "clr:p:{o%02d}" % bucket_of(order_no, buckets)
+    return NS + ":p:{o%02d}" % bucket_of(order_no, buckets)
 
 
-# Topic prefix -> when a worker of that deployment last swept (ms): more than
-# one live means two deployments share this database (Pipeline._count_deployments).
-DEPLOYMENTS_KEY = "clr:deployments"
+def deployments_key() -> str:
+    """Topic prefix -> when a worker of that deployment last swept (ms): more
+    than one live means two deployments share this namespace (Pipeline._count_deployments)."""
+    return NS + ":deployments"
 
 
 def watermark_key(group: str) -> str:
     # One small hash per consumer group: worker id -> "watermark_ms:reported_ms".
-    return f"clr:wm:{{{group}}}"
+    return f"{NS}:wm:{{{group}}}"
 
 
 def pending_keys(buckets: int = BUCKETS) -> list[str]:
-    return ["clr:p:{o%02d}" % b for b in range(buckets)]
+    return [NS + ":p:{o%02d}" % b for b in range(buckets)]
 
 
 def ledger_key(buyer: str, year: str, buckets: int = BUCKETS, ledger: str = "") -> str:
-    key = "clr:q:{q%02d}:%s:%s" % (bucket_of(buyer, buckets), buyer, year)
+    key = NS + ":q:{q%02d}:%s:%s" % (bucket_of(buyer, buckets), buyer, year)
     return key + ":" + ledger if ledger else key
 
 
 def claim_key(kind: str, issuer: str, number: str, buckets: int = BUCKETS) -> str:
     """Who holds a waybill number or payment serial (CLAIM); the bucket comes from the number."""
-    return "clr:u:{u%02d}:%s:%s%s%s" % (bucket_of(number, buckets), kind, issuer, SEP, number)
+    return NS + ":u:{u%02d}:%s:%s%s%s" % (bucket_of(number, buckets), kind, issuer, SEP, number)
 
 
 def order_id(order_key: str) -> str:
@@ -655,7 +685,7 @@ def order_id(order_key: str) -> str:
 
 
 def feature_key(family: str, entity: str, buckets: int = BUCKETS) -> str:
-    return "clr:f:{f%02d}:%s:%s" % (bucket_of(entity, buckets), family, entity)
+    return NS + ":f:{f%02d}:%s:%s" % (bucket_of(entity, buckets), family, entity)
 
 
 _DISTINCT_FEATURE = {"address": "address_distinct_buyers_30d", "phone": "phone_distinct_buyers_30d",
@@ -681,7 +711,7 @@ def feature_values(family: str, reply: list[Any]) -> dict[str, float]:
 
 
 def serial_key(customs_code: str, year: str) -> str:
-    return "clr:seq:{" + customs_code + "}:" + year
+    return NS + ":seq:{" + customs_code + "}:" + year
 
 
 def slot_tag(key: str) -> str:
@@ -1063,14 +1093,14 @@ return 1
 
 
 def parcel_key(logistics_no: str, buckets: int = BUCKETS) -> str:
-    return "clr:parcel:{p%02d}:%s" % (bucket_of(logistics_no, buckets), logistics_no)
+    return NS + ":parcel:{p%02d}:%s" % (bucket_of(logistics_no, buckets), logistics_no)
 
 
 def exit_outbox_key(bucket: int) -> str:
     """Exits recorded whose event the broker has not acknowledged yet, one sorted
     set per bucket of waybill numbers (scored by the exit's time), in the slot of
     the bucket's parcels so that PARCEL_EXIT writes both at once."""
-    return "clr:gate:exits:{p%02d}" % bucket
+    return NS + ":gate:exits:{p%02d}" % bucket
 
 
 def exit_outbox_keys(buckets: int = BUCKETS) -> list[str]:
@@ -1088,7 +1118,7 @@ return due
 
 
 def area_key(area: str) -> str:
-    return "clr:area:{" + area + "}"
+    return NS + ":area:{" + area + "}"
 
 
 def cancel_area_moves(reply: list[Any], area: str) -> list[tuple[str, str]]:
@@ -1105,7 +1135,7 @@ def cancel_area_moves(reply: list[Any], area: str) -> list[tuple[str, str]]:
 
 def index_key(kind: str, value: str, buckets: int = BUCKETS) -> str:
     """logisticsNo / invtNo → the order key, for trace."""
-    return "clr:idx:{i%02d}:%s:%s" % (bucket_of(value, buckets), kind, value)
+    return NS + ":idx:{i%02d}:%s:%s" % (bucket_of(value, buckets), kind, value)
 
 
 def order_index_key(order_no: str, buckets: int = BUCKETS) -> str:
@@ -1115,17 +1145,17 @@ def order_index_key(order_no: str, buckets: int = BUCKETS) -> str:
 
 
 def tax_period_key(period: str) -> str:
-    return "clr:tax:{" + period + "}"
+    return NS + ":tax:{" + period + "}"
 
 
 def tax_records_key(period: str) -> str:
     """The ids of a period's tax records already counted (same slot as its sums)."""
-    return "clr:tax:{" + period + "}:rec"
+    return NS + ":tax:{" + period + "}:rec"
 
 
 def guarantee_keys(assure: str, buckets: int = BUCKETS) -> tuple[str, str]:
     tag = "{g%02d}" % bucket_of(assure, buckets)
-    return f"clr:g:{tag}:{assure}", f"clr:g:{tag}:{assure}:held"
+    return f"{NS}:g:{tag}:{assure}", f"{NS}:g:{tag}:{assure}:held"
 
 
 class AfterScripts:
@@ -1235,7 +1265,8 @@ def sync_client(url: str, cluster: bool = False, seeds: str = "", sentinel_maste
 
 def sync_client_for(settings: Any) -> Any:
     """sync_client for the Redis the settings name (REDIS_URL, REDIS_CLUSTER,
-    REDIS_CLUSTER_NODES, REDIS_SENTINELS)."""
+    REDIS_CLUSTER_NODES, REDIS_SENTINELS), in its namespace."""
+    use_namespace(settings.redis_namespace)
     if settings.redis_sentinels:
         return sync_client(settings.redis_url, seeds=settings.redis_sentinels,
                            sentinel_master=settings.redis_sentinel_master,
@@ -1244,7 +1275,8 @@ def sync_client_for(settings: Any) -> Any:
 
 
 def async_client_for(settings: Any) -> Any:
-    """async_client for the Redis the settings name."""
+    """async_client for the Redis the settings name, in its namespace."""
+    use_namespace(settings.redis_namespace)
     if settings.redis_sentinels:
         return async_client(settings.redis_url, seeds=settings.redis_sentinels,
                             sentinel_master=settings.redis_sentinel_master,

@@ -251,9 +251,9 @@ def test_a_silent_worker_stops_holding_the_timeout_clock(redis_url):
 
 
 def test_two_deployments_on_one_redis_database_are_told(redis_url, caplog):
-    """Redis keys are not namespaced by topic prefix: a second deployment on
-    the same database is counted on /metrics and logged, once; a deployment
-    gone quiet is forgotten."""
+    """A second deployment (topic prefix) in the same Redis namespace (left at
+    its default by both) is counted on /metrics and logged, once; a
+    deployment gone quiet is forgotten."""
     from streams import metrics as m
 
     async def go() -> None:
@@ -266,12 +266,12 @@ def test_two_deployments_on_one_redis_database_are_told(redis_url, caplog):
         await yangpu.sweep_timeouts()
         await yangpu.sweep_timeouts()
         assert m.REDIS_DEPLOYMENTS._value.get() == 2
-        assert caplog.text.count("another deployment uses this Redis database (CLEARANCE_TOPIC_PREFIX haikou.)") == 1
+        assert caplog.text.count("another deployment uses this Redis namespace 'clr' (CLEARANCE_TOPIC_PREFIX haikou.)") == 1
         # Haikou's workers stopped a while ago: yangpu is alone again, and haikou's entry goes.
-        await client.hset(state.DEPLOYMENTS_KEY, "haikou.", int(time.time() * 1000) - 120_000)
+        await client.hset(state.deployments_key(), "haikou.", int(time.time() * 1000) - 120_000)
         await yangpu.sweep_timeouts()
         assert m.REDIS_DEPLOYMENTS._value.get() == 1
-        assert await client.hkeys(state.DEPLOYMENTS_KEY) == [b"yangpu."]
+        assert await client.hkeys(state.deployments_key()) == [b"yangpu."]
         for p in (yangpu, haikou):
             await p.aclose()
         await client.aclose()

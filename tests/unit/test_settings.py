@@ -25,6 +25,18 @@ def test_a_dxp_node_id_must_be_one_to_sixteen_ascii_letters_and_digits(node):
         load_settings({"CLEARANCE_DXP_ID": node})
 
 
+@pytest.mark.parametrize("namespace", ["yp:prod", "{yp}", "yp*", "-yp", "洋浦", "a" * 33, "yp\n"])
+def test_a_redis_namespace_that_would_break_keys_or_scans_is_refused(namespace):
+    with pytest.raises(ValueError, match="CLEARANCE_REDIS_NAMESPACE"):
+        load_settings({"CLEARANCE_REDIS_NAMESPACE": namespace})
+
+
+def test_the_redis_namespace_is_clr_unless_configured():
+    assert load_settings({}).redis_namespace == "clr"
+    for good in ("yangpu", "hn.yp-02_stg", "a" * 32):
+        assert load_settings({"CLEARANCE_REDIS_NAMESPACE": good}).redis_namespace == good
+
+
 def test_numbers_are_held_six_months_unless_configured():
     assert load_settings({}).unique_ttl_s == 183 * 24 * 3600
     assert load_settings({"CLEARANCE_UNIQUE_TTL_S": "3600"}).unique_ttl_s == 3600
