@@ -41,7 +41,8 @@ def referenced_metrics() -> set[str]:
 
 @pytest.fixture(scope="module")
 def env(services):
-    e = Env(services, CLEARANCE_MATCH_TIMEOUT_S="2")
+    # Its 2 s match timeout must not sweep other tests' pending orders: a namespace of its own.
+    e = Env(services, CLEARANCE_MATCH_TIMEOUT_S="2", CLEARANCE_REDIS_NAMESPACE="observability")
     e.start_worker()
     e.wait_assigned()
     orders = list(generate(200, seed=51, prefix="OBS"))
