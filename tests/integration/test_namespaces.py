@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -13,13 +17,15 @@ import pytest
 import redis
 
 from streams.simulator import Publisher, make_order, to_json
+from tests.conftest import ROOT
 from tests.integration.worker import Env, Reader
 from topics import registry
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_deployment_in_its_own_namespace_neither_sees_nor_sweeps_anothers_orders(services):
+def test_a_deployment_in_its_own_namespace_neither_sees_nor_sweeps_anothers_orders(services, redis_url):
+    # redis_url: an empty database, so that every key at the end is one of these two zones'.
     tag = uuid.uuid4().hex[:6]
     yangpu_ns, haikou_ns = f"yangpu-{tag}", f"haikou.{tag}"
     # Haikou times a match out after 1 s and sweeps every second: in a shared
@@ -27,7 +33,10 @@ def test_a_deployment_in_its_own_namespace_neither_sees_nor_sweeps_anothers_orde
     # waybill, as a timeout on Haikou's topics.
     yangpu = Env(services, CLEARANCE_REDIS_NAMESPACE=yangpu_ns)
     haikou = Env(services, CLEARANCE_REDIS_NAMESPACE=haikou_ns, CLEARANCE_MATCH_TIMEOUT_S="1")
-    r = redis.Redis.from_url(services.redis_url)
+    r = redis.Redis.from_url(redis_url)
+    # Yangpu's gate service too: the parcels it records are in Yangpu's namespace.
+    gate = subprocess.Popen([sys.executable, "-m", "streams.cli", "gate"], env=yangpu.env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         for env in (yangpu, haikou):
             env.start_worker()
@@ -63,13 +72,24 @@ def test_a_deployment_in_its_own_namespace_neither_sees_nor_sweeps_anothers_orde
         assert decision["orderKey"].startswith(yangpu_ns + ":o:")
         assert [orjson.loads(v)["orderKey"] for _, v in haikou_decisions.drain()] == \
             [f"{haikou_ns}:o:" + decision["orderKey"].split(":", 2)[2]]
+        # The parcel leaves through Yangpu's gate, and Yangpu's operators trace
+        # the order: both commands find it in Yangpu's namespace.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not r.keys(f"{yangpu_ns}:parcel:*"):
+            time.sleep(0.2)
+        exited = orjson.loads(yangpu.cli("exit", order.logistics_no, "--gate", "YP-01").stdout)
+        assert exited["result"] == "exited"
+        traced = orjson.loads(yangpu.cli("trace", order.order_no, "--json").stdout)
+        assert traced["decision"]["status"] == 800 and traced["decision"]["logisticsNo"] == order.logistics_no
         # Nothing of either zone was written outside its namespace.
-        assert not [k for k in r.keys("*") if not k.decode().startswith((yangpu_ns + ":", haikou_ns + ":"))
-                    and order.order_no in k.decode()]
+        assert r.keys("*") and not [k for k in r.keys("*")
+                                    if not k.decode().startswith((yangpu_ns + ":", haikou_ns + ":"))]
         # Each worker counts one deployment in its namespace: no shared-Redis alarm.
         for env in (yangpu, haikou):
             assert re.search(r"^clearance_redis_deployments 1\.0$", env.metrics(0), re.M)
             assert r.hkeys(f"{env.settings.redis_namespace}:deployments") == [env.settings.topic_prefix.encode()]
     finally:
+        os.killpg(gate.pid, signal.SIGTERM)
+        gate.wait(15)
         for env in (yangpu, haikou):
             env.stop()
