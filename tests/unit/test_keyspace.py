@@ -15,29 +15,24 @@ def namespace():
     state.reset_namespace()
 
 
+def every_family() -> dict[str, str]:
+    return {
+        "order": state.order_key("EBP1", "ORD1"), "waybill": state.waybill_key("ORD1", "L1", "W1"),
+        "pending": state.pending_key("ORD1"), "ledger": state.ledger_key("b", "2026"),
+        "claim": state.claim_key("waybill", "L1", "W1"), "feature": state.feature_key("buyer", "b"),
+        "serial": state.serial_key("4604", "2026"), "parcel": state.parcel_key("W1"),
+        "outbox": state.exit_outbox_key(3), "area": state.area_key("A1"), "index": state.index_key("ln", "W1"),
+        "tax": state.tax_period_key("2026-11"), "taxrec": state.tax_records_key("2026-11"),
+        "guarantee": state.guarantee_keys("G1")[1], "watermark": state.watermark_key("g"),
+        "deployments": state.deployments_key(),
+    }
+
+
 def test_every_key_family_starts_with_the_namespace_and_keeps_its_slot(namespace):
     state.reset_namespace()
-    default = {
-        "order": state.order_key("EBP1", "ORD1"), "waybill": state.waybill_key("ORD1", "L1", "W1"),
-        "pending": state.pending_key("ORD1"), "ledger": state.ledger_key("b", "2026"),
-        "claim": state.claim_key("waybill", "L1", "W1"), "feature": state.feature_key("buyer", "b"),
-        "serial": state.serial_key("4604", "2026"), "parcel": state.parcel_key("W1"),
-        "outbox": state.exit_outbox_key(3), "area": state.area_key("A1"), "index": state.index_key("ln", "W1"),
-        "tax": state.tax_period_key("2026-11"), "taxrec": state.tax_records_key("2026-11"),
-        "guarantee": state.guarantee_keys("G1")[1], "watermark": state.watermark_key("g"),
-        "deployments": state.deployments_key(),
-    }
+    default = every_family()
     state.use_namespace(namespace)
-    mine = {
-        "order": state.order_key("EBP1", "ORD1"), "waybill": state.waybill_key("ORD1", "L1", "W1"),
-        "pending": state.pending_key("ORD1"), "ledger": state.ledger_key("b", "2026"),
-        "claim": state.claim_key("waybill", "L1", "W1"), "feature": state.feature_key("buyer", "b"),
-        "serial": state.serial_key("4604", "2026"), "parcel": state.parcel_key("W1"),
-        "outbox": state.exit_outbox_key(3), "area": state.area_key("A1"), "index": state.index_key("ln", "W1"),
-        "tax": state.tax_period_key("2026-11"), "taxrec": state.tax_records_key("2026-11"),
-        "guarantee": state.guarantee_keys("G1")[1], "watermark": state.watermark_key("g"),
-        "deployments": state.deployments_key(),
-    }
+    mine = every_family()
     for family, key in default.items():
         assert key.startswith("clr:"), family
         assert mine[family] == namespace + key[len("clr"):], family
