@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import orjson
 
-from config.settings import Settings
+from config.settings import Settings, load_settings
 from streams import embedded, state
 from streams.gate import Gate
 from streams.simulator import Publisher, generate
@@ -59,7 +59,9 @@ class Cluster:
         self.settings = Settings(kafka_bootstrap=self.kafka, redis_url=redis_env["REDIS_URL"],
                                  redis_sentinels=redis_env.get("REDIS_SENTINELS", ""),
                                  redis_sentinel_master=redis_env.get("REDIS_SENTINEL_MASTER", "mymaster"),
-                                 match_timeout_s=match_timeout)
+                                 match_timeout_s=match_timeout,
+                                 # the workers' (they inherit the environment): the books are read there
+                                 redis_namespace=load_settings().redis_namespace)
         registry.ensure_topics(self.settings)
         self.env = dict(os.environ, KAFKA_BOOTSTRAP=self.kafka, **redis_env,
                         CLEARANCE_MATCH_TIMEOUT_S=str(match_timeout), CLEARANCE_SESSION_TIMEOUT_S="6",
