@@ -301,7 +301,7 @@ def create_app(settings: Settings) -> faust.App:
     async def on_rebalance(app: Any, *args: Any, **kwargs: Any) -> None:
         m.REBALANCES.inc()  # every completed rebalance assigns (possibly no) partitions
 
-    m.WORKER_INFO.labels(__version__, settings.consumer_group).set(1)
+    m.WORKER_INFO.labels(__version__, settings.consumer_group, settings.topic_prefix, settings.redis_namespace).set(1)
     if settings.kafka_ssl_certfile:
         export_expiry(m.TLS_CERT_EXPIRY, "kafka_client", settings.kafka_ssl_certfile)
 

@@ -731,7 +731,7 @@ def run_gate(settings: Settings, group: str = "clearance-gate", max_seconds: flo
     gate = Gate(settings)
     lag = ReleaseLag()
     heartbeat = Heartbeat()
-    m.GATE_INFO.labels(__version__, group).set(1)
+    m.GATE_INFO.labels(__version__, group, settings.topic_prefix, settings.redis_namespace).set(1)
     if settings.kafka_ssl_certfile:
         export_expiry(m.GATE_TLS_CERT_EXPIRY, "kafka_client", settings.kafka_ssl_certfile)
     server = serve_http(gate, http_port, http_host, health=lambda: heartbeat.health(lag.assigned),

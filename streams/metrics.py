@@ -60,7 +60,10 @@ LAG_SECONDS = Gauge("clearance_consumer_lag_seconds",
 REBALANCES = Counter("clearance_rebalances_total", "Consumer-group rebalances this worker took part in")
 DEPENDENCY_ERRORS = Counter("clearance_dependency_errors_total",
                             "Failed batches by the dependency that failed (redis, broker, other)", ["dependency"])
-WORKER_INFO = Gauge("clearance_worker_info", "Worker identity (value 1)", ["version", "group"])
+# The deployment's topic prefix and Redis namespace: which zone a series is of,
+# when several share a Prometheus (and whether two were pointed at one namespace).
+WORKER_INFO = Gauge("clearance_worker_info", "Worker identity (value 1)",
+                    ["version", "group", "topic_prefix", "redis_namespace"])
 RETRIES = Counter("clearance_batch_retries_total", "Batches retried after a Redis or broker failure",
                   ["cause"])
 TOKEN_FILES_VALID = Gauge("clearance_token_files_valid",
@@ -87,7 +90,8 @@ SIGNER_EXPIRY = Gauge("clearance_signing_certificate_expiry_timestamp_seconds",
 # live in their own registry, so its /metrics shows none of the worker's series
 # at zero (a gate's clearance_pending_matches 0 would pull max() down).
 GATE_REGISTRY = CollectorRegistry(auto_describe=True)
-GATE_INFO = Gauge("clearance_gate_info", "Gate service identity (value 1)", ["version", "group"],
+GATE_INFO = Gauge("clearance_gate_info", "Gate service identity (value 1)",
+                  ["version", "group", "topic_prefix", "redis_namespace"],
                   registry=GATE_REGISTRY)
 GATE_REQUESTS = Counter("clearance_gate_requests_total",
                         "Gate API requests answered, by route and HTTP status (route unread: a connection answered "

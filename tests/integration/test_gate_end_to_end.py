@@ -150,7 +150,9 @@ def test_release_exit_cancel_guarantee_and_trace_across_processes(services, redi
         # The group of its zone (CLEARANCE_GATE_GROUP), not the default every zone would share.
         group = env.env["CLEARANCE_GATE_GROUP"]
         assert group != "clearance-gate"
-        assert got[("clearance_gate_info", (("group", group), ("version", __version__)))] == 1
+        assert got[("clearance_gate_info", (("group", group), ("redis_namespace", "clr"),
+                                            ("topic_prefix", env.settings.topic_prefix),
+                                            ("version", __version__)))] == 1
         # The loop's heartbeat is the wall clock of its last turn.
         assert abs(time.time() - got[("clearance_gate_consumer_heartbeat_timestamp_seconds", ())]) < 30
         top = env.cli("top", "--once", "--interval", "1", worker, base)

@@ -86,7 +86,12 @@ def test_a_deployment_in_its_own_namespace_neither_sees_nor_sweeps_anothers_orde
                                     if not k.decode().startswith((yangpu_ns + ":", haikou_ns + ":"))]
         # Each worker counts one deployment in its namespace: no shared-Redis alarm.
         for env in (yangpu, haikou):
-            assert re.search(r"^clearance_redis_deployments 1\.0$", env.metrics(0), re.M)
+            metrics = env.metrics(0)
+            assert re.search(r"^clearance_redis_deployments 1\.0$", metrics, re.M)
+            # Which zone the worker's series are of, on /metrics.
+            info = re.search(r"^clearance_worker_info\{([^}]*)\} 1\.0$", metrics, re.M)
+            assert info and f'topic_prefix="{env.settings.topic_prefix}"' in info[1] \
+                and f'redis_namespace="{env.settings.redis_namespace}"' in info[1]
             assert r.hkeys(f"{env.settings.redis_namespace}:deployments") == [env.settings.topic_prefix.encode()]
     finally:
         os.killpg(gate.pid, signal.SIGTERM)
