@@ -254,6 +254,8 @@ def _books(cluster: Cluster, orders: list[Any], events: dict[str, float], descri
         "conflicting_decisions": len(conflicting), "unexpected_outcomes": len(wrong),
         "released": len(released_ids), "gate_releasable_first_pass": new_first, "gate_releasable_replay": new_again,
         "quota_mismatches": quota_wrong,
+        # Workers that told Redis had lost data (ClearanceRedisKeyspaceLost): 1 after an emptied Redis.
+        "keyspace_lost_told": cluster.metric_sum("clearance_redis_keyspace_lost_total"),
         "duplicate_documents_suppressed": cluster.metric_sum("clearance_duplicate_documents_total"),
         "batch_retries": cluster.metric_sum("clearance_batch_retries_total"),
         "outage_s": round(events["recovered"] - events["injected"], 1),
@@ -316,7 +318,7 @@ def main() -> None:
                                                          indent=1))
     cols = ["fault", "orders", "decided", "lost", "duplicate_decision_records", "conflicting_decisions",
             "unexpected_outcomes", "released", "gate_releasable_first_pass", "gate_releasable_replay",
-            "quota_mismatches", "duplicate_documents_suppressed", "outage_s", "recovery_s"]
+            "quota_mismatches", "keyspace_lost_told", "duplicate_documents_suppressed", "outage_s", "recovery_s"]
     lines = ["| scenario | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(str(r[c]) for c in cols) + " |")

@@ -164,6 +164,20 @@ def cst_stamp(ms: int, digits: int = 17) -> str:
     return (t.strftime("%Y%m%d%H%M%S") + f"{ms % 1000:03d}")[:digits]
 
 
+# A district's serial counter starts the year, or starts again after Redis lost
+# it, at this many per second since the year began (China Standard Time):
+# above every serial issued before, unless the district averaged more lists a
+# second since 1 January; a counter that restarted at 1 would issue the year's
+# invtNos a second time. 30/s leaves 5 % of the 9 digits' room at year end.
+SERIAL_FLOOR_PER_S = 30
+
+
+def serial_floor(now_ms: int) -> int:
+    now = datetime.fromtimestamp(now_ms / 1000, CST)
+    return int((now - now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)).total_seconds()) \
+        * SERIAL_FLOOR_PER_S
+
+
 def assign_numbers(inventory: dict[str, Any], serial: int, now_ms: int) -> tuple[str, str]:
     """invtNo (district + year + I + 9-digit serial) and preNo ("B" + date + serial)."""
     h = inventory["head"]

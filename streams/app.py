@@ -27,7 +27,7 @@ from streams import metrics as m
 from streams import state
 from streams.auth import FilesValid, SharedToken
 from streams.batching import overlapped, take_batches
-from streams.lag import BrokerEnds, LagBook, drop_series
+from streams.lag import BrokerEnds, LagBook, drop_series, group_has_consumed
 from streams.output import KafkaSink
 from streams.pipeline import InRecord, Pipeline
 from streams.tls import export_expiry
@@ -169,7 +169,12 @@ def create_app(settings: Settings) -> faust.App:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0)  # let a pending set_rules from the feed run first
             client = state.async_client_for(settings)
-            holder["p"] = Pipeline(settings, client, KafkaSink(settings), holder["rules"])
+            p = Pipeline(settings, client, KafkaSink(settings), holder["rules"])
+            try:  # a Redis emptied while no worker ran (ClearanceRedisKeyspaceLost)
+                await p.open_keyspace(await asyncio.to_thread(group_has_consumed, settings))
+            except Exception as exc:  # Redis down: the batch path fails closed; the sweep looks later
+                log.warning("keyspace not checked at start: %s", exc)
+            holder["p"] = p
         return holder["p"]
 
     @app.agent(inbound, name="clearance.ingest")

@@ -93,3 +93,29 @@ class BrokerEnds:
         futures = self._admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions},
                                            request_timeout=self.timeout_s)
         return {(tp.topic, tp.partition): f.result(timeout=self.timeout_s).offset for tp, f in futures.items()}
+
+
+def group_has_consumed(settings: Any, timeout_s: float = 10.0) -> bool | None:
+    """Whether the worker group has committed an offset on any inbound topic
+    (None: the broker did not say). Asked once at a worker's start, without
+    joining the group: a Redis keyspace found empty then was emptied, if the
+    group had consumed before (Pipeline._check_keyspace)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from topics import registry
+
+    conf = settings.librdkafka_config()
+    conf.update({"group.id": settings.consumer_group, "enable.auto.commit": "false"})
+    consumer = Consumer(conf)
+    try:
+        names = [registry.topic_name(t, settings) for t in registry.INBOUND]
+        metadata = consumer.list_topics(timeout=timeout_s).topics
+        partitions = [TopicPartition(n, p) for n in names if n in metadata for p in metadata[n].partitions]
+        if not partitions:
+            return False
+        return any(tp.offset >= 0 for tp in consumer.committed(partitions, timeout=timeout_s))
+    except Exception as exc:
+        log.warning("could not read the group's committed offsets: %s", exc)
+        return None
+    finally:
+        consumer.close()

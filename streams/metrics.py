@@ -28,6 +28,9 @@ PENDING = Gauge("clearance_pending_matches",
 REDIS_DEPLOYMENTS = Gauge("clearance_redis_deployments",
                           "Deployments (topic prefixes) whose workers used this Redis namespace in the last "
                           "minute: more than 1 means their orders and timeouts mix (CLEARANCE_REDIS_NAMESPACE)")
+KEYSPACE_LOST = Counter("clearance_redis_keyspace_lost_total",
+                        "Times this worker found Redis without data it had held (the namespace's markers gone): "
+                        "pending matches, buyers' annual quotas and counters lost with it")
 TIMEOUT_HOLD = Gauge("clearance_timeout_watermark_delay_seconds",
                      "How far the group's watermark (the match-timeout clock) trails the wall clock: "
                      "timeouts held back while some inbound partition lags")

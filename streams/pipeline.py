@@ -153,6 +153,9 @@ class Pipeline:
         # What this deployment is known by in Redis: its topics' prefix.
         self.deployment = settings.topic_prefix
         self.warned_deployments: list[str] = []
+        # The value of the keyspace's markers (state.epoch_keys) this worker
+        # found or wrote; None until it has looked (open_keyspace, or its first sweep).
+        self.epoch: str | None = None
         from streams.aftercare import Aftercare
 
         self.after = Aftercare(self)
@@ -402,7 +405,9 @@ class Pipeline:
                 for _p, q, _k in group:
                     args += (q.order, q.amount, q.limit)
                 await self.scripts.reserve(keys=[k for _p, _q, k in group], args=args, client=pipe)
+            floor = decide.serial_floor(now)
             for skey, sgroup in serial_groups.items():
+                pipe.execute_command("SET", skey, floor, "NX")  # a new year's counter, or one Redis lost
                 pipe.incrby(skey, len(sgroup))
             for cgroup in claim_groups.values():
                 await self.scripts.claim(keys=[k for _p, _c, k in cgroup],
@@ -418,10 +423,11 @@ class Pipeline:
                     if not q.ledger:
                         p.quota_info = {"year": q.year, "reserved": bool(int(ok)), "usedBefore": int(used),
                                         "amount": q.amount}
-            for sgroup, last in zip(serial_groups.values(), replies[len(quota_groups):]):
+            after_serials = len(quota_groups) + 2 * len(serial_groups)
+            for sgroup, last in zip(serial_groups.values(), replies[len(quota_groups) + 1:after_serials:2]):
                 for i, p in enumerate(sgroup):
                     serials[p.order_key] = int(last) - len(sgroup) + 1 + i
-            for cgroup, creplies in zip(claim_groups.values(), replies[len(quota_groups) + len(serial_groups):]):
+            for cgroup, creplies in zip(claim_groups.values(), replies[after_serials:]):
                 for (p, c, k), holder in zip(cgroup, creplies):
                     if holder == 1:
                         p.claims.append(k)
@@ -738,6 +744,55 @@ class Pipeline:
     async def leave(self) -> None:
         await self.redis.hdel(self.watermark_key, self.worker_id)
 
+    async def open_keyspace(self, consumed_before: bool | None) -> None:
+        """At the worker's start: is the namespace empty although the worker
+        group had consumed before (`consumed_before`, its committed offsets;
+        None: unknown)? Then Redis was emptied while no worker ran. The
+        deployments hash tells an upgrade from before the markers: it is read
+        before this worker writes its own entry."""
+        now = int(time.time() * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(state.deployments_key())
+        pipe.hset(state.deployments_key(), self.deployment, now)
+        epochs = state.epoch_keys(self.buckets)
+        for key in epochs:
+            pipe.get(key)
+        marker, _, *found = await pipe.execute()
+        await self._check_keyspace(dict(zip(epochs, found)), bool(consumed_before) and not marker, now)
+
+    async def _check_keyspace(self, found: dict[str, bytes | None], expected: bool, now: int) -> None:
+        """Tell when Redis has lost data: a marker of the keyspace (state.epoch_keys)
+        is missing that this worker saw, or that a populated namespace
+        (`expected`) would hold. Its pending matches, buyers' annual quotas,
+        held numbers and counters are gone with it, and nothing else would say
+        so: orders go on being decided as if new. Logged and counted (alert
+        ClearanceRedisKeyspaceLost); the missing markers are written again."""
+        missing = [k for k, v in found.items() if v is None]
+        if not missing:
+            if self.epoch is None:
+                self.epoch = state.as_text(next(iter(found.values())))
+            return
+        present = [v for v in found.values() if v is not None]
+        if self.epoch is not None:
+            lost = f"{len(missing)} of {len(found)} slot buckets' markers disappeared"
+        elif present:
+            lost = f"{len(missing)} of {len(found)} slot buckets' markers are missing"
+        elif expected:
+            lost = "the namespace is empty, but this worker group has consumed before"
+        else:
+            lost = ""  # a new deployment, or one upgraded from before the markers
+        if self.epoch is None:
+            self.epoch = state.as_text(present[0]) if present else f"{now}:{self.worker_id}"
+        if lost:
+            m.KEYSPACE_LOST.inc()
+            log.critical("Redis lost data of namespace %r: %s. Pending matches, buyers' annual quotas, held "
+                         "waybill numbers and counters there are gone; orders go on being decided without them "
+                         "(docs/operations.md, ClearanceRedisKeyspaceLost)", state.NS, lost)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in missing:
+            pipe.set(key, self.epoch, nx=True)
+        await pipe.execute()
+
     def _count_deployments(self, seen: dict[bytes, bytes], now: int) -> list[bytes]:
         """Deployments (topic prefixes) whose workers used this Redis namespace
         in the last DEPLOYMENT_TTL_MS. Two deployments in one namespace match
@@ -764,7 +819,11 @@ class Pipeline:
         pipe.hgetall(self.watermark_key)
         pipe.hset(state.deployments_key(), self.deployment, now)
         pipe.hgetall(state.deployments_key())
-        _, entries, _, deployments = await pipe.execute()
+        epochs = state.epoch_keys(self.buckets)
+        for key in epochs:
+            pipe.get(key)
+        _, entries, _, deployments, *found = await pipe.execute()
+        await self._check_keyspace(dict(zip(epochs, found)), False, now)
         stale = self._count_deployments(deployments, now)
         if stale:
             await self.redis.hdel(state.deployments_key(), *stale)

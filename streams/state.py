@@ -660,6 +660,15 @@ def deployments_key() -> str:
     return NS + ":deployments"
 
 
+def epoch_keys(buckets: int = BUCKETS) -> list[str]:
+    """One marker per slot bucket of the match state and of the ledgers, never
+    expiring: one that disappears means Redis lost that bucket's data (a restart
+    without persistence, an empty replica promoted, a cluster shard lost,
+    keys evicted) while workers ran (Pipeline._check_keyspace)."""
+    return [NS + ":epoch:{o%02d}" % b for b in range(buckets)] + \
+        [NS + ":epoch:{q%02d}" % b for b in range(buckets)]
+
+
 def watermark_key(group: str) -> str:
     # One small hash per consumer group: worker id -> "watermark_ms:reported_ms".
     return f"{NS}:wm:{{{group}}}"

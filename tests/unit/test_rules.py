@@ -205,6 +205,19 @@ def test_invt_no_layout():
     assert len(pre) == 18 and pre.startswith("B")
 
 
+def test_a_districts_serial_starts_above_every_serial_the_year_could_have_issued_at_30_a_second():
+    from datetime import datetime
+
+    def ms(*when: int) -> int:
+        return int(datetime(*when, tzinfo=decide.CST).timestamp() * 1000)
+
+    assert decide.serial_floor(ms(2026, 1, 1)) == 0  # midnight in Beijing, not UTC
+    assert decide.serial_floor(ms(2026, 1, 1, 0, 0, 1)) == 30
+    assert decide.serial_floor(ms(2026, 7, 1)) == 181 * 86400 * 30
+    year_end = decide.serial_floor(ms(2026, 12, 31, 23, 59, 59))
+    assert year_end < 10**9 and year_end > 0.9 * 10**9  # the 9 digits, nearly all of them
+
+
 def test_an_order_claims_its_waybill_number_and_payment_serial():
     o = order(3)
     claims = decide.unique_claims(case_of(o))
