@@ -22,6 +22,8 @@ Serial     clr:seq:{<customsCode>}:<year>  counter for invtNo/preNo
 Features   clr:f:{fNN}:<family>:<entity>    zset  windowed counters for the risk rules
 Claim      clr:u:{uNN}:<kind>:<issuer>␟<number>  string  the order key holding a waybill number
                                          or payment serial (R9), for CLEARANCE_UNIQUE_TTL_S
+Epoch      clr:epoch:{oNN}, clr:epoch:{qNN}  string  markers that never expire: one gone means
+                                         Redis lost data (epoch_keys)
 """
 from __future__ import annotations
 
