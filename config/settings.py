@@ -155,6 +155,12 @@ class Settings:
     # Redis Cluster, which has no SELECT) each need their own, or one's
     # timeout sweep decides the other's orders and they share buyers' quotas.
     redis_namespace: str = DEFAULT_REDIS_NAMESPACE
+    # When a worker finds that Redis lost data (ClearanceRedisKeyspaceLost):
+    # "continue" deciding against what is left (pending matches and buyers'
+    # quotas gone), or "halt" every worker of the namespace, holding every
+    # document unacknowledged, until an operator runs `clearance resume` (or
+    # restores a backup, which holds no halt).
+    redis_loss: str = "continue"
     # Rule set at start: a YAML/JSON file, or "spine" (comparison rules and the
     # two limits only: the match-only configuration). The rules topic overrides it.
     rules: str = ""
@@ -297,6 +303,12 @@ def _unique_kinds(value: str) -> tuple[str, ...]:
 def _signatures(value: str) -> str:
     if value not in ("verify", "off"):
         raise SettingsError(f"CLEARANCE_SIGNATURES is verify or off, not {value!r}")
+    return value
+
+
+def _redis_loss(value: str) -> str:
+    if value not in ("continue", "halt"):
+        raise SettingsError(f"CLEARANCE_REDIS_LOSS is continue or halt, not {value!r}")
     return value
 
 
@@ -446,6 +458,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pii_key=_secret(e, "CLEARANCE_PII_KEY", DEV_PII_KEY),
         redis_buckets=_int(e, "CLEARANCE_REDIS_BUCKETS", "16"),
         redis_namespace=_redis_namespace(_env(e, "CLEARANCE_REDIS_NAMESPACE", DEFAULT_REDIS_NAMESPACE)),
+        redis_loss=_redis_loss(_env(e, "CLEARANCE_REDIS_LOSS", "continue")),
         rules=_env(e, "CLEARANCE_RULES", ""),
         batch_max=_int(e, "CLEARANCE_BATCH_MAX", "500"),
         batch_bytes=_int(e, "CLEARANCE_BATCH_BYTES", str(4 * 1024 * 1024)),

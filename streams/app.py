@@ -394,6 +394,8 @@ async def process_until_done(pipeline: Pipeline, records: list[InRecord], step: 
     backoff; nothing is acknowledged, decided or released on a guess."""
     backoff = 0.1
     retry = False
+    while pipeline.halted:  # Redis lost data (CLEARANCE_REDIS_LOSS=halt): held until `clearance resume`
+        await asyncio.sleep(0.5)
     while True:
         try:
             if step is None:

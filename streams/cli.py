@@ -308,6 +308,22 @@ def cmd_migrate_claims(args: argparse.Namespace) -> None:
     _report(done, "would claim: " if args.dry_run else "claimed: ", "nothing to claim")
 
 
+def cmd_resume(args: argparse.Namespace) -> None:
+    """Lift the halt a worker set when Redis lost data (CLEARANCE_REDIS_LOSS=halt):
+    every worker of the namespace decides again within a second."""
+    from streams import state
+
+    settings = load_settings()
+    _need_services(settings)
+    r = state.sync_client_for(settings)
+    reason = r.get(state.halt_key())
+    if reason is None:
+        print(f"not halted (Redis namespace {settings.redis_namespace!r})")
+        return
+    r.delete(state.halt_key())
+    print(f"resumed (Redis namespace {settings.redis_namespace!r}); the halt was: {state.as_text(reason)}")
+
+
 def cmd_signature(args: argparse.Namespace) -> None:
     """Onboarding a signer: a certificate's fingerprint for the register
     (enterprises.csv, column certs), or a signed message checked as the
@@ -640,6 +656,10 @@ def main(argv: list[str] | None = None) -> None:
                                                "every worker stopped)")
     mc.add_argument("--dry-run", action="store_true", help="count what would change, change nothing")
     mc.set_defaults(func=cmd_migrate_claims)
+
+    rs = sub.add_parser("resume", help="workers halted because Redis lost data (CLEARANCE_REDIS_LOSS=halt) decide "
+                                       "again: after restoring Redis, or accepting what it lost")
+    rs.set_defaults(func=cmd_resume)
 
     ex = sub.add_parser("explain", help="why an order got its decision")
     ex.add_argument("order_no")

@@ -31,6 +31,9 @@ REDIS_DEPLOYMENTS = Gauge("clearance_redis_deployments",
 KEYSPACE_LOST = Counter("clearance_redis_keyspace_lost_total",
                         "Times this worker found Redis without data it had held (the namespace's markers gone): "
                         "pending matches, buyers' annual quotas and counters lost with it")
+HALTED = Gauge("clearance_worker_halted",
+               "1 while the worker decides nothing because Redis lost data (CLEARANCE_REDIS_LOSS=halt) "
+               "until `clearance resume`")
 TIMEOUT_HOLD = Gauge("clearance_timeout_watermark_delay_seconds",
                      "How far the group's watermark (the match-timeout clock) trails the wall clock: "
                      "timeouts held back while some inbound partition lags")

@@ -156,6 +156,9 @@ class Pipeline:
         # The value of the keyspace's markers (state.epoch_keys) this worker
         # found or wrote; None until it has looked (open_keyspace, or its first sweep).
         self.epoch: str | None = None
+        # Why every worker of the namespace stopped deciding (CLEARANCE_REDIS_LOSS=halt),
+        # as the halt key says; read by each sweep. None: deciding.
+        self.halted: str | None = None
         from streams.aftercare import Aftercare
 
         self.after = Aftercare(self)
@@ -698,6 +701,8 @@ class Pipeline:
         """
         now = int(time.time() * 1000)
         horizon = await self._horizon(now, now if watermark_ms is None else min(now, watermark_ms))
+        if self.halted:  # a timeout is a decision too
+            return 0
         keys = state.pending_keys(self.buckets)
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
@@ -754,24 +759,27 @@ class Pipeline:
         pipe = self.redis.pipeline(transaction=False)
         pipe.exists(state.deployments_key())
         pipe.hset(state.deployments_key(), self.deployment, now)
+        pipe.get(state.halt_key())
         epochs = state.epoch_keys(self.buckets)
         for key in epochs:
             pipe.get(key)
-        marker, _, *found = await pipe.execute()
-        await self._check_keyspace(dict(zip(epochs, found)), bool(consumed_before) and not marker, now)
+        marker, _, halted, *found = await pipe.execute()
+        self._set_halted(await self._check_keyspace(dict(zip(epochs, found)), bool(consumed_before) and not marker,
+                                                    now) or halted)
 
-    async def _check_keyspace(self, found: dict[str, bytes | None], expected: bool, now: int) -> None:
+    async def _check_keyspace(self, found: dict[str, bytes | None], expected: bool, now: int) -> str | None:
         """Tell when Redis has lost data: a marker of the keyspace (state.epoch_keys)
         is missing that this worker saw, or that a populated namespace
         (`expected`) would hold. Its pending matches, buyers' annual quotas,
         held numbers and counters are gone with it, and nothing else would say
         so: orders go on being decided as if new. Logged and counted (alert
-        ClearanceRedisKeyspaceLost); the missing markers are written again."""
+        ClearanceRedisKeyspaceLost); the missing markers are written again.
+        Under CLEARANCE_REDIS_LOSS=halt the halt key is set too, and returned."""
         missing = [k for k, v in found.items() if v is None]
         if not missing:
             if self.epoch is None:
                 self.epoch = state.as_text(next(iter(found.values())))
-            return
+            return None
         present = [v for v in found.values() if v is not None]
         if self.epoch is not None:
             lost = f"{len(missing)} of {len(found)} slot buckets' markers disappeared"
@@ -783,15 +791,32 @@ class Pipeline:
             lost = ""  # a new deployment, or one upgraded from before the markers
         if self.epoch is None:
             self.epoch = state.as_text(present[0]) if present else f"{now}:{self.worker_id}"
+        halt = None
+        pipe = self.redis.pipeline(transaction=False)
         if lost:
             m.KEYSPACE_LOST.inc()
+            going_on = "every worker stops deciding until `clearance resume`" if self.settings.redis_loss == "halt" \
+                else "orders go on being decided without them"
             log.critical("Redis lost data of namespace %r: %s. Pending matches, buyers' annual quotas, held "
-                         "waybill numbers and counters there are gone; orders go on being decided without them "
-                         "(docs/operations.md, ClearanceRedisKeyspaceLost)", state.NS, lost)
-        pipe = self.redis.pipeline(transaction=False)
+                         "waybill numbers and counters there are gone; %s (docs/operations.md, "
+                         "ClearanceRedisKeyspaceLost)", state.NS, lost, going_on)
+            if self.settings.redis_loss == "halt":
+                halt = f"{decide.cst_stamp(now, 14)} {self.worker_id}: {lost}"
+                pipe.set(state.halt_key(), halt, nx=True)
         for key in missing:
             pipe.set(key, self.epoch, nx=True)
         await pipe.execute()
+        return halt
+
+    def _set_halted(self, reason: bytes | str | None) -> None:
+        text = None if reason is None else state.as_text(reason)
+        if text and not self.halted:
+            log.critical("halted: deciding nothing, documents held unacknowledged, until `clearance resume` "
+                         "(%s)", text)
+        elif self.halted and not text:
+            log.warning("resumed: the halt was lifted (%s)", self.halted)
+        self.halted = text
+        m.HALTED.set(1 if text else 0)
 
     def _count_deployments(self, seen: dict[bytes, bytes], now: int) -> list[bytes]:
         """Deployments (topic prefixes) whose workers used this Redis namespace
@@ -819,11 +844,12 @@ class Pipeline:
         pipe.hgetall(self.watermark_key)
         pipe.hset(state.deployments_key(), self.deployment, now)
         pipe.hgetall(state.deployments_key())
+        pipe.get(state.halt_key())
         epochs = state.epoch_keys(self.buckets)
         for key in epochs:
             pipe.get(key)
-        _, entries, _, deployments, *found = await pipe.execute()
-        await self._check_keyspace(dict(zip(epochs, found)), False, now)
+        _, entries, _, deployments, halted, *found = await pipe.execute()
+        self._set_halted(await self._check_keyspace(dict(zip(epochs, found)), False, now) or halted)
         stale = self._count_deployments(deployments, now)
         if stale:
             await self.redis.hdel(state.deployments_key(), *stale)

@@ -671,6 +671,12 @@ def epoch_keys(buckets: int = BUCKETS) -> list[str]:
         [NS + ":epoch:{q%02d}" % b for b in range(buckets)]
 
 
+def halt_key() -> str:
+    """Set when Redis lost data under CLEARANCE_REDIS_LOSS=halt: every worker of
+    the namespace stops deciding until it is deleted (`clearance resume`)."""
+    return NS + ":halted"
+
+
 def watermark_key(group: str) -> str:
     # One small hash per consumer group: worker id -> "watermark_ms:reported_ms".
     return f"{NS}:wm:{{{group}}}"

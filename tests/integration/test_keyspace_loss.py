@@ -3,7 +3,10 @@ markers (state.epoch_keys), on the real Redis, in process and with real workers.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -15,6 +18,7 @@ from streams import metrics as m
 from streams import state
 from streams.pipeline import Pipeline
 from streams.simulator import Publisher, generate
+from tests.conftest import ROOT
 from tests.helpers import CaptureSink, doc_records, order, settings_for
 from tests.integration.worker import Env, Reader
 from topics import registry
@@ -131,3 +135,50 @@ def test_real_workers_tell_redis_emptied_under_them_and_before_their_start(servi
         assert "this worker group has consumed before" in open(env.workers[-1][2]).read()
     finally:
         env.stop()
+
+
+def resume(redis_url: str) -> str:
+    env = dict(os.environ, REDIS_URL=redis_url, KAFKA_BOOTSTRAP="unused:1")
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "resume"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_under_halt_a_lost_keyspace_stops_every_worker_until_an_operator_resumes(redis_url, caplog):
+    from streams.app import process_until_done
+
+    async def go() -> None:
+        client = aioredis.from_url(redis_url)
+        settings = settings_for(redis_url, redis_loss="halt", match_timeout_s=0.05)
+        a, b = (Pipeline(settings, client, CaptureSink()) for _ in range(2))
+        await process_until_done(a, doc_records(order(1)))
+        for p in (a, b):
+            await p.sweep_timeouts()
+        await client.flushdb()
+        await a.sweep_timeouts()  # tells the loss and halts the namespace
+        await b.sweep_timeouts()  # finds the halt: the markers are back, but the namespace is halted
+        assert a.halted and b.halted and m.HALTED._value.get() == 1
+        assert "every worker stops deciding until `clearance resume`" in caplog.text
+        # A batch waits, unacknowledged; an order whose documents came meanwhile does not time out.
+        held = asyncio.create_task(process_until_done(a, doc_records(order(2))))
+        await b.process(doc_records(order(3, "missing_payment")))
+        await asyncio.sleep(1.0)
+        assert await b.sweep_timeouts() == 0
+        assert not held.done() and a.sink.decisions()[1:] == [] and b.sink.decisions() == []
+        said = await asyncio.to_thread(resume, redis_url)
+        assert said.startswith("resumed (Redis namespace 'clr'); the halt was: ") and "markers disappeared" in said
+        await a.sweep_timeouts()  # resumed, and the order without its payment times out now
+        await asyncio.wait_for(held, 5)
+        await b.sweep_timeouts()
+        decided = {d["orderNo"]: d for d in a.sink.decisions() + b.sink.decisions()}
+        assert len(decided) == len(a.sink.decisions() + b.sink.decisions()) == 3
+        assert decided[order(2).order_no]["status"] == 800
+        assert decided[order(3).order_no]["rules"] == ["match.timeout"] and m.HALTED._value.get() == 0
+        assert "resumed: the halt was lifted" in caplog.text
+        assert (await asyncio.to_thread(resume, redis_url)).startswith("not halted")
+        for p in (a, b):
+            await p.aclose()
+        await client.aclose()
+
+    asyncio.run(go())

@@ -27,7 +27,7 @@ def test_alert_rules_are_valid():
     import yaml
 
     rules = yaml.safe_load((PROM / "alerts.yml").read_text())["groups"][0]["rules"]
-    assert len(rules) == 30 and f"{len(rules)} rules found" in r.stdout + r.stderr
+    assert len(rules) == 31 and f"{len(rules)} rules found" in r.stdout + r.stderr
 
 
 def test_alert_rule_unit_tests_pass():

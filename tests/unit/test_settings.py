@@ -37,6 +37,13 @@ def test_the_redis_namespace_is_clr_unless_configured():
         assert load_settings({"CLEARANCE_REDIS_NAMESPACE": good}).redis_namespace == good
 
 
+def test_on_a_redis_data_loss_workers_continue_unless_told_to_halt():
+    assert load_settings({}).redis_loss == "continue"
+    assert load_settings({"CLEARANCE_REDIS_LOSS": "halt"}).redis_loss == "halt"
+    with pytest.raises(ValueError, match="CLEARANCE_REDIS_LOSS is continue or halt"):
+        load_settings({"CLEARANCE_REDIS_LOSS": "stop"})
+
+
 def test_numbers_are_held_six_months_unless_configured():
     assert load_settings({}).unique_ttl_s == 183 * 24 * 3600
     assert load_settings({"CLEARANCE_UNIQUE_TTL_S": "3600"}).unique_ttl_s == 3600
