@@ -226,4 +226,4 @@ def replay(settings: Settings, letters: list[DeadLetter], redis_client: Any, aga
 
 
 def replayed_key_for(settings: Settings) -> str:
-    return state.NS + ":dlq:replayed:" + registry.topic_name(registry.DEADLETTER, settings)
+    return state.replayed_key(registry.topic_name(registry.DEADLETTER, settings))

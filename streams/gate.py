@@ -44,11 +44,6 @@ from topics import registry
 
 log = logging.getLogger("clearance.gate")
 
-
-
-def released_count_key() -> str:
-    return state.NS + ":gate:{released}"
-
 # PARCEL_RELEASE's reply, as clearance_gate_release_events_total counts it:
 # 1 newly releasable, -1 held with another list's parcel, 0 known already.
 _RELEASE_RESULT = {1: "releasable", -1: "conflict", 0: "duplicate"}
@@ -159,7 +154,7 @@ class Gate:
                 pipe.execute_command(op, area, ev["logisticsNo"])
             new += int(results[i][0]) == 2  # the other list's parcel, in conflict with it, may leave now
         if new:
-            pipe.incrby(released_count_key(), new)
+            pipe.incrby(state.released_count_key(), new)
         pipe.execute()
         return new
 

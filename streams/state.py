@@ -1113,6 +1113,16 @@ def parcel_key(logistics_no: str, buckets: int = BUCKETS) -> str:
     return NS + ":parcel:{p%02d}:%s" % (bucket_of(logistics_no, buckets), logistics_no)
 
 
+def released_count_key() -> str:
+    """Parcels the gates have made releasable, in all (the demo's line)."""
+    return NS + ":gate:{released}"
+
+
+def replayed_key(deadletter_topic: str) -> str:
+    """Dead letters replayed from a topic: "partition:offset" -> when, and to where."""
+    return NS + ":dlq:replayed:" + deadletter_topic
+
+
 def exit_outbox_key(bucket: int) -> str:
     """Exits recorded whose event the broker has not acknowledged yet, one sorted
     set per bucket of waybill numbers (scored by the exit's time), in the slot of

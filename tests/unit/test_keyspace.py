@@ -24,7 +24,8 @@ def every_family() -> dict[str, str]:
         "outbox": state.exit_outbox_key(3), "area": state.area_key("A1"), "index": state.index_key("ln", "W1"),
         "tax": state.tax_period_key("2026-11"), "taxrec": state.tax_records_key("2026-11"),
         "guarantee": state.guarantee_keys("G1")[1], "watermark": state.watermark_key("g"),
-        "deployments": state.deployments_key(),
+        "deployments": state.deployments_key(), "halt": state.halt_key(), "epoch": state.epoch_keys(2)[3],
+        "released": state.released_count_key(), "replayed": state.replayed_key("clearance.deadletter"),
     }
 
 
