@@ -144,6 +144,8 @@ def summarise(before: list[Scrape], after: list[Scrape]) -> dict[str, Any]:
             "pending": a.total("clearance_pending_matches"),
             "errors": (a.total("clearance_errors_total") - b.total("clearance_errors_total")) / dt,
             "ruleset": ",".join(sorted(a.by("clearance_ruleset_info", "version"))),
+            # Deciding nothing since Redis lost data (CLEARANCE_REDIS_LOSS=halt), until `clearance resume`.
+            "halted": a.total("clearance_worker_halted") > 0,
         })
     return {"rows": rows, "gates": gates, "p50": quantile(merged, 0.5), "p99": quantile(merged, 0.99)}
 
@@ -166,7 +168,8 @@ def render(summary: dict[str, Any]) -> Any:
             continue
         docs = "/".join(f"{r['docs'].get(t, 0):.0f}" for t in ("311", "411", "511", "621"))
         dec = "/".join(f"{r['decisions'].get(s, 0):.0f}" for s in ("800", "300", "500", "100"))
-        table.add_row(r["worker"], docs, dec, _ms(r["p50"]), _ms(r["p99"]), f"{r['lag']:.0f}",
+        name = r["worker"] + (" [red]halted[/red]" if r.get("halted") else "")
+        table.add_row(name, docs, dec, _ms(r["p50"]), _ms(r["p99"]), f"{r['lag']:.0f}",
                       f"{r['lag_seconds']:.0f}", f"{r['pending']:.0f}", f"{r['errors']:.1f}", r["ruleset"])
     if not summary.get("gates"):
         return table

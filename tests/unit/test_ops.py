@@ -84,6 +84,25 @@ def test_summary_rates_and_merged_latency():
         later.samples[("clearance_consumer_lag_seconds", (("partition", part), ("topic", topic)))] = seconds
     assert summarise([s(2, 300, 50, 25, 50)], [later])["rows"][0]["lag_seconds"] == 130.0  # the furthest behind
     assert out["p50"] is not None and out["p50"] <= 0.01
+    assert not row["halted"]
+
+
+def test_a_halted_worker_says_so_in_top():
+    from rich.console import Console
+
+    from streams.top import render
+
+    def s(at, halted):
+        sc = Scrape("http://w1:6066", at, True)
+        sc.samples[("clearance_worker_halted", ())] = halted
+        return sc
+
+    out = summarise([s(0, 1)], [s(1, 1)])
+    assert out["rows"][0]["halted"]
+    console = Console(width=200, record=True)
+    console.print(render(out))
+    assert "http://w1:6066 halted" in console.export_text()
+    assert not summarise([s(1, 1)], [s(2, 0)])["rows"][0]["halted"]
 
 
 def test_a_gate_service_is_summarised_apart_from_the_workers():
