@@ -759,13 +759,21 @@ class Pipeline:
         pipe = self.redis.pipeline(transaction=False)
         pipe.exists(state.deployments_key())
         pipe.hset(state.deployments_key(), self.deployment, now)
+        self._ask_keyspace(pipe)
+        marker, _, *replies = await pipe.execute()
+        await self._answer_keyspace(replies, bool(consumed_before) and not marker, now)
+
+    def _ask_keyspace(self, pipe: Any) -> None:
+        """The halt key and the keyspace's markers, onto `pipe` (last)."""
         pipe.get(state.halt_key())
-        epochs = state.epoch_keys(self.buckets)
-        for key in epochs:
+        for key in state.epoch_keys(self.buckets):
             pipe.get(key)
-        marker, _, halted, *found = await pipe.execute()
-        self._set_halted(await self._check_keyspace(dict(zip(epochs, found)), bool(consumed_before) and not marker,
-                                                    now) or halted)
+
+    async def _answer_keyspace(self, replies: list[Any], expected: bool, now: int) -> None:
+        """_ask_keyspace's replies: markers checked, the halt taken or lifted."""
+        halted, *found = replies
+        lost_halt = await self._check_keyspace(dict(zip(state.epoch_keys(self.buckets), found)), expected, now)
+        self._set_halted(lost_halt or halted)
 
     async def _check_keyspace(self, found: dict[str, bytes | None], expected: bool, now: int) -> str | None:
         """Tell when Redis has lost data: a marker of the keyspace (state.epoch_keys)
@@ -844,12 +852,9 @@ class Pipeline:
         pipe.hgetall(self.watermark_key)
         pipe.hset(state.deployments_key(), self.deployment, now)
         pipe.hgetall(state.deployments_key())
-        pipe.get(state.halt_key())
-        epochs = state.epoch_keys(self.buckets)
-        for key in epochs:
-            pipe.get(key)
-        _, entries, _, deployments, halted, *found = await pipe.execute()
-        self._set_halted(await self._check_keyspace(dict(zip(epochs, found)), False, now) or halted)
+        self._ask_keyspace(pipe)
+        _, entries, _, deployments, *replies = await pipe.execute()
+        await self._answer_keyspace(replies, False, now)
         stale = self._count_deployments(deployments, now)
         if stale:
             await self.redis.hdel(state.deployments_key(), *stale)
